@@ -1,0 +1,330 @@
+//! The cluster database's state machine: typed commands and the one function that applies
+//! them. `apply` is pure and deterministic (no clock, no randomness, no I/O), so every node
+//! that applies the same commands in the same order holds the same database. A command that
+//! is not valid for the current state is refused with an error and changes nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::deps;
+use crate::model::{
+    ClusterState, Group, Node, NodeState, PersistentState, Resource, ResourceSpec, ResourceState,
+    validate_name,
+};
+use crate::props::{GroupProps, ResourceProps};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Names the cluster; only on an empty database.
+    Bootstrap { cluster_name: String },
+    AddNode { name: String, address: String },
+    SetNodeState { name: String, state: NodeState },
+    CreateGroup { name: String, props: GroupProps, owner: Option<String> },
+    /// Deletes a group and every resource in it; all must be stopped.
+    DeleteGroup { name: String },
+    CreateResource { spec: ResourceSpec },
+    /// Replaces a resource's parameters, properties and dependencies.
+    UpdateResource {
+        name: String,
+        params: BTreeMap<String, String>,
+        props: ResourceProps,
+        depends_on: Vec<String>,
+    },
+    DeleteResource { name: String },
+    /// Desired state of a whole group (all its resources) or of one resource. Online pulls
+    /// the resources it depends on Online; Offline pushes its dependents Offline.
+    SetPersistentState { target: Target, state: PersistentState },
+    /// Moves ownership; the group's epoch grows by one.
+    SetOwner { group: String, node: String },
+    /// Marks a group Failed with a reason, or clears the mark.
+    SetGroupFailure { group: String, failure: Option<String> },
+    /// The owner's RCM records a resource's current state.
+    RecordState {
+        resource: String,
+        state: ResourceState,
+        reason: String,
+        pid: Option<u32>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Target {
+    Group(String),
+    Resource(String),
+}
+
+#[derive(Debug, Error, PartialEq, Eq, Clone, Serialize, Deserialize)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{kind} {name:?} does not exist")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} {name:?} already exists")]
+    Exists { kind: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl ApplyError {
+    fn not_found(kind: &'static str, name: &str) -> Self {
+        Self::NotFound {
+            kind,
+            name: name.to_string(),
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, ApplyError>;
+
+/// Applies one command. On error the state is unchanged.
+pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
+    match cmd {
+        Command::Bootstrap { cluster_name } => {
+            if state.cluster_name.is_some() {
+                return Err(ApplyError::Conflict(format!(
+                    "the database already holds cluster {:?}",
+                    state.cluster_name.as_deref().unwrap_or_default()
+                )));
+            }
+            validate_name("cluster", cluster_name).map_err(ApplyError::Invalid)?;
+            state.cluster_name = Some(cluster_name.clone());
+        }
+        Command::AddNode { name, address } => {
+            validate_name("node", name).map_err(ApplyError::Invalid)?;
+            if state.nodes.contains_key(name) {
+                return Err(ApplyError::Exists { kind: "node", name: name.clone() });
+            }
+            state.nodes.insert(
+                name.clone(),
+                Node {
+                    name: name.clone(),
+                    address: address.clone(),
+                    state: NodeState::Up,
+                },
+            );
+        }
+        Command::SetNodeState { name, state: s } => {
+            state
+                .nodes
+                .get_mut(name)
+                .ok_or_else(|| ApplyError::not_found("node", name))?
+                .state = *s;
+        }
+        Command::CreateGroup { name, props, owner } => {
+            validate_name("group", name).map_err(ApplyError::Invalid)?;
+            if state.groups.contains_key(name) {
+                return Err(ApplyError::Exists { kind: "group", name: name.clone() });
+            }
+            check_nodes_exist(state, owner.iter().chain(&props.preferred_owners))?;
+            state.groups.insert(
+                name.clone(),
+                Group {
+                    name: name.clone(),
+                    props: props.clone(),
+                    owner: owner.clone(),
+                    epoch: u64::from(owner.is_some()),
+                    failure: None,
+                },
+            );
+        }
+        Command::DeleteGroup { name } => {
+            if !state.groups.contains_key(name) {
+                return Err(ApplyError::not_found("group", name));
+            }
+            if let Some(r) = state.group_resources(name).find(|r| r.state.may_run()) {
+                return Err(ApplyError::Conflict(format!(
+                    "group {name:?} still has resource {:?} {}; take the group offline first",
+                    r.name, r.state
+                )));
+            }
+            state.groups.remove(name);
+            state.resources.retain(|_, r| &r.group != name);
+        }
+        Command::CreateResource { spec } => create_resource(state, spec)?,
+        Command::UpdateResource {
+            name,
+            params,
+            props,
+            depends_on,
+        } => {
+            let r = state
+                .resources
+                .get(name)
+                .ok_or_else(|| ApplyError::not_found("resource", name))?;
+            props
+                .validate()
+                .map_err(|e| ApplyError::Invalid(format!("resource {name:?}: {e}")))?;
+            let group = r.group.clone();
+            check_dependencies(state, name, &group, depends_on)?;
+            let r = state.resources.get_mut(name).expect("checked above");
+            r.params = params.clone();
+            r.props = props.clone();
+            r.depends_on = depends_on.clone();
+        }
+        Command::DeleteResource { name } => {
+            let r = state
+                .resources
+                .get(name)
+                .ok_or_else(|| ApplyError::not_found("resource", name))?;
+            if r.state.may_run() {
+                return Err(ApplyError::Conflict(format!(
+                    "resource {name:?} is {}; take it offline first",
+                    r.state
+                )));
+            }
+            let dependents: Vec<_> = state.dependents(name).map(|d| d.name.as_str()).collect();
+            if !dependents.is_empty() {
+                return Err(ApplyError::Conflict(format!(
+                    "resource {name:?} is a dependency of {}; remove that dependency first",
+                    dependents.join(", ")
+                )));
+            }
+            state.resources.remove(name);
+        }
+        Command::SetPersistentState { target, state: desired } => {
+            set_persistent(state, target, *desired)?;
+        }
+        Command::SetOwner { group, node } => {
+            check_nodes_exist(state, [node])?;
+            let g = state
+                .groups
+                .get_mut(group)
+                .ok_or_else(|| ApplyError::not_found("group", group))?;
+            if g.owner.as_ref() != Some(node) {
+                g.owner = Some(node.clone());
+                g.epoch += 1;
+            }
+        }
+        Command::SetGroupFailure { group, failure } => {
+            state
+                .groups
+                .get_mut(group)
+                .ok_or_else(|| ApplyError::not_found("group", group))?
+                .failure = failure.clone();
+        }
+        Command::RecordState {
+            resource,
+            state: s,
+            reason,
+            pid,
+        } => {
+            let r = state
+                .resources
+                .get_mut(resource)
+                .ok_or_else(|| ApplyError::not_found("resource", resource))?;
+            r.state = *s;
+            r.state_reason = reason.clone();
+            r.pid = *pid;
+        }
+    }
+    Ok(())
+}
+
+fn check_nodes_exist<'a>(state: &ClusterState, nodes: impl IntoIterator<Item = &'a String>) -> Result {
+    for n in nodes {
+        if !state.nodes.contains_key(n) {
+            return Err(ApplyError::not_found("node", n));
+        }
+    }
+    Ok(())
+}
+
+fn create_resource(state: &mut ClusterState, spec: &ResourceSpec) -> Result {
+    validate_name("resource", &spec.name).map_err(ApplyError::Invalid)?;
+    if state.resources.contains_key(&spec.name) {
+        return Err(ApplyError::Exists {
+            kind: "resource",
+            name: spec.name.clone(),
+        });
+    }
+    if !state.groups.contains_key(&spec.group) {
+        return Err(ApplyError::not_found("group", &spec.group));
+    }
+    spec.props
+        .validate()
+        .map_err(|e| ApplyError::Invalid(format!("resource {:?}: {e}", spec.name)))?;
+    check_dependencies(state, &spec.name, &spec.group, &spec.depends_on)?;
+    state.resources.insert(
+        spec.name.clone(),
+        Resource {
+            name: spec.name.clone(),
+            group: spec.group.clone(),
+            type_name: spec.type_name.clone(),
+            params: spec.params.clone(),
+            props: spec.props.clone(),
+            depends_on: spec.depends_on.clone(),
+            persistent_state: PersistentState::Offline,
+            state: ResourceState::Offline,
+            state_reason: String::new(),
+            pid: None,
+        },
+    );
+    Ok(())
+}
+
+/// Every dependency exists, is in the same group, and `name` with `depends_on` closes no cycle.
+fn check_dependencies(state: &ClusterState, name: &str, group: &str, depends_on: &[String]) -> Result {
+    for d in depends_on {
+        let dep = state.resources.get(d).ok_or_else(|| {
+            ApplyError::Invalid(format!("resource {name:?} depends on {d:?}, which does not exist"))
+        })?;
+        if dep.group != group {
+            return Err(ApplyError::Invalid(format!(
+                "resource {name:?} (group {group:?}) cannot depend on {d:?} of group {:?}: dependencies stay within a group",
+                dep.group
+            )));
+        }
+    }
+    let mut graph: BTreeMap<&str, Vec<&str>> = state
+        .group_resources(group)
+        .map(|r| (r.name.as_str(), r.depends_on.iter().map(String::as_str).collect()))
+        .collect();
+    graph.insert(name, depends_on.iter().map(String::as_str).collect());
+    deps::online_order(&graph)
+        .map(|_| ())
+        .map_err(|cycle| ApplyError::Invalid(format!("dependency cycle refused: {cycle}")))
+}
+
+fn set_persistent(state: &mut ClusterState, target: &Target, desired: PersistentState) -> Result {
+    let mut todo: Vec<String> = match target {
+        Target::Group(g) => {
+            if !state.groups.contains_key(g) {
+                return Err(ApplyError::not_found("group", g));
+            }
+            state.group_resources(g).map(|r| r.name.clone()).collect()
+        }
+        Target::Resource(r) => {
+            if !state.resources.contains_key(r) {
+                return Err(ApplyError::not_found("resource", r));
+            }
+            vec![r.clone()]
+        }
+    };
+    // Online spreads to providers, Offline to dependents, transitively.
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(name) = todo.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let Some(r) = state.resources.get_mut(&name) else {
+            continue;
+        };
+        r.persistent_state = desired;
+        match desired {
+            PersistentState::Online => todo.extend(r.depends_on.iter().cloned()),
+            PersistentState::Offline => {
+                todo.extend(state.dependents(&name).map(|d| d.name.clone()));
+            }
+        }
+    }
+    if let Target::Group(g) = target {
+        if let Some(g) = state.groups.get_mut(g) {
+            g.failure = None;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The cluster database's contents: nodes, groups, resources and their states.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::props::{GroupProps, ResourceProps};
+
+/// A resource's current state, as the owner's RHS last reported it (through the RCM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ResourceState {
+    #[default]
+    Offline,
+    OnlinePending,
+    Online,
+    OfflinePending,
+    Failed,
+}
+
+impl ResourceState {
+    /// Whether the resource may be running (anything but Offline and Failed, after which
+    /// the RCM has terminated it).
+    pub fn may_run(self) -> bool {
+        !matches!(self, ResourceState::Offline | ResourceState::Failed)
+    }
+}
+
+/// A group's state, derived from its resources (see [`group_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupState {
+    Online,
+    PartialOnline,
+    Offline,
+    Failed,
+    Pending,
+}
+
+/// A node's membership state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum NodeState {
+    #[default]
+    Up,
+    Down,
+    Paused,
+    Joining,
+}
+
+/// What the operator (or the operator's out-of-band action) wants: the seed's PersistentState.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum PersistentState {
+    Online,
+    #[default]
+    Offline,
+}
+
+macro_rules! display_as_debug {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self, f)
+            }
+        }
+    )*};
+}
+display_as_debug!(ResourceState, GroupState, NodeState, PersistentState);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    /// The node's API address (HOST:PORT).
+    pub address: String,
+    pub state: NodeState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    #[serde(default)]
+    pub props: GroupProps,
+    /// The node that hosts the group's resources.
+    pub owner: Option<String>,
+    /// Fencing token: grows with every change of owner, never goes backwards.
+    pub epoch: u64,
+    /// Set when the group could not be kept online anywhere (restarts exhausted and no
+    /// node to fail over to); cleared when it is retried or an operator acts on it.
+    #[serde(default)]
+    pub failure: Option<String>,
+}
+
+/// What an operator gives to create a resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSpec {
+    pub name: String,
+    pub group: String,
+    pub type_name: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub props: ResourceProps,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub name: String,
+    pub group: String,
+    pub type_name: String,
+    pub params: BTreeMap<String, String>,
+    pub props: ResourceProps,
+    /// Resources in the same group that must be Online before this one.
+    pub depends_on: Vec<String>,
+    pub persistent_state: PersistentState,
+    /// Last state recorded by the owner's RCM.
+    pub state: ResourceState,
+    pub state_reason: String,
+    pub pid: Option<u32>,
+}
+
+/// The whole cluster database.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster_name: Option<String>,
+    pub nodes: BTreeMap<String, Node>,
+    pub groups: BTreeMap<String, Group>,
+    pub resources: BTreeMap<String, Resource>,
+}
+
+impl ClusterState {
+    /// The resources of a group, in name order.
+    pub fn group_resources<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.resources.values().filter(move |r| r.group == group)
+    }
+
+    /// Resources (anywhere) that name `resource` in their `depends_on`.
+    pub fn dependents<'a>(&'a self, resource: &'a str) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.resources
+            .values()
+            .filter(move |r| r.depends_on.iter().any(|d| d == resource))
+    }
+
+    pub fn group_epoch(&self, group: &str) -> u64 {
+        self.groups.get(group).map_or(0, |g| g.epoch)
+    }
+}
+
+/// A group's state from its resources' recorded states.
+pub fn group_state(state: &ClusterState, group: &Group) -> GroupState {
+    if group.failure.is_some() {
+        return GroupState::Failed;
+    }
+    let (mut online, mut offline, mut failed, mut pending, mut total) = (0, 0, 0, 0, 0);
+    for r in state.group_resources(&group.name) {
+        total += 1;
+        match r.state {
+            ResourceState::Online => online += 1,
+            ResourceState::Offline => offline += 1,
+            ResourceState::Failed => failed += 1,
+            ResourceState::OnlinePending | ResourceState::OfflinePending => pending += 1,
+        }
+    }
+    if pending > 0 {
+        GroupState::Pending
+    } else if total == 0 || offline == total {
+        GroupState::Offline
+    } else if online == total {
+        GroupState::Online
+    } else if online == 0 && failed > 0 {
+        GroupState::Failed
+    } else {
+        GroupState::PartialOnline
+    }
+}
+
+/// Names are used in URLs, file names and log lines: keep them plain.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} name {name:?} is not valid: use 1-64 characters from a-z A-Z 0-9 - _ . (not starting with '.')"
+        ))
+    }
+}

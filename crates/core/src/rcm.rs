@@ -1,0 +1,607 @@
+//! The Resource Control Manager's decisions, as a reconcile loop.
+//!
+//! [`Rcm::step`] takes the cluster database (desired state, ownership), one input (a report
+//! from an RHS, a lost RHS, an operator action or just the passing of time) and the time, and
+//! returns the actions that bring this node's resources toward what the database wants:
+//! Online/Offline/Terminate calls for the RHS, commands for the database, cluster log entries.
+//! It compares desired with observed on every pass, so a missed event is healed by the next.
+//!
+//! Local state (current state, restart history, timers) lives here, not in the database: it
+//! is this node's knowledge. The database gets a copy of each state change through
+//! [`Command::RecordState`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::command::{Command, Target};
+use crate::deps;
+use crate::event::{Component, LogEntry};
+use crate::failover;
+use crate::model::{ClusterState, PersistentState, Resource, ResourceState};
+use crate::restart::{Decision, History};
+
+/// What an RHS reported about a resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    Online,
+    /// Still coming online; `progress` is true when the type reported progress.
+    OnlinePending { progress: bool },
+    Offline,
+    OfflinePending { progress: bool },
+    /// The resource failed (a check said no, its process died with a failure, a call failed).
+    Failed,
+    /// The resource was stopped outside the cluster (the operator used the service's own
+    /// tools): the operator's intent wins, it is not restarted.
+    StoppedOutOfBand,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Report {
+        resource: String,
+        report: Report,
+        reason: String,
+        pid: Option<u32>,
+    },
+    /// An RHS process died: the resources it hosted are gone with it.
+    HostLost { resources: Vec<String>, reason: String },
+    /// A call into the resource type did not return within `deadlock_timeout_ms`.
+    Deadlock { resource: String, entry_point: String },
+    /// `vigil resource fail`: treat the resource as failed (Test-ClusterResourceFailure).
+    SimulateFailure { resource: String },
+    /// An operator changed the desired state of these resources: forget their failures.
+    Operator { resources: Vec<String> },
+    /// Time passed.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Online { resource: String },
+    Offline { resource: String },
+    Terminate { resource: String },
+    /// The resource is no longer this node's concern: drop it from its RHS.
+    Close { resource: String },
+    Db(Command),
+    Log(LogEntry),
+}
+
+#[derive(Clone, Debug, Default)]
+struct Local {
+    state: ResourceState,
+    pid: Option<u32>,
+    /// Entered the current pending state, or last reported progress in it.
+    progress_ms: u64,
+    /// While Failed: when to bring it online again (`None`: only when the group is retried).
+    next_try_ms: Option<u64>,
+    /// Restarts were exhausted: the next try starts a fresh count.
+    gave_up: bool,
+    history: History,
+    /// Stopped out of band; do not start it while the database still says Online (our command
+    /// setting it Offline is on its way).
+    stopped_out_of_band: bool,
+}
+
+/// The RCM of one node.
+#[derive(Debug)]
+pub struct Rcm {
+    node: String,
+    resources: BTreeMap<String, Local>,
+    /// Groups held Failed (or handed to another node) until the given time.
+    held: BTreeMap<String, u64>,
+}
+
+impl Rcm {
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_string(),
+            resources: BTreeMap::new(),
+            held: BTreeMap::new(),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// This node's view of a resource's state (Offline if it has none).
+    pub fn state(&self, resource: &str) -> ResourceState {
+        self.resources.get(resource).map(|l| l.state).unwrap_or_default()
+    }
+
+    /// Handles one input, then reconciles everything this node owns.
+    pub fn step(&mut self, db: &ClusterState, input: Input, now_ms: u64) -> Vec<Action> {
+        let mut out = Out { actions: Vec::new(), db };
+        self.handle(&mut out, input, now_ms);
+        self.reconcile(&mut out, now_ms);
+        out.actions
+    }
+
+    /// The next time at which [`Input::Tick`] has something to do.
+    pub fn next_wakeup_ms(&self, db: &ClusterState) -> Option<u64> {
+        let timers = self.resources.iter().filter_map(|(name, l)| {
+            let r = db.resources.get(name)?;
+            match l.state {
+                ResourceState::Failed if !self.held.contains_key(&r.group) => l.next_try_ms,
+                ResourceState::OnlinePending | ResourceState::OfflinePending => {
+                    Some(l.progress_ms + r.props.pending_timeout_ms)
+                }
+                _ => None,
+            }
+        });
+        timers.chain(self.held.values().copied()).min()
+    }
+
+    fn handle(&mut self, out: &mut Out, input: Input, now: u64) {
+        match input {
+            Input::Report {
+                resource,
+                report,
+                reason,
+                pid,
+            } => self.on_report(out, &resource, report, reason, pid, now),
+            Input::HostLost { resources, reason } => {
+                for name in resources {
+                    match self.state(&name) {
+                        ResourceState::OfflinePending => {
+                            self.transition(out, &name, ResourceState::Offline, &reason, None);
+                        }
+                        s if s.may_run() => self.fail(out, &name, &reason, now),
+                        _ => {}
+                    }
+                }
+            }
+            Input::Deadlock {
+                resource,
+                entry_point,
+            } => self.on_deadlock(out, &resource, &entry_point),
+            Input::SimulateFailure { resource } => {
+                if self.state(&resource).may_run() {
+                    let reason = "simulated failure (vigil resource fail)";
+                    self.fail(out, &resource, reason, now);
+                }
+            }
+            Input::Operator { resources } => {
+                for name in resources {
+                    if let Some(group) = out.db.resources.get(&name).map(|r| &r.group) {
+                        self.held.remove(group);
+                    }
+                    if let Some(l) = self.resources.get_mut(&name) {
+                        l.history.reset();
+                        l.gave_up = false;
+                        l.next_try_ms = None;
+                        l.stopped_out_of_band = false;
+                    }
+                }
+            }
+            Input::Tick => {}
+        }
+    }
+
+    fn on_report(
+        &mut self,
+        out: &mut Out,
+        name: &str,
+        report: Report,
+        reason: String,
+        pid: Option<u32>,
+        now: u64,
+    ) {
+        let Some(local) = self.resources.get_mut(name) else {
+            return;
+        };
+        let current = local.state;
+        match (report, current) {
+            (Report::Online, ResourceState::OnlinePending) => {
+                self.transition(out, name, ResourceState::Online, &reason, pid);
+            }
+            (Report::OnlinePending { progress: true }, ResourceState::OnlinePending)
+            | (Report::OfflinePending { progress: true }, ResourceState::OfflinePending) => {
+                local.progress_ms = now;
+            }
+            (Report::Offline, ResourceState::OfflinePending) => {
+                self.transition(out, name, ResourceState::Offline, &reason, None);
+            }
+            (Report::Offline | Report::StoppedOutOfBand, s) if s.may_run() => {
+                self.on_out_of_band_stop(out, name, &reason);
+            }
+            (Report::Failed, ResourceState::OfflinePending) => {
+                let why = format!("offline failed ({reason}); terminated");
+                out.push(Action::Terminate { resource: name.to_string() });
+                self.transition(out, name, ResourceState::Offline, &why, None);
+            }
+            (Report::Failed, ResourceState::Online | ResourceState::OnlinePending) => {
+                self.fail(out, name, &reason, now);
+            }
+            // Anything else is stale (a report about an instance already terminated).
+            _ => {}
+        }
+    }
+
+    fn on_out_of_band_stop(&mut self, out: &mut Out, name: &str, reason: &str) {
+        let why = format!("stopped outside the cluster ({reason}); desired state set to Offline, not restarting");
+        self.transition(out, name, ResourceState::Offline, &why, None);
+        if let Some(l) = self.resources.get_mut(name) {
+            l.stopped_out_of_band = true;
+        }
+        if out.db.resources.get(name).map(|r| r.persistent_state) == Some(PersistentState::Online) {
+            out.push(Action::Db(Command::SetPersistentState {
+                target: Target::Resource(name.to_string()),
+                state: PersistentState::Offline,
+            }));
+        }
+    }
+
+    fn on_deadlock(&mut self, out: &mut Out, name: &str, entry_point: &str) {
+        let Some(r) = out.db.resources.get(name) else {
+            return;
+        };
+        let mut reason = format!(
+            "{entry_point} did not return within deadlock_timeout_ms={}; its RHS is killed and restarted",
+            r.props.deadlock_timeout_ms
+        );
+        if !r.props.separate_monitor {
+            reason.push_str(", and the resource moves to a separate monitor");
+            let mut props = r.props.clone();
+            props.separate_monitor = true;
+            out.push(Action::Db(Command::UpdateResource {
+                name: name.to_string(),
+                params: r.params.clone(),
+                props,
+                depends_on: r.depends_on.clone(),
+            }));
+        }
+        let entry = LogEntry::new(Component::RCM, reason)
+            .group(&r.group, out.db.group_epoch(&r.group))
+            .resource(name);
+        out.push(Action::Log(entry));
+    }
+
+    /// The resource failed: terminate it and apply the restart policy.
+    fn fail(&mut self, out: &mut Out, name: &str, reason: &str, now: u64) {
+        let Some(r) = out.db.resources.get(name) else {
+            return;
+        };
+        let (group, epoch) = (r.group.clone(), out.db.group_epoch(&r.group));
+        out.push(Action::Terminate { resource: name.to_string() });
+        self.transition(out, name, ResourceState::Failed, reason, None);
+        let local = self.resources.get_mut(name).expect("transition keeps the entry");
+        let decision = local.history.on_failure(&r.props, now);
+        let log = |reason: String| Action::Log(LogEntry::new(Component::RCM, reason).group(&group, epoch).resource(name));
+        match decision {
+            Decision::RestartAt { at_ms, attempt, threshold } => {
+                local.next_try_ms = Some(at_ms);
+                out.push(log(format!(
+                    "restart {attempt} of {threshold} within restart_period_s={} in {} ms",
+                    r.props.restart_period_s,
+                    at_ms - now
+                )));
+            }
+            Decision::StayFailed { retry_at_ms } => {
+                local.next_try_ms = Some(retry_at_ms);
+                local.gave_up = true;
+                out.push(log(format!(
+                    "restart_action={:?}, restarts used up ({} within {} s): staying Failed, retry in {} s",
+                    r.props.restart_action,
+                    r.props.restart_threshold,
+                    r.props.restart_period_s,
+                    r.props.retry_period_on_failure_s
+                )));
+            }
+            Decision::Failover => {
+                local.next_try_ms = None;
+                local.gave_up = true;
+                let retry_s = r.props.retry_period_on_failure_s;
+                self.fail_over(out, &group, name, retry_s, now);
+            }
+        }
+    }
+
+    /// Restarts of `resource` are exhausted: hand its group to another node, or mark it Failed.
+    fn fail_over(&mut self, out: &mut Out, group: &str, resource: &str, retry_s: u64, now: u64) {
+        let epoch = out.db.group_epoch(group);
+        self.held.insert(group.to_string(), now + retry_s.saturating_mul(1_000));
+        let entry = match failover::choose_target(out.db, group, &self.node) {
+            Some(target) => {
+                out.push(Action::Db(Command::SetOwner {
+                    group: group.to_string(),
+                    node: target.clone(),
+                }));
+                LogEntry::new(
+                    Component::FM,
+                    format!("restarts of {resource} exhausted: failing group over to {target}"),
+                )
+                .change(&self.node, &target)
+            }
+            None => {
+                let failure = format!(
+                    "restarts of {resource} exhausted and no other node can host the group; Failed, retry in {retry_s} s"
+                );
+                out.push(Action::Db(Command::SetGroupFailure {
+                    group: group.to_string(),
+                    failure: Some(failure.clone()),
+                }));
+                LogEntry::new(Component::FM, failure)
+            }
+        };
+        out.push(Action::Log(entry.group(group, epoch).resource(resource)));
+    }
+
+    fn transition(&mut self, out: &mut Out, name: &str, to: ResourceState, reason: &str, pid: Option<u32>) {
+        let local = self.resources.entry(name.to_string()).or_default();
+        let from = local.state;
+        local.state = to;
+        local.pid = pid;
+        if to != ResourceState::Failed {
+            local.next_try_ms = None;
+        }
+        if from == to {
+            return;
+        }
+        out.push(Action::Db(Command::RecordState {
+            resource: name.to_string(),
+            state: to,
+            reason: reason.to_string(),
+            pid,
+        }));
+        let mut entry = LogEntry::new(Component::RCM, reason).resource(name).change(from, to);
+        if let Some(r) = out.db.resources.get(name) {
+            entry = entry.group(&r.group, out.db.group_epoch(&r.group));
+        }
+        out.push(Action::Log(entry));
+    }
+
+    fn reconcile(&mut self, out: &mut Out, now: u64) {
+        self.release_holds(out, now);
+        self.forget_departed(out);
+        let db = out.db;
+        let mine: Vec<&str> = db
+            .groups
+            .values()
+            .filter(|g| g.owner.as_deref() == Some(self.node.as_str()))
+            .map(|g| g.name.as_str())
+            .collect();
+        for group in mine {
+            self.reconcile_group(out, group, now);
+        }
+        // Resources of groups that moved away: stop them gracefully.
+        let departed: BTreeSet<&str> = self
+            .resources
+            .keys()
+            .filter_map(|n| db.resources.get(n))
+            .filter(|r| db.groups.get(&r.group).and_then(|g| g.owner.as_deref()) != Some(&self.node))
+            .map(|r| r.group.as_str())
+            .collect();
+        for group in departed {
+            self.reconcile_group(out, group, now);
+        }
+    }
+
+    fn release_holds(&mut self, out: &mut Out, now: u64) {
+        let due: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in due {
+            self.held.remove(&group);
+            let Some(g) = out.db.groups.get(&group) else {
+                continue;
+            };
+            if g.owner.as_deref() != Some(&self.node) {
+                continue;
+            }
+            if g.failure.is_some() {
+                out.push(Action::Db(Command::SetGroupFailure {
+                    group: group.clone(),
+                    failure: None,
+                }));
+            }
+            out.push(Action::Log(
+                LogEntry::new(Component::FM, "retry_period_on_failure_s passed: retrying the group")
+                    .group(&group, g.epoch),
+            ));
+            for r in out.db.group_resources(&group) {
+                if let Some(l) = self.resources.get_mut(&r.name) {
+                    l.history.reset();
+                    l.gave_up = false;
+                    l.next_try_ms = None;
+                }
+            }
+        }
+    }
+
+    /// Drops what this node no longer needs to know: resources deleted from the database
+    /// (terminated if somehow still running) and stopped resources of groups it no longer owns.
+    fn forget_departed(&mut self, out: &mut Out) {
+        let db = out.db;
+        let gone: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|(name, l)| match db.resources.get(*name) {
+                None => true,
+                Some(r) => {
+                    !l.state.may_run()
+                        && db.groups.get(&r.group).and_then(|g| g.owner.as_deref()) != Some(&self.node)
+                }
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            if self.resources.remove(&name).is_some_and(|l| l.state.may_run()) {
+                out.push(Action::Terminate { resource: name.clone() });
+            }
+            out.push(Action::Close { resource: name });
+        }
+    }
+
+    fn reconcile_group(&mut self, out: &mut Out, group: &str, now: u64) {
+        let db = out.db;
+        let owned = db.groups.get(group).and_then(|g| g.owner.as_deref()) == Some(&self.node);
+        let held = self.held.contains_key(group);
+        let members: BTreeMap<&str, &Resource> =
+            db.group_resources(group).map(|r| (r.name.as_str(), r)).collect();
+        if owned {
+            for (name, r) in &members {
+                self.adopt(out, name, r);
+            }
+        }
+        let order = online_order(&members);
+        // Whether each resource should run, in dependency order (providers first).
+        let mut want: BTreeMap<&str, bool> = BTreeMap::new();
+        for name in &order {
+            let r = members[name.as_str()];
+            let local = self.resources.get(name.as_str());
+            let w = owned
+                && !held
+                && r.persistent_state == PersistentState::Online
+                && !local.is_some_and(|l| l.stopped_out_of_band)
+                && r.depends_on.iter().all(|d| {
+                    want.get(d.as_str()).copied().unwrap_or(false)
+                        && self.state(d) != ResourceState::Failed
+                });
+            want.insert(name.as_str(), w);
+        }
+        for name in &order {
+            if want[name.as_str()] {
+                self.bring_online(out, members[name.as_str()], now);
+            }
+        }
+        for name in order.iter().rev() {
+            if !want[name.as_str()] {
+                self.take_offline(out, members[name.as_str()], &members);
+            }
+            self.check_pending(out, members[name.as_str()], now);
+        }
+    }
+
+    /// First sight of a resource this node owns: the database may still hold the state a
+    /// previous run of this node recorded; nothing runs here yet, so correct it.
+    fn adopt(&mut self, out: &mut Out, name: &str, r: &Resource) {
+        if self.resources.contains_key(name) {
+            return;
+        }
+        self.resources.insert(name.to_string(), Local::default());
+        if r.state != ResourceState::Offline {
+            out.push(Action::Db(Command::RecordState {
+                resource: name.to_string(),
+                state: ResourceState::Offline,
+                reason: format!("not running on {} (its agent started)", self.node),
+                pid: None,
+            }));
+        }
+        if let Some(l) = self.resources.get_mut(name) {
+            l.stopped_out_of_band = false;
+        }
+    }
+
+    fn bring_online(&mut self, out: &mut Out, r: &Resource, now: u64) {
+        let Some(local) = self.resources.get(&r.name) else {
+            return;
+        };
+        let ready = match local.state {
+            ResourceState::Offline => true,
+            ResourceState::Failed => local.next_try_ms.is_none_or(|t| now >= t),
+            _ => false,
+        };
+        let providers_online = r.depends_on.iter().all(|d| self.state(d) == ResourceState::Online);
+        if !(ready && providers_online) {
+            return;
+        }
+        let reason = match local.state {
+            ResourceState::Failed if local.gave_up => "retrying after retry_period_on_failure_s",
+            ResourceState::Failed => "restarting in place",
+            _ => "desired state is Online",
+        };
+        let local = self.resources.get_mut(&r.name).expect("checked above");
+        if local.gave_up {
+            local.history.reset();
+            local.gave_up = false;
+        }
+        local.progress_ms = now;
+        self.transition(out, &r.name, ResourceState::OnlinePending, reason, None);
+        out.push(Action::Online { resource: r.name.clone() });
+    }
+
+    fn take_offline(&mut self, out: &mut Out, r: &Resource, members: &BTreeMap<&str, &Resource>) {
+        let Some(local) = self.resources.get(&r.name) else {
+            return;
+        };
+        match local.state {
+            ResourceState::Online => {
+                let dependents_stopped = members
+                    .values()
+                    .filter(|m| m.depends_on.contains(&r.name))
+                    .all(|m| !self.state(&m.name).may_run());
+                if dependents_stopped {
+                    let reason = self.offline_reason(out.db, r);
+                    self.transition(out, &r.name, ResourceState::OfflinePending, &reason, local.pid);
+                    out.push(Action::Offline { resource: r.name.clone() });
+                }
+            }
+            ResourceState::Failed if r.persistent_state == PersistentState::Offline => {
+                self.transition(out, &r.name, ResourceState::Offline, "desired state is Offline", None);
+            }
+            _ => {}
+        }
+    }
+
+    fn offline_reason(&self, db: &ClusterState, r: &Resource) -> String {
+        let owner = db.groups.get(&r.group).and_then(|g| g.owner.as_deref());
+        if owner != Some(self.node.as_str()) {
+            format!("group {} is now owned by {}", r.group, owner.unwrap_or("no node"))
+        } else if self.held.contains_key(&r.group) {
+            format!("group {} failed", r.group)
+        } else if r.persistent_state == PersistentState::Offline {
+            "desired state is Offline".to_string()
+        } else {
+            let down: Vec<&str> = r
+                .depends_on
+                .iter()
+                .filter(|d| self.state(d) != ResourceState::Online)
+                .map(String::as_str)
+                .collect();
+            format!("dependency {} is not Online", down.join(", "))
+        }
+    }
+
+    fn check_pending(&mut self, out: &mut Out, r: &Resource, now: u64) {
+        let Some(local) = self.resources.get(&r.name) else {
+            return;
+        };
+        let pending = matches!(local.state, ResourceState::OnlinePending | ResourceState::OfflinePending);
+        if !pending || now < local.progress_ms + r.props.pending_timeout_ms {
+            return;
+        }
+        let reason = format!(
+            "{} without progress for pending_timeout_ms={}; terminated",
+            local.state, r.props.pending_timeout_ms
+        );
+        if local.state == ResourceState::OnlinePending {
+            self.fail(out, &r.name, &reason, now);
+        } else {
+            out.push(Action::Terminate { resource: r.name.clone() });
+            self.transition(out, &r.name, ResourceState::Offline, &reason, None);
+        }
+    }
+}
+
+struct Out<'a> {
+    actions: Vec<Action>,
+    db: &'a ClusterState,
+}
+
+impl Out<'_> {
+    fn push(&mut self, a: Action) {
+        self.actions.push(a);
+    }
+}
+
+fn online_order(members: &BTreeMap<&str, &Resource>) -> Vec<String> {
+    let graph: BTreeMap<&str, Vec<&str>> = members
+        .iter()
+        .map(|(n, r)| (*n, r.depends_on.iter().map(String::as_str).collect()))
+        .collect();
+    // `apply` refuses cycles, so this cannot fail; fall back to name order all the same.
+    deps::online_order(&graph).unwrap_or_else(|_| members.keys().map(|n| n.to_string()).collect())
+}
