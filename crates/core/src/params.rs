@@ -219,10 +219,10 @@ const SIGNALS: &[(&str, i32)] = &[
 pub fn parse_signal(value: &str) -> Result<i32, String> {
     let v = value.trim();
     if let Ok(n) = v.parse::<i32>() {
-        return if (1..=64).contains(&n) {
+        return if (1..=31).contains(&n) {
             Ok(n)
         } else {
-            Err("signal numbers run from 1 to 64".to_string())
+            Err("signal numbers run from 1 to 31".to_string())
         };
     }
     let name = v.strip_prefix("SIG").unwrap_or(v).to_ascii_uppercase();

@@ -20,7 +20,8 @@ use crate::model::{ClusterState, PersistentState, Resource, ResourceState};
 use crate::restart::{Decision, History};
 
 /// What an RHS reported about a resource.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state")]
 pub enum Report {
     Online,
     /// Still coming online; `progress` is true when the type reported progress.
@@ -401,10 +402,10 @@ impl Rcm {
                 LogEntry::new(Component::FM, "retry_period_on_failure_s passed: retrying the group")
                     .group(&group, g.epoch),
             ));
+            // `gave_up` stays set: `bring_online` reads it for the reason, then clears it.
             for r in out.db.group_resources(&group) {
                 if let Some(l) = self.resources.get_mut(&r.name) {
                     l.history.reset();
-                    l.gave_up = false;
                     l.next_try_ms = None;
                 }
             }
@@ -469,7 +470,7 @@ impl Rcm {
         }
         for name in order.iter().rev() {
             if !want[name.as_str()] {
-                self.take_offline(out, members[name.as_str()], &members);
+                self.take_offline(out, members[name.as_str()], &members, now);
             }
             self.check_pending(out, members[name.as_str()], now);
         }
@@ -523,7 +524,7 @@ impl Rcm {
         out.push(Action::Online { resource: r.name.clone() });
     }
 
-    fn take_offline(&mut self, out: &mut Out, r: &Resource, members: &BTreeMap<&str, &Resource>) {
+    fn take_offline(&mut self, out: &mut Out, r: &Resource, members: &BTreeMap<&str, &Resource>, now: u64) {
         let Some(local) = self.resources.get(&r.name) else {
             return;
         };
@@ -535,7 +536,9 @@ impl Rcm {
                     .all(|m| !self.state(&m.name).may_run());
                 if dependents_stopped {
                     let reason = self.offline_reason(out.db, r);
-                    self.transition(out, &r.name, ResourceState::OfflinePending, &reason, local.pid);
+                    let pid = local.pid;
+                    self.resources.get_mut(&r.name).expect("checked above").progress_ms = now;
+                    self.transition(out, &r.name, ResourceState::OfflinePending, &reason, pid);
                     out.push(Action::Offline { resource: r.name.clone() });
                 }
             }

@@ -1,0 +1,628 @@
+//! The cluster database's state machine: `command::apply`.
+
+use vigil_core::command::{Command, Target, apply};
+use vigil_core::model::PersistentState::{Offline as Off, Online as On};
+use vigil_core::model::{ClusterState, NodeState, PersistentState, ResourceSpec, ResourceState};
+use vigil_core::props::{GroupProps, ResourceProps};
+
+fn ok(state: &mut ClusterState, cmd: Command) {
+    if let Err(e) = apply(state, &cmd) {
+        panic!("{cmd:?} refused: {e}");
+    }
+}
+
+/// Applies a command that must be refused; checks the state is unchanged and returns the
+/// error message.
+fn refused(state: &mut ClusterState, cmd: Command) -> String {
+    let before = state.clone();
+    let err = apply(state, &cmd).expect_err("command should be refused");
+    assert_eq!(*state, before, "refused {cmd:?} changed the state");
+    err.to_string()
+}
+
+fn spec(name: &str, group: &str, deps: &[&str]) -> ResourceSpec {
+    ResourceSpec {
+        name: name.into(),
+        group: group.into(),
+        type_name: "process".into(),
+        params: [("command".to_string(), format!("/bin/{name}"))].into(),
+        props: ResourceProps::default(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+fn create_group(state: &mut ClusterState, name: &str, owner: Option<&str>) {
+    let cmd = Command::CreateGroup {
+        name: name.into(),
+        props: GroupProps::default(),
+        owner: owner.map(Into::into),
+    };
+    ok(state, cmd);
+}
+
+fn create(state: &mut ClusterState, name: &str, group: &str, deps: &[&str]) {
+    ok(
+        state,
+        Command::CreateResource {
+            spec: spec(name, group, deps),
+        },
+    );
+}
+
+/// Nodes n1 and n2; groups g (owned by n1) and h (no owner).
+fn cluster() -> ClusterState {
+    let mut s = ClusterState::default();
+    for n in ["n1", "n2"] {
+        let address = format!("{n}:7000");
+        ok(
+            &mut s,
+            Command::AddNode {
+                name: n.into(),
+                address,
+            },
+        );
+    }
+    create_group(&mut s, "g", Some("n1"));
+    create_group(&mut s, "h", None);
+    s
+}
+
+/// `cluster()` plus the chain app -> web -> disk in g and a lone `log` in g.
+fn chain() -> ClusterState {
+    let mut s = cluster();
+    create(&mut s, "disk", "g", &[]);
+    create(&mut s, "web", "g", &["disk"]);
+    create(&mut s, "app", "g", &["web"]);
+    create(&mut s, "log", "g", &[]);
+    s
+}
+
+fn desire(state: &mut ClusterState, target: Target, desired: PersistentState) {
+    ok(
+        state,
+        Command::SetPersistentState {
+            target,
+            state: desired,
+        },
+    );
+}
+
+fn res(name: &str) -> Target {
+    Target::Resource(name.into())
+}
+
+fn record(state: &mut ClusterState, resource: &str, s: ResourceState) {
+    let cmd = Command::RecordState {
+        resource: resource.into(),
+        state: s,
+        reason: "test".into(),
+        pid: None,
+    };
+    ok(state, cmd);
+}
+
+/// The persistent state of each named resource, in the order given.
+fn desired(state: &ClusterState, names: &[&str]) -> Vec<PersistentState> {
+    names
+        .iter()
+        .map(|n| state.resources[*n].persistent_state)
+        .collect()
+}
+
+fn update(state: &ClusterState, name: &str, deps: &[&str]) -> Command {
+    let r = &state.resources[name];
+    Command::UpdateResource {
+        name: name.into(),
+        params: r.params.clone(),
+        props: r.props.clone(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+#[test]
+fn create_group_and_resource() {
+    let mut s = cluster();
+    let g = &s.groups["g"];
+    assert_eq!(
+        (g.owner.as_deref(), g.epoch, &g.failure),
+        (Some("n1"), 1, &None)
+    );
+    let h = &s.groups["h"];
+    assert_eq!((h.owner.as_deref(), h.epoch), (None, 0));
+
+    create(&mut s, "disk", "g", &[]);
+    create(&mut s, "web", "g", &["disk"]);
+    let r = &s.resources["web"];
+    assert_eq!(
+        (r.name.as_str(), r.group.as_str(), r.type_name.as_str()),
+        ("web", "g", "process")
+    );
+    assert_eq!(r.params["command"], "/bin/web");
+    assert_eq!(r.depends_on, ["disk"]);
+    assert_eq!(r.props, ResourceProps::default());
+    assert_eq!((r.persistent_state, r.state), (Off, ResourceState::Offline));
+    assert_eq!((r.state_reason.as_str(), r.pid), ("", None));
+    let members: Vec<_> = s.group_resources("g").map(|r| r.name.as_str()).collect();
+    assert_eq!(members, ["disk", "web"]);
+    assert_eq!(s.group_resources("h").count(), 0);
+}
+
+#[test]
+fn duplicates_are_refused_naming_the_value() {
+    let mut s = chain();
+    let cmd = Command::AddNode {
+        name: "n1".into(),
+        address: "elsewhere:1".into(),
+    };
+    assert_eq!(refused(&mut s, cmd), r#"node "n1" already exists"#);
+    let cmd = Command::CreateGroup {
+        name: "g".into(),
+        props: GroupProps::default(),
+        owner: None,
+    };
+    assert_eq!(refused(&mut s, cmd), r#"group "g" already exists"#);
+    let cmd = Command::CreateResource {
+        spec: spec("web", "h", &[]),
+    };
+    assert_eq!(refused(&mut s, cmd), r#"resource "web" already exists"#);
+}
+
+#[test]
+fn bootstrap_only_once() {
+    let mut s = ClusterState::default();
+    ok(
+        &mut s,
+        Command::Bootstrap {
+            cluster_name: "prod".into(),
+        },
+    );
+    assert_eq!(s.cluster_name.as_deref(), Some("prod"));
+    let err = refused(
+        &mut s,
+        Command::Bootstrap {
+            cluster_name: "other".into(),
+        },
+    );
+    assert_eq!(err, r#"the database already holds cluster "prod""#);
+}
+
+#[test]
+fn invalid_names_are_refused_naming_the_value() {
+    let mut s = cluster();
+    let cmd = Command::CreateResource {
+        spec: spec("we b", "g", &[]),
+    };
+    let err = refused(&mut s, cmd);
+    assert!(
+        err.starts_with(r#"resource name "we b" is not valid"#),
+        "{err}"
+    );
+    let cmd = Command::CreateGroup {
+        name: ".g".into(),
+        props: GroupProps::default(),
+        owner: None,
+    };
+    let err = refused(&mut s, cmd);
+    assert!(err.starts_with(r#"group name ".g" is not valid"#), "{err}");
+}
+
+#[test]
+fn group_with_unknown_owner_or_preferred_owner_is_refused() {
+    let mut s = cluster();
+    let cmd = Command::CreateGroup {
+        name: "x".into(),
+        props: GroupProps::default(),
+        owner: Some("n9".into()),
+    };
+    assert_eq!(refused(&mut s, cmd), r#"node "n9" does not exist"#);
+    let props = GroupProps {
+        preferred_owners: vec!["n2".into(), "n8".into()],
+    };
+    let cmd = Command::CreateGroup {
+        name: "x".into(),
+        props,
+        owner: None,
+    };
+    assert_eq!(refused(&mut s, cmd), r#"node "n8" does not exist"#);
+}
+
+#[test]
+fn resource_in_missing_group_is_refused() {
+    let mut s = cluster();
+    let cmd = Command::CreateResource {
+        spec: spec("web", "nope", &[]),
+    };
+    assert_eq!(refused(&mut s, cmd), r#"group "nope" does not exist"#);
+}
+
+#[test]
+fn dependency_on_missing_resource_is_refused() {
+    let mut s = cluster();
+    let cmd = Command::CreateResource {
+        spec: spec("web", "g", &["disk"]),
+    };
+    let err = refused(&mut s, cmd);
+    assert_eq!(
+        err,
+        r#"resource "web" depends on "disk", which does not exist"#
+    );
+}
+
+#[test]
+fn dependency_on_a_resource_of_another_group_is_refused() {
+    let mut s = cluster();
+    create(&mut s, "disk", "h", &[]);
+    create(&mut s, "web", "g", &[]);
+    let err = refused(
+        &mut s,
+        Command::CreateResource {
+            spec: spec("app", "g", &["disk"]),
+        },
+    );
+    assert!(
+        err.contains(r#"resource "app" (group "g") cannot depend on "disk" of group "h""#),
+        "{err}"
+    );
+    let cmd = update(&s, "web", &["disk"]);
+    let err = refused(&mut s, cmd);
+    assert!(
+        err.contains(r#"cannot depend on "disk" of group "h""#),
+        "{err}"
+    );
+    assert!(s.resources["web"].depends_on.is_empty());
+}
+
+#[test]
+fn dependency_cycles_are_refused_and_named() {
+    let mut s = cluster();
+    create(&mut s, "a", "g", &[]);
+    create(&mut s, "b", "g", &["a"]);
+    let cmd = update(&s, "a", &["b"]);
+    assert_eq!(
+        refused(&mut s, cmd),
+        "dependency cycle refused: a -> b -> a"
+    );
+
+    create(&mut s, "c", "g", &["b"]);
+    let cmd = update(&s, "a", &["c"]);
+    assert_eq!(
+        refused(&mut s, cmd),
+        "dependency cycle refused: a -> c -> b -> a"
+    );
+
+    let cmd = update(&s, "a", &["a"]);
+    assert_eq!(refused(&mut s, cmd), "dependency cycle refused: a -> a");
+    assert!(s.resources["a"].depends_on.is_empty());
+}
+
+#[test]
+fn update_resource_replaces_params_props_and_dependencies() {
+    let mut s = chain();
+    let props = ResourceProps {
+        restart_threshold: 7,
+        ..ResourceProps::default()
+    };
+    let params = [("command".to_string(), "/bin/other".to_string())].into();
+    let cmd = Command::UpdateResource {
+        name: "app".into(),
+        params,
+        props: props.clone(),
+        depends_on: vec!["disk".into(), "log".into()],
+    };
+    ok(&mut s, cmd);
+    let r = &s.resources["app"];
+    assert_eq!(r.params["command"], "/bin/other");
+    assert_eq!(r.props, props);
+    assert_eq!(r.depends_on, ["disk", "log"]);
+    let cmd = Command::UpdateResource {
+        name: "ghost".into(),
+        params: Default::default(),
+        props: ResourceProps::default(),
+        depends_on: vec![],
+    };
+    assert_eq!(refused(&mut s, cmd), r#"resource "ghost" does not exist"#);
+}
+
+#[test]
+fn online_pulls_providers_online_transitively() {
+    let mut s = chain();
+    desire(&mut s, res("app"), On);
+    assert_eq!(
+        desired(&s, &["app", "web", "disk", "log"]),
+        [On, On, On, Off]
+    );
+
+    let mut s = chain();
+    desire(&mut s, res("web"), On);
+    assert_eq!(
+        desired(&s, &["app", "web", "disk", "log"]),
+        [Off, On, On, Off]
+    );
+}
+
+#[test]
+fn offline_pushes_dependents_offline_transitively() {
+    let mut s = chain();
+    desire(&mut s, Target::Group("g".into()), On);
+    desire(&mut s, res("disk"), Off);
+    assert_eq!(
+        desired(&s, &["app", "web", "disk", "log"]),
+        [Off, Off, Off, On]
+    );
+
+    let mut s = chain();
+    desire(&mut s, Target::Group("g".into()), On);
+    desire(&mut s, res("web"), Off);
+    assert_eq!(
+        desired(&s, &["app", "web", "disk", "log"]),
+        [Off, Off, On, On]
+    );
+}
+
+#[test]
+fn group_target_sets_every_resource_and_clears_the_failure() {
+    let mut s = chain();
+    create(&mut s, "other", "h", &[]);
+    let failure = Some("restarts exhausted".to_string());
+    ok(
+        &mut s,
+        Command::SetGroupFailure {
+            group: "g".into(),
+            failure: failure.clone(),
+        },
+    );
+    assert_eq!(s.groups["g"].failure, failure);
+
+    desire(&mut s, Target::Group("g".into()), On);
+    assert_eq!(
+        desired(&s, &["app", "web", "disk", "log", "other"]),
+        [On, On, On, On, Off]
+    );
+    assert_eq!(s.groups["g"].failure, None);
+
+    ok(
+        &mut s,
+        Command::SetGroupFailure {
+            group: "g".into(),
+            failure,
+        },
+    );
+    desire(&mut s, Target::Group("g".into()), Off);
+    assert_eq!(
+        desired(&s, &["app", "web", "disk", "log", "other"]),
+        [Off; 5]
+    );
+    assert_eq!(s.groups["g"].failure, None);
+}
+
+#[test]
+fn persistent_state_of_unknown_target_is_refused() {
+    let mut s = chain();
+    let cmd = Command::SetPersistentState {
+        target: Target::Group("x".into()),
+        state: On,
+    };
+    assert_eq!(refused(&mut s, cmd), r#"group "x" does not exist"#);
+    let cmd = Command::SetPersistentState {
+        target: res("x"),
+        state: On,
+    };
+    assert_eq!(refused(&mut s, cmd), r#"resource "x" does not exist"#);
+}
+
+#[test]
+fn delete_resource_is_refused_while_it_may_run() {
+    let mut s = chain();
+    for st in [
+        ResourceState::OnlinePending,
+        ResourceState::Online,
+        ResourceState::OfflinePending,
+    ] {
+        record(&mut s, "log", st);
+        let err = refused(&mut s, Command::DeleteResource { name: "log".into() });
+        assert_eq!(
+            err,
+            format!(r#"resource "log" is {st}; take it offline first"#)
+        );
+    }
+    record(&mut s, "log", ResourceState::Failed);
+    ok(&mut s, Command::DeleteResource { name: "log".into() });
+    assert!(!s.resources.contains_key("log"));
+    let err = refused(&mut s, Command::DeleteResource { name: "log".into() });
+    assert_eq!(err, r#"resource "log" does not exist"#);
+}
+
+#[test]
+fn delete_resource_is_refused_while_others_depend_on_it() {
+    let mut s = chain();
+    create(&mut s, "cache", "g", &["disk"]);
+    let err = refused(
+        &mut s,
+        Command::DeleteResource {
+            name: "disk".into(),
+        },
+    );
+    assert_eq!(
+        err,
+        r#"resource "disk" is a dependency of cache, web; remove that dependency first"#
+    );
+    ok(&mut s, Command::DeleteResource { name: "app".into() });
+    ok(&mut s, Command::DeleteResource { name: "web".into() });
+    ok(
+        &mut s,
+        Command::DeleteResource {
+            name: "cache".into(),
+        },
+    );
+    ok(
+        &mut s,
+        Command::DeleteResource {
+            name: "disk".into(),
+        },
+    );
+    let left: Vec<_> = s.resources.keys().map(String::as_str).collect();
+    assert_eq!(left, ["log"]);
+}
+
+#[test]
+fn delete_group_is_refused_while_a_resource_runs() {
+    let mut s = chain();
+    create(&mut s, "other", "h", &[]);
+    record(&mut s, "web", ResourceState::Online);
+    let err = refused(&mut s, Command::DeleteGroup { name: "g".into() });
+    assert_eq!(
+        err,
+        r#"group "g" still has resource "web" Online; take the group offline first"#
+    );
+
+    record(&mut s, "web", ResourceState::Failed);
+    ok(&mut s, Command::DeleteGroup { name: "g".into() });
+    assert!(!s.groups.contains_key("g"));
+    let left: Vec<_> = s.resources.keys().map(String::as_str).collect();
+    assert_eq!(left, ["other"]);
+    let err = refused(&mut s, Command::DeleteGroup { name: "g".into() });
+    assert_eq!(err, r#"group "g" does not exist"#);
+}
+
+#[test]
+fn set_owner_bumps_the_epoch_only_on_a_real_change() {
+    let mut s = cluster();
+    assert_eq!(s.group_epoch("g"), 1);
+    ok(
+        &mut s,
+        Command::SetOwner {
+            group: "g".into(),
+            node: "n1".into(),
+        },
+    );
+    assert_eq!(
+        (s.groups["g"].owner.as_deref(), s.group_epoch("g")),
+        (Some("n1"), 1)
+    );
+    ok(
+        &mut s,
+        Command::SetOwner {
+            group: "g".into(),
+            node: "n2".into(),
+        },
+    );
+    assert_eq!(
+        (s.groups["g"].owner.as_deref(), s.group_epoch("g")),
+        (Some("n2"), 2)
+    );
+    ok(
+        &mut s,
+        Command::SetOwner {
+            group: "g".into(),
+            node: "n2".into(),
+        },
+    );
+    assert_eq!(s.group_epoch("g"), 2);
+    ok(
+        &mut s,
+        Command::SetOwner {
+            group: "h".into(),
+            node: "n2".into(),
+        },
+    );
+    assert_eq!(
+        (s.groups["h"].owner.as_deref(), s.group_epoch("h")),
+        (Some("n2"), 1)
+    );
+
+    let cmd = Command::SetOwner {
+        group: "g".into(),
+        node: "n9".into(),
+    };
+    assert_eq!(refused(&mut s, cmd), r#"node "n9" does not exist"#);
+    let cmd = Command::SetOwner {
+        group: "x".into(),
+        node: "n1".into(),
+    };
+    assert_eq!(refused(&mut s, cmd), r#"group "x" does not exist"#);
+}
+
+#[test]
+fn record_state_updates_state_reason_and_pid() {
+    let mut s = chain();
+    let cmd = Command::RecordState {
+        resource: "web".into(),
+        state: ResourceState::Online,
+        reason: "started".into(),
+        pid: Some(4242),
+    };
+    ok(&mut s, cmd);
+    let r = &s.resources["web"];
+    assert_eq!(
+        (r.state, r.state_reason.as_str(), r.pid),
+        (ResourceState::Online, "started", Some(4242))
+    );
+    // Only the state changes, not what the operator wants.
+    assert_eq!(r.persistent_state, Off);
+
+    let cmd = Command::RecordState {
+        resource: "web".into(),
+        state: ResourceState::Failed,
+        reason: "exit 1".into(),
+        pid: None,
+    };
+    ok(&mut s, cmd);
+    let r = &s.resources["web"];
+    assert_eq!(
+        (r.state, r.state_reason.as_str(), r.pid),
+        (ResourceState::Failed, "exit 1", None)
+    );
+
+    let cmd = Command::RecordState {
+        resource: "ghost".into(),
+        state: ResourceState::Online,
+        reason: String::new(),
+        pid: None,
+    };
+    assert_eq!(refused(&mut s, cmd), r#"resource "ghost" does not exist"#);
+}
+
+#[test]
+fn invalid_props_are_refused_naming_the_property() {
+    let mut s = cluster();
+    let mut bad = spec("web", "g", &[]);
+    bad.props.restart_period_s = 0;
+    let err = refused(&mut s, Command::CreateResource { spec: bad });
+    assert_eq!(
+        err,
+        r#"resource "web": restart_period_s must be > 0 and at most 2592000, got "0""#
+    );
+
+    create(&mut s, "web", "g", &[]);
+    let props = ResourceProps {
+        looks_alive_ms: 1,
+        ..ResourceProps::default()
+    };
+    let cmd = Command::UpdateResource {
+        name: "web".into(),
+        params: Default::default(),
+        props,
+        depends_on: vec![],
+    };
+    let err = refused(&mut s, cmd);
+    assert_eq!(
+        err,
+        r#"resource "web": looks_alive_ms must be between 10 and 86400000, got "1""#
+    );
+    assert_eq!(s.resources["web"].props, ResourceProps::default());
+}
+
+#[test]
+fn set_group_failure_and_node_state_need_existing_targets() {
+    let mut s = cluster();
+    let cmd = Command::SetGroupFailure {
+        group: "x".into(),
+        failure: None,
+    };
+    assert_eq!(refused(&mut s, cmd), r#"group "x" does not exist"#);
+    let cmd = Command::SetNodeState {
+        name: "n9".into(),
+        state: NodeState::Down,
+    };
+    assert_eq!(refused(&mut s, cmd), r#"node "n9" does not exist"#);
+}

@@ -1,0 +1,629 @@
+//! The RCM's reconcile loop, `Rcm::step`, driven against a database built with `apply`.
+//!
+//! `Node` plays the agent: it feeds one input to the RCM, applies every `Action::Db` command
+//! back into the database (ignoring refusals, as the agent does) and hands the actions to the
+//! test, which mostly looks at the calls into the RHS: "online x", "offline x", "terminate x".
+
+use vigil_core::command::{Command, Target, apply};
+use vigil_core::event::LogEntry;
+use vigil_core::model::PersistentState::{Offline as Off, Online as On};
+use vigil_core::model::ResourceState::{Failed, Offline, OfflinePending, Online, OnlinePending};
+use vigil_core::model::{
+    ClusterState, GroupState, PersistentState, ResourceSpec, ResourceState, group_state,
+};
+use vigil_core::props::{GroupProps, ResourceProps, RestartAction};
+use vigil_core::rcm::{Action, Input, Rcm, Report};
+
+/// restart_delay_ms of every test resource.
+const DELAY: u64 = 1_000;
+/// pending_timeout_ms.
+const PENDING: u64 = 10_000;
+/// retry_period_on_failure_s, in milliseconds.
+const RETRY: u64 = 60_000;
+
+fn props() -> ResourceProps {
+    ResourceProps {
+        restart_delay_ms: DELAY,
+        pending_timeout_ms: PENDING,
+        retry_period_on_failure_s: RETRY / 1_000,
+        ..ResourceProps::default()
+    }
+}
+
+fn props_with(action: RestartAction, threshold: u32) -> ResourceProps {
+    ResourceProps {
+        restart_action: action,
+        restart_threshold: threshold,
+        ..props()
+    }
+}
+
+struct Node {
+    db: ClusterState,
+    rcm: Rcm,
+}
+
+impl Node {
+    /// Node "n1", owner of group "g" holding `resources` (name, dependencies), all desired
+    /// Offline.
+    fn new(resources: &[(&str, &[&str])]) -> Self {
+        Self::with_props(resources, props())
+    }
+
+    fn with_props(resources: &[(&str, &[&str])], props: ResourceProps) -> Self {
+        let mut db = ClusterState::default();
+        let setup = [
+            Command::AddNode {
+                name: "n1".into(),
+                address: "n1:7000".into(),
+            },
+            Command::CreateGroup {
+                name: "g".into(),
+                props: GroupProps::default(),
+                owner: Some("n1".into()),
+            },
+        ];
+        let specs = resources
+            .iter()
+            .map(|(name, deps)| Command::CreateResource {
+                spec: ResourceSpec {
+                    name: name.to_string(),
+                    group: "g".into(),
+                    type_name: "process".into(),
+                    params: [("command".to_string(), format!("/bin/{name}"))].into(),
+                    props: props.clone(),
+                    depends_on: deps.iter().map(|d| d.to_string()).collect(),
+                },
+            });
+        for cmd in setup.into_iter().chain(specs) {
+            apply(&mut db, &cmd).unwrap();
+        }
+        Self {
+            db,
+            rcm: Rcm::new("n1"),
+        }
+    }
+
+    fn step(&mut self, input: Input, now: u64) -> Vec<Action> {
+        let actions = self.rcm.step(&self.db, input, now);
+        for a in &actions {
+            if let Action::Db(cmd) = a {
+                let _ = apply(&mut self.db, cmd);
+            }
+        }
+        actions
+    }
+
+    fn tick(&mut self, now: u64) -> Vec<Action> {
+        self.step(Input::Tick, now)
+    }
+
+    fn report(&mut self, resource: &str, report: Report, now: u64) -> Vec<Action> {
+        let input = Input::Report {
+            resource: resource.into(),
+            report,
+            reason: "rhs says so".into(),
+            pid: None,
+        };
+        self.step(input, now)
+    }
+
+    /// The operator sets the desired state of `target`, as the agent relays it.
+    fn desire(&mut self, target: Target, state: PersistentState, now: u64) -> Vec<Action> {
+        apply(&mut self.db, &Command::SetPersistentState { target, state }).unwrap();
+        let resources = self.db.resources.keys().cloned().collect();
+        self.step(Input::Operator { resources }, now)
+    }
+
+    fn desire_group(&mut self, state: PersistentState, now: u64) -> Vec<Action> {
+        self.desire(Target::Group("g".into()), state, now)
+    }
+
+    /// Brings group g online at `now`, answering every Online call with an Online report.
+    fn start(&mut self, now: u64) {
+        let mut todo = calls(&self.desire_group(PersistentState::Online, now));
+        while let Some(call) = todo.pop() {
+            let name = call
+                .strip_prefix("online ")
+                .expect("only Online calls while starting");
+            todo.extend(calls(&self.report(name, Report::Online, now)));
+        }
+        for r in self.db.resources.values() {
+            assert_eq!(r.state, ResourceState::Online, "{} did not start", r.name);
+        }
+    }
+
+    fn db_state(&self, resource: &str) -> ResourceState {
+        self.db.resources[resource].state
+    }
+
+    fn reason(&self, resource: &str) -> &str {
+        &self.db.resources[resource].state_reason
+    }
+
+    fn group_state(&self) -> GroupState {
+        group_state(&self.db, &self.db.groups["g"])
+    }
+}
+
+/// The calls into the RHS, in order.
+fn calls(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Online { resource } => Some(format!("online {resource}")),
+            Action::Offline { resource } => Some(format!("offline {resource}")),
+            Action::Terminate { resource } => Some(format!("terminate {resource}")),
+            Action::Close { resource } => Some(format!("close {resource}")),
+            Action::Db(_) | Action::Log(_) => None,
+        })
+        .collect()
+}
+
+fn db_commands(actions: &[Action]) -> Vec<&Command> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Db(cmd) => Some(cmd),
+            _ => None,
+        })
+        .collect()
+}
+
+fn logs(actions: &[Action]) -> Vec<&LogEntry> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Log(entry) => Some(entry),
+            _ => None,
+        })
+        .collect()
+}
+
+fn group_failures(actions: &[Action]) -> Vec<Option<String>> {
+    db_commands(actions)
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::SetGroupFailure { failure, .. } => Some(failure.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+const NONE: [&str; 0] = [];
+
+#[test]
+fn online_starts_providers_first_and_dependents_after_they_report_online() {
+    let mut n = Node::new(&[("disk", &[]), ("ip", &[]), ("app", &["disk", "ip"])]);
+    assert_eq!(calls(&n.desire_group(On, 0)), ["online disk", "online ip"]);
+    assert_eq!(
+        [n.db_state("disk"), n.db_state("ip"), n.db_state("app")],
+        [OnlinePending, OnlinePending, Offline]
+    );
+    assert_eq!(n.reason("disk"), "desired state is Online");
+    assert_eq!(calls(&n.tick(100)), NONE);
+
+    let input = Input::Report {
+        resource: "disk".into(),
+        report: Report::Online,
+        reason: "up".into(),
+        pid: Some(42),
+    };
+    assert_eq!(
+        calls(&n.step(input, 200)),
+        NONE,
+        "app must wait for ip as well"
+    );
+    assert_eq!(
+        (n.db_state("disk"), n.db.resources["disk"].pid),
+        (Online, Some(42))
+    );
+
+    assert_eq!(calls(&n.report("ip", Report::Online, 300)), ["online app"]);
+    assert_eq!(n.db_state("app"), OnlinePending);
+    assert_eq!(calls(&n.report("app", Report::Online, 400)), NONE);
+    assert_eq!(n.group_state(), GroupState::Online);
+}
+
+#[test]
+fn offline_stops_dependents_first_and_providers_after_they_report_offline() {
+    let mut n = Node::new(&[("disk", &[]), ("ip", &[]), ("app", &["disk", "ip"])]);
+    n.start(0);
+    assert_eq!(calls(&n.desire_group(Off, 1_000)), ["offline app"]);
+    assert_eq!(
+        [n.db_state("disk"), n.db_state("ip"), n.db_state("app")],
+        [Online, Online, OfflinePending]
+    );
+    assert_eq!(calls(&n.tick(1_100)), NONE);
+
+    assert_eq!(
+        calls(&n.report("app", Report::Offline, 1_200)),
+        ["offline ip", "offline disk"]
+    );
+    assert_eq!(n.db_state("app"), Offline);
+    assert_eq!(
+        (n.db_state("disk"), n.reason("disk")),
+        (OfflinePending, "desired state is Offline")
+    );
+    assert_eq!(calls(&n.report("ip", Report::Offline, 1_300)), NONE);
+    assert_eq!(calls(&n.report("disk", Report::Offline, 1_400)), NONE);
+    assert_eq!(n.group_state(), GroupState::Offline);
+}
+
+#[test]
+fn desired_equal_to_reported_gives_no_actions() {
+    let mut n = Node::new(&[("disk", &[]), ("app", &["disk"])]);
+    assert_eq!(n.tick(0), []);
+    n.start(100);
+    assert_eq!(n.tick(200), []);
+    assert_eq!(n.tick(10 * RETRY), []);
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), None);
+}
+
+#[test]
+fn failed_resource_is_terminated_then_restarted_after_restart_delay() {
+    let mut n = Node::new(&[("web", &[])]);
+    n.start(0);
+    assert_eq!(
+        calls(&n.report("web", Report::Failed, 5_000)),
+        ["terminate web"]
+    );
+    assert_eq!(
+        (n.db_state("web"), n.reason("web")),
+        (Failed, "rhs says so")
+    );
+    assert_eq!(n.rcm.state("web"), Failed);
+
+    assert_eq!(calls(&n.tick(5_000 + DELAY - 1)), NONE);
+    assert_eq!(n.db_state("web"), Failed);
+    assert_eq!(calls(&n.tick(5_000 + DELAY)), ["online web"]);
+    assert_eq!(
+        (n.db_state("web"), n.reason("web")),
+        (OnlinePending, "restarting in place")
+    );
+}
+
+#[test]
+fn exhausted_restarts_on_a_single_node_fail_the_group_until_the_retry_period() {
+    let mut n = Node::with_props(
+        &[("web", &[])],
+        props_with(RestartAction::RestartThenFailover, 1),
+    );
+    n.start(0);
+    assert_eq!(
+        calls(&n.report("web", Report::Failed, 10_000)),
+        ["terminate web"]
+    );
+    assert_eq!(calls(&n.tick(10_000 + DELAY)), ["online web"]);
+    n.report("web", Report::Online, 11_500);
+
+    let actions = n.report("web", Report::Failed, 12_000);
+    assert_eq!(calls(&actions), ["terminate web"]);
+    let failures = group_failures(&actions);
+    assert_eq!(failures.len(), 1);
+    let failure = n.db.groups["g"]
+        .failure
+        .clone()
+        .expect("group marked failed");
+    assert_eq!(failures[0].as_ref(), Some(&failure));
+    assert!(
+        failure.contains("restarts of web exhausted and no other node"),
+        "{failure}"
+    );
+    assert_eq!(n.group_state(), GroupState::Failed);
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(12_000 + RETRY));
+
+    for t in [12_000 + DELAY, 20_000, 12_000 + RETRY - 1] {
+        assert_eq!(calls(&n.tick(t)), NONE, "no restart at {t}");
+    }
+    assert_eq!(n.db_state("web"), Failed);
+
+    let actions = n.tick(12_000 + RETRY);
+    assert_eq!(calls(&actions), ["online web"]);
+    assert_eq!(group_failures(&actions), [None]);
+    assert_eq!(n.db.groups["g"].failure, None);
+    assert_eq!(n.reason("web"), "retrying after retry_period_on_failure_s");
+}
+
+#[test]
+fn exhausted_restarts_fail_the_group_over_to_another_node() {
+    let mut n = Node::with_props(
+        &[("web", &[])],
+        props_with(RestartAction::RestartThenFailover, 0),
+    );
+    apply(
+        &mut n.db,
+        &Command::AddNode {
+            name: "n2".into(),
+            address: "n2:7000".into(),
+        },
+    )
+    .unwrap();
+    n.start(0);
+    let actions = n.report("web", Report::Failed, 1_000);
+    assert_eq!(calls(&actions), ["terminate web"]);
+    let owner = Command::SetOwner {
+        group: "g".into(),
+        node: "n2".into(),
+    };
+    assert!(db_commands(&actions).contains(&&owner), "{actions:?}");
+    assert_eq!(
+        (n.db.groups["g"].owner.as_deref(), n.db.group_epoch("g")),
+        (Some("n2"), 2)
+    );
+    assert_eq!(n.db.groups["g"].failure, None);
+    // No longer this node's resource: dropped from its RHS, never restarted here.
+    assert_eq!(calls(&n.tick(2_000)), ["close web"]);
+    assert_eq!(n.tick(1_000 + RETRY), []);
+}
+
+#[test]
+fn restart_action_restart_exhausted_stays_failed_until_the_retry_period() {
+    let mut n = Node::with_props(&[("web", &[])], props_with(RestartAction::Restart, 1));
+    n.start(0);
+    n.report("web", Report::Failed, 10_000);
+    assert_eq!(calls(&n.tick(10_000 + DELAY)), ["online web"]);
+    n.report("web", Report::Online, 11_500);
+
+    let actions = n.report("web", Report::Failed, 12_000);
+    assert_eq!(calls(&actions), ["terminate web"]);
+    assert_eq!(group_failures(&actions), []);
+    assert_eq!(n.db.groups["g"].failure, None);
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(12_000 + RETRY));
+    for t in [12_000 + DELAY, 30_000, 12_000 + RETRY - 1] {
+        assert_eq!(calls(&n.tick(t)), NONE, "no restart at {t}");
+    }
+    assert_eq!((n.db_state("web"), n.rcm.state("web")), (Failed, Failed));
+
+    assert_eq!(calls(&n.tick(12_000 + RETRY)), ["online web"]);
+    assert_eq!(n.reason("web"), "retrying after retry_period_on_failure_s");
+    // The retry starts a fresh count: the next failure restarts in place again.
+    n.report("web", Report::Online, 80_000);
+    n.report("web", Report::Failed, 90_000);
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(90_000 + DELAY));
+    assert_eq!(calls(&n.tick(90_000 + DELAY)), ["online web"]);
+}
+
+#[test]
+fn restart_action_none_never_restarts_in_place() {
+    let mut n = Node::with_props(&[("web", &[])], props_with(RestartAction::None, 3));
+    n.start(0);
+    assert_eq!(
+        calls(&n.report("web", Report::Failed, 1_000)),
+        ["terminate web"]
+    );
+    assert_eq!(calls(&n.tick(1_000 + DELAY)), NONE);
+    assert_eq!(calls(&n.tick(1_000 + RETRY)), ["online web"]);
+}
+
+#[test]
+fn stopped_out_of_band_sets_desired_offline_and_is_not_restarted() {
+    let mut n = Node::new(&[("web", &[])]);
+    n.start(0);
+    let actions = n.report("web", Report::StoppedOutOfBand, 5_000);
+    assert_eq!(calls(&actions), NONE);
+    let offline = Command::SetPersistentState {
+        target: Target::Resource("web".into()),
+        state: Off,
+    };
+    assert_eq!(db_commands(&actions).last(), Some(&&offline));
+    assert_eq!(n.db.resources["web"].persistent_state, Off);
+    assert_eq!(n.db_state("web"), Offline);
+    assert!(
+        n.reason("web").starts_with("stopped outside the cluster"),
+        "{}",
+        n.reason("web")
+    );
+    for t in [5_000 + DELAY, 5_000 + RETRY, 100 * RETRY] {
+        assert_eq!(calls(&n.tick(t)), NONE, "restarted at {t}");
+    }
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), None);
+
+    // The operator's own Online is obeyed again.
+    assert_eq!(calls(&n.desire_group(On, 200 * RETRY)), ["online web"]);
+}
+
+#[test]
+fn failed_provider_takes_dependents_offline_and_they_return_after_it_recovers() {
+    let mut n = Node::new(&[("disk", &[]), ("app", &["disk"])]);
+    n.start(0);
+    assert_eq!(
+        calls(&n.report("disk", Report::Failed, 5_000)),
+        ["terminate disk", "offline app"]
+    );
+    assert_eq!(
+        (n.db_state("app"), n.reason("app")),
+        (OfflinePending, "dependency disk is not Online")
+    );
+    assert_eq!(calls(&n.report("app", Report::Offline, 5_100)), NONE);
+    assert_eq!(n.db_state("app"), Offline);
+    assert_eq!(n.group_state(), GroupState::Failed);
+
+    assert_eq!(calls(&n.tick(5_000 + DELAY)), ["online disk"]);
+    assert_eq!(
+        calls(&n.report("disk", Report::Online, 6_500)),
+        ["online app"]
+    );
+    n.report("app", Report::Online, 6_600);
+    assert_eq!(n.group_state(), GroupState::Online);
+}
+
+#[test]
+fn pending_without_progress_times_out_terminated_and_failed() {
+    let mut n = Node::new(&[("web", &[])]);
+    assert_eq!(calls(&n.desire_group(On, 0)), ["online web"]);
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(PENDING));
+    assert_eq!(calls(&n.tick(PENDING - 1)), NONE);
+    assert_eq!(n.db_state("web"), OnlinePending);
+
+    assert_eq!(calls(&n.tick(PENDING)), ["terminate web"]);
+    assert_eq!(n.db_state("web"), Failed);
+    let reason = n.reason("web");
+    assert!(
+        reason.starts_with("OnlinePending without progress for pending_timeout_ms=10000"),
+        "{reason}"
+    );
+    // A timeout is a failure like any other: the restart policy applies.
+    assert_eq!(calls(&n.tick(PENDING + DELAY)), ["online web"]);
+}
+
+#[test]
+fn progress_reports_postpone_the_pending_timeout() {
+    let mut n = Node::new(&[("web", &[])]);
+    n.desire_group(On, 0);
+    assert_eq!(
+        calls(&n.report("web", Report::OnlinePending { progress: true }, 8_000)),
+        NONE
+    );
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(8_000 + PENDING));
+    assert_eq!(calls(&n.tick(PENDING)), NONE);
+    // A pending report without progress does not count.
+    n.report("web", Report::OnlinePending { progress: false }, 12_000);
+    assert_eq!(calls(&n.tick(8_000 + PENDING - 1)), NONE);
+    assert_eq!(n.db_state("web"), OnlinePending);
+    assert_eq!(calls(&n.tick(8_000 + PENDING)), ["terminate web"]);
+    assert_eq!(n.db_state("web"), Failed);
+}
+
+#[test]
+fn offline_pending_timeout_counts_from_the_offline_call() {
+    let mut n = Node::new(&[("web", &[])]);
+    n.start(0);
+    // Online for far longer than pending_timeout_ms; a graceful Offline must get its full time.
+    let t = 100 * PENDING;
+    assert_eq!(calls(&n.desire_group(Off, t)), ["offline web"]);
+    assert_eq!(n.db_state("web"), OfflinePending);
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(t + PENDING));
+    assert_eq!(calls(&n.tick(t + PENDING - 1)), NONE);
+    assert_eq!(calls(&n.tick(t + PENDING)), ["terminate web"]);
+    assert_eq!(n.db_state("web"), Offline);
+    assert!(
+        n.reason("web")
+            .starts_with("OfflinePending without progress"),
+        "{}",
+        n.reason("web")
+    );
+}
+
+#[test]
+fn host_lost_fails_running_resources() {
+    let mut n = Node::new(&[("web", &[]), ("log", &[])]);
+    n.start(0);
+    assert_eq!(
+        calls(&n.desire(Target::Resource("log".into()), Off, 1_000)),
+        ["offline log"]
+    );
+
+    let lost = Input::HostLost {
+        resources: vec!["web".into(), "log".into()],
+        reason: "rhs died".into(),
+    };
+    assert_eq!(calls(&n.step(lost, 2_000)), ["terminate web"]);
+    assert_eq!((n.db_state("web"), n.reason("web")), (Failed, "rhs died"));
+    // Stopping it was what we wanted anyway.
+    assert_eq!(n.db_state("log"), Offline);
+    assert_eq!(calls(&n.tick(2_000 + DELAY)), ["online web"]);
+}
+
+#[test]
+fn simulated_failure_fails_only_a_running_resource() {
+    let mut n = Node::new(&[("web", &[]), ("log", &[])]);
+    n.desire(Target::Resource("web".into()), On, 0);
+    n.report("web", Report::Online, 100);
+    let fail = |r: &str| Input::SimulateFailure { resource: r.into() };
+    assert_eq!(n.step(fail("log"), 200), []);
+    assert_eq!(calls(&n.step(fail("web"), 300)), ["terminate web"]);
+    assert_eq!(n.db_state("web"), Failed);
+}
+
+#[test]
+fn deadlock_moves_the_resource_to_a_separate_monitor() {
+    let mut n = Node::new(&[("disk", &[]), ("web", &["disk"])]);
+    n.start(0);
+    let deadlock = || Input::Deadlock {
+        resource: "web".into(),
+        entry_point: "is_alive".into(),
+    };
+    let actions = n.step(deadlock(), 1_000);
+    assert_eq!(calls(&actions), NONE);
+    let r = &n.db.resources["web"];
+    let expected = Command::UpdateResource {
+        name: "web".into(),
+        params: r.params.clone(),
+        props: ResourceProps {
+            separate_monitor: true,
+            ..props()
+        },
+        depends_on: vec!["disk".into()],
+    };
+    assert_eq!(db_commands(&actions), [&expected]);
+    assert!(r.props.separate_monitor);
+    let reason = &logs(&actions)[0].reason;
+    assert!(
+        reason.starts_with("is_alive did not return within deadlock_timeout_ms=60000"),
+        "{reason}"
+    );
+
+    // Already on a monitor of its own: only logged.
+    let actions = n.step(deadlock(), 2_000);
+    assert_eq!(db_commands(&actions), Vec::<&Command>::new());
+    assert_eq!(logs(&actions).len(), 1);
+}
+
+#[test]
+fn first_sight_of_a_resource_recorded_online_records_offline_then_starts_it() {
+    let mut n = Node::new(&[("web", &[]), ("log", &[])]);
+    apply(
+        &mut n.db,
+        &Command::SetPersistentState {
+            target: Target::Resource("web".into()),
+            state: On,
+        },
+    )
+    .unwrap();
+    for r in ["web", "log"] {
+        let cmd = Command::RecordState {
+            resource: r.into(),
+            state: Online,
+            reason: "old run".into(),
+            pid: Some(7),
+        };
+        apply(&mut n.db, &cmd).unwrap();
+    }
+
+    let actions = n.tick(0);
+    let agent_started = |r: &str| Command::RecordState {
+        resource: r.into(),
+        state: Offline,
+        reason: "not running on n1 (its agent started)".into(),
+        pid: None,
+    };
+    let cmds = db_commands(&actions);
+    assert_eq!(cmds[..2], [&agent_started("log"), &agent_started("web")]);
+    let online = actions.iter().position(|a| {
+        *a == Action::Online {
+            resource: "web".into(),
+        }
+    });
+    let recorded = actions
+        .iter()
+        .position(|a| *a == Action::Db(agent_started("web")));
+    assert!(recorded < online && online.is_some(), "{actions:?}");
+    assert_eq!(calls(&actions), ["online web"]);
+    assert_eq!(
+        (n.db_state("web"), n.db_state("log")),
+        (OnlinePending, Offline)
+    );
+    assert_eq!(n.db.resources["log"].pid, None);
+}
+
+#[test]
+fn next_wakeup_is_the_restart_time_after_a_failure() {
+    let mut n = Node::new(&[("web", &[])]);
+    n.start(0);
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), None);
+    n.report("web", Report::Failed, 5_000);
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(5_000 + DELAY));
+    n.tick(5_000 + DELAY);
+    assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(5_000 + DELAY + PENDING));
+}

@@ -1,0 +1,407 @@
+//! The RHS process: `vigil rhs --fd N`, started by the agent with one end of a socket pair.
+//!
+//! One task per resource serializes the calls into its instance and keeps its timers:
+//! LooksAlive every `looks_alive_ms`, IsAlive every `is_alive_ms`, and LooksAlive at once when
+//! the resource's event descriptor (a pidfd) becomes readable. As in Windows: a LooksAlive
+//! that says no triggers an IsAlive at once; an IsAlive that says no makes the resource
+//! Failed and calls Terminate.
+//!
+//! Every call into a type runs on a blocking thread under a watchdog: a call that does not
+//! return within `deadlock_timeout_ms` is reported as a deadlock and the whole RHS exits
+//! (its processes die with it through their parent-death signal); the agent restarts it.
+//! When the agent goes away (end of stream), every resource is terminated and the RHS exits:
+//! a node that cannot vouch for its resources must not run them.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use vigil_core::rcm::Report;
+
+use crate::protocol::{self, Checks, FromHost, ToHost};
+use crate::types::{self, Health, OpenContext, Progress, Resource};
+
+/// How often a pending Online is polled for progress.
+const PENDING_POLL: Duration = Duration::from_millis(50);
+/// How long a shutdown waits for resources to terminate.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(20);
+/// Bound of the queue of messages to the agent.
+const OUT_QUEUE: usize = 4_096;
+/// Bound of each resource's command queue.
+const CMD_QUEUE: usize = 64;
+
+type Outgoing = (FromHost, Option<oneshot::Sender<()>>);
+
+/// Runs the RHS on an inherited socket descriptor until the agent goes away.
+pub fn main(fd: RawFd) -> Result<(), String> {
+    // SAFETY: the agent passes this descriptor to us and nothing else in this process owns it.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(Duration::from_secs(60))
+        .build()
+        .map_err(|e| format!("cannot start the RHS runtime: {e}"))?;
+    rt.block_on(serve(stream))
+}
+
+async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("RHS socket: {e}"))?;
+    let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| format!("RHS socket: {e}"))?;
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = FromHost::Hello {
+        version: protocol::VERSION,
+        pid: std::process::id(),
+    };
+    protocol::write_frame(&mut wr, &hello).await.map_err(|e| e.to_string())?;
+    match protocol::read_frame::<_, ToHost>(&mut rd).await {
+        Ok(Some(ToHost::Hello { version })) if version == protocol::VERSION => {}
+        Ok(Some(ToHost::Hello { version })) => {
+            return Err(format!(
+                "the agent speaks RHS protocol version {version}, this RHS speaks {}",
+                protocol::VERSION
+            ));
+        }
+        other => return Err(format!("expected Hello from the agent, got {other:?}")),
+    }
+    let (out, out_rx) = mpsc::channel::<Outgoing>(OUT_QUEUE);
+    tokio::spawn(write_loop(wr, out_rx));
+    let mut workers: HashMap<String, mpsc::Sender<ToHost>> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        let msg = match protocol::read_frame::<_, ToHost>(&mut rd).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!("RHS: {e}; shutting down");
+                break;
+            }
+        };
+        match msg {
+            ToHost::Hello { .. } => {}
+            ToHost::Shutdown => break,
+            ToHost::Open {
+                resource,
+                type_name,
+                params,
+                checks,
+                node,
+                epoch,
+                log_path,
+            } => {
+                if let Some(old) = workers.remove(&resource) {
+                    let _ = old.send(ToHost::Close { resource: resource.clone() }).await;
+                }
+                let ctx = OpenContext {
+                    resource: resource.clone(),
+                    params,
+                    node,
+                    epoch,
+                    log_path: log_path.into(),
+                };
+                let (tx, rx) = mpsc::channel(CMD_QUEUE);
+                workers.insert(resource, tx);
+                tasks.spawn(Worker::run(ctx, type_name, checks, rx, out.clone()));
+            }
+            ToHost::Online { ref resource }
+            | ToHost::Offline { ref resource }
+            | ToHost::Terminate { ref resource } => {
+                if let Some(tx) = workers.get(resource) {
+                    let _ = tx.send(msg.clone()).await;
+                } else if matches!(msg, ToHost::Online { .. }) {
+                    let status = FromHost::Status {
+                        resource: resource.clone(),
+                        report: Report::Failed,
+                        reason: "not open in this RHS".to_string(),
+                        pid: None,
+                    };
+                    let _ = out.send((status, None)).await;
+                }
+            }
+            ToHost::Close { resource } => {
+                if let Some(tx) = workers.remove(&resource) {
+                    let _ = tx.send(ToHost::Close { resource }).await;
+                }
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    // The agent is gone or asked us to stop: terminate everything, bounded.
+    for (resource, tx) in workers.drain() {
+        let _ = tx.send(ToHost::Terminate { resource: resource.clone() }).await;
+        let _ = tx.send(ToHost::Close { resource }).await;
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_LIMIT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some((msg, ack)) = rx.recv().await {
+        if let Err(e) = protocol::write_frame(&mut wr, &msg).await {
+            tracing::error!("RHS: cannot write to the agent: {e}");
+            return;
+        }
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Offline,
+    Pending,
+    Online,
+}
+
+enum Wake {
+    Cmd(Option<ToHost>),
+    LooksAlive,
+    IsAlive,
+    Event,
+    Poll,
+}
+
+type Instance = Arc<Mutex<Box<dyn Resource>>>;
+
+struct Worker {
+    name: String,
+    checks: Checks,
+    instance: Option<Instance>,
+    open_error: Option<String>,
+    phase: Phase,
+    event: Option<AsyncFd<OwnedFd>>,
+    out: mpsc::Sender<Outgoing>,
+}
+
+impl Worker {
+    async fn run(
+        ctx: OpenContext,
+        type_name: String,
+        checks: Checks,
+        mut rx: mpsc::Receiver<ToHost>,
+        out: mpsc::Sender<Outgoing>,
+    ) {
+        let mut w = Worker {
+            name: ctx.resource.clone(),
+            checks,
+            instance: None,
+            open_error: None,
+            phase: Phase::Offline,
+            event: None,
+            out,
+        };
+        match types::find(&type_name) {
+            None => w.open_error = Some(format!("unknown resource type {type_name:?}")),
+            Some(ty) => match w.guarded("Open", move || ty.open(ctx)).await {
+                Ok(Ok(instance)) => w.instance = Some(Arc::new(Mutex::new(instance))),
+                Ok(Err(e)) | Err(e) => w.open_error = Some(e),
+            },
+        }
+        let mut looks = interval(w.checks.looks_alive_ms);
+        let mut is = interval(w.checks.is_alive_ms);
+        let mut poll = tokio::time::interval(PENDING_POLL);
+        loop {
+            let online = w.phase == Phase::Online;
+            let wake = tokio::select! {
+                cmd = rx.recv() => Wake::Cmd(cmd),
+                _ = looks.tick(), if online => Wake::LooksAlive,
+                _ = is.tick(), if online => Wake::IsAlive,
+                _ = readable(&w.event), if w.event.is_some() => Wake::Event,
+                _ = poll.tick(), if w.phase == Phase::Pending => Wake::Poll,
+            };
+            match wake {
+                Wake::Cmd(Some(ToHost::Online { .. })) => {
+                    w.online().await;
+                    looks = interval(w.checks.looks_alive_ms);
+                    is = interval(w.checks.is_alive_ms);
+                }
+                Wake::Cmd(Some(ToHost::Offline { .. })) => w.offline().await,
+                Wake::Cmd(Some(ToHost::Terminate { .. })) => {
+                    w.stop_watching();
+                    w.call("Terminate", |r| r.terminate()).await.ok();
+                }
+                Wake::Cmd(None | Some(ToHost::Close { .. })) => {
+                    w.stop_watching();
+                    w.call("Close", |r| r.close()).await.ok();
+                    return;
+                }
+                Wake::Cmd(Some(_)) => {}
+                Wake::LooksAlive | Wake::Event => w.check(true).await,
+                Wake::IsAlive => w.check(false).await,
+                Wake::Poll => w.progress().await,
+            }
+        }
+    }
+
+    /// Runs `f` on a blocking thread under the deadlock watchdog. A panic in the type is an
+    /// error; a call that outlives `deadlock_timeout_ms` ends this RHS.
+    async fn guarded<T: Send + 'static>(
+        &self,
+        entry: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let limit = Duration::from_millis(self.checks.deadlock_timeout_ms);
+        match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("{entry} panicked in the resource type: {e}")),
+            Err(_) => self.deadlock(entry).await,
+        }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        entry: &'static str,
+        f: impl FnOnce(&mut dyn Resource) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let Some(instance) = self.instance.clone() else {
+            return Err(self.open_error.clone().unwrap_or_else(|| "not open".to_string()));
+        };
+        self.guarded(entry, move || {
+            let mut guard = instance.lock().unwrap_or_else(|p| p.into_inner());
+            f(guard.as_mut())
+        })
+        .await
+    }
+
+    async fn deadlock(&self, entry: &'static str) -> ! {
+        tracing::error!(
+            "RHS: {entry} of resource {} did not return within {} ms; exiting",
+            self.name,
+            self.checks.deadlock_timeout_ms
+        );
+        let (ack, acked) = oneshot::channel();
+        let msg = FromHost::Deadlock {
+            resource: self.name.clone(),
+            entry_point: entry.to_string(),
+        };
+        if self.out.send((msg, Some(ack))).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), acked).await;
+        }
+        std::process::exit(70)
+    }
+
+    async fn report(&self, report: Report, reason: impl Into<String>, pid: Option<u32>) {
+        let msg = FromHost::Status {
+            resource: self.name.clone(),
+            report,
+            reason: reason.into(),
+            pid,
+        };
+        let _ = self.out.send((msg, None)).await;
+    }
+
+    fn stop_watching(&mut self) {
+        self.phase = Phase::Offline;
+        self.event = None;
+    }
+
+    async fn online(&mut self) {
+        if let Some(e) = &self.open_error {
+            let reason = format!("Open failed: {e}");
+            self.report(Report::Failed, reason, None).await;
+            return;
+        }
+        self.phase = Phase::Pending;
+        match self.call("Online", |r| r.online()).await {
+            Ok(Ok(Progress::Done)) => self.became_online().await,
+            Ok(Ok(Progress::Pending(msg))) => {
+                self.watch().await;
+                let progress = msg.is_some();
+                let reason = msg.unwrap_or_else(|| "coming online".to_string());
+                self.report(Report::OnlinePending { progress }, reason, None).await;
+            }
+            Ok(Err(e)) | Err(e) => self.failed(format!("Online failed: {e}")).await,
+        }
+    }
+
+    async fn progress(&mut self) {
+        match self.call("Online", |r| r.online_progress()).await {
+            Ok(Ok(Progress::Done)) => self.became_online().await,
+            Ok(Ok(Progress::Pending(Some(msg)))) => {
+                self.report(Report::OnlinePending { progress: true }, msg, None).await;
+            }
+            Ok(Ok(Progress::Pending(None))) => {}
+            Ok(Err(e)) | Err(e) => self.failed(format!("Online failed: {e}")).await,
+        }
+    }
+
+    async fn became_online(&mut self) {
+        self.watch().await;
+        self.phase = Phase::Online;
+        let pid = self.call("Online", |r| r.pid()).await.ok().flatten();
+        self.report(Report::Online, "online", pid).await;
+    }
+
+    /// Starts watching the resource's event descriptor, if its type has one.
+    async fn watch(&mut self) {
+        let fd = self.call("Online", |r| r.event_fd()).await.ok().flatten();
+        // SAFETY: the AsyncFd owns `fd`, so it stays open and the same until the AsyncFd drops.
+        self.event = fd.and_then(|fd| unsafe { AsyncFd::register(fd) }.ok());
+    }
+
+    async fn offline(&mut self) {
+        self.stop_watching();
+        match self.call("Offline", |r| r.offline()).await {
+            Ok(Ok(())) => self.report(Report::Offline, "stopped", None).await,
+            Ok(Err(e)) | Err(e) => self.report(Report::Failed, format!("Offline failed: {e}"), None).await,
+        }
+    }
+
+    async fn failed(&mut self, reason: String) {
+        self.stop_watching();
+        self.call("Terminate", |r| r.terminate()).await.ok();
+        self.report(Report::Failed, reason, None).await;
+    }
+
+    /// LooksAlive (`quick`) or IsAlive; a LooksAlive "no" is confirmed by IsAlive at once.
+    async fn check(&mut self, quick: bool) {
+        let first = if quick {
+            self.call("LooksAlive", |r| r.looks_alive()).await
+        } else {
+            self.call("IsAlive", |r| r.is_alive()).await
+        };
+        let health = match first {
+            Ok(Health::Alive) => return,
+            Ok(_) if quick => self.call("IsAlive", |r| r.is_alive()).await,
+            other => other,
+        };
+        match health {
+            Ok(Health::Alive) => {}
+            Ok(Health::Failed(why)) | Err(why) => self.failed(format!("IsAlive: {why}")).await,
+            Ok(Health::StoppedOutOfBand(why)) => {
+                self.stop_watching();
+                self.call("Terminate", |r| r.terminate()).await.ok();
+                self.report(Report::StoppedOutOfBand, why, None).await;
+            }
+        }
+    }
+}
+
+fn interval(ms: u64) -> Interval {
+    let period = Duration::from_millis(ms.max(1));
+    let mut i = tokio::time::interval_at(Instant::now() + period, period);
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
+
+async fn readable(fd: &Option<AsyncFd<OwnedFd>>) {
+    match fd {
+        Some(fd) => {
+            if let Ok(mut guard) = fd.readable().await {
+                guard.retain_ready();
+            }
+        }
+        None => std::future::pending().await,
+    }
+}

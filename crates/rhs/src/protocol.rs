@@ -1,0 +1,136 @@
+//! Agent ↔ RHS protocol over a Unix stream socket: frames of a 4-byte big-endian length and
+//! a JSON message. Both sides send [`Hello`](ToHost::Hello) first with [`VERSION`]; a
+//! mismatch ends the connection with an error naming both versions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vigil_core::rcm::Report;
+
+pub const VERSION: u32 = 1;
+/// Largest frame either side accepts.
+pub const MAX_FRAME_BYTES: usize = 4 << 20;
+
+/// Settings the RHS needs from a resource's properties.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checks {
+    pub looks_alive_ms: u64,
+    pub is_alive_ms: u64,
+    pub deadlock_timeout_ms: u64,
+}
+
+/// Agent → RHS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum ToHost {
+    Hello { version: u32 },
+    /// Load a resource (replacing an earlier instance of the same name).
+    Open {
+        resource: String,
+        type_name: String,
+        params: BTreeMap<String, String>,
+        checks: Checks,
+        node: String,
+        epoch: u64,
+        /// Where the resource's own output goes.
+        log_path: String,
+    },
+    Online { resource: String },
+    Offline { resource: String },
+    Terminate { resource: String },
+    Close { resource: String },
+    /// Terminate every resource and exit.
+    Shutdown,
+}
+
+/// RHS → agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum FromHost {
+    Hello { version: u32, pid: u32 },
+    Status {
+        resource: String,
+        report: Report,
+        reason: String,
+        pid: Option<u32>,
+    },
+    /// A call did not return within the deadlock timeout; the RHS exits right after this.
+    Deadlock { resource: String, entry_point: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("RHS socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("RHS frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("RHS sent a message that is not valid: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+pub async fn write_frame<W, M>(w: &mut W, msg: &M) -> Result<(), FrameError>
+where
+    W: AsyncWriteExt + Unpin,
+    M: Serialize,
+{
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R, M>(r: &mut R) -> Result<Option<M>, FrameError>
+where
+    R: AsyncReadExt + Unpin,
+    M: for<'de> Deserialize<'de>,
+{
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_limits_hold() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let msg = FromHost::Status {
+            resource: "web".into(),
+            report: Report::OnlinePending { progress: true },
+            reason: "waiting".into(),
+            pid: Some(7),
+        };
+        write_frame(&mut a, &msg).await.unwrap();
+        let got: Option<FromHost> = read_frame(&mut b).await.unwrap();
+        assert_eq!(got, Some(msg));
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = read_frame::<_, FromHost>(&mut b).await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(_)), "{err}");
+        drop(a);
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&3u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"{x}").await.unwrap();
+        drop(a);
+        assert!(matches!(read_frame::<_, FromHost>(&mut b).await, Err(FrameError::Decode(_))));
+        assert!(read_frame::<_, FromHost>(&mut b).await.unwrap().is_none());
+    }
+}
