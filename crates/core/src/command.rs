@@ -19,13 +19,29 @@ use crate::props::{GroupProps, ResourceProps};
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     /// Names the cluster; only on an empty database.
-    Bootstrap { cluster_name: String },
-    AddNode { name: String, address: String },
-    SetNodeState { name: String, state: NodeState },
-    CreateGroup { name: String, props: GroupProps, owner: Option<String> },
+    Bootstrap {
+        cluster_name: String,
+    },
+    AddNode {
+        name: String,
+        address: String,
+    },
+    SetNodeState {
+        name: String,
+        state: NodeState,
+    },
+    CreateGroup {
+        name: String,
+        props: GroupProps,
+        owner: Option<String>,
+    },
     /// Deletes a group and every resource in it; all must be stopped.
-    DeleteGroup { name: String },
-    CreateResource { spec: ResourceSpec },
+    DeleteGroup {
+        name: String,
+    },
+    CreateResource {
+        spec: ResourceSpec,
+    },
     /// Replaces a resource's parameters, properties and dependencies.
     UpdateResource {
         name: String,
@@ -33,14 +49,25 @@ pub enum Command {
         props: ResourceProps,
         depends_on: Vec<String>,
     },
-    DeleteResource { name: String },
+    DeleteResource {
+        name: String,
+    },
     /// Desired state of a whole group (all its resources) or of one resource. Online pulls
     /// the resources it depends on Online; Offline pushes its dependents Offline.
-    SetPersistentState { target: Target, state: PersistentState },
+    SetPersistentState {
+        target: Target,
+        state: PersistentState,
+    },
     /// Moves ownership; the group's epoch grows by one.
-    SetOwner { group: String, node: String },
+    SetOwner {
+        group: String,
+        node: String,
+    },
     /// Marks a group Failed with a reason, or clears the mark.
-    SetGroupFailure { group: String, failure: Option<String> },
+    SetGroupFailure {
+        group: String,
+        failure: Option<String>,
+    },
     /// The owner's RCM records a resource's current state.
     RecordState {
         resource: String,
@@ -96,7 +123,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
         Command::AddNode { name, address } => {
             validate_name("node", name).map_err(ApplyError::Invalid)?;
             if state.nodes.contains_key(name) {
-                return Err(ApplyError::Exists { kind: "node", name: name.clone() });
+                return Err(ApplyError::Exists {
+                    kind: "node",
+                    name: name.clone(),
+                });
             }
             state.nodes.insert(
                 name.clone(),
@@ -117,7 +147,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
         Command::CreateGroup { name, props, owner } => {
             validate_name("group", name).map_err(ApplyError::Invalid)?;
             if state.groups.contains_key(name) {
-                return Err(ApplyError::Exists { kind: "group", name: name.clone() });
+                return Err(ApplyError::Exists {
+                    kind: "group",
+                    name: name.clone(),
+                });
             }
             check_nodes_exist(state, owner.iter().chain(&props.preferred_owners))?;
             state.groups.insert(
@@ -185,7 +218,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             }
             state.resources.remove(name);
         }
-        Command::SetPersistentState { target, state: desired } => {
+        Command::SetPersistentState {
+            target,
+            state: desired,
+        } => {
             set_persistent(state, target, *desired)?;
         }
         Command::SetOwner { group, node } => {
@@ -224,7 +260,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
     Ok(())
 }
 
-fn check_nodes_exist<'a>(state: &ClusterState, nodes: impl IntoIterator<Item = &'a String>) -> Result {
+fn check_nodes_exist<'a>(
+    state: &ClusterState,
+    nodes: impl IntoIterator<Item = &'a String>,
+) -> Result {
     for n in nodes {
         if !state.nodes.contains_key(n) {
             return Err(ApplyError::not_found("node", n));
@@ -267,10 +306,17 @@ fn create_resource(state: &mut ClusterState, spec: &ResourceSpec) -> Result {
 }
 
 /// Every dependency exists, is in the same group, and `name` with `depends_on` closes no cycle.
-fn check_dependencies(state: &ClusterState, name: &str, group: &str, depends_on: &[String]) -> Result {
+fn check_dependencies(
+    state: &ClusterState,
+    name: &str,
+    group: &str,
+    depends_on: &[String],
+) -> Result {
     for d in depends_on {
         let dep = state.resources.get(d).ok_or_else(|| {
-            ApplyError::Invalid(format!("resource {name:?} depends on {d:?}, which does not exist"))
+            ApplyError::Invalid(format!(
+                "resource {name:?} depends on {d:?}, which does not exist"
+            ))
         })?;
         if dep.group != group {
             return Err(ApplyError::Invalid(format!(
@@ -281,7 +327,12 @@ fn check_dependencies(state: &ClusterState, name: &str, group: &str, depends_on:
     }
     let mut graph: BTreeMap<&str, Vec<&str>> = state
         .group_resources(group)
-        .map(|r| (r.name.as_str(), r.depends_on.iter().map(String::as_str).collect()))
+        .map(|r| {
+            (
+                r.name.as_str(),
+                r.depends_on.iter().map(String::as_str).collect(),
+            )
+        })
         .collect();
     graph.insert(name, depends_on.iter().map(String::as_str).collect());
     deps::online_order(&graph)
@@ -321,10 +372,10 @@ fn set_persistent(state: &mut ClusterState, target: &Target, desired: Persistent
             }
         }
     }
-    if let Target::Group(g) = target {
-        if let Some(g) = state.groups.get_mut(g) {
-            g.failure = None;
-        }
+    if let Target::Group(g) = target
+        && let Some(g) = state.groups.get_mut(g)
+    {
+        g.failure = None;
     }
     Ok(())
 }

@@ -51,7 +51,12 @@ mod tests {
 
     #[test]
     fn providers_come_first() {
-        let g = graph(&[("web", &["ip", "disk"]), ("ip", &[]), ("disk", &[]), ("app", &["web"])]);
+        let g = graph(&[
+            ("web", &["ip", "disk"]),
+            ("ip", &[]),
+            ("disk", &[]),
+            ("app", &["web"]),
+        ]);
         assert_eq!(online_order(&g).unwrap(), ["ip", "disk", "web", "app"]);
     }
 
@@ -65,7 +70,12 @@ mod tests {
 
     #[test]
     fn every_resource_appears_once_after_its_providers() {
-        let g = graph(&[("a", &["b", "c"]), ("b", &["c"]), ("c", &[]), ("d", &["a", "c"])]);
+        let g = graph(&[
+            ("a", &["b", "c"]),
+            ("b", &["c"]),
+            ("c", &[]),
+            ("d", &["a", "c"]),
+        ]);
         let order = online_order(&g).unwrap();
         assert_eq!(order.len(), 4);
         let pos = |n: &str| order.iter().position(|x| x == n).unwrap();

@@ -9,7 +9,11 @@ use crate::model::{ClusterState, NodeState};
 pub fn choose_target(state: &ClusterState, group: &str, leaving: &str) -> Option<String> {
     let g = state.groups.get(group)?;
     let available = |n: &str| {
-        n != leaving && state.nodes.get(n).is_some_and(|node| node.state == NodeState::Up)
+        n != leaving
+            && state
+                .nodes
+                .get(n)
+                .is_some_and(|node| node.state == NodeState::Up)
     };
     g.props
         .preferred_owners
@@ -28,11 +32,27 @@ mod tests {
     fn cluster(nodes: &[&str], preferred: &[&str]) -> ClusterState {
         let mut s = ClusterState::default();
         for n in nodes {
-            apply(&mut s, &Command::AddNode { name: n.to_string(), address: format!("{n}:1") }).unwrap();
-        }
-        let props = GroupProps { preferred_owners: preferred.iter().map(|s| s.to_string()).collect() };
-        apply(&mut s, &Command::CreateGroup { name: "g".into(), props, owner: Some(nodes[0].into()) })
+            apply(
+                &mut s,
+                &Command::AddNode {
+                    name: n.to_string(),
+                    address: format!("{n}:1"),
+                },
+            )
             .unwrap();
+        }
+        let props = GroupProps {
+            preferred_owners: preferred.iter().map(|s| s.to_string()).collect(),
+        };
+        apply(
+            &mut s,
+            &Command::CreateGroup {
+                name: "g".into(),
+                props,
+                owner: Some(nodes[0].into()),
+            },
+        )
+        .unwrap();
         s
     }
 
@@ -45,7 +65,14 @@ mod tests {
     fn first_available_preferred_owner_then_any_up_node() {
         let mut s = cluster(&["n1", "n2", "n3"], &["n1", "n3", "n2"]);
         assert_eq!(choose_target(&s, "g", "n1").as_deref(), Some("n3"));
-        apply(&mut s, &Command::SetNodeState { name: "n3".into(), state: NodeState::Down }).unwrap();
+        apply(
+            &mut s,
+            &Command::SetNodeState {
+                name: "n3".into(),
+                state: NodeState::Down,
+            },
+        )
+        .unwrap();
         assert_eq!(choose_target(&s, "g", "n1").as_deref(), Some("n2"));
         let s = cluster(&["n1", "n2"], &[]);
         assert_eq!(choose_target(&s, "g", "n1").as_deref(), Some("n2"));

@@ -129,7 +129,10 @@ pub struct ClusterState {
 
 impl ClusterState {
     /// The resources of a group, in name order.
-    pub fn group_resources<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a Resource> + 'a {
+    pub fn group_resources<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> impl Iterator<Item = &'a Resource> + 'a {
         self.resources.values().filter(move |r| r.group == group)
     }
 

@@ -70,7 +70,11 @@ pub fn validate(
             return Err(ParamError::Unknown {
                 type_name: type_name.to_string(),
                 name: name.clone(),
-                known: schema.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+                known: schema
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
     }
@@ -178,7 +182,8 @@ fn split_words(s: &str) -> Result<Vec<String>, String> {
 /// `KEY=VALUE,KEY2=VALUE2` or a JSON object of strings.
 pub fn parse_key_values(value: &str) -> Result<BTreeMap<String, String>, String> {
     if value.trim_start().starts_with('{') {
-        return serde_json::from_str(value).map_err(|e| format!("not a JSON object of strings: {e}"));
+        return serde_json::from_str(value)
+            .map_err(|e| format!("not a JSON object of strings: {e}"));
     }
     let mut out = BTreeMap::new();
     for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -195,13 +200,17 @@ pub fn parse_key_values(value: &str) -> Result<BTreeMap<String, String>, String>
 
 pub fn parse_int_list(value: &str) -> Result<Vec<i32>, String> {
     if value.trim_start().starts_with('[') {
-        return serde_json::from_str(value).map_err(|e| format!("not a JSON array of numbers: {e}"));
+        return serde_json::from_str(value)
+            .map_err(|e| format!("not a JSON array of numbers: {e}"));
     }
     value
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<i32>().map_err(|_| format!("{p:?} is not a whole number")))
+        .map(|p| {
+            p.parse::<i32>()
+                .map_err(|_| format!("{p:?} is not a whole number"))
+        })
         .collect()
 }
 
@@ -232,7 +241,10 @@ pub fn parse_signal(value: &str) -> Result<i32, String> {
         .map(|(_, n)| *n)
         .ok_or_else(|| {
             let names: Vec<_> = SIGNALS.iter().map(|(n, _)| *n).collect();
-            format!("unknown signal; use a number or one of {}", names.join(", "))
+            format!(
+                "unknown signal; use a number or one of {}",
+                names.join(", ")
+            )
         })
 }
 
@@ -256,9 +268,9 @@ pub fn parse_host_port(value: &str) -> Result<(String, u16), String> {
 /// An `http://HOST:PORT/PATH` URL, split into (host:port, path). HTTPS is not supported by
 /// the built-in check.
 pub fn parse_http_url(value: &str) -> Result<(String, String), String> {
-    let rest = value
-        .strip_prefix("http://")
-        .ok_or_else(|| "expected an http:// URL (https is not supported by this check)".to_string())?;
+    let rest = value.strip_prefix("http://").ok_or_else(|| {
+        "expected an http:// URL (https is not supported by this check)".to_string()
+    })?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -297,7 +309,11 @@ mod tests {
         );
         assert_eq!(parse_argv(r#"["a b", "c"]"#).unwrap(), ["a b", "c"]);
         assert!(parse_argv("").is_err());
-        assert!(parse_argv("echo 'oops").unwrap_err().contains("unterminated"));
+        assert!(
+            parse_argv("echo 'oops")
+                .unwrap_err()
+                .contains("unterminated")
+        );
     }
 
     #[test]
@@ -320,15 +336,25 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_parameter() {
-        let schema = [spec("command", ParamKind::Argv, true), spec("stop_signal", ParamKind::Signal, false)];
+        let schema = [
+            spec("command", ParamKind::Argv, true),
+            spec("stop_signal", ParamKind::Signal, false),
+        ];
         let mut p = BTreeMap::new();
         let err = validate("process", &schema, &p).unwrap_err();
-        assert!(err.to_string().contains("needs parameter \"command\""), "{err}");
+        assert!(
+            err.to_string().contains("needs parameter \"command\""),
+            "{err}"
+        );
         p.insert("command".into(), "sleep 1".into());
         validate("process", &schema, &p).unwrap();
         p.insert("stop_signal".into(), "SIGNOPE".into());
         let err = validate("process", &schema, &p).unwrap_err();
-        assert!(err.to_string().starts_with("parameter stop_signal = \"SIGNOPE\""), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("parameter stop_signal = \"SIGNOPE\""),
+            "{err}"
+        );
         p.remove("stop_signal");
         p.insert("comand".into(), "x".into());
         let err = validate("process", &schema, &p).unwrap_err();

@@ -110,12 +110,48 @@ impl ResourceProps {
 
     /// Checks every property's range; the error names the first bad one and its value.
     pub fn validate(&self) -> Result<(), PropError> {
-        range("looks_alive_ms", self.looks_alive_ms, 10, MAX_MS, "between 10 and 86400000")?;
-        range("is_alive_ms", self.is_alive_ms, 10, MAX_MS, "between 10 and 86400000")?;
-        range("restart_threshold", self.restart_threshold.into(), 0, 1_000, "between 0 and 1000")?;
-        range("restart_period_s", self.restart_period_s, 1, MAX_S, "> 0 and at most 2592000")?;
-        range("restart_delay_ms", self.restart_delay_ms, 0, MAX_MS, "at most 86400000")?;
-        range("pending_timeout_ms", self.pending_timeout_ms, 1, MAX_MS, "> 0 and at most 86400000")?;
+        range(
+            "looks_alive_ms",
+            self.looks_alive_ms,
+            10,
+            MAX_MS,
+            "between 10 and 86400000",
+        )?;
+        range(
+            "is_alive_ms",
+            self.is_alive_ms,
+            10,
+            MAX_MS,
+            "between 10 and 86400000",
+        )?;
+        range(
+            "restart_threshold",
+            self.restart_threshold.into(),
+            0,
+            1_000,
+            "between 0 and 1000",
+        )?;
+        range(
+            "restart_period_s",
+            self.restart_period_s,
+            1,
+            MAX_S,
+            "> 0 and at most 2592000",
+        )?;
+        range(
+            "restart_delay_ms",
+            self.restart_delay_ms,
+            0,
+            MAX_MS,
+            "at most 86400000",
+        )?;
+        range(
+            "pending_timeout_ms",
+            self.pending_timeout_ms,
+            1,
+            MAX_MS,
+            "> 0 and at most 86400000",
+        )?;
         range(
             "retry_period_on_failure_s",
             self.retry_period_on_failure_s,
@@ -123,12 +159,26 @@ impl ResourceProps {
             MAX_S,
             "> 0 and at most 2592000",
         )?;
-        range("deadlock_timeout_ms", self.deadlock_timeout_ms, 100, MAX_MS, "between 100 and 86400000")?;
+        range(
+            "deadlock_timeout_ms",
+            self.deadlock_timeout_ms,
+            100,
+            MAX_MS,
+            "between 100 and 86400000",
+        )?;
         Ok(())
     }
 
-    /// Sets one property from its text form (CLI `--prop k=v`, API), then validates all.
+    /// Sets one property from its text form (CLI `--prop k=v`, API); on error nothing changes.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), PropError> {
+        let mut next = self.clone();
+        next.set_unchecked(name, value)?;
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    fn set_unchecked(&mut self, name: &str, value: &str) -> Result<(), PropError> {
         match name {
             "looks_alive_ms" => self.looks_alive_ms = parse_num(name_of(name), value)?,
             "is_alive_ms" => self.is_alive_ms = parse_num(name_of(name), value)?,
@@ -152,7 +202,7 @@ impl ResourceProps {
             }
             _ => return Err(PropError::Unknown(name.to_string(), Self::NAMES.join(", "))),
         }
-        self.validate()
+        Ok(())
     }
 }
 
@@ -188,7 +238,13 @@ pub fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
-fn range(name: &'static str, v: u64, lo: u64, hi: u64, expected: &'static str) -> Result<(), PropError> {
+fn range(
+    name: &'static str,
+    v: u64,
+    lo: u64,
+    hi: u64,
+    expected: &'static str,
+) -> Result<(), PropError> {
     if (lo..=hi).contains(&v) {
         Ok(())
     } else {
@@ -208,9 +264,15 @@ mod tests {
     fn defaults_are_windows_defaults_and_valid() {
         let p = ResourceProps::default();
         assert_eq!((p.looks_alive_ms, p.is_alive_ms), (5_000, 60_000));
-        assert_eq!((p.restart_threshold, p.restart_period_s, p.restart_delay_ms), (3, 900, 500));
+        assert_eq!(
+            (p.restart_threshold, p.restart_period_s, p.restart_delay_ms),
+            (3, 900, 500)
+        );
         assert_eq!(p.restart_action, RestartAction::RestartThenFailover);
-        assert_eq!((p.pending_timeout_ms, p.retry_period_on_failure_s), (180_000, 3_600));
+        assert_eq!(
+            (p.pending_timeout_ms, p.retry_period_on_failure_s),
+            (180_000, 3_600)
+        );
         assert_eq!(p.deadlock_timeout_ms, 60_000);
         p.validate().unwrap();
     }
@@ -219,13 +281,23 @@ mod tests {
     fn bad_values_name_the_property_and_value() {
         let mut p = ResourceProps::default();
         let err = p.set("restart_period_s", "0").unwrap_err();
-        assert_eq!(err.to_string(), "restart_period_s must be > 0 and at most 2592000, got \"0\"");
+        assert_eq!(
+            err.to_string(),
+            "restart_period_s must be > 0 and at most 2592000, got \"0\""
+        );
+        assert_eq!(p, ResourceProps::default(), "a refused set changes nothing");
         let err = p.set("looks_alive_ms", "soon").unwrap_err();
-        assert_eq!(err.to_string(), "looks_alive_ms must be a whole number, got \"soon\"");
+        assert_eq!(
+            err.to_string(),
+            "looks_alive_ms must be a whole number, got \"soon\""
+        );
         let err = p.set("restart_action", "reboot").unwrap_err();
         assert!(err.to_string().contains("\"reboot\""), "{err}");
         let err = p.set("colour", "blue").unwrap_err();
-        assert!(err.to_string().starts_with("unknown property \"colour\""), "{err}");
+        assert!(
+            err.to_string().starts_with("unknown property \"colour\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -25,9 +25,13 @@ use crate::restart::{Decision, History};
 pub enum Report {
     Online,
     /// Still coming online; `progress` is true when the type reported progress.
-    OnlinePending { progress: bool },
+    OnlinePending {
+        progress: bool,
+    },
     Offline,
-    OfflinePending { progress: bool },
+    OfflinePending {
+        progress: bool,
+    },
     /// The resource failed (a check said no, its process died with a failure, a call failed).
     Failed,
     /// The resource was stopped outside the cluster (the operator used the service's own
@@ -44,9 +48,15 @@ pub enum Input {
         pid: Option<u32>,
     },
     /// An RHS process died: the resources it hosted are gone with it.
-    HostLost { resources: Vec<String>, reason: String },
+    HostLost {
+        resources: Vec<String>,
+        reason: String,
+    },
     /// A call into the resource type did not return within `deadlock_timeout_ms`.
-    Deadlock { resource: String, entry_point: String },
+    Deadlock {
+        resource: String,
+        entry_point: String,
+    },
     /// `vigil resource fail`: treat the resource as failed (Test-ClusterResourceFailure).
     SimulateFailure { resource: String },
     /// An operator changed the desired state of these resources: forget their failures.
@@ -57,11 +67,19 @@ pub enum Input {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    Online { resource: String },
-    Offline { resource: String },
-    Terminate { resource: String },
+    Online {
+        resource: String,
+    },
+    Offline {
+        resource: String,
+    },
+    Terminate {
+        resource: String,
+    },
     /// The resource is no longer this node's concern: drop it from its RHS.
-    Close { resource: String },
+    Close {
+        resource: String,
+    },
     Db(Command),
     Log(LogEntry),
 }
@@ -106,12 +124,18 @@ impl Rcm {
 
     /// This node's view of a resource's state (Offline if it has none).
     pub fn state(&self, resource: &str) -> ResourceState {
-        self.resources.get(resource).map(|l| l.state).unwrap_or_default()
+        self.resources
+            .get(resource)
+            .map(|l| l.state)
+            .unwrap_or_default()
     }
 
     /// Handles one input, then reconciles everything this node owns.
     pub fn step(&mut self, db: &ClusterState, input: Input, now_ms: u64) -> Vec<Action> {
-        let mut out = Out { actions: Vec::new(), db };
+        let mut out = Out {
+            actions: Vec::new(),
+            db,
+        };
         self.handle(&mut out, input, now_ms);
         self.reconcile(&mut out, now_ms);
         out.actions
@@ -207,7 +231,9 @@ impl Rcm {
             }
             (Report::Failed, ResourceState::OfflinePending) => {
                 let why = format!("offline failed ({reason}); terminated");
-                out.push(Action::Terminate { resource: name.to_string() });
+                out.push(Action::Terminate {
+                    resource: name.to_string(),
+                });
                 self.transition(out, name, ResourceState::Offline, &why, None);
             }
             (Report::Failed, ResourceState::Online | ResourceState::OnlinePending) => {
@@ -219,7 +245,9 @@ impl Rcm {
     }
 
     fn on_out_of_band_stop(&mut self, out: &mut Out, name: &str, reason: &str) {
-        let why = format!("stopped outside the cluster ({reason}); desired state set to Offline, not restarting");
+        let why = format!(
+            "stopped outside the cluster ({reason}); desired state set to Offline, not restarting"
+        );
         self.transition(out, name, ResourceState::Offline, &why, None);
         if let Some(l) = self.resources.get_mut(name) {
             l.stopped_out_of_band = true;
@@ -263,13 +291,28 @@ impl Rcm {
             return;
         };
         let (group, epoch) = (r.group.clone(), out.db.group_epoch(&r.group));
-        out.push(Action::Terminate { resource: name.to_string() });
+        out.push(Action::Terminate {
+            resource: name.to_string(),
+        });
         self.transition(out, name, ResourceState::Failed, reason, None);
-        let local = self.resources.get_mut(name).expect("transition keeps the entry");
+        let local = self
+            .resources
+            .get_mut(name)
+            .expect("transition keeps the entry");
         let decision = local.history.on_failure(&r.props, now);
-        let log = |reason: String| Action::Log(LogEntry::new(Component::RCM, reason).group(&group, epoch).resource(name));
+        let log = |reason: String| {
+            Action::Log(
+                LogEntry::new(Component::RCM, reason)
+                    .group(&group, epoch)
+                    .resource(name),
+            )
+        };
         match decision {
-            Decision::RestartAt { at_ms, attempt, threshold } => {
+            Decision::RestartAt {
+                at_ms,
+                attempt,
+                threshold,
+            } => {
                 local.next_try_ms = Some(at_ms);
                 out.push(log(format!(
                     "restart {attempt} of {threshold} within restart_period_s={} in {} ms",
@@ -300,7 +343,8 @@ impl Rcm {
     /// Restarts of `resource` are exhausted: hand its group to another node, or mark it Failed.
     fn fail_over(&mut self, out: &mut Out, group: &str, resource: &str, retry_s: u64, now: u64) {
         let epoch = out.db.group_epoch(group);
-        self.held.insert(group.to_string(), now + retry_s.saturating_mul(1_000));
+        self.held
+            .insert(group.to_string(), now + retry_s.saturating_mul(1_000));
         let entry = match failover::choose_target(out.db, group, &self.node) {
             Some(target) => {
                 out.push(Action::Db(Command::SetOwner {
@@ -327,7 +371,14 @@ impl Rcm {
         out.push(Action::Log(entry.group(group, epoch).resource(resource)));
     }
 
-    fn transition(&mut self, out: &mut Out, name: &str, to: ResourceState, reason: &str, pid: Option<u32>) {
+    fn transition(
+        &mut self,
+        out: &mut Out,
+        name: &str,
+        to: ResourceState,
+        reason: &str,
+        pid: Option<u32>,
+    ) {
         let local = self.resources.entry(name.to_string()).or_default();
         let from = local.state;
         local.state = to;
@@ -344,7 +395,9 @@ impl Rcm {
             reason: reason.to_string(),
             pid,
         }));
-        let mut entry = LogEntry::new(Component::RCM, reason).resource(name).change(from, to);
+        let mut entry = LogEntry::new(Component::RCM, reason)
+            .resource(name)
+            .change(from, to);
         if let Some(r) = out.db.resources.get(name) {
             entry = entry.group(&r.group, out.db.group_epoch(&r.group));
         }
@@ -369,7 +422,9 @@ impl Rcm {
             .resources
             .keys()
             .filter_map(|n| db.resources.get(n))
-            .filter(|r| db.groups.get(&r.group).and_then(|g| g.owner.as_deref()) != Some(&self.node))
+            .filter(|r| {
+                db.groups.get(&r.group).and_then(|g| g.owner.as_deref()) != Some(&self.node)
+            })
             .map(|r| r.group.as_str())
             .collect();
         for group in departed {
@@ -399,8 +454,11 @@ impl Rcm {
                 }));
             }
             out.push(Action::Log(
-                LogEntry::new(Component::FM, "retry_period_on_failure_s passed: retrying the group")
-                    .group(&group, g.epoch),
+                LogEntry::new(
+                    Component::FM,
+                    "retry_period_on_failure_s passed: retrying the group",
+                )
+                .group(&group, g.epoch),
             ));
             // `gave_up` stays set: `bring_online` reads it for the reason, then clears it.
             for r in out.db.group_resources(&group) {
@@ -423,14 +481,21 @@ impl Rcm {
                 None => true,
                 Some(r) => {
                     !l.state.may_run()
-                        && db.groups.get(&r.group).and_then(|g| g.owner.as_deref()) != Some(&self.node)
+                        && db.groups.get(&r.group).and_then(|g| g.owner.as_deref())
+                            != Some(&self.node)
                 }
             })
             .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
-            if self.resources.remove(&name).is_some_and(|l| l.state.may_run()) {
-                out.push(Action::Terminate { resource: name.clone() });
+            if self
+                .resources
+                .remove(&name)
+                .is_some_and(|l| l.state.may_run())
+            {
+                out.push(Action::Terminate {
+                    resource: name.clone(),
+                });
             }
             out.push(Action::Close { resource: name });
         }
@@ -440,8 +505,10 @@ impl Rcm {
         let db = out.db;
         let owned = db.groups.get(group).and_then(|g| g.owner.as_deref()) == Some(&self.node);
         let held = self.held.contains_key(group);
-        let members: BTreeMap<&str, &Resource> =
-            db.group_resources(group).map(|r| (r.name.as_str(), r)).collect();
+        let members: BTreeMap<&str, &Resource> = db
+            .group_resources(group)
+            .map(|r| (r.name.as_str(), r))
+            .collect();
         if owned {
             for (name, r) in &members {
                 self.adopt(out, name, r);
@@ -505,7 +572,10 @@ impl Rcm {
             ResourceState::Failed => local.next_try_ms.is_none_or(|t| now >= t),
             _ => false,
         };
-        let providers_online = r.depends_on.iter().all(|d| self.state(d) == ResourceState::Online);
+        let providers_online = r
+            .depends_on
+            .iter()
+            .all(|d| self.state(d) == ResourceState::Online);
         if !(ready && providers_online) {
             return;
         }
@@ -521,10 +591,18 @@ impl Rcm {
         }
         local.progress_ms = now;
         self.transition(out, &r.name, ResourceState::OnlinePending, reason, None);
-        out.push(Action::Online { resource: r.name.clone() });
+        out.push(Action::Online {
+            resource: r.name.clone(),
+        });
     }
 
-    fn take_offline(&mut self, out: &mut Out, r: &Resource, members: &BTreeMap<&str, &Resource>, now: u64) {
+    fn take_offline(
+        &mut self,
+        out: &mut Out,
+        r: &Resource,
+        members: &BTreeMap<&str, &Resource>,
+        now: u64,
+    ) {
         let Some(local) = self.resources.get(&r.name) else {
             return;
         };
@@ -537,13 +615,24 @@ impl Rcm {
                 if dependents_stopped {
                     let reason = self.offline_reason(out.db, r);
                     let pid = local.pid;
-                    self.resources.get_mut(&r.name).expect("checked above").progress_ms = now;
+                    self.resources
+                        .get_mut(&r.name)
+                        .expect("checked above")
+                        .progress_ms = now;
                     self.transition(out, &r.name, ResourceState::OfflinePending, &reason, pid);
-                    out.push(Action::Offline { resource: r.name.clone() });
+                    out.push(Action::Offline {
+                        resource: r.name.clone(),
+                    });
                 }
             }
             ResourceState::Failed if r.persistent_state == PersistentState::Offline => {
-                self.transition(out, &r.name, ResourceState::Offline, "desired state is Offline", None);
+                self.transition(
+                    out,
+                    &r.name,
+                    ResourceState::Offline,
+                    "desired state is Offline",
+                    None,
+                );
             }
             _ => {}
         }
@@ -552,7 +641,11 @@ impl Rcm {
     fn offline_reason(&self, db: &ClusterState, r: &Resource) -> String {
         let owner = db.groups.get(&r.group).and_then(|g| g.owner.as_deref());
         if owner != Some(self.node.as_str()) {
-            format!("group {} is now owned by {}", r.group, owner.unwrap_or("no node"))
+            format!(
+                "group {} is now owned by {}",
+                r.group,
+                owner.unwrap_or("no node")
+            )
         } else if self.held.contains_key(&r.group) {
             format!("group {} failed", r.group)
         } else if r.persistent_state == PersistentState::Offline {
@@ -572,7 +665,10 @@ impl Rcm {
         let Some(local) = self.resources.get(&r.name) else {
             return;
         };
-        let pending = matches!(local.state, ResourceState::OnlinePending | ResourceState::OfflinePending);
+        let pending = matches!(
+            local.state,
+            ResourceState::OnlinePending | ResourceState::OfflinePending
+        );
         if !pending || now < local.progress_ms + r.props.pending_timeout_ms {
             return;
         }
@@ -583,7 +679,9 @@ impl Rcm {
         if local.state == ResourceState::OnlinePending {
             self.fail(out, &r.name, &reason, now);
         } else {
-            out.push(Action::Terminate { resource: r.name.clone() });
+            out.push(Action::Terminate {
+                resource: r.name.clone(),
+            });
             self.transition(out, &r.name, ResourceState::Offline, &reason, None);
         }
     }

@@ -9,7 +9,11 @@ use crate::props::{ResourceProps, RestartAction};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Restart in place at this time; `attempt` of `threshold` within the period.
-    RestartAt { at_ms: u64, attempt: u32, threshold: u32 },
+    RestartAt {
+        at_ms: u64,
+        attempt: u32,
+        threshold: u32,
+    },
     /// Restarts exhausted (or none allowed): hand the group to the failover manager.
     Failover,
     /// Leave the resource Failed; try again after `retry_period_on_failure_s`.
@@ -81,7 +85,11 @@ mod tests {
         for (i, t) in [0u64, 1_000, 2_000].into_iter().enumerate() {
             assert_eq!(
                 h.on_failure(&p, t),
-                Decision::RestartAt { at_ms: t + 500, attempt: i as u32 + 1, threshold: 3 }
+                Decision::RestartAt {
+                    at_ms: t + 500,
+                    attempt: i as u32 + 1,
+                    threshold: 3
+                }
             );
         }
         assert_eq!(h.on_failure(&p, 3_000), Decision::Failover);
@@ -91,11 +99,23 @@ mod tests {
     fn failures_older_than_the_period_are_forgotten() {
         let p = props(RestartAction::Restart, 2, 10, 0);
         let mut h = History::default();
-        assert!(matches!(h.on_failure(&p, 0), Decision::RestartAt { attempt: 1, .. }));
-        assert!(matches!(h.on_failure(&p, 5_000), Decision::RestartAt { attempt: 2, .. }));
+        assert!(matches!(
+            h.on_failure(&p, 0),
+            Decision::RestartAt { attempt: 1, .. }
+        ));
+        assert!(matches!(
+            h.on_failure(&p, 5_000),
+            Decision::RestartAt { attempt: 2, .. }
+        ));
         // The failure at 0 s is 10 s old: out of the period.
-        assert!(matches!(h.on_failure(&p, 10_000), Decision::RestartAt { attempt: 2, .. }));
-        assert!(matches!(h.on_failure(&p, 11_000), Decision::StayFailed { .. }));
+        assert!(matches!(
+            h.on_failure(&p, 10_000),
+            Decision::RestartAt { attempt: 2, .. }
+        ));
+        assert!(matches!(
+            h.on_failure(&p, 11_000),
+            Decision::StayFailed { .. }
+        ));
     }
 
     #[test]
@@ -103,9 +123,17 @@ mod tests {
         let p = props(RestartAction::Restart, 1, 900, 0);
         let mut h = History::default();
         assert!(matches!(h.on_failure(&p, 0), Decision::RestartAt { .. }));
-        assert_eq!(h.on_failure(&p, 1), Decision::StayFailed { retry_at_ms: 1 + 3_600_000 });
+        assert_eq!(
+            h.on_failure(&p, 1),
+            Decision::StayFailed {
+                retry_at_ms: 1 + 3_600_000
+            }
+        );
         let p = props(RestartAction::None, 3, 900, 0);
-        assert!(matches!(History::default().on_failure(&p, 0), Decision::StayFailed { .. }));
+        assert!(matches!(
+            History::default().on_failure(&p, 0),
+            Decision::StayFailed { .. }
+        ));
         let p = props(RestartAction::RestartThenFailover, 0, 900, 0);
         assert_eq!(History::default().on_failure(&p, 0), Decision::Failover);
     }
@@ -117,6 +145,9 @@ mod tests {
         h.on_failure(&p, 0);
         assert_eq!(h.on_failure(&p, 1), Decision::Failover);
         h.reset();
-        assert!(matches!(h.on_failure(&p, 2), Decision::RestartAt { attempt: 1, .. }));
+        assert!(matches!(
+            h.on_failure(&p, 2),
+            Decision::RestartAt { attempt: 1, .. }
+        ));
     }
 }

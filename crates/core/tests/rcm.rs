@@ -600,15 +600,12 @@ fn first_sight_of_a_resource_recorded_online_records_offline_then_starts_it() {
     };
     let cmds = db_commands(&actions);
     assert_eq!(cmds[..2], [&agent_started("log"), &agent_started("web")]);
-    let online = actions.iter().position(|a| {
-        *a == Action::Online {
-            resource: "web".into(),
-        }
+    let position = |wanted: Action| actions.iter().position(|a| *a == wanted).unwrap();
+    let online = position(Action::Online {
+        resource: "web".into(),
     });
-    let recorded = actions
-        .iter()
-        .position(|a| *a == Action::Db(agent_started("web")));
-    assert!(recorded < online && online.is_some(), "{actions:?}");
+    let recorded = position(Action::Db(agent_started("web")));
+    assert!(recorded < online, "{actions:?}");
     assert_eq!(calls(&actions), ["online web"]);
     assert_eq!(
         (n.db_state("web"), n.db_state("log")),

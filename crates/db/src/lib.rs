@@ -25,9 +25,16 @@ pub const SNAPSHOT_EVERY: u64 = 2_000;
 #[derive(Debug, Error)]
 pub enum DbError {
     #[error("cluster database {path}: {source}")]
-    Store { path: String, source: Box<redb::Error> },
+    Store {
+        path: String,
+        source: Box<redb::Error>,
+    },
     #[error("cluster database {path}: entry {index} is corrupt: {why}")]
-    Corrupt { path: String, index: u64, why: String },
+    Corrupt {
+        path: String,
+        index: u64,
+        why: String,
+    },
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -118,7 +125,8 @@ impl Database {
                     state: self.state.clone(),
                 };
                 let bytes = serde_json::to_vec(&snap).expect("state serializes");
-                txn.open_table(META)?.insert(SNAPSHOT_KEY, bytes.as_slice())?;
+                txn.open_table(META)?
+                    .insert(SNAPSHOT_KEY, bytes.as_slice())?;
                 log.retain(|i, _| i > snap.index)?;
                 self.snapshot_index = snap.index;
             }

@@ -54,13 +54,16 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
     stream
         .set_nonblocking(true)
         .map_err(|e| format!("RHS socket: {e}"))?;
-    let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| format!("RHS socket: {e}"))?;
+    let stream =
+        tokio::net::UnixStream::from_std(stream).map_err(|e| format!("RHS socket: {e}"))?;
     let (mut rd, mut wr) = stream.into_split();
     let hello = FromHost::Hello {
         version: protocol::VERSION,
         pid: std::process::id(),
     };
-    protocol::write_frame(&mut wr, &hello).await.map_err(|e| e.to_string())?;
+    protocol::write_frame(&mut wr, &hello)
+        .await
+        .map_err(|e| e.to_string())?;
     match protocol::read_frame::<_, ToHost>(&mut rd).await {
         Ok(Some(ToHost::Hello { version })) if version == protocol::VERSION => {}
         Ok(Some(ToHost::Hello { version })) => {
@@ -97,7 +100,11 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                 log_path,
             } => {
                 if let Some(old) = workers.remove(&resource) {
-                    let _ = old.send(ToHost::Close { resource: resource.clone() }).await;
+                    let _ = old
+                        .send(ToHost::Close {
+                            resource: resource.clone(),
+                        })
+                        .await;
                 }
                 let ctx = OpenContext {
                     resource: resource.clone(),
@@ -135,7 +142,11 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
     }
     // The agent is gone or asked us to stop: terminate everything, bounded.
     for (resource, tx) in workers.drain() {
-        let _ = tx.send(ToHost::Terminate { resource: resource.clone() }).await;
+        let _ = tx
+            .send(ToHost::Terminate {
+                resource: resource.clone(),
+            })
+            .await;
         let _ = tx.send(ToHost::Close { resource }).await;
     }
     let _ = tokio::time::timeout(SHUTDOWN_LIMIT, async {
@@ -265,7 +276,10 @@ impl Worker {
         f: impl FnOnce(&mut dyn Resource) -> T + Send + 'static,
     ) -> Result<T, String> {
         let Some(instance) = self.instance.clone() else {
-            return Err(self.open_error.clone().unwrap_or_else(|| "not open".to_string()));
+            return Err(self
+                .open_error
+                .clone()
+                .unwrap_or_else(|| "not open".to_string()));
         };
         self.guarded(entry, move || {
             let mut guard = instance.lock().unwrap_or_else(|p| p.into_inner());
@@ -319,7 +333,8 @@ impl Worker {
                 self.watch().await;
                 let progress = msg.is_some();
                 let reason = msg.unwrap_or_else(|| "coming online".to_string());
-                self.report(Report::OnlinePending { progress }, reason, None).await;
+                self.report(Report::OnlinePending { progress }, reason, None)
+                    .await;
             }
             Ok(Err(e)) | Err(e) => self.failed(format!("Online failed: {e}")).await,
         }
@@ -329,7 +344,8 @@ impl Worker {
         match self.call("Online", |r| r.online_progress()).await {
             Ok(Ok(Progress::Done)) => self.became_online().await,
             Ok(Ok(Progress::Pending(Some(msg)))) => {
-                self.report(Report::OnlinePending { progress: true }, msg, None).await;
+                self.report(Report::OnlinePending { progress: true }, msg, None)
+                    .await;
             }
             Ok(Ok(Progress::Pending(None))) => {}
             Ok(Err(e)) | Err(e) => self.failed(format!("Online failed: {e}")).await,
@@ -354,7 +370,10 @@ impl Worker {
         self.stop_watching();
         match self.call("Offline", |r| r.offline()).await {
             Ok(Ok(())) => self.report(Report::Offline, "stopped", None).await,
-            Ok(Err(e)) | Err(e) => self.report(Report::Failed, format!("Offline failed: {e}"), None).await,
+            Ok(Err(e)) | Err(e) => {
+                self.report(Report::Failed, format!("Offline failed: {e}"), None)
+                    .await
+            }
         }
     }
 

@@ -24,7 +24,9 @@ pub struct Checks {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum ToHost {
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     /// Load a resource (replacing an earlier instance of the same name).
     Open {
         resource: String,
@@ -36,10 +38,18 @@ pub enum ToHost {
         /// Where the resource's own output goes.
         log_path: String,
     },
-    Online { resource: String },
-    Offline { resource: String },
-    Terminate { resource: String },
-    Close { resource: String },
+    Online {
+        resource: String,
+    },
+    Offline {
+        resource: String,
+    },
+    Terminate {
+        resource: String,
+    },
+    Close {
+        resource: String,
+    },
     /// Terminate every resource and exit.
     Shutdown,
 }
@@ -48,7 +58,10 @@ pub enum ToHost {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum FromHost {
-    Hello { version: u32, pid: u32 },
+    Hello {
+        version: u32,
+        pid: u32,
+    },
     Status {
         resource: String,
         report: Report,
@@ -56,7 +69,10 @@ pub enum FromHost {
         pid: Option<u32>,
     },
     /// A call did not return within the deadlock timeout; the RHS exits right after this.
-    Deadlock { resource: String, entry_point: String },
+    Deadlock {
+        resource: String,
+        entry_point: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +146,10 @@ mod tests {
         a.write_all(&3u32.to_be_bytes()).await.unwrap();
         a.write_all(b"{x}").await.unwrap();
         drop(a);
-        assert!(matches!(read_frame::<_, FromHost>(&mut b).await, Err(FrameError::Decode(_))));
+        assert!(matches!(
+            read_frame::<_, FromHost>(&mut b).await,
+            Err(FrameError::Decode(_))
+        ));
         assert!(read_frame::<_, FromHost>(&mut b).await.unwrap().is_none());
     }
 }

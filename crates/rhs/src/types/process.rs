@@ -53,15 +53,55 @@ impl ResourceType for ProcessType {
         command.required = true;
         vec![
             command,
-            spec("env", ParamKind::KeyValues, None, "extra environment, KEY=VALUE,..."),
+            spec(
+                "env",
+                ParamKind::KeyValues,
+                None,
+                "extra environment, KEY=VALUE,...",
+            ),
             spec("cwd", ParamKind::String, None, "working directory"),
-            spec("stop_signal", ParamKind::Signal, Some("TERM"), "signal for a graceful stop"),
-            spec("stop_timeout_ms", ParamKind::Integer, Some("10000"), "wait this long after stop_signal, then SIGKILL"),
-            spec("stop_exit_codes", ParamKind::IntegerList, None, "exit codes that mean 'stopped on purpose' (not restarted)"),
-            spec("check_tcp", ParamKind::HostPort, None, "IsAlive: connect to HOST:PORT"),
-            spec("check_http", ParamKind::HttpUrl, None, "IsAlive: GET this http:// URL, expect 2xx"),
-            spec("check_command", ParamKind::Argv, None, "IsAlive: run this command, expect exit 0"),
-            spec("check_timeout_ms", ParamKind::Integer, Some("5000"), "time limit of each check"),
+            spec(
+                "stop_signal",
+                ParamKind::Signal,
+                Some("TERM"),
+                "signal for a graceful stop",
+            ),
+            spec(
+                "stop_timeout_ms",
+                ParamKind::Integer,
+                Some("10000"),
+                "wait this long after stop_signal, then SIGKILL",
+            ),
+            spec(
+                "stop_exit_codes",
+                ParamKind::IntegerList,
+                None,
+                "exit codes that mean 'stopped on purpose' (not restarted)",
+            ),
+            spec(
+                "check_tcp",
+                ParamKind::HostPort,
+                None,
+                "IsAlive: connect to HOST:PORT",
+            ),
+            spec(
+                "check_http",
+                ParamKind::HttpUrl,
+                None,
+                "IsAlive: GET this http:// URL, expect 2xx",
+            ),
+            spec(
+                "check_command",
+                ParamKind::Argv,
+                None,
+                "IsAlive: run this command, expect exit 0",
+            ),
+            spec(
+                "check_timeout_ms",
+                ParamKind::Integer,
+                Some("5000"),
+                "time limit of each check",
+            ),
         ]
     }
 
@@ -94,17 +134,24 @@ impl Config {
         let bad = |name: &str, why: String| format!("parameter {name}: {why}");
         let get = |name: &str| p.get(name).map(String::as_str);
         let ms = |name: &str, default: u64| -> Result<Duration, String> {
-            get(name).map_or(Ok(default), |v| {
-                v.trim().parse::<u64>().map_err(|_| bad(name, format!("{v:?} is not a whole number of ms")))
-            })
-            .map(Duration::from_millis)
+            get(name)
+                .map_or(Ok(default), |v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| bad(name, format!("{v:?} is not a whole number of ms")))
+                })
+                .map(Duration::from_millis)
         };
         Ok(Self {
             argv: params::parse_argv(get("command").ok_or("parameter command is required")?)
                 .map_err(|e| bad("command", e))?,
-            env: get("env").map_or(Ok(BTreeMap::new()), params::parse_key_values).map_err(|e| bad("env", e))?,
+            env: get("env")
+                .map_or(Ok(BTreeMap::new()), params::parse_key_values)
+                .map_err(|e| bad("env", e))?,
             cwd: get("cwd").map(str::to_string),
-            stop_signal: get("stop_signal").map_or(Ok(15), params::parse_signal).map_err(|e| bad("stop_signal", e))?,
+            stop_signal: get("stop_signal")
+                .map_or(Ok(15), params::parse_signal)
+                .map_err(|e| bad("stop_signal", e))?,
             stop_timeout: ms("stop_timeout_ms", 10_000)?,
             stop_exit_codes: get("stop_exit_codes")
                 .map_or(Ok(Vec::new()), params::parse_int_list)
@@ -113,7 +160,10 @@ impl Config {
                 .map(|v| params::parse_host_port(v).map(|_| v.to_string()))
                 .transpose()
                 .map_err(|e| bad("check_tcp", e))?,
-            check_http: get("check_http").map(params::parse_http_url).transpose().map_err(|e| bad("check_http", e))?,
+            check_http: get("check_http")
+                .map(params::parse_http_url)
+                .transpose()
+                .map_err(|e| bad("check_http", e))?,
             check_command: get("check_command")
                 .map(params::parse_argv)
                 .transpose()
@@ -141,7 +191,9 @@ impl ProcessResource {
             .append(true)
             .open(&self.ctx.log_path)
             .map_err(|e| format!("cannot open log file {}: {e}", self.ctx.log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| format!("cannot duplicate log file: {e}"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate log file: {e}"))?;
         let mut cmd = Command::new(&self.cfg.argv[0]);
         cmd.args(&self.cfg.argv[1..])
             .envs(&self.cfg.env)
@@ -171,12 +223,11 @@ impl ProcessResource {
 
     /// Reaps the process if it exited; `Some` once it has.
     fn exit_status(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            if let Some(child) = &mut self.child {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.exited = Some(status);
-                }
-            }
+        if self.exited.is_none()
+            && let Some(child) = &mut self.child
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.exited = Some(status);
         }
         self.exited
     }
@@ -188,7 +239,9 @@ impl ProcessResource {
     fn classify(&self, status: ExitStatus) -> Health {
         match (status.code(), status.signal()) {
             (Some(code), _) if self.cfg.stop_exit_codes.contains(&code) => {
-                Health::StoppedOutOfBand(format!("exited with code {code}, listed in stop_exit_codes"))
+                Health::StoppedOutOfBand(format!(
+                    "exited with code {code}, listed in stop_exit_codes"
+                ))
             }
             (Some(code), _) => Health::Failed(format!("exited with code {code}")),
             (_, Some(sig)) => Health::Failed(format!("killed by signal {sig}")),
@@ -197,7 +250,11 @@ impl ProcessResource {
     }
 
     fn signal_group(&self, sig: i32) {
-        if let Some(pid) = self.child.as_ref().and_then(|c| Pid::from_raw(c.id() as i32)) {
+        if let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(|c| Pid::from_raw(c.id() as i32))
+        {
             // SAFETY: `sig` comes from parse_signal, which allows only 1..=31.
             let sig = unsafe { Signal::from_raw_unchecked(sig) };
             // ESRCH: already gone, which is what we want.
@@ -225,10 +282,12 @@ impl ProcessResource {
             connect(addr, timeout).map_err(|e| format!("check_tcp {addr}: {e}"))?;
         }
         if let Some((authority, path)) = &self.cfg.check_http {
-            http_get(authority, path, timeout).map_err(|e| format!("check_http http://{authority}{path}: {e}"))?;
+            http_get(authority, path, timeout)
+                .map_err(|e| format!("check_http http://{authority}{path}: {e}"))?;
         }
         if let Some(argv) = &self.cfg.check_command {
-            run_check(argv, timeout).map_err(|e| format!("check_command {:?}: {e}", argv.join(" ")))?;
+            run_check(argv, timeout)
+                .map_err(|e| format!("check_command {:?}: {e}", argv.join(" ")))?;
         }
         Ok(())
     }
@@ -241,7 +300,9 @@ impl Resource for ProcessResource {
         }
         let pid = self.start()?;
         if self.cfg.has_checks() {
-            Ok(Progress::Pending(Some(format!("started pid {pid}; waiting for its checks to pass"))))
+            Ok(Progress::Pending(Some(format!(
+                "started pid {pid}; waiting for its checks to pass"
+            ))))
         } else {
             Ok(Progress::Done)
         }
@@ -330,9 +391,15 @@ fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
 /// A minimal HTTP/1.0 GET; success is a 2xx status line.
 fn http_get(authority: &str, path: &str, timeout: Duration) -> Result<(), String> {
     let mut s = connect(authority, timeout)?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
     let mut n = 0;
     while n < 12 {
@@ -353,7 +420,11 @@ fn http_get(authority: &str, path: &str, timeout: Duration) -> Result<(), String
 
 fn run_check(argv: &[String], timeout: Duration) -> Result<(), String> {
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
     let mut child = spawn(cmd).map_err(|e| format!("cannot start: {e}"))?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -365,7 +436,10 @@ fn run_check(argv: &[String], timeout: Duration) -> Result<(), String> {
                     let _ = rustix::process::kill_process_group(pid, Signal::KILL);
                 }
                 let _ = child.wait();
-                return Err(format!("no answer within check_timeout_ms={}", timeout.as_millis()));
+                return Err(format!(
+                    "no answer within check_timeout_ms={}",
+                    timeout.as_millis()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(e.to_string()),
@@ -397,8 +471,11 @@ fn spawn(cmd: Command) -> std::io::Result<Child> {
             .clone()
     };
     let (reply_tx, reply_rx) = mpsc::channel();
-    tx.send((cmd, reply_tx)).map_err(|_| std::io::Error::other("spawner thread is gone"))?;
-    reply_rx.recv().map_err(|_| std::io::Error::other("spawner thread is gone"))?
+    tx.send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("spawner thread is gone"))?
 }
 
 #[cfg(test)]
@@ -409,7 +486,10 @@ mod tests {
         let dir = std::env::temp_dir();
         let ctx = OpenContext {
             resource: "r".into(),
-            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             node: "n1".into(),
             epoch: 4,
             log_path: dir.join(format!("vigil-process-test-{}.log", std::process::id())),
@@ -424,7 +504,10 @@ mod tests {
         assert_eq!(r.looks_alive(), Health::Alive);
         assert!(r.event_fd().is_some());
         r.offline().unwrap();
-        assert_eq!(r.looks_alive(), Health::Failed("killed by signal 15".into()));
+        assert_eq!(
+            r.looks_alive(),
+            Health::Failed("killed by signal 15".into())
+        );
     }
 
     #[test]
@@ -443,8 +526,14 @@ mod tests {
     fn environment_carries_resource_node_and_epoch() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("env");
-        let script = format!("echo $VIGIL_RESOURCE $VIGIL_NODE $VIGIL_EPOCH $EXTRA > {}", out.display());
-        let mut r = open(&[("command", &format!("sh -c '{script}'")), ("env", "EXTRA=x")]);
+        let script = format!(
+            "echo $VIGIL_RESOURCE $VIGIL_NODE $VIGIL_EPOCH $EXTRA > {}",
+            out.display()
+        );
+        let mut r = open(&[
+            ("command", &format!("sh -c '{script}'")),
+            ("env", "EXTRA=x"),
+        ]);
         r.online().unwrap();
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(std::fs::read_to_string(out).unwrap().trim(), "r n1 4 x");
@@ -452,7 +541,11 @@ mod tests {
 
     #[test]
     fn checks_gate_online_and_fail_is_alive() {
-        let mut r = open(&[("command", "sleep 30"), ("check_command", "false"), ("check_timeout_ms", "1000")]);
+        let mut r = open(&[
+            ("command", "sleep 30"),
+            ("check_command", "false"),
+            ("check_timeout_ms", "1000"),
+        ]);
         assert!(matches!(r.online(), Ok(Progress::Pending(Some(_)))));
         assert_eq!(r.online_progress(), Ok(Progress::Pending(None)));
         assert!(matches!(r.is_alive(), Health::Failed(m) if m.starts_with("check_command")));
@@ -471,13 +564,28 @@ mod tests {
     fn bad_parameters_are_named() {
         let ctx = |p: &[(&str, &str)]| OpenContext {
             resource: "r".into(),
-            params: p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: p
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             node: "n".into(),
             epoch: 1,
             log_path: "/dev/null".into(),
         };
-        let err = ProcessType.open(ctx(&[("command", "x"), ("stop_timeout_ms", "soon")])).err().unwrap();
-        assert_eq!(err, "parameter stop_timeout_ms: \"soon\" is not a whole number of ms");
-        assert!(ProcessType.open(ctx(&[])).err().unwrap().contains("command"));
+        let err = ProcessType
+            .open(ctx(&[("command", "x"), ("stop_timeout_ms", "soon")]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            "parameter stop_timeout_ms: \"soon\" is not a whole number of ms"
+        );
+        assert!(
+            ProcessType
+                .open(ctx(&[]))
+                .err()
+                .unwrap()
+                .contains("command")
+        );
     }
 }
