@@ -1,1 +1,374 @@
-fn main() {}
+//! `vigil`: the one binary. `vigil agent` is the cluster service, `vigil rhs` the resource
+//! host (started by the agent, not by people), every other subcommand the command line.
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use client::Client;
+
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7440";
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Vigil keeps services and VMs available on a cluster of Linux machines")]
+struct Cli {
+    /// The agent's API.
+    #[arg(long, global = true, env = "VIGIL_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    endpoint: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the cluster service on this node.
+    Agent(AgentArgs),
+    /// The resource host; started by the agent.
+    #[command(hide = true)]
+    Rhs {
+        #[arg(long)]
+        fd: i32,
+        #[arg(long, default_value = "default")]
+        host: String,
+    },
+    /// Nodes, groups and resources.
+    Status {
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: output::Format,
+    },
+    /// Groups: the unit of ownership and failover.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Resources: what the cluster keeps running.
+    #[command(subcommand)]
+    Resource(ResourceCmd),
+    /// Resource types and their parameters.
+    #[command(subcommand, name = "type")]
+    Type(TypeCmd),
+    /// The cluster log.
+    Log(LogArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// This node's name.
+    #[arg(long)]
+    name: String,
+    /// API address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7440")]
+    listen: String,
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Create a new cluster in an empty data dir.
+    #[arg(long)]
+    bootstrap: bool,
+    #[arg(long, default_value = "vigil")]
+    cluster_name: String,
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    Create {
+        name: String,
+        /// Nodes to fail over to, most preferred first.
+        #[arg(long, value_delimiter = ',')]
+        preferred_owners: Vec<String>,
+    },
+    /// Take every resource offline, then delete the group and its resources.
+    Delete { name: String },
+    Online { name: String },
+    Offline { name: String },
+}
+
+#[derive(Args, Default)]
+struct PropFlags {
+    /// Any property as NAME=VALUE (see `vigil type show`); the flags below are shorthands.
+    #[arg(long = "prop", value_name = "NAME=VALUE")]
+    props: Vec<String>,
+    #[arg(long)]
+    looks_alive_ms: Option<u64>,
+    #[arg(long)]
+    is_alive_ms: Option<u64>,
+    /// none | restart | restart_then_failover
+    #[arg(long)]
+    restart_action: Option<String>,
+    #[arg(long)]
+    restart_threshold: Option<u32>,
+    #[arg(long)]
+    restart_period_s: Option<u64>,
+    #[arg(long)]
+    restart_delay_ms: Option<u64>,
+    #[arg(long)]
+    pending_timeout_ms: Option<u64>,
+    #[arg(long)]
+    retry_period_on_failure_s: Option<u64>,
+    #[arg(long)]
+    deadlock_timeout_ms: Option<u64>,
+    /// Host the resource in an RHS process of its own.
+    #[arg(long)]
+    separate_monitor: bool,
+}
+
+#[derive(Subcommand)]
+enum ResourceCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long = "type")]
+        type_name: String,
+        /// A type parameter as NAME=VALUE (repeat).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[command(flatten)]
+        props: PropFlags,
+        /// A resource of the same group that must be Online first (repeat).
+        #[arg(long)]
+        depends_on: Vec<String>,
+        /// Bring it online right away.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Change parameters, properties or dependencies (effective at the next online).
+    Set {
+        name: String,
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[arg(long = "unset-param", value_name = "NAME")]
+        unset_params: Vec<String>,
+        #[command(flatten)]
+        props: PropFlags,
+        /// Replace the dependencies (repeat); `--no-dependencies` clears them.
+        #[arg(long)]
+        depends_on: Vec<String>,
+        #[arg(long, conflicts_with = "depends_on")]
+        no_dependencies: bool,
+    },
+    Online { name: String },
+    Offline { name: String },
+    /// Take it offline, then delete it.
+    Delete { name: String },
+    /// Simulate a failure (like Test-ClusterResourceFailure).
+    Fail { name: String },
+}
+
+#[derive(Subcommand)]
+enum TypeCmd {
+    List,
+    Show { name: String },
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// Keep printing new records.
+    #[arg(long, short)]
+    follow: bool,
+    #[arg(long)]
+    resource: Option<String>,
+    #[arg(long)]
+    group: Option<String>,
+    /// Only records after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    #[arg(long, short, value_enum, default_value = "table")]
+    output: output::Format,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Agent(a) => run_agent(a),
+        Cmd::Rhs { fd, host } => {
+            init_tracing();
+            vigil_rhs::host::main(fd).map_err(|e| anyhow::anyhow!("RHS {host}: {e}"))
+        }
+        command => run_client(&cli.endpoint, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(vigil_agent::run(vigil_agent::AgentOptions {
+        name: a.name,
+        listen: a.listen,
+        data_dir: a.data_dir,
+        bootstrap: a.bootstrap,
+        cluster_name: a.cluster_name,
+    }))
+}
+
+fn run_client(endpoint: &str, command: Cmd) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = Client::new(endpoint)?;
+    rt.block_on(client_command(&client, command))
+}
+
+/// `NAME=VALUE` pairs into a JSON object of strings; the error names the bad argument.
+fn pairs(flag: &str, items: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut m = Map::new();
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("{flag} {item:?} is not NAME=VALUE"))?;
+        m.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(m)
+}
+
+fn prop_map(p: &PropFlags) -> anyhow::Result<Map<String, Value>> {
+    let mut m = pairs("--prop", &p.props)?;
+    let flags: [(&str, Option<Value>); 9] = [
+        ("looks_alive_ms", p.looks_alive_ms.map(Value::from)),
+        ("is_alive_ms", p.is_alive_ms.map(Value::from)),
+        ("restart_action", p.restart_action.clone().map(Value::from)),
+        ("restart_threshold", p.restart_threshold.map(Value::from)),
+        ("restart_period_s", p.restart_period_s.map(Value::from)),
+        ("restart_delay_ms", p.restart_delay_ms.map(Value::from)),
+        ("pending_timeout_ms", p.pending_timeout_ms.map(Value::from)),
+        ("retry_period_on_failure_s", p.retry_period_on_failure_s.map(Value::from)),
+        ("deadlock_timeout_ms", p.deadlock_timeout_ms.map(Value::from)),
+    ];
+    for (k, v) in flags {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
+    }
+    if p.separate_monitor {
+        m.insert("separate_monitor".to_string(), Value::Bool(true));
+    }
+    Ok(m)
+}
+
+async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
+    match command {
+        Cmd::Status { output } => output::status(&c.get("/v1/status").await?, output)?,
+        Cmd::Group(g) => match g {
+            GroupCmd::Create { name, preferred_owners } => {
+                c.post("/v1/groups", json!({ "name": name, "preferred_owners": preferred_owners })).await?;
+                println!("group {name} created");
+            }
+            GroupCmd::Delete { name } => {
+                c.delete(&format!("/v1/groups/{name}")).await?;
+                println!("group {name} deleted");
+            }
+            GroupCmd::Online { name } => desired(c, "groups", &name, "online").await?,
+            GroupCmd::Offline { name } => desired(c, "groups", &name, "offline").await?,
+        },
+        Cmd::Resource(r) => resource_command(c, r).await?,
+        Cmd::Type(t) => {
+            let types = c.get("/v1/types").await?;
+            match t {
+                TypeCmd::List => output::types(&types, None)?,
+                TypeCmd::Show { name } => output::types(&types, Some(&name))?,
+            }
+        }
+        Cmd::Log(l) => log_command(c, l).await?,
+        Cmd::Agent(_) | Cmd::Rhs { .. } => unreachable!("handled in main"),
+    }
+    Ok(())
+}
+
+async fn desired(c: &Client, kind: &str, name: &str, action: &str) -> anyhow::Result<()> {
+    c.post(&format!("/v1/{kind}/{name}/{action}"), json!({})).await?;
+    println!("{} {name}: desired state set to {action}", kind.trim_end_matches('s'));
+    Ok(())
+}
+
+async fn resource_command(c: &Client, cmd: ResourceCmd) -> anyhow::Result<()> {
+    match cmd {
+        ResourceCmd::Create {
+            name,
+            group,
+            type_name,
+            params,
+            props,
+            depends_on,
+            online,
+        } => {
+            let body = json!({
+                "name": name, "group": group, "type": type_name,
+                "params": pairs("--param", &params)?, "props": prop_map(&props)?,
+                "depends_on": depends_on,
+            });
+            c.post("/v1/resources", body).await?;
+            println!("resource {name} created");
+            if online {
+                desired(c, "resources", &name, "online").await?;
+            }
+        }
+        ResourceCmd::Set {
+            name,
+            params,
+            unset_params,
+            props,
+            depends_on,
+            no_dependencies,
+        } => {
+            let mut p = pairs("--param", &params)?;
+            for k in unset_params {
+                p.insert(k, Value::Null);
+            }
+            let mut body = json!({ "params": p, "props": prop_map(&props)? });
+            if no_dependencies || !depends_on.is_empty() {
+                body["depends_on"] = json!(depends_on);
+            }
+            c.patch(&format!("/v1/resources/{name}"), body).await?;
+            println!("resource {name} updated");
+        }
+        ResourceCmd::Online { name } => desired(c, "resources", &name, "online").await?,
+        ResourceCmd::Offline { name } => desired(c, "resources", &name, "offline").await?,
+        ResourceCmd::Delete { name } => {
+            c.delete(&format!("/v1/resources/{name}")).await?;
+            println!("resource {name} deleted");
+        }
+        ResourceCmd::Fail { name } => {
+            c.post(&format!("/v1/resources/{name}/fail"), json!({})).await?;
+            println!("resource {name}: failure simulated");
+        }
+    }
+    Ok(())
+}
+
+async fn log_command(c: &Client, l: LogArgs) -> anyhow::Result<()> {
+    let mut after = l.after;
+    loop {
+        let mut path = format!("/v1/log?after={after}&limit=1000");
+        if let Some(r) = &l.resource {
+            path.push_str(&format!("&resource={r}"));
+        }
+        if let Some(g) = &l.group {
+            path.push_str(&format!("&group={g}"));
+        }
+        if l.follow {
+            path.push_str("&wait_ms=30000");
+        }
+        let records = c.get(&path).await?;
+        let records = records.as_array().cloned().unwrap_or_default();
+        for r in &records {
+            output::log_record(r, l.output)?;
+            after = after.max(r["seq"].as_u64().unwrap_or(after));
+        }
+        if records.is_empty() && !l.follow {
+            return Ok(());
+        }
+    }
+}

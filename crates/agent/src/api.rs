@@ -1,0 +1,432 @@
+//! The agent's HTTP/JSON API (`/v1/...`). Handlers validate input, then run a closure inside
+//! the main loop (see [`crate::service`]) so that reading, checking and writing the database
+//! happen as one step. Every error is `{"error": "..."}` with a status code that fits.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use vigil_core::command::{ApplyError, Command, Target};
+use vigil_core::event::{Component, LogEntry};
+use vigil_core::model::{PersistentState, ResourceSpec};
+use vigil_core::params;
+use vigil_core::props::{GroupProps, ResourceProps};
+use vigil_core::rcm::Input;
+use vigil_rhs::types;
+
+use crate::clusterlog::{ClusterLog, Record};
+use crate::service::{Msg, Service};
+use crate::view;
+
+/// How long a delete waits for the resources to stop before giving up.
+const STOP_WAIT: Duration = Duration::from_secs(120);
+/// Longest long-poll of `GET /v1/log`.
+const MAX_LOG_WAIT_MS: u64 = 60_000;
+/// Most records one `GET /v1/log` returns.
+const MAX_LOG_LIMIT: usize = 10_000;
+
+#[derive(Clone)]
+pub struct Api {
+    tx: mpsc::Sender<Msg>,
+    log: ClusterLog,
+    version: watch::Receiver<u64>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+    fn unavailable() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the agent is shutting down".to_string(),
+        }
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        let status = match e {
+            ApplyError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApplyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApplyError::Exists { .. } | ApplyError::Conflict(_) => StatusCode::CONFLICT,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        Self::bad(format!("request body: {}", e.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+pub fn router(tx: mpsc::Sender<Msg>, log: ClusterLog, version: watch::Receiver<u64>) -> Router {
+    let api = Api { tx, log, version };
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/types", get(list_types))
+        .route("/v1/log", get(read_log))
+        .route("/v1/groups", post(create_group))
+        .route("/v1/groups/{name}", axum::routing::delete(delete_group))
+        .route("/v1/groups/{name}/{action}", post(group_action))
+        .route("/v1/resources", post(create_resource))
+        .route(
+            "/v1/resources/{name}",
+            axum::routing::delete(delete_resource).patch(update_resource),
+        )
+        .route("/v1/resources/{name}/{action}", post(resource_action))
+        .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, message: "no such API path".to_string() } })
+        .with_state(api)
+}
+
+impl Api {
+    /// Runs `f` in the main loop and returns its result.
+    async fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut Service) -> T + Send + 'static) -> ApiResult<T> {
+        let (tx, rx) = oneshot::channel();
+        let msg = Msg::Call(Box::new(move |s| {
+            let _ = tx.send(f(s));
+        }));
+        self.tx.send(msg).await.map_err(|_| ApiError::unavailable())?;
+        rx.await.map_err(|_| ApiError::unavailable())
+    }
+
+    /// Waits until `done` holds, re-checking after every batch of the main loop.
+    async fn wait_for(&self, limit: Duration, done: impl Fn(&Service) -> bool + Clone + Send + 'static) -> ApiResult<bool> {
+        let mut version = self.version.clone();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            version.borrow_and_update();
+            let check = done.clone();
+            if self.call(move |s| check(s)).await? {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, version.changed()).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+fn db_log(reason: String) -> LogEntry {
+    LogEntry::new(Component::DB, reason)
+}
+
+async fn status(State(api): State<Api>) -> ApiResult<Json<view::StatusView>> {
+    Ok(Json(api.call(|s| view::status(s)).await?))
+}
+
+async fn list_types() -> Json<Value> {
+    let types: Vec<Value> = types::builtin()
+        .iter()
+        .map(|t| json!({ "name": t.name(), "description": t.description(), "parameters": t.schema() }))
+        .collect();
+    Json(json!({ "types": types }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateGroup {
+    name: String,
+    #[serde(default)]
+    preferred_owners: Vec<String>,
+}
+
+async fn create_group(State(api): State<Api>, body: Result<Json<CreateGroup>, JsonRejection>) -> ApiResult {
+    let Json(req) = body?;
+    let name = req.name.clone();
+    api.call(move |s| {
+        let cmd = Command::CreateGroup {
+            name: req.name.clone(),
+            props: GroupProps {
+                preferred_owners: req.preferred_owners,
+            },
+            owner: Some(s.node.clone()),
+        };
+        let log = db_log(format!("group {} created, owner {}", req.name, s.node));
+        s.submit(vec![cmd], vec![log.group(&req.name, 1)])
+    })
+    .await??;
+    Ok(Json(json!({ "created": name })))
+}
+
+async fn delete_group(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    set_desired(&api, Target::Group(name.clone()), PersistentState::Offline).await?;
+    let g = name.clone();
+    let stopped = api
+        .wait_for(STOP_WAIT, move |s| !s.state().group_resources(&g).any(|r| r.state.may_run()))
+        .await?;
+    if !stopped {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!("group {name:?} did not stop within {} s; it was not deleted", STOP_WAIT.as_secs()),
+        });
+    }
+    let g = name.clone();
+    api.call(move |s| s.submit(vec![Command::DeleteGroup { name: g.clone() }], vec![db_log(format!("group {g} deleted"))]))
+        .await??;
+    Ok(Json(json!({ "deleted": name })))
+}
+
+async fn group_action(State(api): State<Api>, Path((name, action)): Path<(String, String)>) -> ApiResult {
+    let desired = match action.as_str() {
+        "online" => PersistentState::Online,
+        "offline" => PersistentState::Offline,
+        other => return Err(ApiError::bad(format!("unknown group action {other:?}; use online or offline"))),
+    };
+    set_desired(&api, Target::Group(name.clone()), desired).await?;
+    Ok(Json(json!({ "group": name, "persistent_state": desired })))
+}
+
+/// Records an operator's desired state and forgets past failures of what it covers.
+async fn set_desired(api: &Api, target: Target, desired: PersistentState) -> ApiResult<()> {
+    api.call(move |s| {
+        let (what, resources): (String, Vec<String>) = match &target {
+            Target::Group(g) => (
+                format!("group {g}"),
+                s.state().group_resources(g).map(|r| r.name.clone()).collect(),
+            ),
+            Target::Resource(r) => (format!("resource {r}"), vec![r.clone()]),
+        };
+        let log = db_log(format!("operator set desired state of {what} to {desired}"));
+        s.submit(vec![Command::SetPersistentState { target, state: desired }], vec![log])?;
+        s.step(Input::Operator { resources });
+        Ok::<_, ApplyError>(())
+    })
+    .await??;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateResource {
+    name: String,
+    group: String,
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    #[serde(default)]
+    props: BTreeMap<String, Value>,
+    #[serde(default)]
+    depends_on: Vec<String>,
+}
+
+/// A property's text form from JSON (`5000`, `"5000"`, `true`).
+fn prop_text(name: &str, v: &Value) -> ApiResult<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(ApiError::bad(format!("property {name} must be a string, number or boolean, got {other}"))),
+    }
+}
+
+fn apply_props(props: &mut ResourceProps, changes: &BTreeMap<String, Value>) -> ApiResult<()> {
+    for (k, v) in changes {
+        props.set(k, &prop_text(k, v)?).map_err(|e| ApiError::bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn check_params(type_name: &str, p: &BTreeMap<String, String>) -> ApiResult<()> {
+    let ty = types::find(type_name).ok_or_else(|| {
+        let known: Vec<_> = types::builtin().iter().map(|t| t.name()).collect();
+        ApiError::bad(format!("unknown resource type {type_name:?}; known types: {}", known.join(", ")))
+    })?;
+    params::validate(type_name, &ty.schema(), p).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+async fn create_resource(State(api): State<Api>, body: Result<Json<CreateResource>, JsonRejection>) -> ApiResult {
+    let Json(req) = body?;
+    check_params(&req.type_name, &req.params)?;
+    let mut props = ResourceProps::default();
+    apply_props(&mut props, &req.props)?;
+    let name = req.name.clone();
+    let spec = ResourceSpec {
+        name: req.name,
+        group: req.group,
+        type_name: req.type_name,
+        params: req.params,
+        props,
+        depends_on: req.depends_on,
+    };
+    api.call(move |s| {
+        let log = db_log(format!("resource {} ({}) created in group {}", spec.name, spec.type_name, spec.group))
+            .group(&spec.group, s.state().group_epoch(&spec.group))
+            .resource(&spec.name);
+        s.submit(vec![Command::CreateResource { spec }], vec![log])
+    })
+    .await??;
+    Ok(Json(json!({ "created": name })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateResource {
+    /// `null` removes a parameter.
+    #[serde(default)]
+    params: BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    props: BTreeMap<String, Value>,
+    #[serde(default)]
+    depends_on: Option<Vec<String>>,
+}
+
+async fn update_resource(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<UpdateResource>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let n = name.clone();
+    let current = api.call(move |s| s.state().resources.get(&n).cloned()).await?;
+    let r = current.ok_or_else(|| ApiError::from(ApplyError::NotFound { kind: "resource", name: name.clone() }))?;
+    let mut params = r.params.clone();
+    for (k, v) in &req.params {
+        match v {
+            Some(v) => params.insert(k.clone(), v.clone()),
+            None => params.remove(k),
+        };
+    }
+    check_params(&r.type_name, &params)?;
+    let mut props = r.props.clone();
+    apply_props(&mut props, &req.props)?;
+    let depends_on = req.depends_on.unwrap_or(r.depends_on.clone());
+    let cmd = Command::UpdateResource {
+        name: name.clone(),
+        params,
+        props,
+        depends_on,
+    };
+    let log = db_log(format!("resource {name} changed (takes effect at its next online)")).resource(&name);
+    api.call(move |s| s.submit(vec![cmd], vec![log])).await??;
+    Ok(Json(json!({ "updated": name })))
+}
+
+async fn delete_resource(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    let n = name.clone();
+    let dependents: Vec<String> =
+        api.call(move |s| s.state().dependents(&n).map(|d| d.name.clone()).collect()).await?;
+    if !dependents.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "resource {name:?} is a dependency of {}; remove that dependency first",
+                dependents.join(", ")
+            ),
+        });
+    }
+    set_desired(&api, Target::Resource(name.clone()), PersistentState::Offline).await?;
+    let n = name.clone();
+    let stopped = api
+        .wait_for(STOP_WAIT, move |s| s.state().resources.get(&n).is_none_or(|r| !r.state.may_run()))
+        .await?;
+    if !stopped {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!("resource {name:?} did not stop within {} s; it was not deleted", STOP_WAIT.as_secs()),
+        });
+    }
+    let n = name.clone();
+    api.call(move |s| {
+        let log = db_log(format!("resource {n} deleted")).resource(&n);
+        s.submit(vec![Command::DeleteResource { name: n.clone() }], vec![log])
+    })
+    .await??;
+    Ok(Json(json!({ "deleted": name })))
+}
+
+async fn resource_action(State(api): State<Api>, Path((name, action)): Path<(String, String)>) -> ApiResult {
+    match action.as_str() {
+        "online" => set_desired(&api, Target::Resource(name.clone()), PersistentState::Online).await?,
+        "offline" => set_desired(&api, Target::Resource(name.clone()), PersistentState::Offline).await?,
+        "fail" => {
+            let n = name.clone();
+            api.call(move |s| {
+                let r = s
+                    .state()
+                    .resources
+                    .get(&n)
+                    .ok_or_else(|| ApplyError::NotFound { kind: "resource", name: n.clone() })?;
+                if !r.state.may_run() {
+                    return Err(ApplyError::Conflict(format!(
+                        "resource {n:?} is {}; only a running resource can be failed",
+                        r.state
+                    )));
+                }
+                s.log.append([LogEntry::new(Component::RCM, "operator simulates a failure").resource(&n)]);
+                s.step(Input::SimulateFailure { resource: n.clone() });
+                Ok(())
+            })
+            .await??;
+        }
+        other => {
+            return Err(ApiError::bad(format!(
+                "unknown resource action {other:?}; use online, offline or fail"
+            )));
+        }
+    }
+    Ok(Json(json!({ "resource": name, "action": action })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+    resource: Option<String>,
+    group: Option<String>,
+    /// Wait up to this long for a record after `after` (long poll).
+    wait_ms: Option<u64>,
+}
+
+async fn read_log(State(api): State<Api>, query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Vec<Record>>> {
+    let Query(q) = query.map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(1_000).min(MAX_LOG_LIMIT);
+    let matches = |r: &Record| {
+        q.resource.as_ref().is_none_or(|x| r.entry.resource.as_ref() == Some(x))
+            && q.group.as_ref().is_none_or(|x| r.entry.group.as_ref() == Some(x))
+    };
+    let mut records = api.log.read(q.after, limit, matches);
+    if records.is_empty() && let Some(wait) = q.wait_ms {
+        let mut seq = api.log.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait.min(MAX_LOG_WAIT_MS));
+        while records.is_empty() {
+            if !matches!(tokio::time::timeout_at(deadline, seq.changed()).await, Ok(Ok(()))) {
+                break;
+            }
+            records = api.log.read(q.after, limit, matches);
+        }
+    }
+    Ok(Json(records))
+}

@@ -1,0 +1,317 @@
+//! Supervision of the RHS processes: starting `vigil rhs`, routing calls to the RHS that
+//! hosts a resource, and noticing when one dies.
+//!
+//! Resources share the `default` RHS unless `separate_monitor` is set, which gives them one
+//! each. An RHS is started when a resource needs it; a dead one is replaced by the next call
+//! that needs it (the RCM's restart policy makes that call for the resources it hosted).
+//! Each RHS gets the agent's end of a socket pair and a parent-death signal, so it cannot
+//! outlive the agent.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::sync::mpsc;
+use vigil_core::model::ClusterState;
+use vigil_core::props::ResourceProps;
+use vigil_rhs::protocol::{self, Checks, FromHost, ToHost};
+
+/// Bound of each RHS's outgoing queue.
+const HOST_QUEUE: usize = 16_384;
+
+/// What the host tasks tell the agent's main loop.
+#[derive(Debug)]
+pub enum HostEvent {
+    Message { host: String, generation: u64, msg: FromHost },
+    Exited { host: String, generation: u64, reason: String },
+}
+
+struct Host {
+    generation: u64,
+    pid: u32,
+    tx: mpsc::Sender<ToHost>,
+    /// Resources opened in this RHS.
+    resources: BTreeSet<String>,
+}
+
+pub struct Hosts {
+    exe: PathBuf,
+    data_dir: PathBuf,
+    node: String,
+    hosts: HashMap<String, Host>,
+    /// Which RHS each open resource lives in.
+    placement: HashMap<String, String>,
+    events: mpsc::Sender<HostEvent>,
+    next_generation: u64,
+}
+
+/// The RHS a resource belongs in.
+pub fn host_for(resource: &str, props: &ResourceProps) -> String {
+    if props.separate_monitor {
+        format!("resource-{resource}")
+    } else {
+        "default".to_string()
+    }
+}
+
+impl Hosts {
+    pub fn new(exe: PathBuf, data_dir: PathBuf, node: String, events: mpsc::Sender<HostEvent>) -> Self {
+        Self {
+            exe,
+            data_dir,
+            node,
+            hosts: HashMap::new(),
+            placement: HashMap::new(),
+            events,
+            next_generation: 1,
+        }
+    }
+
+    /// The pid of each running RHS, by host name.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<_> = self.hosts.iter().map(|(n, h)| (n.clone(), h.pid)).collect();
+        v.sort();
+        v
+    }
+
+    /// The RHS a resource is open in, if any.
+    pub fn host_of(&self, resource: &str) -> Option<&str> {
+        self.placement.get(resource).map(String::as_str)
+    }
+
+    /// Opens the resource (with its current parameters) in the RHS it belongs in, starting
+    /// that RHS if needed, and brings it online. An error means no RHS could be started.
+    pub fn online(&mut self, db: &ClusterState, resource: &str) -> Result<(), String> {
+        let r = db
+            .resources
+            .get(resource)
+            .ok_or_else(|| format!("resource {resource:?} is not in the database"))?;
+        let host = host_for(resource, &r.props);
+        if let Some(old) = self.placement.get(resource).cloned()
+            && old != host
+        {
+            self.close(resource);
+        }
+        self.ensure(&host)?;
+        let open = ToHost::Open {
+            resource: resource.to_string(),
+            type_name: r.type_name.clone(),
+            params: r.params.clone(),
+            checks: Checks {
+                looks_alive_ms: r.props.looks_alive_ms,
+                is_alive_ms: r.props.is_alive_ms,
+                deadlock_timeout_ms: r.props.deadlock_timeout_ms,
+            },
+            node: self.node.clone(),
+            epoch: db.group_epoch(&r.group),
+            log_path: self.resource_log(resource),
+        };
+        self.send(&host, open);
+        self.send(&host, ToHost::Online { resource: resource.to_string() });
+        self.placement.insert(resource.to_string(), host.clone());
+        if let Some(h) = self.hosts.get_mut(&host) {
+            h.resources.insert(resource.to_string());
+        }
+        Ok(())
+    }
+
+    /// Sends Offline to the resource's RHS; `false` if it is open nowhere (so already stopped).
+    pub fn offline(&mut self, resource: &str) -> bool {
+        self.forward(resource, ToHost::Offline { resource: resource.to_string() })
+    }
+
+    pub fn terminate(&mut self, resource: &str) {
+        self.forward(resource, ToHost::Terminate { resource: resource.to_string() });
+    }
+
+    /// Drops the resource from its RHS; an RHS of its own is shut down.
+    pub fn close(&mut self, resource: &str) {
+        let Some(host) = self.placement.remove(resource) else {
+            return;
+        };
+        self.send(&host, ToHost::Close { resource: resource.to_string() });
+        let empty = self.hosts.get_mut(&host).is_some_and(|h| {
+            h.resources.remove(resource);
+            h.resources.is_empty()
+        });
+        if empty && host != "default" {
+            self.send(&host, ToHost::Shutdown);
+            self.hosts.remove(&host);
+        }
+    }
+
+    /// Handles the death of an RHS: returns the resources it hosted (now gone), or `None` if
+    /// the event is about an RHS already replaced.
+    pub fn lost(&mut self, host: &str, generation: u64) -> Option<Vec<String>> {
+        if self.hosts.get(host)?.generation != generation {
+            return None;
+        }
+        let h = self.hosts.remove(host)?;
+        for r in &h.resources {
+            self.placement.remove(r);
+        }
+        Some(h.resources.into_iter().collect())
+    }
+
+    /// The generation of a running RHS, to tell its messages from a predecessor's.
+    pub fn is_current(&self, host: &str, generation: u64) -> bool {
+        self.hosts.get(host).is_some_and(|h| h.generation == generation)
+    }
+
+    pub fn set_pid(&mut self, host: &str, pid: u32) {
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.pid = pid;
+        }
+    }
+
+    /// Asks every RHS to terminate its resources and exit.
+    pub fn shutdown_all(&mut self) {
+        for h in self.hosts.values() {
+            let _ = h.tx.try_send(ToHost::Shutdown);
+        }
+    }
+
+    fn resource_log(&self, resource: &str) -> String {
+        self.data_dir
+            .join("resources")
+            .join(format!("{resource}.log"))
+            .display()
+            .to_string()
+    }
+
+    fn forward(&mut self, resource: &str, msg: ToHost) -> bool {
+        match self.placement.get(resource).cloned() {
+            Some(host) => {
+                self.send(&host, msg);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn send(&mut self, host: &str, msg: ToHost) {
+        if let Some(h) = self.hosts.get(host)
+            && h.tx.try_send(msg).is_err()
+        {
+            // A full queue means the RHS stopped reading: it is as good as dead.
+            tracing::error!("RHS {host} (pid {}) is not reading its socket; killing it", h.pid);
+            kill(h.pid);
+        }
+    }
+
+    fn ensure(&mut self, host: &str) -> Result<(), String> {
+        if self.hosts.contains_key(host) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.data_dir.join("resources"))
+            .map_err(|e| format!("cannot create {}/resources: {e}", self.data_dir.display()))?;
+        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot make a socket pair: {e}"))?;
+        let fd = theirs.as_raw_fd();
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("rhs")
+            .arg("--fd")
+            .arg(fd.to_string())
+            .arg("--host")
+            .arg(host)
+            .stdin(Stdio::null())
+            .kill_on_drop(false);
+        // SAFETY: only async-signal-safe calls (fcntl, prctl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // SAFETY: `fd` is open in the child: it is the inherited socket end.
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start RHS {:?}: {e}", self.exe.display()))?;
+        drop(theirs);
+        let pid = child.id().unwrap_or(0);
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let (tx, rx) = mpsc::channel(HOST_QUEUE);
+        ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
+        let (rd, wr) = stream.into_split();
+        tokio::spawn(write_loop(wr, rx));
+        let events = self.events.clone();
+        let name = host.to_string();
+        tokio::spawn(async move {
+            let reason = read_loop(rd, &events, &name, generation).await;
+            let status = match tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(s)) => s.to_string(),
+                _ => "still running; killed".to_string(),
+            };
+            let _ = child.start_kill();
+            let reason = format!("RHS {name} (pid {pid}) exited: {reason}; {status}");
+            let _ = events.send(HostEvent::Exited { host: name, generation, reason }).await;
+        });
+        self.hosts.insert(
+            host.to_string(),
+            Host {
+                generation,
+                pid,
+                tx,
+                resources: BTreeSet::new(),
+            },
+        );
+        Ok(())
+    }
+}
+
+async fn write_loop(mut wr: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<ToHost>) {
+    let hello = ToHost::Hello { version: protocol::VERSION };
+    if protocol::write_frame(&mut wr, &hello).await.is_err() {
+        return;
+    }
+    while let Some(msg) = rx.recv().await {
+        if protocol::write_frame(&mut wr, &msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Forwards the RHS's messages until it goes away; returns why it went.
+async fn read_loop(
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    events: &mpsc::Sender<HostEvent>,
+    host: &str,
+    generation: u64,
+) -> String {
+    match protocol::read_frame::<_, FromHost>(&mut rd).await {
+        Ok(Some(FromHost::Hello { version, .. })) if version != protocol::VERSION => {
+            return format!("it speaks protocol version {version}, this agent {}", protocol::VERSION);
+        }
+        Ok(Some(msg @ FromHost::Hello { .. })) => {
+            let _ = events
+                .send(HostEvent::Message { host: host.to_string(), generation, msg })
+                .await;
+        }
+        Ok(Some(other)) => return format!("expected Hello, got {other:?}"),
+        Ok(None) => return "closed its socket before saying Hello".to_string(),
+        Err(e) => return e.to_string(),
+    }
+    loop {
+        match protocol::read_frame::<_, FromHost>(&mut rd).await {
+            Ok(Some(msg)) => {
+                let event = HostEvent::Message { host: host.to_string(), generation, msg };
+                if events.send(event).await.is_err() {
+                    return "the agent is stopping".to_string();
+                }
+            }
+            Ok(None) => return "closed its socket".to_string(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}

@@ -1,0 +1,130 @@
+//! How the CLI prints: readable tables for people, `--output json` for scripts.
+
+use clap::ValueEnum;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::Value;
+use vigil_agent::view::StatusView;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    t
+}
+
+pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
+    if let Format::Json = format {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    let s: StatusView = serde_json::from_value(v.clone())?;
+    println!(
+        "cluster {}  (answered by {}, database index {})",
+        s.cluster.as_deref().unwrap_or("-"),
+        s.node,
+        s.applied_index
+    );
+    let mut nodes = table(&["NODE", "STATE", "ADDRESS"]);
+    for n in &s.nodes {
+        nodes.add_row(vec![n.name.clone(), n.state.to_string(), n.address.clone()]);
+    }
+    println!("{nodes}");
+    let mut groups = table(&["GROUP", "RESOURCE", "TYPE", "STATE", "DESIRED", "OWNER", "PID", "REASON"]);
+    for g in &s.groups {
+        let failure = g.failure.clone().unwrap_or_default();
+        groups.add_row(vec![
+            g.name.clone(),
+            String::new(),
+            String::new(),
+            g.state.to_string(),
+            String::new(),
+            g.owner.clone().unwrap_or_default(),
+            String::new(),
+            failure,
+        ]);
+        for r in &g.resources {
+            groups.add_row(vec![
+                String::new(),
+                r.name.clone(),
+                r.type_name.clone(),
+                r.state.to_string(),
+                r.persistent_state.to_string(),
+                r.owner.clone().unwrap_or_default(),
+                r.pid.map(|p| p.to_string()).unwrap_or_default(),
+                r.reason.clone(),
+            ]);
+        }
+    }
+    println!("{groups}");
+    Ok(())
+}
+
+pub fn types(v: &Value, name: Option<&str>) -> anyhow::Result<()> {
+    let all = v["types"].as_array().cloned().unwrap_or_default();
+    match name {
+        None => {
+            let mut t = table(&["TYPE", "DESCRIPTION"]);
+            for ty in &all {
+                t.add_row(vec![
+                    ty["name"].as_str().unwrap_or_default(),
+                    ty["description"].as_str().unwrap_or_default(),
+                ]);
+            }
+            println!("{t}");
+        }
+        Some(name) => {
+            let ty = all
+                .iter()
+                .find(|t| t["name"] == name)
+                .ok_or_else(|| anyhow::anyhow!("no resource type {name:?}; `vigil type list` shows them"))?;
+            println!("{}: {}", name, ty["description"].as_str().unwrap_or_default());
+            let mut t = table(&["PARAMETER", "KIND", "REQUIRED", "DEFAULT", "DESCRIPTION"]);
+            for p in ty["parameters"].as_array().cloned().unwrap_or_default() {
+                t.add_row(vec![
+                    p["name"].as_str().unwrap_or_default().to_string(),
+                    p["kind"].as_str().unwrap_or_default().to_string(),
+                    if p["required"].as_bool() == Some(true) { "yes" } else { "" }.to_string(),
+                    p["default"].as_str().unwrap_or_default().to_string(),
+                    p["description"].as_str().unwrap_or_default().to_string(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+/// One cluster log record: a JSON line, or
+/// `TIME NODE COMPONENT group/resource FROM -> TO  REASON [epoch N]`.
+pub fn log_record(r: &Value, format: Format) -> anyhow::Result<()> {
+    if let Format::Json = format {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+    let subject = match (s("group"), s("resource")) {
+        (g, res) if g.is_empty() && res.is_empty() => "-".to_string(),
+        (g, res) if res.is_empty() => g,
+        (g, res) if g.is_empty() => res,
+        (g, res) => format!("{g}/{res}"),
+    };
+    let change = match (s("from"), s("to")) {
+        (f, t) if !f.is_empty() || !t.is_empty() => format!("{f} -> {t}  "),
+        _ => String::new(),
+    };
+    let epoch = r["epoch"].as_u64().filter(|e| *e > 0).map(|e| format!(" [epoch {e}]")).unwrap_or_default();
+    println!(
+        "{} {} {:<3} {} {change}{}{epoch}",
+        s("time"),
+        s("node"),
+        s("component"),
+        subject,
+        s("reason")
+    );
+    Ok(())
+}
