@@ -104,23 +104,38 @@ pub fn router(tx: mpsc::Sender<Msg>, log: ClusterLog, version: watch::Receiver<u
             axum::routing::delete(delete_resource).patch(update_resource),
         )
         .route("/v1/resources/{name}/{action}", post(resource_action))
-        .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, message: "no such API path".to_string() } })
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: "no such API path".to_string(),
+            }
+        })
         .with_state(api)
 }
 
 impl Api {
     /// Runs `f` in the main loop and returns its result.
-    async fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut Service) -> T + Send + 'static) -> ApiResult<T> {
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Service) -> T + Send + 'static,
+    ) -> ApiResult<T> {
         let (tx, rx) = oneshot::channel();
         let msg = Msg::Call(Box::new(move |s| {
             let _ = tx.send(f(s));
         }));
-        self.tx.send(msg).await.map_err(|_| ApiError::unavailable())?;
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| ApiError::unavailable())?;
         rx.await.map_err(|_| ApiError::unavailable())
     }
 
     /// Waits until `done` holds, re-checking after every batch of the main loop.
-    async fn wait_for(&self, limit: Duration, done: impl Fn(&Service) -> bool + Clone + Send + 'static) -> ApiResult<bool> {
+    async fn wait_for(
+        &self,
+        limit: Duration,
+        done: impl Fn(&Service) -> bool + Clone + Send + 'static,
+    ) -> ApiResult<bool> {
         let mut version = self.version.clone();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -129,7 +144,10 @@ impl Api {
             if self.call(move |s| check(s)).await? {
                 return Ok(true);
             }
-            if tokio::time::timeout_at(deadline, version.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, version.changed())
+                .await
+                .is_err()
+            {
                 return Ok(false);
             }
         }
@@ -160,7 +178,10 @@ struct CreateGroup {
     preferred_owners: Vec<String>,
 }
 
-async fn create_group(State(api): State<Api>, body: Result<Json<CreateGroup>, JsonRejection>) -> ApiResult {
+async fn create_group(
+    State(api): State<Api>,
+    body: Result<Json<CreateGroup>, JsonRejection>,
+) -> ApiResult {
     let Json(req) = body?;
     let name = req.name.clone();
     api.call(move |s| {
@@ -182,25 +203,42 @@ async fn delete_group(State(api): State<Api>, Path(name): Path<String>) -> ApiRe
     set_desired(&api, Target::Group(name.clone()), PersistentState::Offline).await?;
     let g = name.clone();
     let stopped = api
-        .wait_for(STOP_WAIT, move |s| !s.state().group_resources(&g).any(|r| r.state.may_run()))
+        .wait_for(STOP_WAIT, move |s| {
+            !s.state().group_resources(&g).any(|r| r.state.may_run())
+        })
         .await?;
     if !stopped {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
-            message: format!("group {name:?} did not stop within {} s; it was not deleted", STOP_WAIT.as_secs()),
+            message: format!(
+                "group {name:?} did not stop within {} s; it was not deleted",
+                STOP_WAIT.as_secs()
+            ),
         });
     }
     let g = name.clone();
-    api.call(move |s| s.submit(vec![Command::DeleteGroup { name: g.clone() }], vec![db_log(format!("group {g} deleted"))]))
-        .await??;
+    api.call(move |s| {
+        s.submit(
+            vec![Command::DeleteGroup { name: g.clone() }],
+            vec![db_log(format!("group {g} deleted"))],
+        )
+    })
+    .await??;
     Ok(Json(json!({ "deleted": name })))
 }
 
-async fn group_action(State(api): State<Api>, Path((name, action)): Path<(String, String)>) -> ApiResult {
+async fn group_action(
+    State(api): State<Api>,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult {
     let desired = match action.as_str() {
         "online" => PersistentState::Online,
         "offline" => PersistentState::Offline,
-        other => return Err(ApiError::bad(format!("unknown group action {other:?}; use online or offline"))),
+        other => {
+            return Err(ApiError::bad(format!(
+                "unknown group action {other:?}; use online or offline"
+            )));
+        }
     };
     set_desired(&api, Target::Group(name.clone()), desired).await?;
     Ok(Json(json!({ "group": name, "persistent_state": desired })))
@@ -209,15 +247,28 @@ async fn group_action(State(api): State<Api>, Path((name, action)): Path<(String
 /// Records an operator's desired state and forgets past failures of what it covers.
 async fn set_desired(api: &Api, target: Target, desired: PersistentState) -> ApiResult<()> {
     api.call(move |s| {
-        let (what, resources): (String, Vec<String>) = match &target {
+        let db = s.state();
+        let (group, resources): (Option<&String>, Vec<String>) = match &target {
             Target::Group(g) => (
-                format!("group {g}"),
-                s.state().group_resources(g).map(|r| r.name.clone()).collect(),
+                Some(g),
+                db.group_resources(g).map(|r| r.name.clone()).collect(),
             ),
-            Target::Resource(r) => (format!("resource {r}"), vec![r.clone()]),
+            Target::Resource(r) => (db.resources.get(r).map(|r| &r.group), vec![r.clone()]),
         };
-        let log = db_log(format!("operator set desired state of {what} to {desired}"));
-        s.submit(vec![Command::SetPersistentState { target, state: desired }], vec![log])?;
+        let mut log = db_log(format!("operator set desired state to {desired}"));
+        if let Some(g) = group {
+            log = log.group(g, db.group_epoch(g));
+        }
+        if let Target::Resource(r) = &target {
+            log = log.resource(r);
+        }
+        s.submit(
+            vec![Command::SetPersistentState {
+                target,
+                state: desired,
+            }],
+            vec![log],
+        )?;
         s.step(Input::Operator { resources });
         Ok::<_, ApplyError>(())
     })
@@ -246,13 +297,17 @@ fn prop_text(name: &str, v: &Value) -> ApiResult<String> {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
-        other => Err(ApiError::bad(format!("property {name} must be a string, number or boolean, got {other}"))),
+        other => Err(ApiError::bad(format!(
+            "property {name} must be a string, number or boolean, got {other}"
+        ))),
     }
 }
 
 fn apply_props(props: &mut ResourceProps, changes: &BTreeMap<String, Value>) -> ApiResult<()> {
     for (k, v) in changes {
-        props.set(k, &prop_text(k, v)?).map_err(|e| ApiError::bad(e.to_string()))?;
+        props
+            .set(k, &prop_text(k, v)?)
+            .map_err(|e| ApiError::bad(e.to_string()))?;
     }
     Ok(())
 }
@@ -260,12 +315,18 @@ fn apply_props(props: &mut ResourceProps, changes: &BTreeMap<String, Value>) -> 
 fn check_params(type_name: &str, p: &BTreeMap<String, String>) -> ApiResult<()> {
     let ty = types::find(type_name).ok_or_else(|| {
         let known: Vec<_> = types::builtin().iter().map(|t| t.name()).collect();
-        ApiError::bad(format!("unknown resource type {type_name:?}; known types: {}", known.join(", ")))
+        ApiError::bad(format!(
+            "unknown resource type {type_name:?}; known types: {}",
+            known.join(", ")
+        ))
     })?;
     params::validate(type_name, &ty.schema(), p).map_err(|e| ApiError::bad(e.to_string()))
 }
 
-async fn create_resource(State(api): State<Api>, body: Result<Json<CreateResource>, JsonRejection>) -> ApiResult {
+async fn create_resource(
+    State(api): State<Api>,
+    body: Result<Json<CreateResource>, JsonRejection>,
+) -> ApiResult {
     let Json(req) = body?;
     check_params(&req.type_name, &req.params)?;
     let mut props = ResourceProps::default();
@@ -280,9 +341,12 @@ async fn create_resource(State(api): State<Api>, body: Result<Json<CreateResourc
         depends_on: req.depends_on,
     };
     api.call(move |s| {
-        let log = db_log(format!("resource {} ({}) created in group {}", spec.name, spec.type_name, spec.group))
-            .group(&spec.group, s.state().group_epoch(&spec.group))
-            .resource(&spec.name);
+        let log = db_log(format!(
+            "resource {} ({}) created in group {}",
+            spec.name, spec.type_name, spec.group
+        ))
+        .group(&spec.group, s.state().group_epoch(&spec.group))
+        .resource(&spec.name);
         s.submit(vec![Command::CreateResource { spec }], vec![log])
     })
     .await??;
@@ -308,8 +372,15 @@ async fn update_resource(
 ) -> ApiResult {
     let Json(req) = body?;
     let n = name.clone();
-    let current = api.call(move |s| s.state().resources.get(&n).cloned()).await?;
-    let r = current.ok_or_else(|| ApiError::from(ApplyError::NotFound { kind: "resource", name: name.clone() }))?;
+    let current = api
+        .call(move |s| s.state().resources.get(&n).cloned())
+        .await?;
+    let r = current.ok_or_else(|| {
+        ApiError::from(ApplyError::NotFound {
+            kind: "resource",
+            name: name.clone(),
+        })
+    })?;
     let mut params = r.params.clone();
     for (k, v) in &req.params {
         match v {
@@ -327,15 +398,19 @@ async fn update_resource(
         props,
         depends_on,
     };
-    let log = db_log(format!("resource {name} changed (takes effect at its next online)")).resource(&name);
+    let log = db_log(format!(
+        "resource {name} changed (takes effect at its next online)"
+    ))
+    .resource(&name);
     api.call(move |s| s.submit(vec![cmd], vec![log])).await??;
     Ok(Json(json!({ "updated": name })))
 }
 
 async fn delete_resource(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
     let n = name.clone();
-    let dependents: Vec<String> =
-        api.call(move |s| s.state().dependents(&n).map(|d| d.name.clone()).collect()).await?;
+    let dependents: Vec<String> = api
+        .call(move |s| s.state().dependents(&n).map(|d| d.name.clone()).collect())
+        .await?;
     if !dependents.is_empty() {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -345,15 +420,28 @@ async fn delete_resource(State(api): State<Api>, Path(name): Path<String>) -> Ap
             ),
         });
     }
-    set_desired(&api, Target::Resource(name.clone()), PersistentState::Offline).await?;
+    set_desired(
+        &api,
+        Target::Resource(name.clone()),
+        PersistentState::Offline,
+    )
+    .await?;
     let n = name.clone();
     let stopped = api
-        .wait_for(STOP_WAIT, move |s| s.state().resources.get(&n).is_none_or(|r| !r.state.may_run()))
+        .wait_for(STOP_WAIT, move |s| {
+            s.state()
+                .resources
+                .get(&n)
+                .is_none_or(|r| !r.state.may_run())
+        })
         .await?;
     if !stopped {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
-            message: format!("resource {name:?} did not stop within {} s; it was not deleted", STOP_WAIT.as_secs()),
+            message: format!(
+                "resource {name:?} did not stop within {} s; it was not deleted",
+                STOP_WAIT.as_secs()
+            ),
         });
     }
     let n = name.clone();
@@ -365,10 +453,27 @@ async fn delete_resource(State(api): State<Api>, Path(name): Path<String>) -> Ap
     Ok(Json(json!({ "deleted": name })))
 }
 
-async fn resource_action(State(api): State<Api>, Path((name, action)): Path<(String, String)>) -> ApiResult {
+async fn resource_action(
+    State(api): State<Api>,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult {
     match action.as_str() {
-        "online" => set_desired(&api, Target::Resource(name.clone()), PersistentState::Online).await?,
-        "offline" => set_desired(&api, Target::Resource(name.clone()), PersistentState::Offline).await?,
+        "online" => {
+            set_desired(
+                &api,
+                Target::Resource(name.clone()),
+                PersistentState::Online,
+            )
+            .await?
+        }
+        "offline" => {
+            set_desired(
+                &api,
+                Target::Resource(name.clone()),
+                PersistentState::Offline,
+            )
+            .await?
+        }
         "fail" => {
             let n = name.clone();
             api.call(move |s| {
@@ -376,15 +481,22 @@ async fn resource_action(State(api): State<Api>, Path((name, action)): Path<(Str
                     .state()
                     .resources
                     .get(&n)
-                    .ok_or_else(|| ApplyError::NotFound { kind: "resource", name: n.clone() })?;
+                    .ok_or_else(|| ApplyError::NotFound {
+                        kind: "resource",
+                        name: n.clone(),
+                    })?;
                 if !r.state.may_run() {
                     return Err(ApplyError::Conflict(format!(
                         "resource {n:?} is {}; only a running resource can be failed",
                         r.state
                     )));
                 }
-                s.log.append([LogEntry::new(Component::RCM, "operator simulates a failure").resource(&n)]);
-                s.step(Input::SimulateFailure { resource: n.clone() });
+                s.log.append([
+                    LogEntry::new(Component::RCM, "operator simulates a failure").resource(&n),
+                ]);
+                s.step(Input::SimulateFailure {
+                    resource: n.clone(),
+                });
                 Ok(())
             })
             .await??;
@@ -410,19 +522,32 @@ struct LogQuery {
     wait_ms: Option<u64>,
 }
 
-async fn read_log(State(api): State<Api>, query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Vec<Record>>> {
+async fn read_log(
+    State(api): State<Api>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<Record>>> {
     let Query(q) = query.map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(1_000).min(MAX_LOG_LIMIT);
     let matches = |r: &Record| {
-        q.resource.as_ref().is_none_or(|x| r.entry.resource.as_ref() == Some(x))
-            && q.group.as_ref().is_none_or(|x| r.entry.group.as_ref() == Some(x))
+        q.resource
+            .as_ref()
+            .is_none_or(|x| r.entry.resource.as_ref() == Some(x))
+            && q.group
+                .as_ref()
+                .is_none_or(|x| r.entry.group.as_ref() == Some(x))
     };
     let mut records = api.log.read(q.after, limit, matches);
-    if records.is_empty() && let Some(wait) = q.wait_ms {
+    if records.is_empty()
+        && let Some(wait) = q.wait_ms
+    {
         let mut seq = api.log.subscribe();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait.min(MAX_LOG_WAIT_MS));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait.min(MAX_LOG_WAIT_MS));
         while records.is_empty() {
-            if !matches!(tokio::time::timeout_at(deadline, seq.changed()).await, Ok(Ok(()))) {
+            if !matches!(
+                tokio::time::timeout_at(deadline, seq.changed()).await,
+                Ok(Ok(()))
+            ) {
                 break;
             }
             records = api.log.read(q.after, limit, matches);

@@ -24,8 +24,16 @@ const HOST_QUEUE: usize = 16_384;
 /// What the host tasks tell the agent's main loop.
 #[derive(Debug)]
 pub enum HostEvent {
-    Message { host: String, generation: u64, msg: FromHost },
-    Exited { host: String, generation: u64, reason: String },
+    Message {
+        host: String,
+        generation: u64,
+        msg: FromHost,
+    },
+    Exited {
+        host: String,
+        generation: u64,
+        reason: String,
+    },
 }
 
 struct Host {
@@ -57,7 +65,12 @@ pub fn host_for(resource: &str, props: &ResourceProps) -> String {
 }
 
 impl Hosts {
-    pub fn new(exe: PathBuf, data_dir: PathBuf, node: String, events: mpsc::Sender<HostEvent>) -> Self {
+    pub fn new(
+        exe: PathBuf,
+        data_dir: PathBuf,
+        node: String,
+        events: mpsc::Sender<HostEvent>,
+    ) -> Self {
         Self {
             exe,
             data_dir,
@@ -109,7 +122,12 @@ impl Hosts {
             log_path: self.resource_log(resource),
         };
         self.send(&host, open);
-        self.send(&host, ToHost::Online { resource: resource.to_string() });
+        self.send(
+            &host,
+            ToHost::Online {
+                resource: resource.to_string(),
+            },
+        );
         self.placement.insert(resource.to_string(), host.clone());
         if let Some(h) = self.hosts.get_mut(&host) {
             h.resources.insert(resource.to_string());
@@ -119,11 +137,21 @@ impl Hosts {
 
     /// Sends Offline to the resource's RHS; `false` if it is open nowhere (so already stopped).
     pub fn offline(&mut self, resource: &str) -> bool {
-        self.forward(resource, ToHost::Offline { resource: resource.to_string() })
+        self.forward(
+            resource,
+            ToHost::Offline {
+                resource: resource.to_string(),
+            },
+        )
     }
 
     pub fn terminate(&mut self, resource: &str) {
-        self.forward(resource, ToHost::Terminate { resource: resource.to_string() });
+        self.forward(
+            resource,
+            ToHost::Terminate {
+                resource: resource.to_string(),
+            },
+        );
     }
 
     /// Drops the resource from its RHS; an RHS of its own is shut down.
@@ -131,7 +159,12 @@ impl Hosts {
         let Some(host) = self.placement.remove(resource) else {
             return;
         };
-        self.send(&host, ToHost::Close { resource: resource.to_string() });
+        self.send(
+            &host,
+            ToHost::Close {
+                resource: resource.to_string(),
+            },
+        );
         let empty = self.hosts.get_mut(&host).is_some_and(|h| {
             h.resources.remove(resource);
             h.resources.is_empty()
@@ -157,7 +190,9 @@ impl Hosts {
 
     /// The generation of a running RHS, to tell its messages from a predecessor's.
     pub fn is_current(&self, host: &str, generation: u64) -> bool {
-        self.hosts.get(host).is_some_and(|h| h.generation == generation)
+        self.hosts
+            .get(host)
+            .is_some_and(|h| h.generation == generation)
     }
 
     pub fn set_pid(&mut self, host: &str, pid: u32) {
@@ -196,7 +231,10 @@ impl Hosts {
             && h.tx.try_send(msg).is_err()
         {
             // A full queue means the RHS stopped reading: it is as good as dead.
-            tracing::error!("RHS {host} (pid {}) is not reading its socket; killing it", h.pid);
+            tracing::error!(
+                "RHS {host} (pid {}) is not reading its socket; killing it",
+                h.pid
+            );
             kill(h.pid);
         }
     }
@@ -207,7 +245,8 @@ impl Hosts {
         }
         std::fs::create_dir_all(self.data_dir.join("resources"))
             .map_err(|e| format!("cannot create {}/resources: {e}", self.data_dir.display()))?;
-        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot make a socket pair: {e}"))?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| format!("cannot make a socket pair: {e}"))?;
         let fd = theirs.as_raw_fd();
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.arg("rhs")
@@ -223,7 +262,9 @@ impl Hosts {
                 // SAFETY: `fd` is open in the child: it is the inherited socket end.
                 let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
                 rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
                 Ok(())
             });
         }
@@ -243,13 +284,20 @@ impl Hosts {
         let name = host.to_string();
         tokio::spawn(async move {
             let reason = read_loop(rd, &events, &name, generation).await;
-            let status = match tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await {
-                Ok(Ok(s)) => s.to_string(),
-                _ => "still running; killed".to_string(),
-            };
+            let status =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await {
+                    Ok(Ok(s)) => s.to_string(),
+                    _ => "still running; killed".to_string(),
+                };
             let _ = child.start_kill();
             let reason = format!("RHS {name} (pid {pid}) exited: {reason}; {status}");
-            let _ = events.send(HostEvent::Exited { host: name, generation, reason }).await;
+            let _ = events
+                .send(HostEvent::Exited {
+                    host: name,
+                    generation,
+                    reason,
+                })
+                .await;
         });
         self.hosts.insert(
             host.to_string(),
@@ -265,7 +313,9 @@ impl Hosts {
 }
 
 async fn write_loop(mut wr: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<ToHost>) {
-    let hello = ToHost::Hello { version: protocol::VERSION };
+    let hello = ToHost::Hello {
+        version: protocol::VERSION,
+    };
     if protocol::write_frame(&mut wr, &hello).await.is_err() {
         return;
     }
@@ -285,11 +335,18 @@ async fn read_loop(
 ) -> String {
     match protocol::read_frame::<_, FromHost>(&mut rd).await {
         Ok(Some(FromHost::Hello { version, .. })) if version != protocol::VERSION => {
-            return format!("it speaks protocol version {version}, this agent {}", protocol::VERSION);
+            return format!(
+                "it speaks protocol version {version}, this agent {}",
+                protocol::VERSION
+            );
         }
         Ok(Some(msg @ FromHost::Hello { .. })) => {
             let _ = events
-                .send(HostEvent::Message { host: host.to_string(), generation, msg })
+                .send(HostEvent::Message {
+                    host: host.to_string(),
+                    generation,
+                    msg,
+                })
                 .await;
         }
         Ok(Some(other)) => return format!("expected Hello, got {other:?}"),
@@ -299,7 +356,11 @@ async fn read_loop(
     loop {
         match protocol::read_frame::<_, FromHost>(&mut rd).await {
             Ok(Some(msg)) => {
-                let event = HostEvent::Message { host: host.to_string(), generation, msg };
+                let event = HostEvent::Message {
+                    host: host.to_string(),
+                    generation,
+                    msg,
+                };
                 if events.send(event).await.is_err() {
                     return "the agent is stopping".to_string();
                 }

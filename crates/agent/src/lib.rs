@@ -53,11 +53,22 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let listen = listener.local_addr()?.to_string();
     let (host_tx, mut host_rx) = mpsc::channel(INPUT_QUEUE);
     let (tx, rx) = mpsc::channel::<Msg>(INPUT_QUEUE);
-    let svc = Service::new(&opts.name, &listen, opts.data_dir.clone(), db, log.clone(), host_tx)?;
+    let svc = Service::new(
+        &opts.name,
+        &listen,
+        opts.data_dir.clone(),
+        db,
+        log.clone(),
+        host_tx,
+    )?;
     let router = api::router(tx.clone(), log.clone(), svc.subscribe());
     log.append([LogEntry::new(
         Component::NM,
-        format!("agent {} up, API on http://{listen}, pid {}", opts.name, std::process::id()),
+        format!(
+            "agent {} up, API on http://{listen}, pid {}",
+            opts.name,
+            std::process::id()
+        ),
     )]);
     eprintln!("vigil agent {} listening on http://{listen}", opts.name);
     let forward = tx.clone();
@@ -78,12 +89,17 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             tracing::error!("API server stopped: {e}");
         }
     });
-    service::run(svc, rx).await.map_err(|e| anyhow::anyhow!("agent stopped: {e}"))
+    service::run(svc, rx)
+        .await
+        .map_err(|e| anyhow::anyhow!("agent stopped: {e}"))
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -112,7 +128,11 @@ fn lock_data_dir(opts: &AgentOptions) -> anyhow::Result<std::fs::File> {
 }
 
 /// Creates the cluster on `--bootstrap`, or checks that the data dir belongs to this node.
-fn prepare_database(db: &mut Database, opts: &AgentOptions, log: &ClusterLog) -> anyhow::Result<()> {
+fn prepare_database(
+    db: &mut Database,
+    opts: &AgentOptions,
+    log: &ClusterLog,
+) -> anyhow::Result<()> {
     let dir = opts.data_dir.display();
     match (&db.state().cluster_name, opts.bootstrap) {
         (None, false) => bail!(
@@ -136,7 +156,10 @@ fn prepare_database(db: &mut Database, opts: &AgentOptions, log: &ClusterLog) ->
             }
             log.append([LogEntry::new(
                 Component::DB,
-                format!("cluster {} created with node {}", opts.cluster_name, opts.name),
+                format!(
+                    "cluster {} created with node {}",
+                    opts.cluster_name, opts.name
+                ),
             )]);
         }
         (Some(_), false) => {

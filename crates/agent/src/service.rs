@@ -47,7 +47,14 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(node: &str, listen: &str, data_dir: PathBuf, db: Database, log: ClusterLog, events: mpsc::Sender<HostEvent>) -> std::io::Result<Self> {
+    pub fn new(
+        node: &str,
+        listen: &str,
+        data_dir: PathBuf,
+        db: Database,
+        log: ClusterLog,
+        events: mpsc::Sender<HostEvent>,
+    ) -> std::io::Result<Self> {
         let exe = std::env::current_exe()?;
         Ok(Self {
             node: node.to_string(),
@@ -85,7 +92,9 @@ impl Service {
             Ok(r) => r,
             Err(e) => {
                 self.fatal = Some(e.to_string());
-                return Err(ApplyError::Conflict(format!("the cluster database failed: {e}")));
+                return Err(ApplyError::Conflict(format!(
+                    "the cluster database failed: {e}"
+                )));
             }
         };
         if let Some(err) = results.into_iter().find_map(Result::err) {
@@ -105,7 +114,9 @@ impl Service {
     fn execute(&mut self, actions: Vec<Action>) {
         let mut pending = actions;
         for _ in 0..SETTLE_PASSES {
-            let (cmds, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|a| matches!(a, Action::Db(_)));
+            let (cmds, rest): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|a| matches!(a, Action::Db(_)));
             let cmds: Vec<Command> = cmds
                 .into_iter()
                 .filter_map(|a| match a {
@@ -177,17 +188,26 @@ impl Service {
 
     fn on_host_event(&mut self, event: HostEvent) {
         match event {
-            HostEvent::Message { host, generation, msg } => {
+            HostEvent::Message {
+                host,
+                generation,
+                msg,
+            } => {
                 if !self.hosts.is_current(&host, generation) {
                     return;
                 }
                 self.on_host_message(&host, msg);
             }
-            HostEvent::Exited { host, generation, reason } => {
+            HostEvent::Exited {
+                host,
+                generation,
+                reason,
+            } => {
                 let Some(resources) = self.hosts.lost(&host, generation) else {
                     return;
                 };
-                self.log.append([LogEntry::new(Component::RHS, reason.clone())]);
+                self.log
+                    .append([LogEntry::new(Component::RHS, reason.clone())]);
                 self.step(Input::HostLost { resources, reason });
             }
         }
@@ -197,7 +217,10 @@ impl Service {
         match msg {
             FromHost::Hello { pid, .. } => {
                 self.hosts.set_pid(host, pid);
-                self.log.append([LogEntry::new(Component::RHS, format!("RHS {host} started, pid {pid}"))]);
+                self.log.append([LogEntry::new(
+                    Component::RHS,
+                    format!("RHS {host} started, pid {pid}"),
+                )]);
             }
             FromHost::Status {
                 resource,
@@ -206,7 +229,9 @@ impl Service {
                 pid,
             } => {
                 if !matches!(report, Report::Online | Report::Offline) {
-                    let mut entry = LogEntry::new(Component::RHS, format!("{report:?}: {reason}")).resource(&resource);
+                    let mut entry =
+                        LogEntry::new(Component::RHS, format!("{}: {reason}", report.name()))
+                            .resource(&resource);
                     if let Some(r) = self.db.state().resources.get(&resource) {
                         entry = entry.group(&r.group, self.db.state().group_epoch(&r.group));
                     }
@@ -219,8 +244,14 @@ impl Service {
                     pid,
                 });
             }
-            FromHost::Deadlock { resource, entry_point } => {
-                self.step(Input::Deadlock { resource, entry_point });
+            FromHost::Deadlock {
+                resource,
+                entry_point,
+            } => {
+                self.step(Input::Deadlock {
+                    resource,
+                    entry_point,
+                });
             }
         }
     }
@@ -230,7 +261,10 @@ impl Service {
 pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), String> {
     svc.step(Input::Tick);
     loop {
-        let wake = svc.rcm.next_wakeup_ms(svc.db.state()).map(|ms| ms.saturating_sub(svc.now_ms()));
+        let wake = svc
+            .rcm
+            .next_wakeup_ms(svc.db.state())
+            .map(|ms| ms.saturating_sub(svc.now_ms()));
         let sleep = tokio::time::sleep(Duration::from_millis(wake.unwrap_or(3_600_000)));
         let first = tokio::select! {
             msg = rx.recv() => msg,
@@ -263,13 +297,18 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
             break;
         }
     }
-    svc.log.append([LogEntry::new(Component::NM, format!("agent on {} stopping: terminating its resources", svc.node))]);
+    svc.log.append([LogEntry::new(
+        Component::NM,
+        format!("agent on {} stopping: terminating its resources", svc.node),
+    )]);
     svc.hosts.shutdown_all();
     // Wait (bounded) for every RHS to finish terminating its resources.
     let _ = tokio::time::timeout(SHUTDOWN_LIMIT, async {
         while !svc.hosts.pids().is_empty() {
             match rx.recv().await {
-                Some(Msg::Host(HostEvent::Exited { host, generation, .. })) => {
+                Some(Msg::Host(HostEvent::Exited {
+                    host, generation, ..
+                })) => {
                     svc.hosts.lost(&host, generation);
                 }
                 Some(_) => {}

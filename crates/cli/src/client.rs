@@ -13,11 +13,15 @@ pub struct Client {
 impl Client {
     pub fn new(endpoint: &str) -> anyhow::Result<Self> {
         if !endpoint.starts_with("http://") {
-            return Err(anyhow!("--endpoint / VIGIL_ENDPOINT {endpoint:?} must start with http://"));
+            return Err(anyhow!(
+                "--endpoint / VIGIL_ENDPOINT {endpoint:?} must start with http://"
+            ));
         }
         Ok(Self {
             base: endpoint.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder().build().context("cannot build the HTTP client")?,
+            http: reqwest::Client::builder()
+                .build()
+                .context("cannot build the HTTP client")?,
         })
     }
 
@@ -55,7 +59,10 @@ impl Client {
         if status.is_success() {
             Ok(value)
         } else {
-            let msg = value["error"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+            let msg = value["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| value.to_string());
             Err(anyhow!("{msg} (HTTP {})", status.as_u16()))
         }
     }

@@ -15,7 +15,11 @@ use client::Client;
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7440";
 
 #[derive(Parser)]
-#[command(name = "vigil", version, about = "Vigil keeps services and VMs available on a cluster of Linux machines")]
+#[command(
+    name = "vigil",
+    version,
+    about = "Vigil keeps services and VMs available on a cluster of Linux machines"
+)]
 struct Cli {
     /// The agent's API.
     #[arg(long, global = true, env = "VIGIL_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
@@ -80,9 +84,15 @@ enum GroupCmd {
         preferred_owners: Vec<String>,
     },
     /// Take every resource offline, then delete the group and its resources.
-    Delete { name: String },
-    Online { name: String },
-    Offline { name: String },
+    Delete {
+        name: String,
+    },
+    Online {
+        name: String,
+    },
+    Offline {
+        name: String,
+    },
 }
 
 #[derive(Args, Default)]
@@ -149,12 +159,20 @@ enum ResourceCmd {
         #[arg(long, conflicts_with = "depends_on")]
         no_dependencies: bool,
     },
-    Online { name: String },
-    Offline { name: String },
+    Online {
+        name: String,
+    },
+    Offline {
+        name: String,
+    },
     /// Take it offline, then delete it.
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
     /// Simulate a failure (like Test-ClusterResourceFailure).
-    Fail { name: String },
+    Fail {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,12 +219,18 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(vigil_agent::run(vigil_agent::AgentOptions {
         name: a.name,
         listen: a.listen,
@@ -217,7 +241,9 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn run_client(endpoint: &str, command: Cmd) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let client = Client::new(endpoint)?;
     rt.block_on(client_command(&client, command))
 }
@@ -244,8 +270,14 @@ fn prop_map(p: &PropFlags) -> anyhow::Result<Map<String, Value>> {
         ("restart_period_s", p.restart_period_s.map(Value::from)),
         ("restart_delay_ms", p.restart_delay_ms.map(Value::from)),
         ("pending_timeout_ms", p.pending_timeout_ms.map(Value::from)),
-        ("retry_period_on_failure_s", p.retry_period_on_failure_s.map(Value::from)),
-        ("deadlock_timeout_ms", p.deadlock_timeout_ms.map(Value::from)),
+        (
+            "retry_period_on_failure_s",
+            p.retry_period_on_failure_s.map(Value::from),
+        ),
+        (
+            "deadlock_timeout_ms",
+            p.deadlock_timeout_ms.map(Value::from),
+        ),
     ];
     for (k, v) in flags {
         if let Some(v) = v {
@@ -262,8 +294,15 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
     match command {
         Cmd::Status { output } => output::status(&c.get("/v1/status").await?, output)?,
         Cmd::Group(g) => match g {
-            GroupCmd::Create { name, preferred_owners } => {
-                c.post("/v1/groups", json!({ "name": name, "preferred_owners": preferred_owners })).await?;
+            GroupCmd::Create {
+                name,
+                preferred_owners,
+            } => {
+                c.post(
+                    "/v1/groups",
+                    json!({ "name": name, "preferred_owners": preferred_owners }),
+                )
+                .await?;
                 println!("group {name} created");
             }
             GroupCmd::Delete { name } => {
@@ -288,8 +327,12 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
 }
 
 async fn desired(c: &Client, kind: &str, name: &str, action: &str) -> anyhow::Result<()> {
-    c.post(&format!("/v1/{kind}/{name}/{action}"), json!({})).await?;
-    println!("{} {name}: desired state set to {action}", kind.trim_end_matches('s'));
+    c.post(&format!("/v1/{kind}/{name}/{action}"), json!({}))
+        .await?;
+    println!(
+        "{} {name}: desired state set to {action}",
+        kind.trim_end_matches('s')
+    );
     Ok(())
 }
 
@@ -341,7 +384,8 @@ async fn resource_command(c: &Client, cmd: ResourceCmd) -> anyhow::Result<()> {
             println!("resource {name} deleted");
         }
         ResourceCmd::Fail { name } => {
-            c.post(&format!("/v1/resources/{name}/fail"), json!({})).await?;
+            c.post(&format!("/v1/resources/{name}/fail"), json!({}))
+                .await?;
             println!("resource {name}: failure simulated");
         }
     }

@@ -13,7 +13,8 @@ pub enum Format {
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
     t
 }
 
@@ -34,7 +35,9 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
         nodes.add_row(vec![n.name.clone(), n.state.to_string(), n.address.clone()]);
     }
     println!("{nodes}");
-    let mut groups = table(&["GROUP", "RESOURCE", "TYPE", "STATE", "DESIRED", "OWNER", "PID", "REASON"]);
+    let mut groups = table(&[
+        "GROUP", "RESOURCE", "TYPE", "STATE", "DESIRED", "OWNER", "PID", "REASON",
+    ]);
     for g in &s.groups {
         let failure = g.failure.clone().unwrap_or_default();
         groups.add_row(vec![
@@ -78,17 +81,25 @@ pub fn types(v: &Value, name: Option<&str>) -> anyhow::Result<()> {
             println!("{t}");
         }
         Some(name) => {
-            let ty = all
-                .iter()
-                .find(|t| t["name"] == name)
-                .ok_or_else(|| anyhow::anyhow!("no resource type {name:?}; `vigil type list` shows them"))?;
-            println!("{}: {}", name, ty["description"].as_str().unwrap_or_default());
+            let ty = all.iter().find(|t| t["name"] == name).ok_or_else(|| {
+                anyhow::anyhow!("no resource type {name:?}; `vigil type list` shows them")
+            })?;
+            println!(
+                "{}: {}",
+                name,
+                ty["description"].as_str().unwrap_or_default()
+            );
             let mut t = table(&["PARAMETER", "KIND", "REQUIRED", "DEFAULT", "DESCRIPTION"]);
             for p in ty["parameters"].as_array().cloned().unwrap_or_default() {
                 t.add_row(vec![
                     p["name"].as_str().unwrap_or_default().to_string(),
                     p["kind"].as_str().unwrap_or_default().to_string(),
-                    if p["required"].as_bool() == Some(true) { "yes" } else { "" }.to_string(),
+                    if p["required"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        ""
+                    }
+                    .to_string(),
                     p["default"].as_str().unwrap_or_default().to_string(),
                     p["description"].as_str().unwrap_or_default().to_string(),
                 ]);
@@ -117,7 +128,11 @@ pub fn log_record(r: &Value, format: Format) -> anyhow::Result<()> {
         (f, t) if !f.is_empty() || !t.is_empty() => format!("{f} -> {t}  "),
         _ => String::new(),
     };
-    let epoch = r["epoch"].as_u64().filter(|e| *e > 0).map(|e| format!(" [epoch {e}]")).unwrap_or_default();
+    let epoch = r["epoch"]
+        .as_u64()
+        .filter(|e| *e > 0)
+        .map(|e| format!(" [epoch {e}]"))
+        .unwrap_or_default();
     println!(
         "{} {} {:<3} {} {change}{}{epoch}",
         s("time"),

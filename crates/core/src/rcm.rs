@@ -39,6 +39,19 @@ pub enum Report {
     StoppedOutOfBand,
 }
 
+impl Report {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Report::Online => "Online",
+            Report::OnlinePending { .. } => "OnlinePending",
+            Report::Offline => "Offline",
+            Report::OfflinePending { .. } => "OfflinePending",
+            Report::Failed => "Failed",
+            Report::StoppedOutOfBand => "StoppedOutOfBand",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     Report {
@@ -551,15 +564,18 @@ impl Rcm {
         }
         self.resources.insert(name.to_string(), Local::default());
         if r.state != ResourceState::Offline {
+            let reason = format!("not running on {} (its agent started)", self.node);
             out.push(Action::Db(Command::RecordState {
                 resource: name.to_string(),
                 state: ResourceState::Offline,
-                reason: format!("not running on {} (its agent started)", self.node),
+                reason: reason.clone(),
                 pid: None,
             }));
-        }
-        if let Some(l) = self.resources.get_mut(name) {
-            l.stopped_out_of_band = false;
+            let entry = LogEntry::new(Component::RCM, reason)
+                .group(&r.group, out.db.group_epoch(&r.group))
+                .resource(name)
+                .change(r.state, ResourceState::Offline);
+            out.push(Action::Log(entry));
         }
     }
 

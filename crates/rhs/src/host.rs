@@ -42,6 +42,10 @@ type Outgoing = (FromHost, Option<oneshot::Sender<()>>);
 pub fn main(fd: RawFd) -> Result<(), String> {
     // SAFETY: the agent passes this descriptor to us and nothing else in this process owns it.
     let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    // The agent cleared close-on-exec to hand it over; restore it so that the resources this
+    // RHS starts do not hold the agent's socket open after the RHS is gone.
+    rustix::io::fcntl_setfd(&stream, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| format!("RHS socket fd {fd}: {e}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(Duration::from_secs(60))

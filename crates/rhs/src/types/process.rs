@@ -207,13 +207,6 @@ impl ProcessResource {
         if let Some(cwd) = &self.cfg.cwd {
             cmd.current_dir(cwd);
         }
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-                Ok(())
-            });
-        }
         let child = spawn(cmd).map_err(|e| format!("cannot start {:?}: {e}", self.cfg.argv[0]))?;
         let pid = child.id();
         self.child = Some(child);
@@ -449,9 +442,17 @@ fn run_check(argv: &[String], timeout: Duration) -> Result<(), String> {
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
-/// Spawns from one thread that lives as long as the process: a parent-death signal fires when
-/// the *thread* that forked exits, so children must not be forked from short-lived threads.
-fn spawn(cmd: Command) -> std::io::Result<Child> {
+/// Spawns with a parent-death signal (SIGKILL), so the child dies with this RHS, from one
+/// thread that lives as long as the process: the signal fires when the *thread* that forked
+/// exits, so children must not be forked from short-lived threads.
+fn spawn(mut cmd: Command) -> std::io::Result<Child> {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            Ok(())
+        });
+    }
     static SPAWNER: Mutex<Option<mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
     let tx = {
         let mut guard = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());

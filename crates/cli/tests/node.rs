@@ -1,0 +1,563 @@
+//! One node, real processes: the seed's core loop end to end through `vigil agent`,
+//! `vigil rhs` and the CLI.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Agent, alive, kill9, wait_until};
+
+#[test]
+fn a_killed_process_is_restarted_in_place() {
+    let a = Agent::start();
+    a.process("g", "svc", "sleep 1000", &["--restart-delay-ms", "0"]);
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("svc", "Online");
+    let first = a.pid_of("svc").unwrap();
+    kill9(first);
+    wait_until("svc is Online with a new pid", || {
+        let r = a.resource("svc");
+        r["state"] == "Online" && r["pid"].as_u64().is_some_and(|p| p as u32 != first)
+    });
+    let reasons = a.reasons("svc");
+    assert!(
+        reasons.iter().any(|r| r == "IsAlive: killed by signal 9"),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("restart 1 of 3")),
+        "{reasons:#?}"
+    );
+    assert_eq!(a.resource("svc")["persistent_state"], "Online");
+}
+
+#[test]
+fn exhausted_restarts_end_failed_with_the_reason() {
+    let a = Agent::start();
+    a.process(
+        "g",
+        "crashy",
+        "sh -c 'sleep 0.2; exit 1'",
+        &["--restart-threshold", "2", "--restart-delay-ms", "0"],
+    );
+    a.ok(&["resource", "online", "crashy"]);
+    wait_until("group g is Failed", || a.group("g")["state"] == "Failed");
+    assert_eq!(a.state("crashy"), "Failed");
+    let failure = a.group("g")["failure"].as_str().unwrap().to_string();
+    assert!(
+        failure.contains("restarts of crashy exhausted"),
+        "{failure}"
+    );
+    let starts = |a: &Agent| {
+        a.log()
+            .iter()
+            .filter(|r| r["resource"] == "crashy" && r["to"] == "OnlinePending")
+            .count()
+    };
+    assert_eq!(
+        starts(&a),
+        3,
+        "one start and two restarts: {:#?}",
+        a.reasons("crashy")
+    );
+    // It stays Failed: no new start appears.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(starts(&a), 3);
+}
+
+#[test]
+fn an_exit_listed_in_stop_exit_codes_is_an_operator_stop() {
+    let a = Agent::start();
+    a.process(
+        "g",
+        "job",
+        "sh -c 'sleep 0.3; exit 0'",
+        &["--param", "stop_exit_codes=0"],
+    );
+    a.ok(&["resource", "online", "job"]);
+    wait_until("job's desired state is Offline", || {
+        a.resource("job")["persistent_state"] == "Offline"
+    });
+    assert_eq!(a.state("job"), "Offline");
+    let reasons = a.reasons("job");
+    assert!(
+        reasons.iter().any(|r| r.contains(
+            "stopped outside the cluster (exited with code 0, listed in stop_exit_codes)"
+        )),
+        "{reasons:#?}"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let starts = a
+        .reasons("job")
+        .iter()
+        .filter(|r| r.as_str() == "desired state is Online")
+        .count();
+    assert_eq!(starts, 1, "not restarted");
+}
+
+#[test]
+fn a_hanging_check_is_a_deadlock_and_only_its_rhs_pays() {
+    let a = Agent::start();
+    let flag = a.dir.path().join("hang");
+    let check = format!(
+        "check_command=sh -c 'test ! -e {} || exec sleep 1000'",
+        flag.display()
+    );
+    a.process("g", "steady", "sleep 1000", &["--separate-monitor"]);
+    a.process("h", "neighbour", "sleep 1000", &["--restart-delay-ms", "0"]);
+    a.process(
+        "h",
+        "stuck",
+        "sleep 1000",
+        &[
+            "--param",
+            &check,
+            "--param",
+            "check_timeout_ms=100000",
+            "--is-alive-ms",
+            "200",
+            "--deadlock-timeout-ms",
+            "500",
+            "--restart-threshold",
+            "100",
+            "--restart-delay-ms",
+            "0",
+        ],
+    );
+    a.ok(&["group", "online", "g"]);
+    a.ok(&["group", "online", "h"]);
+    for r in ["steady", "neighbour", "stuck"] {
+        a.wait_state(r, "Online");
+    }
+    assert_eq!(a.resource("stuck")["rhs"], "default");
+    let (steady, neighbour, rhs) = (
+        a.pid_of("steady").unwrap(),
+        a.pid_of("neighbour").unwrap(),
+        a.rhs_pid("default").unwrap(),
+    );
+    // From now on IsAlive of stuck never returns.
+    std::fs::write(&flag, "").unwrap();
+    wait_until(
+        "the shared RHS is replaced and neighbour restarted in it",
+        || {
+            a.rhs_pid("default").is_some_and(|p| p != rhs)
+                && a.state("neighbour") == "Online"
+                && a.pid_of("neighbour").is_some_and(|p| p != neighbour)
+        },
+    );
+    let reasons = a.reasons("stuck");
+    assert!(
+        reasons.iter().any(|r| r
+            .starts_with("IsAlive did not return within deadlock_timeout_ms=500")
+            && r.ends_with("and the resource moves to a separate monitor")),
+        "{reasons:#?}"
+    );
+    assert!(!alive(rhs), "the deadlocked RHS was killed");
+    // stuck now lives (and keeps deadlocking) in an RHS of its own; nobody else pays.
+    wait_until("stuck deadlocks in its own RHS", || {
+        a.log().iter().any(|r| {
+            r["component"] == "RHS"
+                && r["reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("RHS resource-stuck (pid")
+        })
+    });
+    let (neighbour, rhs) = (
+        a.pid_of("neighbour").unwrap(),
+        a.rhs_pid("default").unwrap(),
+    );
+    let deadlocks = |a: &Agent| {
+        a.reasons("stuck")
+            .iter()
+            .filter(|r| r.contains("did not return"))
+            .count()
+    };
+    let before = deadlocks(&a);
+    wait_until("stuck deadlocks again", || deadlocks(&a) > before);
+    assert_eq!(a.pid_of("neighbour"), Some(neighbour));
+    assert_eq!(a.pid_of("steady"), Some(steady));
+    assert_eq!(a.rhs_pid("default"), Some(rhs));
+    assert_eq!(a.state("neighbour"), "Online");
+    assert_eq!(a.state("steady"), "Online");
+}
+
+#[test]
+fn a_killed_rhs_is_replaced_and_its_resources_restarted() {
+    let a = Agent::start();
+    a.process("g", "svc", "sleep 1000", &["--restart-delay-ms", "0"]);
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("svc", "Online");
+    let (rhs, svc) = (a.rhs_pid("default").unwrap(), a.pid_of("svc").unwrap());
+    kill9(rhs);
+    wait_until("a new RHS runs svc", || {
+        a.rhs_pid("default").is_some_and(|p| p != rhs)
+            && a.state("svc") == "Online"
+            && a.pid_of("svc").is_some_and(|p| p != svc)
+    });
+    wait_until("the old process is gone with its RHS", || !alive(svc));
+    let log = a.log();
+    assert!(log.iter().any(|r| {
+        r["component"] == "RHS"
+            && r["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("RHS default (pid {rhs}) exited"))
+    }));
+}
+
+#[test]
+fn a_killed_agent_takes_its_resources_down_and_a_restart_brings_back_the_desired_ones() {
+    let mut a = Agent::start();
+    a.process("g", "up", "sleep 1000", &[]);
+    a.process("g", "down", "sleep 1000", &[]);
+    a.ok(&["resource", "online", "up"]);
+    a.wait_state("up", "Online");
+    let (rhs, up) = (a.rhs_pid("default").unwrap(), a.pid_of("up").unwrap());
+    a.kill();
+    wait_until("RHS and resource processes stop with the agent", || {
+        !alive(rhs) && !alive(up)
+    });
+    a.spawn(false);
+    a.wait_state("up", "Online");
+    assert_ne!(a.pid_of("up"), Some(up));
+    assert_eq!(a.state("down"), "Offline");
+    assert_eq!(a.resource("down")["persistent_state"], "Offline");
+    assert!(
+        a.reasons("up")
+            .iter()
+            .any(|r| r == "not running on n1 (its agent started)")
+    );
+}
+
+#[test]
+fn a_graceful_stop_terminates_resources_and_keeps_desired_state() {
+    let mut a = Agent::start();
+    a.process("g", "svc", "sleep 1000", &[]);
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("svc", "Online");
+    let svc = a.pid_of("svc").unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(a.pid() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    wait_until("the resource stops with the agent", || !alive(svc));
+    a.kill();
+    a.spawn(false);
+    a.wait_state("svc", "Online");
+}
+
+#[test]
+fn dependencies_start_in_order_and_follow_a_failed_provider() {
+    let a = Agent::start();
+    a.process("g", "db", "sleep 1000", &["--restart-delay-ms", "300"]);
+    a.process("g", "app", "sleep 1000", &["--depends-on", "db"]);
+    a.ok(&["resource", "online", "app"]);
+    a.wait_state("app", "Online");
+    assert_eq!(
+        a.resource("db")["persistent_state"],
+        "Online",
+        "online pulls the provider"
+    );
+    let order: Vec<String> = a
+        .log()
+        .into_iter()
+        .filter(|r| r["to"] == "Online")
+        .map(|r| r["resource"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, ["db", "app"]);
+    let app = a.pid_of("app").unwrap();
+    kill9(a.pid_of("db").unwrap());
+    wait_until("app was stopped and came back", || {
+        a.state("app") == "Online" && a.pid_of("app").is_some_and(|p| p != app)
+    });
+    assert!(
+        a.reasons("app")
+            .iter()
+            .any(|r| r == "dependency db is not Online")
+    );
+    assert_eq!(a.state("db"), "Online");
+}
+
+#[test]
+fn separate_monitor_gets_an_rhs_of_its_own() {
+    let a = Agent::start();
+    a.process("g", "alone", "sleep 1000", &["--separate-monitor"]);
+    a.process("g", "shared", "sleep 1000", &[]);
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("alone", "Online");
+    a.wait_state("shared", "Online");
+    assert_eq!(a.resource("alone")["rhs"], "resource-alone");
+    assert_eq!(a.resource("shared")["rhs"], "default");
+    assert_ne!(a.rhs_pid("resource-alone"), a.rhs_pid("default"));
+}
+
+#[test]
+fn the_process_sees_resource_node_and_epoch() {
+    let a = Agent::start();
+    let out = a.dir.path().join("env.txt");
+    let cmd = format!(
+        "sh -c 'echo $VIGIL_RESOURCE $VIGIL_NODE $VIGIL_EPOCH > {}; exec sleep 1000'",
+        out.display()
+    );
+    a.process("g", "envy", &cmd, &[]);
+    a.ok(&["resource", "online", "envy"]);
+    a.wait_state("envy", "Online");
+    wait_until("the env file is written", || {
+        support::read(&out).ends_with('\n')
+    });
+    assert_eq!(support::read(&out).trim(), "envy n1 1");
+}
+
+#[test]
+fn an_http_check_gates_online_and_fails_the_resource() {
+    let a = Agent::start();
+    let port = support::free_port();
+    let cmd = format!("python3 -m http.server {port} --bind 127.0.0.1");
+    let check = format!("check_http=http://127.0.0.1:{port}/");
+    a.process(
+        "g",
+        "web",
+        &cmd,
+        &[
+            "--param",
+            &check,
+            "--is-alive-ms",
+            "200",
+            "--restart-delay-ms",
+            "0",
+        ],
+    );
+    a.ok(&["resource", "online", "web"]);
+    a.wait_state("web", "Online");
+    // SIGSTOP: the process is there (LooksAlive yes) but does not answer (IsAlive no).
+    let pid = a.pid_of("web").unwrap();
+    a.ok(&["resource", "set", "web", "--param", "check_timeout_ms=300"]);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::STOP,
+    )
+    .unwrap();
+    wait_until("web is restarted after failing its check", || {
+        a.state("web") == "Online" && a.pid_of("web").is_some_and(|p| p != pid)
+    });
+    assert!(
+        a.reasons("web")
+            .iter()
+            .any(|r| r.starts_with("IsAlive: check_http")),
+        "{:#?}",
+        a.reasons("web")
+    );
+}
+
+#[test]
+fn simulated_failure_and_delete() {
+    let a = Agent::start();
+    a.process("g", "svc", "sleep 1000", &["--restart-delay-ms", "0"]);
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("svc", "Online");
+    let pid = a.pid_of("svc").unwrap();
+    a.ok(&["resource", "fail", "svc"]);
+    wait_until("svc restarted", || {
+        a.state("svc") == "Online" && a.pid_of("svc") != Some(pid)
+    });
+    let pid = a.pid_of("svc").unwrap();
+    a.ok(&["resource", "delete", "svc"]);
+    assert!(!alive(pid), "delete stopped the process first");
+    assert!(a.group("g")["resources"].as_array().unwrap().is_empty());
+    a.ok(&["group", "delete", "g"]);
+    assert!(a.status()["groups"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_loses_nothing() {
+    let a = Agent::start();
+    a.process("g", "svc", "sleep 1000", &[]);
+    a.process("g", "app", "sleep 1000", &["--depends-on", "svc"]);
+    let before = a.status()["groups"].clone();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "resource", "create", "x", "--group", "g", "--type", "process", "--param",
+                "comand=x",
+            ],
+            "no parameter \"comand\"",
+        ),
+        (
+            &[
+                "resource", "create", "x", "--group", "g", "--type", "process",
+            ],
+            "needs parameter \"command\"",
+        ),
+        (
+            &[
+                "resource",
+                "create",
+                "x",
+                "--group",
+                "nope",
+                "--type",
+                "process",
+                "--param",
+                "command=x",
+            ],
+            "group \"nope\" does not exist",
+        ),
+        (
+            &["resource", "create", "x", "--group", "g", "--type", "nope"],
+            "unknown resource type \"nope\"",
+        ),
+        (
+            &[
+                "resource",
+                "create",
+                "x",
+                "--group",
+                "g",
+                "--type",
+                "process",
+                "--param",
+                "command=x",
+                "--restart-period-s",
+                "0",
+            ],
+            "restart_period_s must be > 0",
+        ),
+        (
+            &[
+                "resource",
+                "create",
+                "x",
+                "--group",
+                "g",
+                "--type",
+                "process",
+                "--param",
+                "command=x",
+                "--param",
+                "stop_signal=SIGNOPE",
+            ],
+            "stop_signal = \"SIGNOPE\"",
+        ),
+        (
+            &[
+                "resource",
+                "create",
+                "svc",
+                "--group",
+                "g",
+                "--type",
+                "process",
+                "--param",
+                "command=x",
+            ],
+            "resource \"svc\" already exists",
+        ),
+        (
+            &[
+                "resource",
+                "create",
+                "bad/name",
+                "--group",
+                "g",
+                "--type",
+                "process",
+                "--param",
+                "command=x",
+            ],
+            "not valid",
+        ),
+        (
+            &["resource", "set", "svc", "--depends-on", "app"],
+            "dependency cycle refused: ",
+        ),
+        (
+            &["resource", "set", "svc", "--prop", "colour=blue"],
+            "unknown property \"colour\"",
+        ),
+        (
+            &["resource", "set", "svc", "--param", "check_http=https://x"],
+            "https is not supported",
+        ),
+        (&["resource", "delete", "svc"], "is a dependency of app"),
+        (
+            &["resource", "fail", "svc"],
+            "only a running resource can be failed",
+        ),
+        (
+            &["resource", "online", "ghost"],
+            "resource \"ghost\" does not exist",
+        ),
+        (&["group", "create", "g"], "group \"g\" already exists"),
+        (
+            &["group", "online", "ghost"],
+            "group \"ghost\" does not exist",
+        ),
+        (
+            &[
+                "resource", "create", "x", "--group", "g", "--type", "process", "--param",
+                "novalue",
+            ],
+            "--param \"novalue\" is not NAME=VALUE",
+        ),
+    ];
+    for (args, expected) in cases {
+        let err = a.err(args);
+        assert!(
+            err.contains(expected),
+            "vigil {args:?}: expected {expected:?} in {err:?}"
+        );
+    }
+    assert_eq!(a.status()["groups"], before, "nothing stored changed");
+    let out = a.cli(&["status"]);
+    assert!(out.status.success());
+    let bad_endpoint = std::process::Command::new(support::VIGIL)
+        .args(["--endpoint", "http://127.0.0.1:1", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&bad_endpoint.stderr)
+            .contains("cannot reach the agent at http://127.0.0.1:1")
+    );
+}
+
+#[test]
+fn data_dir_misuse_is_refused() {
+    let a = Agent::start();
+    a.process("g", "svc", "sleep 1000", &[]);
+    let second = a.agent_command(false).output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("is in use by another vigil agent"), "{err}");
+    let mut again = a.agent_command(true);
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = std::process::Command::new(support::VIGIL)
+        .args([
+            "agent",
+            "--name",
+            "n1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&fresh.stderr)
+            .contains("holds no cluster; start the first node with --bootstrap")
+    );
+    drop(a.status());
+    let mut a = a;
+    a.kill();
+    let out = again.output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing --bootstrap over existing data")
+    );
+    a.spawn(false);
+    assert_eq!(
+        a.resource("svc")["type"],
+        "process",
+        "the stored resource is intact"
+    );
+}

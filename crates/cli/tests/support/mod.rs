@@ -1,0 +1,279 @@
+//! Test harness: real `vigil agent` processes on free 127.0.0.1 ports with temporary data
+//! dirs, driven through the real `vigil` CLI. Every process a test starts is killed by pid
+//! when its `Agent` drops, also when the test fails.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+/// Upper bound for anything a test waits for; generous for a busy 2-core machine.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Agent {
+    pub name: String,
+    pub endpoint: String,
+    pub listen: String,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Every pid seen belonging to this agent (RHS, resources), killed on drop.
+    seen: std::cell::RefCell<Vec<u32>>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Agent {
+    /// Bootstraps a one-node cluster in a new temp dir and waits until its API answers.
+    pub fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut a = Agent {
+            name: "n1".into(),
+            endpoint: format!("http://{listen}"),
+            listen,
+            dir,
+            child: None,
+            seen: Default::default(),
+        };
+        a.spawn(true);
+        a
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the agent process (again) on the same data dir.
+    pub fn spawn(&mut self, bootstrap: bool) {
+        let mut cmd = self.agent_command(bootstrap);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.stderr"))
+            .unwrap();
+        cmd.stdout(Stdio::null()).stderr(stderr);
+        self.child = Some(cmd.spawn().unwrap());
+        wait_until("the agent's API answers", || self.try_status().is_some());
+    }
+
+    pub fn agent_command(&self, bootstrap: bool) -> Command {
+        let mut cmd = Command::new(VIGIL);
+        cmd.args([
+            "agent",
+            "--name",
+            &self.name,
+            "--listen",
+            &self.listen,
+            "--data-dir",
+        ])
+        .arg(self.data_dir());
+        if bootstrap {
+            cmd.arg("--bootstrap");
+        }
+        cmd.env("VIGIL_LOG", "warn");
+        cmd
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// kill -9 the agent and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(VIGIL)
+            .args(args)
+            .env("VIGIL_ENDPOINT", &self.endpoint)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "vigil {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI and expects failure; returns stderr.
+    pub fn err(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "vigil {args:?} should have failed");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        let out = self.cli(&["status", "--output", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let mut seen = self.seen.borrow_mut();
+        for h in v["rhs"].as_array().into_iter().flatten() {
+            seen.extend(h["pid"].as_u64().map(|p| p as u32));
+        }
+        for g in v["groups"].as_array().into_iter().flatten() {
+            for r in g["resources"].as_array().into_iter().flatten() {
+                seen.extend(r["pid"].as_u64().map(|p| p as u32));
+            }
+        }
+        Some(v)
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status().expect("status answers")
+    }
+
+    /// The resource's entry in `vigil status --output json`.
+    pub fn resource(&self, name: &str) -> Value {
+        let v = self.status();
+        for g in v["groups"].as_array().unwrap() {
+            for r in g["resources"].as_array().unwrap() {
+                if r["name"] == name {
+                    return r.clone();
+                }
+            }
+        }
+        panic!("no resource {name} in {v:#}")
+    }
+
+    pub fn group(&self, name: &str) -> Value {
+        let v = self.status();
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == name)
+            .cloned()
+            .unwrap()
+    }
+
+    pub fn state(&self, resource: &str) -> String {
+        self.resource(resource)["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn pid_of(&self, resource: &str) -> Option<u32> {
+        self.resource(resource)["pid"].as_u64().map(|p| p as u32)
+    }
+
+    pub fn rhs_pid(&self, host: &str) -> Option<u32> {
+        let v = self.status();
+        v["rhs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == host)
+            .and_then(|h| h["pid"].as_u64())
+            .map(|p| p as u32)
+    }
+
+    pub fn wait_state(&self, resource: &str, state: &str) {
+        wait_until(&format!("{resource} is {state}"), || {
+            self.state(resource) == state
+        });
+    }
+
+    /// The cluster log as JSON records.
+    pub fn log(&self) -> Vec<Value> {
+        self.ok(&["log", "--output", "json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Log reasons for one resource, oldest first.
+    pub fn reasons(&self, resource: &str) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|r| r["resource"] == resource)
+            .map(|r| r["reason"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Creates group `group` with one process resource running `command` plus extra args.
+    pub fn process(&self, group: &str, name: &str, command: &str, extra: &[&str]) {
+        if self.status()["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["name"] != group)
+        {
+            self.ok(&["group", "create", group]);
+        }
+        let param = format!("command={command}");
+        let mut args = vec![
+            "resource", "create", name, "--group", group, "--type", "process", "--param", &param,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.try_status();
+        self.kill();
+        for pid in self.seen.borrow().iter() {
+            kill9(*pid);
+        }
+    }
+}
+
+pub fn kill9(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Alive means: exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; fails the test after [`WAIT`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
