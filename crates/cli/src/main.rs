@@ -203,6 +203,7 @@ fn main() -> ExitCode {
         Cmd::Agent(a) => run_agent(a),
         Cmd::Rhs { fd, host } => {
             init_tracing();
+            raise_fd_limit();
             vigil_rhs::host::main(fd).map_err(|e| anyhow::anyhow!("RHS {host}: {e}"))
         }
         command => run_client(&cli.endpoint, command),
@@ -213,6 +214,17 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lifts the open-files limit to its hard maximum: an RHS holds a pidfd per process it
+/// supervises, and 1 024 (a common default) is too few for a busy node.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
     }
 }
 
@@ -227,6 +239,7 @@ fn init_tracing() {
 
 fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     init_tracing();
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
