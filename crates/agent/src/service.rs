@@ -125,7 +125,8 @@ impl Service {
                 })
                 .collect();
             if !cmds.is_empty() {
-                match self.db.submit(&cmds) {
+                // Made durable at the end of the batch (see `run`).
+                match self.db.submit_deferred(&cmds) {
                     Ok(results) => {
                         for (cmd, r) in cmds.iter().zip(results) {
                             if let Err(e) = r {
@@ -287,6 +288,9 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
             }
+        }
+        if let Err(e) = svc.db.flush() {
+            svc.fatal = Some(e.to_string());
         }
         if let Some(e) = svc.fatal.take() {
             svc.hosts.shutdown_all();

@@ -31,7 +31,10 @@ fn http(a: &Agent, method: &str, path: &str, body: Option<Value>) -> Value {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 2"), "{method} {path}: {head}\n{body}");
+    assert!(
+        head.starts_with("HTTP/1.1 2"),
+        "{method} {path}: {head}\n{body}"
+    );
     serde_json::from_str(body).unwrap()
 }
 
@@ -48,8 +51,16 @@ fn wait_record(a: &Agent, after: u64, resource: &str, pred: impl Fn(&Value) -> b
     let mut seq = after;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        assert!(Instant::now() < deadline, "no matching record for {resource}");
-        let recs = http(a, "GET", &format!("/v1/log?after={seq}&resource={resource}&wait_ms=5000"), None);
+        assert!(
+            Instant::now() < deadline,
+            "no matching record for {resource}"
+        );
+        let recs = http(
+            a,
+            "GET",
+            &format!("/v1/log?after={seq}&resource={resource}&wait_ms=5000"),
+            None,
+        );
         for r in recs.as_array().unwrap() {
             seq = r["seq"].as_u64().unwrap();
             if pred(r) {
@@ -61,7 +72,12 @@ fn wait_record(a: &Agent, after: u64, resource: &str, pred: impl Fn(&Value) -> b
 
 fn last_seq(a: &Agent) -> u64 {
     let recs = http(a, "GET", "/v1/log?after=0&limit=10000", None);
-    recs.as_array().unwrap().iter().filter_map(|r| r["seq"].as_u64()).max().unwrap_or(0)
+    recs.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -81,7 +97,12 @@ fn report(name: &str, mut v: Vec<f64>) {
 }
 
 fn crash_recovery(a: &Agent, crashes: usize) {
-    a.process("crash", "victim", "sleep 100000", &["--restart-delay-ms", "0", "--restart-threshold", "1000"]);
+    a.process(
+        "crash",
+        "victim",
+        "sleep 100000",
+        &["--restart-delay-ms", "0", "--restart-threshold", "1000"],
+    );
     http(a, "POST", "/v1/groups/crash/online", None);
     a.wait_state("victim", "Online");
     let (mut detected, mut online) = (Vec::new(), Vec::new());
@@ -90,8 +111,12 @@ fn crash_recovery(a: &Agent, crashes: usize) {
         let after = last_seq(a);
         let t0 = SystemTime::now();
         kill9(pid);
-        let failed = wait_record(a, after, "victim", |r| r["component"] == "RHS" && r["reason"].as_str().unwrap().starts_with("Failed"));
-        let up = wait_record(a, after, "victim", |r| r["component"] == "RCM" && r["to"] == "Online");
+        let failed = wait_record(a, after, "victim", |r| {
+            r["component"] == "RHS" && r["reason"].as_str().unwrap().starts_with("Failed")
+        });
+        let up = wait_record(a, after, "victim", |r| {
+            r["component"] == "RCM" && r["to"] == "Online"
+        });
         detected.push(ms(time_of(&failed).duration_since(t0).unwrap_or_default()));
         online.push(ms(time_of(&up).duration_since(t0).unwrap_or_default()));
     }
@@ -106,7 +131,13 @@ fn all_in_state(a: &Agent, group: &str, state: &str) -> bool {
         .iter()
         .find(|g| g["name"] == group)
         .cloned();
-    g.is_some_and(|g| g["resources"].as_array().unwrap().iter().all(|r| r["state"] == state))
+    g.is_some_and(|g| {
+        g["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] == state)
+    })
 }
 
 fn create_many(a: &Agent, group: &str, n: usize, props: Value) -> Duration {
@@ -125,7 +156,10 @@ fn create_many(a: &Agent, group: &str, n: usize, props: Value) -> Duration {
 fn wait_group(a: &Agent, group: &str, state: &str) -> Duration {
     let t0 = Instant::now();
     while !all_in_state(a, group, state) {
-        assert!(t0.elapsed() < Duration::from_secs(120), "{group} never reached {state}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{group} never reached {state}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     t0.elapsed()
@@ -133,20 +167,37 @@ fn wait_group(a: &Agent, group: &str, state: &str) -> Duration {
 
 fn bulk(a: &Agent, n: usize) {
     let created = create_many(a, "bulk", n, json!({}));
-    println!("{:<32} {:>8.0} ms  ({n} resources, one API call each)", "create", ms(created));
+    println!(
+        "{:<32} {:>8.0} ms  ({n} resources, one API call each)",
+        "create",
+        ms(created)
+    );
     let t0 = Instant::now();
     http(a, "POST", "/v1/groups/bulk/online", None);
     let _ = wait_group(a, "bulk", "Online");
-    println!("{:<32} {:>8.0} ms", format!("{n} resources -> Online"), ms(t0.elapsed()));
+    println!(
+        "{:<32} {:>8.0} ms",
+        format!("{n} resources -> Online"),
+        ms(t0.elapsed())
+    );
     let t0 = Instant::now();
     http(a, "DELETE", "/v1/groups/bulk", None);
-    println!("{:<32} {:>8.0} ms  (offline, then removed)", format!("{n} resources deleted"), ms(t0.elapsed()));
+    println!(
+        "{:<32} {:>8.0} ms  (offline, then removed)",
+        format!("{n} resources deleted"),
+        ms(t0.elapsed())
+    );
 }
 
 /// utime + stime of a process, in clock ticks (100 Hz on Linux).
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
@@ -195,7 +246,10 @@ fn main() {
     } else {
         (60, 200, 1000, Duration::from_secs(10))
     };
-    println!("vigil one-node benchmark ({} mode)", if quick { "quick" } else { "full" });
+    println!(
+        "vigil one-node benchmark ({} mode)",
+        if quick { "quick" } else { "full" }
+    );
     let a = Agent::start();
     std::thread::sleep(Duration::from_secs(1));
     println!("{:<32} {:.1} MB", "agent RSS, idle", rss_mb(a.pid()));

@@ -50,6 +50,8 @@ pub struct Database {
     /// Index of the last applied command.
     applied: u64,
     snapshot_index: u64,
+    /// Some committed writes are not yet durable.
+    deferred: bool,
 }
 
 impl Database {
@@ -70,6 +72,7 @@ impl Database {
             state: ClusterState::default(),
             applied: 0,
             snapshot_index: 0,
+            deferred: false,
         };
         db.load().map_err(|e| match e {
             LoadError::Store(e) => err(e),
@@ -94,6 +97,34 @@ impl Database {
     /// Each command gets its own result; a refused command changes nothing. An `Err` means the
     /// disk failed: memory is then ahead of disk and the caller must stop.
     pub fn submit(&mut self, cmds: &[Command]) -> Result<Vec<Result<(), ApplyError>>, DbError> {
+        self.submit_with(cmds, true)
+    }
+
+    /// Like [`Database::submit`], but the write reaches the disk only with the next durable
+    /// submit or [`Database::flush`]: for a burst of state records, one fsync instead of many.
+    pub fn submit_deferred(
+        &mut self,
+        cmds: &[Command],
+    ) -> Result<Vec<Result<(), ApplyError>>, DbError> {
+        self.submit_with(cmds, false)
+    }
+
+    /// Makes every deferred write durable.
+    pub fn flush(&mut self) -> Result<(), DbError> {
+        if !self.deferred {
+            return Ok(());
+        }
+        self.persist(&[], true).map_err(|e| DbError::Store {
+            path: self.path.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    fn submit_with(
+        &mut self,
+        cmds: &[Command],
+        durable: bool,
+    ) -> Result<Vec<Result<(), ApplyError>>, DbError> {
         let results: Vec<_> = cmds.iter().map(|c| apply(&mut self.state, c)).collect();
         let accepted: Vec<&Command> = cmds
             .iter()
@@ -102,16 +133,20 @@ impl Database {
             .map(|(c, _)| c)
             .collect();
         if !accepted.is_empty() {
-            self.persist(&accepted).map_err(|e| DbError::Store {
-                path: self.path.clone(),
-                source: Box::new(e),
-            })?;
+            self.persist(&accepted, durable)
+                .map_err(|e| DbError::Store {
+                    path: self.path.clone(),
+                    source: Box::new(e),
+                })?;
         }
         Ok(results)
     }
 
-    fn persist(&mut self, cmds: &[&Command]) -> Result<(), redb::Error> {
-        let txn = self.store.begin_write()?;
+    fn persist(&mut self, cmds: &[&Command], durable: bool) -> Result<(), redb::Error> {
+        let mut txn = self.store.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
         {
             let mut log = txn.open_table(LOG)?;
             for cmd in cmds {
@@ -132,6 +167,7 @@ impl Database {
             }
         }
         txn.commit()?;
+        self.deferred = !durable;
         Ok(())
     }
 
@@ -211,6 +247,19 @@ mod tests {
         let db = Database::open(&path).unwrap();
         assert_eq!(db.state(), &before);
         assert_eq!(db.applied_index(), 2);
+    }
+
+    #[test]
+    fn deferred_writes_are_durable_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.redb");
+        let mut db = Database::open(&path).unwrap();
+        db.submit_deferred(&[group("a")]).unwrap();
+        db.submit_deferred(&[group("b")]).unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let db = Database::open(&path).unwrap();
+        assert_eq!(db.state().groups.keys().collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]

@@ -194,6 +194,8 @@ struct Worker {
     checks: Checks,
     instance: Option<Instance>,
     open_error: Option<String>,
+    /// The type promises LooksAlive never blocks: run it here, not on a thread.
+    inline_looks_alive: bool,
     phase: Phase,
     event: Option<AsyncFd<OwnedFd>>,
     out: mpsc::Sender<Outgoing>,
@@ -212,6 +214,7 @@ impl Worker {
             checks,
             instance: None,
             open_error: None,
+            inline_looks_alive: false,
             phase: Phase::Offline,
             event: None,
             out,
@@ -219,7 +222,10 @@ impl Worker {
         match types::find(&type_name) {
             None => w.open_error = Some(format!("unknown resource type {type_name:?}")),
             Some(ty) => match w.guarded("Open", move || ty.open(ctx)).await {
-                Ok(Ok(instance)) => w.instance = Some(Arc::new(Mutex::new(instance))),
+                Ok(Ok(instance)) => {
+                    w.inline_looks_alive = instance.looks_alive_never_blocks();
+                    w.instance = Some(Arc::new(Mutex::new(instance)));
+                }
                 Ok(Err(e)) | Err(e) => w.open_error = Some(e),
             },
         }
@@ -357,15 +363,22 @@ impl Worker {
     }
 
     async fn became_online(&mut self) {
-        self.watch().await;
+        let (fd, pid) = self
+            .call("Online", |r| (r.event_fd(), r.pid()))
+            .await
+            .unwrap_or((None, None));
+        self.watch_fd(fd);
         self.phase = Phase::Online;
-        let pid = self.call("Online", |r| r.pid()).await.ok().flatten();
         self.report(Report::Online, "online", pid).await;
     }
 
     /// Starts watching the resource's event descriptor, if its type has one.
     async fn watch(&mut self) {
         let fd = self.call("Online", |r| r.event_fd()).await.ok().flatten();
+        self.watch_fd(fd);
+    }
+
+    fn watch_fd(&mut self, fd: Option<OwnedFd>) {
         // SAFETY: the AsyncFd owns `fd`, so it stays open and the same until the AsyncFd drops.
         self.event = fd.and_then(|fd| unsafe { AsyncFd::register(fd) }.ok());
     }
@@ -389,7 +402,13 @@ impl Worker {
 
     /// LooksAlive (`quick`) or IsAlive; a LooksAlive "no" is confirmed by IsAlive at once.
     async fn check(&mut self, quick: bool) {
-        let first = if quick {
+        let first = if quick && self.inline_looks_alive {
+            let instance = self.instance.as_ref().expect("online implies open");
+            Ok(instance
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .looks_alive())
+        } else if quick {
             self.call("LooksAlive", |r| r.looks_alive()).await
         } else {
             self.call("IsAlive", |r| r.is_alive()).await

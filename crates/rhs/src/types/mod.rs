@@ -67,6 +67,12 @@ pub trait Resource: Send {
     fn looks_alive(&mut self) -> Health {
         Health::Alive
     }
+    /// True when LooksAlive only asks the kernel and never blocks: the host then runs it on
+    /// its own task rather than on a thread under the watchdog (a thread hand-off costs more
+    /// than the check). For built-in types that can promise it; plugins never can.
+    fn looks_alive_never_blocks(&self) -> bool {
+        false
+    }
     /// The thorough check.
     fn is_alive(&mut self) -> Health {
         Health::Alive

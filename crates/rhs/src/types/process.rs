@@ -342,6 +342,11 @@ impl Resource for ProcessResource {
         }
     }
 
+    fn looks_alive_never_blocks(&self) -> bool {
+        // `try_wait` is one non-blocking waitid(2).
+        true
+    }
+
     fn is_alive(&mut self) -> Health {
         match self.looks_alive() {
             Health::Alive => match self.checks() {
