@@ -2,6 +2,7 @@
 //! host (started by the agent, not by people), every other subcommand the command line.
 
 mod client;
+mod demo;
 mod output;
 
 use std::path::PathBuf;
@@ -30,6 +31,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Start a throw-away cluster, run a service on it, kill the service, watch it recover.
+    Demo {
+        /// Leave the cluster running and print its endpoints.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the cluster service on this node.
     Agent(AgentArgs),
     /// The resource host; started by the agent.
@@ -334,6 +341,7 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Log(l) => log_command(c, l).await?,
+        Cmd::Demo { keep } => demo::run(keep).await?,
         Cmd::Agent(_) | Cmd::Rhs { .. } => unreachable!("handled in main"),
     }
     Ok(())

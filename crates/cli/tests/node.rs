@@ -561,3 +561,13 @@ fn data_dir_misuse_is_refused() {
         "the stored resource is intact"
     );
 }
+
+#[test]
+fn the_demo_runs_and_tells_the_recovery() {
+    let out = std::process::Command::new(support::VIGIL).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("RCM hello  Online -> Failed  IsAlive: killed by signal 9"), "{stdout}");
+    assert!(stdout.contains("OnlinePending -> Online"), "{stdout}");
+    assert_eq!(stdout.matches("hello from node node1").count(), 2, "{stdout}");
+}
