@@ -63,11 +63,19 @@ fn start_agent(dir: &Path, listen: &str, keep: bool) -> anyhow::Result<AgentProc
     let exe = std::env::current_exe().context("cannot find the vigil binary")?;
     let stderr = std::fs::File::create(dir.join("node1.stderr"))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["agent", "--name", "node1", "--listen", listen, "--bootstrap", "--data-dir"])
-        .arg(dir.join("node1"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
+    cmd.args([
+        "agent",
+        "--name",
+        "node1",
+        "--listen",
+        listen,
+        "--bootstrap",
+        "--data-dir",
+    ])
+    .arg(dir.join("node1"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(stderr);
     if keep {
         use std::os::unix::process::CommandExt;
         // Its own process group: a Ctrl-C in this terminal does not stop a kept cluster.
@@ -124,7 +132,10 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     let agent = start_agent(&dir, &listen, keep)?;
     let c = Client::new(&api)?;
     wait_for("the agent answers", async || c.get("/v1/status").await.ok()).await?;
-    println!("   agent node1 pid {} serving its API on {api}", agent.child.id());
+    println!(
+        "   agent node1 pid {} serving its API on {api}",
+        agent.child.id()
+    );
 
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}/");
@@ -135,9 +146,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     c.post("/v1/resources", json!({ "name": "hello", "group": "demo", "type": "process", "params": params, "props": props }))
         .await?;
     c.post("/v1/groups/demo/online", json!({})).await?;
-    let pid = wait_for("hello is Online", async || match resource(&c, "hello").await {
-        Some((s, Some(pid))) if s == "Online" => Some(pid),
-        _ => None,
+    let pid = wait_for("hello is Online", async || {
+        match resource(&c, "hello").await {
+            Some((s, Some(pid))) if s == "Online" => Some(pid),
+            _ => None,
+        }
     })
     .await?;
     println!("== group demo is Online; GET {url}");
@@ -149,9 +162,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
         rustix::process::kill_process(p, rustix::process::Signal::KILL)?;
     }
-    wait_for("hello is Online again", async || match resource(&c, "hello").await {
-        Some((s, Some(new))) if s == "Online" && new != pid => Some(()),
-        _ => None,
+    wait_for("hello is Online again", async || {
+        match resource(&c, "hello").await {
+            Some((s, Some(new))) if s == "Online" && new != pid => Some(()),
+            _ => None,
+        }
     })
     .await?;
     println!("== what the cluster log recorded (ms after the kill):");
@@ -177,13 +192,32 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
 
 async fn last_seq(c: &Client) -> anyhow::Result<u64> {
     let recs = c.get("/v1/log?after=0&limit=10000").await?;
-    Ok(recs.as_array().ok_or_else(|| anyhow!("log is not a list"))?.iter().filter_map(|r| r["seq"].as_u64()).max().unwrap_or(0))
+    Ok(recs
+        .as_array()
+        .ok_or_else(|| anyhow!("log is not a list"))?
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .unwrap_or(0))
 }
 
 fn print_relative(r: &Value, t0: SystemTime) {
-    let at = r["time"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok());
-    let ms = at.and_then(|t| t.duration_since(t0).ok()).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let at = r["time"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok());
+    let ms = at
+        .and_then(|t| t.duration_since(t0).ok())
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3);
     let s = |k: &str| r[k].as_str().unwrap_or_default();
-    let change = if s("from").is_empty() { String::new() } else { format!("{} -> {}  ", s("from"), s("to")) };
-    println!("   +{ms:>7.1} ms  {:<3} {:<6} {change}{}", s("component"), s("resource"), s("reason"));
+    let change = if s("from").is_empty() {
+        String::new()
+    } else {
+        format!("{} -> {}  ", s("from"), s("to"))
+    };
+    println!(
+        "   +{ms:>7.1} ms  {:<3} {:<6} {change}{}",
+        s("component"),
+        s("resource"),
+        s("reason")
+    );
 }

@@ -564,10 +564,67 @@ fn data_dir_misuse_is_refused() {
 
 #[test]
 fn the_demo_runs_and_tells_the_recovery() {
-    let out = std::process::Command::new(support::VIGIL).arg("demo").output().unwrap();
+    let out = std::process::Command::new(support::VIGIL)
+        .arg("demo")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("RCM hello  Online -> Failed  IsAlive: killed by signal 9"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("RCM hello  Online -> Failed  IsAlive: killed by signal 9"),
+        "{stdout}"
+    );
     assert!(stdout.contains("OnlinePending -> Online"), "{stdout}");
-    assert_eq!(stdout.matches("hello from node node1").count(), 2, "{stdout}");
+    assert_eq!(
+        stdout.matches("hello from node node1").count(),
+        2,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_online_that_never_completes_times_out_and_fails() {
+    let a = Agent::start();
+    let port = support::free_port();
+    let check = format!("check_tcp=127.0.0.1:{port}");
+    a.process(
+        "g",
+        "slow",
+        "sleep 1000",
+        &[
+            "--param",
+            &check,
+            "--pending-timeout-ms",
+            "500",
+            "--restart-action",
+            "none",
+        ],
+    );
+    a.ok(&["resource", "online", "slow"]);
+    wait_until("slow is Failed", || a.state("slow") == "Failed");
+    let reasons = a.reasons("slow");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r == "OnlinePending without progress for pending_timeout_ms=500; terminated"),
+        "{reasons:#?}"
+    );
+    let pid = a
+        .log()
+        .iter()
+        .filter(|r| r["resource"] == "slow")
+        .find_map(|r| {
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("OnlinePending: started pid ")
+                .map(str::to_string)
+        })
+        .and_then(|s| s.split(';').next().and_then(|p| p.parse::<u32>().ok()))
+        .unwrap();
+    wait_until("the pending process was terminated", || !alive(pid));
 }
