@@ -527,6 +527,17 @@ impl Rcm {
                 self.adopt(out, name, r);
             }
         }
+        for (name, r) in &members {
+            if r.persistent_state == PersistentState::Offline
+                && let Some(l) = self.resources.get_mut(*name)
+            {
+                // The database now carries the operator's intent itself.
+                l.stopped_out_of_band = false;
+            }
+        }
+        if owned && !held {
+            self.clear_stale_failure(out, group);
+        }
         let order = online_order(&members);
         // Whether each resource should run, in dependency order (providers first).
         let mut want: BTreeMap<&str, bool> = BTreeMap::new();
@@ -550,7 +561,7 @@ impl Rcm {
         }
         for name in order.iter().rev() {
             if !want[name.as_str()] {
-                self.take_offline(out, members[name.as_str()], &members, now);
+                self.take_offline(out, members[name.as_str()], &members, &want, now);
             }
             self.check_pending(out, members[name.as_str()], now);
         }
@@ -592,7 +603,15 @@ impl Rcm {
             .depends_on
             .iter()
             .all(|d| self.state(d) == ResourceState::Online);
-        if !(ready && providers_online) {
+        if ready && !providers_online {
+            // Its time has come but its providers are not back yet: it now waits for them,
+            // not for the clock (a timer in the past would wake the loop at once, forever).
+            if let Some(l) = self.resources.get_mut(&r.name) {
+                l.next_try_ms = None;
+            }
+            return;
+        }
+        if !ready {
             return;
         }
         let reason = match local.state {
@@ -612,24 +631,50 @@ impl Rcm {
         });
     }
 
+    /// A group marked Failed that this node does not hold (an operator brought one of its
+    /// resources online, or this agent restarted and lost its timers) is being tried again:
+    /// the mark goes.
+    fn clear_stale_failure(&mut self, out: &mut Out, group: &str) {
+        let Some(g) = out.db.groups.get(group) else {
+            return;
+        };
+        if g.failure.is_none() || out.actions.iter().any(|a| matches!(a, Action::Db(Command::SetGroupFailure { group: x, .. }) if x == group)) {
+            return;
+        }
+        out.push(Action::Db(Command::SetGroupFailure {
+            group: group.to_string(),
+            failure: None,
+        }));
+        out.push(Action::Log(
+            LogEntry::new(
+                Component::FM,
+                "group is being tried again: Failed mark cleared",
+            )
+            .group(group, g.epoch),
+        ));
+    }
+
     fn take_offline(
         &mut self,
         out: &mut Out,
         r: &Resource,
         members: &BTreeMap<&str, &Resource>,
+        want: &BTreeMap<&str, bool>,
         now: u64,
     ) {
         let Some(local) = self.resources.get(&r.name) else {
             return;
         };
         match local.state {
-            ResourceState::Online => {
+            // A pending Online is stopped too (the RHS takes the Offline after the call in
+            // flight); waiting for it to finish could take until the pending timeout.
+            ResourceState::Online | ResourceState::OnlinePending => {
                 let dependents_stopped = members
                     .values()
                     .filter(|m| m.depends_on.contains(&r.name))
                     .all(|m| !self.state(&m.name).may_run());
                 if dependents_stopped {
-                    let reason = self.offline_reason(out.db, r);
+                    let reason = self.offline_reason(out.db, r, want);
                     let pid = local.pid;
                     self.resources
                         .get_mut(&r.name)
@@ -639,6 +684,16 @@ impl Rcm {
                     out.push(Action::Offline {
                         resource: r.name.clone(),
                     });
+                }
+            }
+            // Failed and due, but not wanted yet (a provider is down): it now waits for the
+            // provider, not for the clock; a timer in the past would wake the loop forever.
+            ResourceState::Failed
+                if r.persistent_state == PersistentState::Online
+                    && local.next_try_ms.is_some_and(|t| t <= now) =>
+            {
+                if let Some(l) = self.resources.get_mut(&r.name) {
+                    l.next_try_ms = None;
                 }
             }
             ResourceState::Failed if r.persistent_state == PersistentState::Offline => {
@@ -654,7 +709,12 @@ impl Rcm {
         }
     }
 
-    fn offline_reason(&self, db: &ClusterState, r: &Resource) -> String {
+    fn offline_reason(
+        &self,
+        db: &ClusterState,
+        r: &Resource,
+        want: &BTreeMap<&str, bool>,
+    ) -> String {
         let owner = db.groups.get(&r.group).and_then(|g| g.owner.as_deref());
         if owner != Some(self.node.as_str()) {
             format!(
@@ -666,11 +726,21 @@ impl Rcm {
             format!("group {} failed", r.group)
         } else if r.persistent_state == PersistentState::Offline {
             "desired state is Offline".to_string()
+        } else if self
+            .resources
+            .get(&r.name)
+            .is_some_and(|l| l.stopped_out_of_band)
+        {
+            "stopped outside the cluster".to_string()
         } else {
+            // Providers that are down, or on their way down (their own providers failed).
             let down: Vec<&str> = r
                 .depends_on
                 .iter()
-                .filter(|d| self.state(d) != ResourceState::Online)
+                .filter(|d| {
+                    self.state(d) != ResourceState::Online
+                        || !want.get(d.as_str()).copied().unwrap_or(false)
+                })
                 .map(String::as_str)
                 .collect();
             format!("dependency {} is not Online", down.join(", "))

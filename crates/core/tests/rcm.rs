@@ -624,3 +624,88 @@ fn next_wakeup_is_the_restart_time_after_a_failure() {
     n.tick(5_000 + DELAY);
     assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(5_000 + DELAY + PENDING));
 }
+
+#[test]
+fn a_due_restart_waiting_for_its_provider_does_not_spin_the_clock() {
+    let mut n = Node::new(&[("a", &[]), ("b", &["a"])]);
+    n.start(0);
+    let lost = Input::HostLost {
+        resources: vec!["a".into(), "b".into()],
+        reason: "RHS died".into(),
+    };
+    n.step(lost, 100);
+    // At the restart time a comes back first; b must wait for a, not for a timer.
+    assert_eq!(calls(&n.tick(100 + DELAY)), ["online a"]);
+    let wake = n.rcm.next_wakeup_ms(&n.db);
+    assert!(
+        wake.is_none_or(|t| t > 100 + DELAY),
+        "a wakeup in the past would spin the main loop: {wake:?}"
+    );
+    assert_eq!(
+        calls(&n.report("a", Report::Online, 100 + DELAY + 5)),
+        ["online b"]
+    );
+}
+
+#[test]
+fn an_operator_offline_stops_a_pending_online_at_once() {
+    let mut n = Node::new(&[("a", &[])]);
+    assert_eq!(calls(&n.desire_group(On, 0)), ["online a"]);
+    assert_eq!(n.db_state("a"), OnlinePending);
+    assert_eq!(calls(&n.desire_group(Off, 10)), ["offline a"]);
+    assert_eq!(n.db_state("a"), OfflinePending);
+    // A late Online from the call in flight is stale; the Offline report settles it.
+    assert!(calls(&n.report("a", Report::Online, 20)).is_empty());
+    n.report("a", Report::Offline, 30);
+    assert_eq!(n.db_state("a"), Offline);
+}
+
+#[test]
+fn onlining_a_dependent_brings_back_a_provider_stopped_out_of_band() {
+    let mut n = Node::new(&[("a", &[]), ("b", &["a"])]);
+    n.start(0);
+    let out = n.report("a", Report::StoppedOutOfBand, 10);
+    assert_eq!(calls(&out), ["offline b"]);
+    n.report("b", Report::Offline, 20);
+    assert_eq!(n.db.resources["a"].persistent_state, Off);
+    assert_eq!(n.db.resources["b"].persistent_state, Off);
+    // Only b is named; the database pulls its provider a Online with it.
+    apply(
+        &mut n.db,
+        &Command::SetPersistentState {
+            target: Target::Resource("b".into()),
+            state: On,
+        },
+    )
+    .unwrap();
+    let out = n.step(
+        Input::Operator {
+            resources: vec!["b".into()],
+        },
+        30,
+    );
+    assert_eq!(calls(&out), ["online a"]);
+}
+
+#[test]
+fn a_failed_mark_is_cleared_when_the_group_is_tried_again() {
+    let mut n = Node::with_props(
+        &[("a", &[])],
+        props_with(RestartAction::RestartThenFailover, 0),
+    );
+    n.start(0);
+    n.report("a", Report::Failed, 10);
+    assert!(n.db.groups["g"].failure.is_some());
+    assert_eq!(n.group_state(), GroupState::Failed);
+    // The operator brings the resource online again (not the group): the hold and the mark go.
+    let out = n.desire(Target::Resource("a".into()), On, 20);
+    assert_eq!(calls(&out), ["online a"]);
+    assert_eq!(n.db.groups["g"].failure, None);
+    // A new agent (no hold in memory) finding a Failed mark also tries again and clears it.
+    n.report("a", Report::Online, 30);
+    n.report("a", Report::Failed, 40);
+    assert!(n.db.groups["g"].failure.is_some());
+    n.rcm = Rcm::new("n1");
+    n.tick(50);
+    assert_eq!(n.db.groups["g"].failure, None);
+}
