@@ -17,7 +17,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use vigil_core::command::{ApplyError, Command, Target};
 use vigil_core::event::{Component, LogEntry};
 use vigil_core::model::{PersistentState, ResourceSpec};
-use vigil_core::params;
 use vigil_core::props::{GroupProps, ResourceProps};
 use vigil_core::rcm::Input;
 use vigil_rhs::types;
@@ -193,7 +192,7 @@ async fn create_group(
             owner: Some(s.node.clone()),
         };
         let log = db_log(format!("group {} created, owner {}", req.name, s.node));
-        s.submit(vec![cmd], vec![log.group(&req.name, 1)])
+        s.submit(vec![cmd], vec![log.group(&req.name, 1)], |_| Input::Tick)
     })
     .await??;
     Ok(Json(json!({ "created": name })))
@@ -221,6 +220,7 @@ async fn delete_group(State(api): State<Api>, Path(name): Path<String>) -> ApiRe
         s.submit(
             vec![Command::DeleteGroup { name: g.clone() }],
             vec![db_log(format!("group {g} deleted"))],
+            |_| Input::Tick,
         )
     })
     .await??;
@@ -244,33 +244,45 @@ async fn group_action(
     Ok(Json(json!({ "group": name, "persistent_state": desired })))
 }
 
-/// Records an operator's desired state and forgets past failures of what it covers.
+/// Records an operator's desired state; the RCM forgets past failures of every resource it
+/// changed (the target, and the providers or dependents the change spread to).
 async fn set_desired(api: &Api, target: Target, desired: PersistentState) -> ApiResult<()> {
     api.call(move |s| {
         let db = s.state();
-        let (group, resources): (Option<&String>, Vec<String>) = match &target {
-            Target::Group(g) => (
-                Some(g),
-                db.group_resources(g).map(|r| r.name.clone()).collect(),
-            ),
-            Target::Resource(r) => (db.resources.get(r).map(|r| &r.group), vec![r.clone()]),
+        let before: BTreeMap<String, PersistentState> = db
+            .resources
+            .values()
+            .map(|r| (r.name.clone(), r.persistent_state))
+            .collect();
+        let group = match &target {
+            Target::Group(g) => Some(g.clone()),
+            Target::Resource(r) => db.resources.get(r).map(|r| r.group.clone()),
         };
         let mut log = db_log(format!("operator set desired state to {desired}"));
-        if let Some(g) = group {
+        if let Some(g) = &group {
             log = log.group(g, db.group_epoch(g));
         }
-        if let Target::Resource(r) = &target {
-            log = log.resource(r);
-        }
-        s.submit(
-            vec![Command::SetPersistentState {
-                target,
-                state: desired,
-            }],
-            vec![log],
-        )?;
-        s.step(Input::Operator { resources });
-        Ok::<_, ApplyError>(())
+        let mut touched: Vec<String> = match &target {
+            Target::Group(g) => db.group_resources(g).map(|r| r.name.clone()).collect(),
+            Target::Resource(r) => {
+                log = log.resource(r);
+                vec![r.clone()]
+            }
+        };
+        let cmd = Command::SetPersistentState {
+            target,
+            state: desired,
+        };
+        s.submit(vec![cmd], vec![log], |s| {
+            touched.extend(
+                s.state()
+                    .resources
+                    .values()
+                    .filter(|r| before.get(&r.name) != Some(&r.persistent_state))
+                    .map(|r| r.name.clone()),
+            );
+            Input::Operator { resources: touched }
+        })
     })
     .await??;
     Ok(())
@@ -312,15 +324,12 @@ fn apply_props(props: &mut ResourceProps, changes: &BTreeMap<String, Value>) -> 
     Ok(())
 }
 
-fn check_params(type_name: &str, p: &BTreeMap<String, String>) -> ApiResult<()> {
-    let ty = types::find(type_name).ok_or_else(|| {
-        let known: Vec<_> = types::builtin().iter().map(|t| t.name()).collect();
-        ApiError::bad(format!(
-            "unknown resource type {type_name:?}; known types: {}",
-            known.join(", ")
-        ))
-    })?;
-    params::validate(type_name, &ty.schema(), p).map_err(|e| ApiError::bad(e.to_string()))
+fn check_params(
+    type_name: &str,
+    p: &BTreeMap<String, String>,
+    props: &ResourceProps,
+) -> ApiResult<()> {
+    types::validate(type_name, p, props.deadlock_timeout_ms).map_err(ApiError::bad)
 }
 
 async fn create_resource(
@@ -328,9 +337,9 @@ async fn create_resource(
     body: Result<Json<CreateResource>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    check_params(&req.type_name, &req.params)?;
     let mut props = ResourceProps::default();
     apply_props(&mut props, &req.props)?;
+    check_params(&req.type_name, &req.params, &props)?;
     let name = req.name.clone();
     let spec = ResourceSpec {
         name: req.name,
@@ -347,7 +356,9 @@ async fn create_resource(
         ))
         .group(&spec.group, s.state().group_epoch(&spec.group))
         .resource(&spec.name);
-        s.submit(vec![Command::CreateResource { spec }], vec![log])
+        s.submit(vec![Command::CreateResource { spec }], vec![log], |_| {
+            Input::Tick
+        })
     })
     .await??;
     Ok(Json(json!({ "created": name })))
@@ -372,37 +383,39 @@ async fn update_resource(
 ) -> ApiResult {
     let Json(req) = body?;
     let n = name.clone();
-    let current = api
-        .call(move |s| s.state().resources.get(&n).cloned())
-        .await?;
-    let r = current.ok_or_else(|| {
-        ApiError::from(ApplyError::NotFound {
-            kind: "resource",
-            name: name.clone(),
-        })
-    })?;
-    let mut params = r.params.clone();
-    for (k, v) in &req.params {
-        match v {
-            Some(v) => params.insert(k.clone(), v.clone()),
-            None => params.remove(k),
+    // Read, merge, check and write in one step of the main loop: nothing can change between.
+    api.call(move |s| {
+        let r = s.state().resources.get(&n).cloned().ok_or_else(|| {
+            ApiError::from(ApplyError::NotFound {
+                kind: "resource",
+                name: n.clone(),
+            })
+        })?;
+        let mut params = r.params.clone();
+        for (k, v) in &req.params {
+            match v {
+                Some(v) => params.insert(k.clone(), v.clone()),
+                None => params.remove(k),
+            };
+        }
+        let mut props = r.props.clone();
+        apply_props(&mut props, &req.props)?;
+        check_params(&r.type_name, &params, &props)?;
+        let cmd = Command::UpdateResource {
+            name: n.clone(),
+            params,
+            props,
+            depends_on: req.depends_on.unwrap_or(r.depends_on.clone()),
         };
-    }
-    check_params(&r.type_name, &params)?;
-    let mut props = r.props.clone();
-    apply_props(&mut props, &req.props)?;
-    let depends_on = req.depends_on.unwrap_or(r.depends_on.clone());
-    let cmd = Command::UpdateResource {
-        name: name.clone(),
-        params,
-        props,
-        depends_on,
-    };
-    let log = db_log(format!(
-        "resource {name} changed (takes effect at its next online)"
-    ))
-    .resource(&name);
-    api.call(move |s| s.submit(vec![cmd], vec![log])).await??;
+        let log = db_log(format!(
+            "resource {n} changed (parameters take effect at its next online)"
+        ))
+        .group(&r.group, s.state().group_epoch(&r.group))
+        .resource(&n);
+        s.submit(vec![cmd], vec![log], |_| Input::Tick)
+            .map_err(ApiError::from)
+    })
+    .await??;
     Ok(Json(json!({ "updated": name })))
 }
 
@@ -447,7 +460,11 @@ async fn delete_resource(State(api): State<Api>, Path(name): Path<String>) -> Ap
     let n = name.clone();
     api.call(move |s| {
         let log = db_log(format!("resource {n} deleted")).resource(&n);
-        s.submit(vec![Command::DeleteResource { name: n.clone() }], vec![log])
+        s.submit(
+            vec![Command::DeleteResource { name: n.clone() }],
+            vec![log],
+            |_| Input::Tick,
+        )
     })
     .await??;
     Ok(Json(json!({ "deleted": name })))

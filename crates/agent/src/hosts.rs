@@ -49,10 +49,16 @@ pub struct Hosts {
     data_dir: PathBuf,
     node: String,
     hosts: HashMap<String, Host>,
-    /// Which RHS each open resource lives in.
-    placement: HashMap<String, String>,
+    /// Which RHS each open resource lives in, and the number of its current opening.
+    placement: HashMap<String, Placed>,
     events: mpsc::Sender<HostEvent>,
     next_generation: u64,
+    next_instance: u64,
+}
+
+struct Placed {
+    host: String,
+    instance: u64,
 }
 
 /// The RHS a resource belongs in.
@@ -79,6 +85,7 @@ impl Hosts {
             placement: HashMap::new(),
             events,
             next_generation: 1,
+            next_instance: 1,
         }
     }
 
@@ -91,7 +98,15 @@ impl Hosts {
 
     /// The RHS a resource is open in, if any.
     pub fn host_of(&self, resource: &str) -> Option<&str> {
-        self.placement.get(resource).map(String::as_str)
+        self.placement.get(resource).map(|p| p.host.as_str())
+    }
+
+    /// Whether a report about `instance` of `resource` is about its current opening (a late
+    /// report about a replaced instance must not be taken for the new one's).
+    pub fn is_current_instance(&self, resource: &str, instance: u64) -> bool {
+        self.placement
+            .get(resource)
+            .is_some_and(|p| p.instance == instance)
     }
 
     /// Opens the resource (with its current parameters) in the RHS it belongs in, starting
@@ -102,14 +117,15 @@ impl Hosts {
             .get(resource)
             .ok_or_else(|| format!("resource {resource:?} is not in the database"))?;
         let host = host_for(resource, &r.props);
-        if let Some(old) = self.placement.get(resource).cloned()
-            && old != host
-        {
+        if self.placement.get(resource).is_some_and(|p| p.host != host) {
             self.close(resource);
         }
         self.ensure(&host)?;
+        let instance = self.next_instance;
+        self.next_instance += 1;
         let open = ToHost::Open {
             resource: resource.to_string(),
+            instance,
             type_name: r.type_name.clone(),
             params: r.params.clone(),
             checks: Checks {
@@ -128,7 +144,11 @@ impl Hosts {
                 resource: resource.to_string(),
             },
         );
-        self.placement.insert(resource.to_string(), host.clone());
+        let placed = Placed {
+            host: host.clone(),
+            instance,
+        };
+        self.placement.insert(resource.to_string(), placed);
         if let Some(h) = self.hosts.get_mut(&host) {
             h.resources.insert(resource.to_string());
         }
@@ -156,7 +176,7 @@ impl Hosts {
 
     /// Drops the resource from its RHS; an RHS of its own is shut down.
     pub fn close(&mut self, resource: &str) {
-        let Some(host) = self.placement.remove(resource) else {
+        let Some(Placed { host, .. }) = self.placement.remove(resource) else {
             return;
         };
         self.send(
@@ -217,7 +237,7 @@ impl Hosts {
     }
 
     fn forward(&mut self, resource: &str, msg: ToHost) -> bool {
-        match self.placement.get(resource).cloned() {
+        match self.placement.get(resource).map(|p| p.host.clone()) {
             Some(host) => {
                 self.send(&host, msg);
                 true
@@ -262,8 +282,10 @@ impl Hosts {
                 // SAFETY: `fd` is open in the child: it is the inherited socket end.
                 let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
                 rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                // SIGTERM, not SIGKILL: the RHS then kills its resources' whole process groups
+                // before it goes.
                 rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
+                    rustix::process::Signal::TERM,
                 ))?;
                 Ok(())
             });

@@ -3,6 +3,7 @@
 //! inputs goes through the pure RCM, and the resulting actions are executed here: database
 //! commands in one durable transaction, calls to the RHS, cluster log entries.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,8 @@ use crate::hosts::{HostEvent, Hosts};
 
 /// Inputs handled per batch before the database is written.
 const BATCH_LIMIT: usize = 512;
-/// Reconcile passes after one batch (database commands can enable further steps).
-const SETTLE_PASSES: usize = 8;
+/// Most RCM passes one input may cause (database changes and failed calls cause more).
+const SETTLE_PASSES: usize = 4_096;
 /// How long a stopping agent waits for its RHS processes to terminate their resources.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -85,9 +86,15 @@ impl Service {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// An operator's change: applied and persisted at once; each command's result returned.
-    /// The RCM reconciles right after, so the change takes effect in this batch.
-    pub fn submit(&mut self, cmds: Vec<Command>, log: Vec<LogEntry>) -> Result<(), ApplyError> {
+    /// An operator's change: applied and made durable at once; then the input `then` makes
+    /// from the changed service (usually [`Input::Tick`]) goes to the RCM, so the change takes
+    /// effect in the same batch.
+    pub fn submit(
+        &mut self,
+        cmds: Vec<Command>,
+        log: Vec<LogEntry>,
+        then: impl FnOnce(&Service) -> Input,
+    ) -> Result<(), ApplyError> {
         let results = match self.db.submit(&cmds) {
             Ok(r) => r,
             Err(e) => {
@@ -101,84 +108,90 @@ impl Service {
             return Err(err);
         }
         self.log.append(log);
+        let input = then(self);
+        self.step(input);
         Ok(())
     }
 
-    /// Feeds one input to the RCM and executes what it decides.
+    /// Feeds one input to the RCM and executes what it decides, then what follows from that:
+    /// another pass when the database changed (the RCM should see it), and the failure of a
+    /// call that could not be made. Bounded by [`SETTLE_PASSES`].
     pub fn step(&mut self, input: Input) {
-        let now = self.now_ms();
-        let actions = self.rcm.step(self.db.state(), input, now);
-        self.execute(actions);
-    }
-
-    fn execute(&mut self, actions: Vec<Action>) {
-        let mut pending = actions;
+        let mut inputs = VecDeque::from([input]);
         for _ in 0..SETTLE_PASSES {
-            let (cmds, rest): (Vec<_>, Vec<_>) = pending
-                .into_iter()
-                .partition(|a| matches!(a, Action::Db(_)));
-            let cmds: Vec<Command> = cmds
-                .into_iter()
-                .filter_map(|a| match a {
-                    Action::Db(c) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if !cmds.is_empty() {
-                // Made durable at the end of the batch (see `run`).
-                match self.db.submit_deferred(&cmds) {
-                    Ok(results) => {
-                        for (cmd, r) in cmds.iter().zip(results) {
-                            if let Err(e) = r {
-                                tracing::debug!("RCM command {cmd:?} refused: {e}");
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        self.fatal = Some(e.to_string());
-                        return;
-                    }
-                }
-            }
-            let mut logs = Vec::new();
-            for a in rest {
-                match a {
-                    Action::Log(entry) => logs.push(entry),
-                    call => self.call_rhs(call),
-                }
-            }
-            self.log.append(logs);
-            if cmds.is_empty() {
+            let Some(input) = inputs.pop_front() else {
                 return;
-            }
-            // The database changed: let the RCM see it.
+            };
             let now = self.now_ms();
-            pending = self.rcm.step(self.db.state(), Input::Tick, now);
+            let actions = self.rcm.step(self.db.state(), input, now);
+            if self.execute(actions, &mut inputs) && inputs.is_empty() {
+                inputs.push_back(Input::Tick);
+            }
+        }
+        if !inputs.is_empty() {
+            // Not expected; the pending timeouts heal whatever was left undone.
+            tracing::error!(
+                "RCM did not settle within {SETTLE_PASSES} passes; {} inputs dropped",
+                inputs.len()
+            );
         }
     }
 
-    fn call_rhs(&mut self, action: Action) {
+    /// Executes actions; returns whether the database changed.
+    fn execute(&mut self, actions: Vec<Action>, followups: &mut VecDeque<Input>) -> bool {
+        let mut cmds = Vec::new();
+        let mut logs = Vec::new();
+        let mut calls = Vec::new();
+        for a in actions {
+            match a {
+                Action::Db(c) => cmds.push(c),
+                Action::Log(entry) => logs.push(entry),
+                call => calls.push(call),
+            }
+        }
+        if !cmds.is_empty() {
+            // Made durable at the end of the batch (see `run`).
+            match self.db.submit_deferred(&cmds) {
+                Ok(results) => {
+                    for (cmd, r) in cmds.iter().zip(results) {
+                        if let Err(e) = r {
+                            tracing::debug!("RCM command {cmd:?} refused: {e}");
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.fatal = Some(e.to_string());
+                    return false;
+                }
+            }
+        }
+        for call in calls {
+            self.call_rhs(call, followups);
+        }
+        self.log.append(logs);
+        !cmds.is_empty()
+    }
+
+    fn call_rhs(&mut self, action: Action, followups: &mut VecDeque<Input>) {
         match action {
             Action::Online { resource } => {
-                if let Err(e) = self.hosts.online(self.db.state(), &resource) {
-                    let input = Input::Report {
+                if let Err(reason) = self.hosts.online(self.db.state(), &resource) {
+                    followups.push_back(Input::Report {
                         resource,
                         report: Report::Failed,
-                        reason: e,
+                        reason,
                         pid: None,
-                    };
-                    self.step(input);
+                    });
                 }
             }
             Action::Offline { resource } => {
                 if !self.hosts.offline(&resource) {
-                    let input = Input::Report {
+                    followups.push_back(Input::Report {
                         resource,
                         report: Report::Offline,
                         reason: "not running in any RHS".to_string(),
                         pid: None,
-                    };
-                    self.step(input);
+                    });
                 }
             }
             Action::Terminate { resource } => self.hosts.terminate(&resource),
@@ -207,9 +220,21 @@ impl Service {
                 let Some(resources) = self.hosts.lost(&host, generation) else {
                     return;
                 };
+                self.kill_leftovers(&resources);
                 self.log
                     .append([LogEntry::new(Component::RHS, reason.clone())]);
                 self.step(Input::HostLost { resources, reason });
+            }
+        }
+    }
+
+    /// A dead RHS's processes got its parent-death signal, but what they forked did not: kill
+    /// each recorded process group (a `process` resource leads its own group).
+    fn kill_leftovers(&self, resources: &[String]) {
+        for r in resources {
+            let pid = self.db.state().resources.get(r).and_then(|r| r.pid);
+            if let Some(pgid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
             }
         }
     }
@@ -225,10 +250,17 @@ impl Service {
             }
             FromHost::Status {
                 resource,
+                instance,
                 report,
                 reason,
                 pid,
             } => {
+                if instance != 0 && !self.hosts.is_current_instance(&resource, instance) {
+                    tracing::debug!(
+                        "dropped a late report about a replaced instance of {resource}: {report:?}"
+                    );
+                    return;
+                }
                 if !matches!(report, Report::Online | Report::Offline) {
                     let mut entry =
                         LogEntry::new(Component::RHS, format!("{}: {reason}", report.name()))
@@ -248,6 +280,7 @@ impl Service {
             FromHost::Deadlock {
                 resource,
                 entry_point,
+                ..
             } => {
                 self.step(Input::Deadlock {
                     resource,

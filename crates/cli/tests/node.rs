@@ -96,13 +96,8 @@ fn an_exit_listed_in_stop_exit_codes_is_an_operator_stop() {
 }
 
 #[test]
-fn a_hanging_check_is_a_deadlock_and_only_its_rhs_pays() {
+fn a_hanging_call_is_a_deadlock_and_only_its_rhs_pays() {
     let a = Agent::start();
-    let flag = a.dir.path().join("hang");
-    let check = format!(
-        "check_command=sh -c 'test ! -e {} || exec sleep 1000'",
-        flag.display()
-    );
     a.process("g", "steady", "sleep 1000", &["--separate-monitor"]);
     a.process("h", "neighbour", "sleep 1000", &["--restart-delay-ms", "0"]);
     a.process(
@@ -111,13 +106,9 @@ fn a_hanging_check_is_a_deadlock_and_only_its_rhs_pays() {
         "sleep 1000",
         &[
             "--param",
-            &check,
-            "--param",
-            "check_timeout_ms=100000",
-            "--is-alive-ms",
-            "200",
+            "stop_timeout_ms=100",
             "--deadlock-timeout-ms",
-            "500",
+            "2500",
             "--restart-threshold",
             "100",
             "--restart-delay-ms",
@@ -125,18 +116,23 @@ fn a_hanging_check_is_a_deadlock_and_only_its_rhs_pays() {
         ],
     );
     a.ok(&["group", "online", "g"]);
-    a.ok(&["group", "online", "h"]);
-    for r in ["steady", "neighbour", "stuck"] {
-        a.wait_state(r, "Online");
-    }
-    assert_eq!(a.resource("stuck")["rhs"], "default");
+    a.ok(&["resource", "online", "neighbour"]);
+    a.wait_state("steady", "Online");
+    a.wait_state("neighbour", "Online");
     let (steady, neighbour, rhs) = (
         a.pid_of("steady").unwrap(),
         a.pid_of("neighbour").unwrap(),
         a.rhs_pid("default").unwrap(),
     );
-    // From now on IsAlive of stuck never returns.
-    std::fs::write(&flag, "").unwrap();
+    // The process's output file is a FIFO nobody reads: opening it in Online never returns,
+    // like a call stuck on a hung file system.
+    let fifo = a.data_dir().join("resources/stuck.log");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    a.ok(&["resource", "online", "stuck"]);
     wait_until(
         "the shared RHS is replaced and neighbour restarted in it",
         || {
@@ -148,33 +144,30 @@ fn a_hanging_check_is_a_deadlock_and_only_its_rhs_pays() {
     let reasons = a.reasons("stuck");
     assert!(
         reasons.iter().any(|r| r
-            .starts_with("IsAlive did not return within deadlock_timeout_ms=500")
+            .starts_with("Online did not return within deadlock_timeout_ms=2500")
             && r.ends_with("and the resource moves to a separate monitor")),
         "{reasons:#?}"
     );
     assert!(!alive(rhs), "the deadlocked RHS was killed");
     // stuck now lives (and keeps deadlocking) in an RHS of its own; nobody else pays.
-    wait_until("stuck deadlocks in its own RHS", || {
-        a.log().iter().any(|r| {
-            r["component"] == "RHS"
-                && r["reason"]
+    let own_rhs_exits = |a: &Agent| {
+        a.log()
+            .iter()
+            .filter(|r| {
+                r["reason"]
                     .as_str()
                     .unwrap()
                     .starts_with("RHS resource-stuck (pid")
-        })
-    });
+            })
+            .count()
+    };
+    wait_until("stuck deadlocks in its own RHS", || own_rhs_exits(&a) >= 1);
     let (neighbour, rhs) = (
         a.pid_of("neighbour").unwrap(),
         a.rhs_pid("default").unwrap(),
     );
-    let deadlocks = |a: &Agent| {
-        a.reasons("stuck")
-            .iter()
-            .filter(|r| r.contains("did not return"))
-            .count()
-    };
-    let before = deadlocks(&a);
-    wait_until("stuck deadlocks again", || deadlocks(&a) > before);
+    let before = own_rhs_exits(&a);
+    wait_until("stuck deadlocks again", || own_rhs_exits(&a) > before);
     assert_eq!(a.pid_of("neighbour"), Some(neighbour));
     assert_eq!(a.pid_of("steady"), Some(steady));
     assert_eq!(a.rhs_pid("default"), Some(rhs));
@@ -469,6 +462,26 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() {
             "not valid",
         ),
         (
+            &[
+                "resource",
+                "create",
+                "x",
+                "--group",
+                "g",
+                "--type",
+                "process",
+                "--param",
+                "command=x",
+                "--param",
+                "stop_timeout_ms=-1",
+            ],
+            "stop_timeout_ms: \"-1\" is not a whole number of ms",
+        ),
+        (
+            &["resource", "set", "svc", "--deadlock-timeout-ms", "5000"],
+            "deadlock_timeout_ms=5000 must be longer than the longest call this process resource may make: Offline waits stop_timeout_ms=10000 plus 2000 ms after SIGKILL (12000 ms)",
+        ),
+        (
             &["resource", "set", "svc", "--depends-on", "app"],
             "dependency cycle refused: ",
         ),
@@ -627,4 +640,31 @@ fn an_online_that_never_completes_times_out_and_fails() {
         .and_then(|s| s.split(';').next().and_then(|p| p.parse::<u32>().ok()))
         .unwrap();
     wait_until("the pending process was terminated", || !alive(pid));
+}
+
+#[test]
+fn what_a_resource_forked_dies_with_its_rhs_and_with_the_agent() {
+    let mut a = Agent::start();
+    let file = a.dir.path().join("child.pid");
+    let cmd = format!("sh -c 'sleep 1000 & echo $! > {}; wait'", file.display());
+    a.process("g", "forker", &cmd, &["--restart-delay-ms", "0"]);
+    let grandchild = |a: &Agent| {
+        wait_until("the grandchild's pid is written", || {
+            support::read(&file).ends_with('\n')
+        });
+        let pid: u32 = support::read(&file).trim().parse().unwrap();
+        std::fs::remove_file(&file).unwrap();
+        a.seen_pid(pid);
+        pid
+    };
+    a.ok(&["resource", "online", "forker"]);
+    a.wait_state("forker", "Online");
+    let first = grandchild(&a);
+    kill9(a.rhs_pid("default").unwrap());
+    wait_until("the grandchild died with its RHS", || !alive(first));
+    a.wait_state("forker", "Online");
+    let second = grandchild(&a);
+    assert!(alive(second));
+    a.kill();
+    wait_until("the grandchild died with the agent", || !alive(second));
 }

@@ -80,10 +80,17 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
     }
     let (out, out_rx) = mpsc::channel::<Outgoing>(OUT_QUEUE);
     tokio::spawn(write_loop(wr, out_rx));
-    let mut workers: HashMap<String, mpsc::Sender<ToHost>> = HashMap::new();
+    let mut workers: HashMap<String, Slot> = HashMap::new();
     let mut tasks = JoinSet::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     loop {
-        let msg = match protocol::read_frame::<_, ToHost>(&mut rd).await {
+        let frame = tokio::select! {
+            frame = protocol::read_frame::<_, ToHost>(&mut rd) => frame,
+            // The agent's parent-death signal: it is gone.
+            _ = term.recv() => break,
+        };
+        let msg = match frame {
             Ok(Some(msg)) => msg,
             Ok(None) => break,
             Err(e) => {
@@ -96,6 +103,7 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
             ToHost::Shutdown => break,
             ToHost::Open {
                 resource,
+                instance,
                 type_name,
                 params,
                 checks,
@@ -103,13 +111,17 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                 epoch,
                 log_path,
             } => {
-                if let Some(old) = workers.remove(&resource) {
-                    let _ = old
-                        .send(ToHost::Close {
+                // The new instance opens only after the old one has closed.
+                let previous = match workers.remove(&resource) {
+                    Some(old) => {
+                        let close = ToHost::Close {
                             resource: resource.clone(),
-                        })
-                        .await;
-                }
+                        };
+                        let _ = old.tx.send(close).await;
+                        Some(old.done)
+                    }
+                    None => None,
+                };
                 let ctx = OpenContext {
                     resource: resource.clone(),
                     params,
@@ -118,17 +130,27 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                     log_path: log_path.into(),
                 };
                 let (tx, rx) = mpsc::channel(CMD_QUEUE);
-                workers.insert(resource, tx);
-                tasks.spawn(Worker::run(ctx, type_name, checks, rx, out.clone()));
+                let (done_tx, done) = oneshot::channel();
+                workers.insert(resource, Slot { tx, done });
+                let opening = Opening {
+                    ctx,
+                    instance,
+                    type_name,
+                    checks,
+                    previous,
+                    done: done_tx,
+                };
+                tasks.spawn(Worker::run(opening, rx, out.clone()));
             }
             ToHost::Online { ref resource }
             | ToHost::Offline { ref resource }
             | ToHost::Terminate { ref resource } => {
-                if let Some(tx) = workers.get(resource) {
-                    let _ = tx.send(msg.clone()).await;
+                if let Some(slot) = workers.get(resource) {
+                    let _ = slot.tx.send(msg.clone()).await;
                 } else if matches!(msg, ToHost::Online { .. }) {
                     let status = FromHost::Status {
                         resource: resource.clone(),
+                        instance: 0,
                         report: Report::Failed,
                         reason: "not open in this RHS".to_string(),
                         pid: None,
@@ -137,27 +159,46 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                 }
             }
             ToHost::Close { resource } => {
-                if let Some(tx) = workers.remove(&resource) {
-                    let _ = tx.send(ToHost::Close { resource }).await;
+                if let Some(slot) = workers.remove(&resource) {
+                    let _ = slot.tx.send(ToHost::Close { resource }).await;
                 }
             }
         }
         while tasks.try_join_next().is_some() {}
     }
     // The agent is gone or asked us to stop: terminate everything, bounded.
-    for (resource, tx) in workers.drain() {
-        let _ = tx
-            .send(ToHost::Terminate {
-                resource: resource.clone(),
-            })
-            .await;
-        let _ = tx.send(ToHost::Close { resource }).await;
+    for (resource, slot) in workers.drain() {
+        let terminate = ToHost::Terminate {
+            resource: resource.clone(),
+        };
+        let _ = slot.tx.send(terminate).await;
+        let _ = slot.tx.send(ToHost::Close { resource }).await;
     }
     let _ = tokio::time::timeout(SHUTDOWN_LIMIT, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    types::process::kill_all_groups();
     Ok(())
+}
+
+/// A resource's worker as the dispatcher sees it.
+struct Slot {
+    tx: mpsc::Sender<ToHost>,
+    /// Resolves (by its sender dropping) when the worker has ended.
+    done: oneshot::Receiver<()>,
+}
+
+/// What a new worker needs to open its resource.
+struct Opening {
+    ctx: OpenContext,
+    instance: u64,
+    type_name: String,
+    checks: Checks,
+    /// The worker of the instance this one replaces; wait for it to end first.
+    previous: Option<oneshot::Receiver<()>>,
+    /// Dropped when this worker ends.
+    done: oneshot::Sender<()>,
 }
 
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
@@ -191,6 +232,8 @@ type Instance = Arc<Mutex<Box<dyn Resource>>>;
 
 struct Worker {
     name: String,
+    /// This opening's number (see `ToHost::Open`).
+    instance_id: u64,
     checks: Checks,
     instance: Option<Instance>,
     open_error: Option<String>,
@@ -202,15 +245,22 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(
-        ctx: OpenContext,
-        type_name: String,
-        checks: Checks,
-        mut rx: mpsc::Receiver<ToHost>,
-        out: mpsc::Sender<Outgoing>,
-    ) {
+    async fn run(opening: Opening, mut rx: mpsc::Receiver<ToHost>, out: mpsc::Sender<Outgoing>) {
+        let Opening {
+            ctx,
+            instance,
+            type_name,
+            checks,
+            previous,
+            done: _done,
+        } = opening;
+        if let Some(previous) = previous {
+            // Bounded: each call of the old worker is under the watchdog.
+            let _ = previous.await;
+        }
         let mut w = Worker {
             name: ctx.resource.clone(),
+            instance_id: instance,
             checks,
             instance: None,
             open_error: None,
@@ -235,6 +285,8 @@ impl Worker {
         loop {
             let online = w.phase == Phase::Online;
             let wake = tokio::select! {
+                // Commands first: a Terminate must not wait behind timer ticks.
+                biased;
                 cmd = rx.recv() => Wake::Cmd(cmd),
                 _ = looks.tick(), if online => Wake::LooksAlive,
                 _ = is.tick(), if online => Wake::IsAlive,
@@ -307,17 +359,21 @@ impl Worker {
         let (ack, acked) = oneshot::channel();
         let msg = FromHost::Deadlock {
             resource: self.name.clone(),
+            instance: self.instance_id,
             entry_point: entry.to_string(),
         };
         if self.out.send((msg, Some(ack))).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), acked).await;
         }
+        // Exiting kills each process's leader (parent-death signal); not what it forked.
+        types::process::kill_all_groups();
         std::process::exit(70)
     }
 
     async fn report(&self, report: Report, reason: impl Into<String>, pid: Option<u32>) {
         let msg = FromHost::Status {
             resource: self.name.clone(),
+            instance: self.instance_id,
             report,
             reason: reason.into(),
             pid,

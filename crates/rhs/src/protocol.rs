@@ -27,9 +27,12 @@ pub enum ToHost {
     Hello {
         version: u32,
     },
-    /// Load a resource (replacing an earlier instance of the same name).
+    /// Load a resource (replacing an earlier instance of the same name, which is closed
+    /// first). `instance` numbers this opening; every report about it carries the number, so
+    /// the agent can drop late reports about an instance it has replaced.
     Open {
         resource: String,
+        instance: u64,
         type_name: String,
         params: BTreeMap<String, String>,
         checks: Checks,
@@ -64,6 +67,7 @@ pub enum FromHost {
     },
     Status {
         resource: String,
+        instance: u64,
         report: Report,
         reason: String,
         pid: Option<u32>,
@@ -71,6 +75,7 @@ pub enum FromHost {
     /// A call did not return within the deadlock timeout; the RHS exits right after this.
     Deadlock {
         resource: String,
+        instance: u64,
         entry_point: String,
     },
 }
@@ -131,6 +136,7 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let msg = FromHost::Status {
             resource: "web".into(),
+            instance: 3,
             report: Report::OnlinePending { progress: true },
             reason: "waiting".into(),
             pid: Some(7),

@@ -143,6 +143,11 @@ impl Agent {
         Some(v)
     }
 
+    /// Remembers a pid to kill when the agent drops (for processes status does not show).
+    pub fn seen_pid(&self, pid: u32) {
+        self.seen.borrow_mut().push(pid);
+    }
+
     pub fn status(&self) -> Value {
         self.try_status().expect("status answers")
     }

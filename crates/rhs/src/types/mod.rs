@@ -41,10 +41,21 @@ pub enum Progress {
     Pending(Option<String>),
 }
 
+/// The longest a single call into a resource may take with given parameters, and why; the
+/// deadlock timeout must be longer, or a healthy but slow call would be taken for a deadlock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallBound {
+    pub ms: u64,
+    pub why: String,
+}
+
 pub trait ResourceType: Send + Sync {
     fn name(&self) -> &'static str;
     fn description(&self) -> &'static str;
     fn schema(&self) -> Vec<ParamSpec>;
+    /// Checks parameters beyond their schema (ranges, combinations), as Open would, and says
+    /// how long a call may take with them. Called where resources are created and changed.
+    fn check(&self, params: &BTreeMap<String, String>) -> Result<CallBound, String>;
     /// Open: parse the parameters and make an instance; no side effects yet.
     fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, String>;
 }
@@ -91,6 +102,31 @@ pub trait Resource: Send {
 /// The built-in resource types.
 pub fn builtin() -> Vec<Box<dyn ResourceType>> {
     vec![Box::new(process::ProcessType)]
+}
+
+/// A type's parameters checked against its schema and by the type itself, and its calls'
+/// bound checked against `deadlock_timeout_ms`; the error names what is wrong.
+pub fn validate(
+    type_name: &str,
+    params: &BTreeMap<String, String>,
+    deadlock_timeout_ms: u64,
+) -> Result<(), String> {
+    let ty = find(type_name).ok_or_else(|| {
+        let known: Vec<_> = builtin().iter().map(|t| t.name()).collect();
+        format!(
+            "unknown resource type {type_name:?}; known types: {}",
+            known.join(", ")
+        )
+    })?;
+    vigil_core::params::validate(type_name, &ty.schema(), params).map_err(|e| e.to_string())?;
+    let bound = ty.check(params)?;
+    if bound.ms >= deadlock_timeout_ms {
+        return Err(format!(
+            "deadlock_timeout_ms={deadlock_timeout_ms} must be longer than the longest call this {type_name} resource may make: {} ({} ms)",
+            bound.why, bound.ms
+        ));
+    }
+    Ok(())
 }
 
 /// A built-in type by name.

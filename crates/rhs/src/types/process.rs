@@ -25,9 +25,31 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, PidfdFlags, Signal};
 use vigil_core::params::{self, ParamKind, ParamSpec};
 
-use super::{Health, OpenContext, Progress, Resource, ResourceType};
+use super::{CallBound, Health, OpenContext, Progress, Resource, ResourceType};
 
 pub struct ProcessType;
+
+/// How long to wait for a process to vanish after SIGKILL (it only takes longer when the
+/// kernel holds it, e.g. in uninterruptible I/O).
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Process groups this RHS started and has not yet cleaned up, for [`kill_all_groups`].
+static GROUPS: Mutex<std::collections::BTreeSet<i32>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+fn groups() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
+    GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// SIGKILLs every process group this RHS started. For an RHS about to exit abnormally: the
+/// parent-death signal reaches only each group's leader, not what the leader forked.
+pub fn kill_all_groups() {
+    for pgid in std::mem::take(&mut *groups()) {
+        if let Some(pid) = Pid::from_raw(pgid) {
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        }
+    }
+}
 
 fn spec(name: &str, kind: ParamKind, default: Option<&str>, description: &str) -> ParamSpec {
     ParamSpec {
@@ -105,12 +127,38 @@ impl ResourceType for ProcessType {
         ]
     }
 
+    fn check(&self, params: &BTreeMap<String, String>) -> Result<CallBound, String> {
+        let cfg = Config::parse(params)?;
+        let stop = cfg.stop_timeout + KILL_WAIT;
+        let checks = cfg.check_count() as u32 * cfg.check_timeout + Duration::from_secs(1);
+        Ok(if stop >= checks {
+            CallBound {
+                ms: stop.as_millis() as u64,
+                why: format!(
+                    "Offline waits stop_timeout_ms={} plus {} ms after SIGKILL",
+                    cfg.stop_timeout.as_millis(),
+                    KILL_WAIT.as_millis()
+                ),
+            }
+        } else {
+            CallBound {
+                ms: checks.as_millis() as u64,
+                why: format!(
+                    "IsAlive runs {} checks of up to check_timeout_ms={} each",
+                    cfg.check_count(),
+                    cfg.check_timeout.as_millis()
+                ),
+            }
+        })
+    }
+
     fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, String> {
         Ok(Box::new(ProcessResource {
             cfg: Config::parse(&ctx.params)?,
             ctx,
             child: None,
             exited: None,
+            group_cleaned: true,
         }))
     }
 }
@@ -172,8 +220,19 @@ impl Config {
         })
     }
 
+    fn check_count(&self) -> usize {
+        [
+            self.check_tcp.is_some(),
+            self.check_http.is_some(),
+            self.check_command.is_some(),
+        ]
+        .into_iter()
+        .filter(|c| *c)
+        .count()
+    }
+
     fn has_checks(&self) -> bool {
-        self.check_tcp.is_some() || self.check_http.is_some() || self.check_command.is_some()
+        self.check_count() > 0
     }
 }
 
@@ -182,6 +241,9 @@ struct ProcessResource {
     ctx: OpenContext,
     child: Option<Child>,
     exited: Option<ExitStatus>,
+    /// The process group was killed after its leader exited: its id may be reused now, so
+    /// it must not be signalled again.
+    group_cleaned: bool,
 }
 
 impl ProcessResource {
@@ -209,8 +271,10 @@ impl ProcessResource {
         }
         let child = spawn(cmd).map_err(|e| format!("cannot start {:?}: {e}", self.cfg.argv[0]))?;
         let pid = child.id();
+        groups().insert(pid as i32);
         self.child = Some(child);
         self.exited = None;
+        self.group_cleaned = false;
         Ok(pid)
     }
 
@@ -252,6 +316,18 @@ impl ProcessResource {
             let sig = unsafe { Signal::from_raw_unchecked(sig) };
             // ESRCH: already gone, which is what we want.
             let _ = rustix::process::kill_process_group(pid, sig);
+        }
+    }
+
+    /// The leader exited: kill what it left in its group, once, and forget the group.
+    fn clean_group(&mut self) {
+        if self.group_cleaned || self.exit_status().is_none() {
+            return;
+        }
+        self.signal_group(9);
+        self.group_cleaned = true;
+        if let Some(c) = &self.child {
+            groups().remove(&(c.id() as i32));
         }
     }
 
@@ -318,19 +394,23 @@ impl Resource for ProcessResource {
         self.signal_group(self.cfg.stop_signal);
         if !self.wait_exit(self.cfg.stop_timeout) {
             self.signal_group(9);
-            if !self.wait_exit(Duration::from_secs(5)) {
-                return Err("still running 5 s after SIGKILL".to_string());
+            if !self.wait_exit(KILL_WAIT) {
+                return Err(format!(
+                    "still running {} ms after SIGKILL",
+                    KILL_WAIT.as_millis()
+                ));
             }
         }
         // Whatever the leader left behind in its group goes too.
-        self.signal_group(9);
+        self.clean_group();
         Ok(())
     }
 
     fn terminate(&mut self) {
         if self.child.is_some() {
             self.signal_group(9);
-            self.wait_exit(Duration::from_secs(5));
+            self.wait_exit(KILL_WAIT);
+            self.clean_group();
         }
     }
 
