@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use vigil_core::model::ClusterState;
@@ -46,6 +47,8 @@ struct Host {
 
 pub struct Hosts {
     exe: PathBuf,
+    /// An RHS that sends nothing (not even its heartbeat) for this long is killed.
+    silence_limit: Duration,
     data_dir: PathBuf,
     node: String,
     hosts: HashMap<String, Host>,
@@ -73,12 +76,14 @@ pub fn host_for(resource: &str, props: &ResourceProps) -> String {
 impl Hosts {
     pub fn new(
         exe: PathBuf,
+        silence_limit: Duration,
         data_dir: PathBuf,
         node: String,
         events: mpsc::Sender<HostEvent>,
     ) -> Self {
         Self {
             exe,
+            silence_limit,
             data_dir,
             node,
             hosts: HashMap::new(),
@@ -304,8 +309,12 @@ impl Hosts {
         tokio::spawn(write_loop(wr, rx));
         let events = self.events.clone();
         let name = host.to_string();
+        let silence_limit = self.silence_limit;
         tokio::spawn(async move {
-            let reason = read_loop(rd, &events, &name, generation).await;
+            let (reason, hung) = read_loop(rd, &events, &name, generation, silence_limit).await;
+            if hung {
+                let _ = child.start_kill();
+            }
             let status =
                 match tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await {
                     Ok(Ok(s)) => s.to_string(),
@@ -348,47 +357,56 @@ async fn write_loop(mut wr: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Rece
     }
 }
 
-/// Forwards the RHS's messages until it goes away; returns why it went.
+/// Forwards the RHS's messages until it goes away; returns why it went, and whether it hung
+/// (sent nothing, not even a heartbeat, for `silence_limit`).
 async fn read_loop(
     mut rd: tokio::net::unix::OwnedReadHalf,
     events: &mpsc::Sender<HostEvent>,
     host: &str,
     generation: u64,
-) -> String {
-    match protocol::read_frame::<_, FromHost>(&mut rd).await {
-        Ok(Some(FromHost::Hello { version, .. })) if version != protocol::VERSION => {
-            return format!(
-                "it speaks protocol version {version}, this agent {}",
-                protocol::VERSION
-            );
-        }
-        Ok(Some(msg @ FromHost::Hello { .. })) => {
-            let _ = events
-                .send(HostEvent::Message {
-                    host: host.to_string(),
-                    generation,
-                    msg,
-                })
-                .await;
-        }
-        Ok(Some(other)) => return format!("expected Hello, got {other:?}"),
-        Ok(None) => return "closed its socket before saying Hello".to_string(),
-        Err(e) => return e.to_string(),
-    }
+    silence_limit: Duration,
+) -> (String, bool) {
+    let mut greeted = false;
     loop {
-        match protocol::read_frame::<_, FromHost>(&mut rd).await {
-            Ok(Some(msg)) => {
-                let event = HostEvent::Message {
-                    host: host.to_string(),
-                    generation,
-                    msg,
-                };
-                if events.send(event).await.is_err() {
-                    return "the agent is stopping".to_string();
+        let frame =
+            match tokio::time::timeout(silence_limit, protocol::read_frame::<_, FromHost>(&mut rd))
+                .await
+            {
+                Ok(frame) => frame,
+                Err(_) => {
+                    let why = format!(
+                        "sent nothing for {} ms (hung); killed",
+                        silence_limit.as_millis()
+                    );
+                    return (why, true);
                 }
+            };
+        let msg = match frame {
+            Ok(Some(msg)) => msg,
+            Ok(None) if greeted => return ("closed its socket".to_string(), false),
+            Ok(None) => return ("closed its socket before saying Hello".to_string(), false),
+            Err(e) => return (e.to_string(), false),
+        };
+        match (&msg, greeted) {
+            (FromHost::Hello { version, .. }, false) if *version != protocol::VERSION => {
+                let why = format!(
+                    "it speaks protocol version {version}, this agent {}",
+                    protocol::VERSION
+                );
+                return (why, true);
             }
-            Ok(None) => return "closed its socket".to_string(),
-            Err(e) => return e.to_string(),
+            (FromHost::Hello { .. }, false) => greeted = true,
+            (_, false) => return (format!("expected Hello, got {msg:?}"), true),
+            (FromHost::Alive, true) => continue,
+            _ => {}
+        }
+        let event = HostEvent::Message {
+            host: host.to_string(),
+            generation,
+            msg,
+        };
+        if events.send(event).await.is_err() {
+            return ("the agent is stopping".to_string(), false);
         }
     }
 }

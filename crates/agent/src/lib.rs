@@ -36,6 +36,8 @@ pub struct AgentOptions {
     pub data_dir: PathBuf,
     pub bootstrap: bool,
     pub cluster_name: String,
+    /// An RHS silent for this long (no heartbeat) is killed and replaced.
+    pub rhs_silence_ms: u64,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -53,14 +55,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let listen = listener.local_addr()?.to_string();
     let (host_tx, mut host_rx) = mpsc::channel(INPUT_QUEUE);
     let (tx, rx) = mpsc::channel::<Msg>(INPUT_QUEUE);
-    let svc = Service::new(
-        &opts.name,
-        &listen,
-        opts.data_dir.clone(),
-        db,
-        log.clone(),
-        host_tx,
-    )?;
+    let svc = Service::new(&opts, &listen, db, log.clone(), host_tx)?;
     let router = api::router(tx.clone(), log.clone(), svc.subscribe());
     log.append([LogEntry::new(
         Component::NM,

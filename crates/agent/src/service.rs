@@ -4,7 +4,6 @@
 //! commands in one durable transaction, calls to the RHS, cluster log entries.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -15,6 +14,7 @@ use vigil_core::rcm::{Action, Input, Rcm, Report};
 use vigil_db::Database;
 use vigil_rhs::protocol::FromHost;
 
+use crate::AgentOptions;
 use crate::clusterlog::ClusterLog;
 use crate::hosts::{HostEvent, Hosts};
 
@@ -49,20 +49,26 @@ pub struct Service {
 
 impl Service {
     pub fn new(
-        node: &str,
+        opts: &AgentOptions,
         listen: &str,
-        data_dir: PathBuf,
         db: Database,
         log: ClusterLog,
         events: mpsc::Sender<HostEvent>,
     ) -> std::io::Result<Self> {
         let exe = std::env::current_exe()?;
+        let silence = Duration::from_millis(opts.rhs_silence_ms);
         Ok(Self {
-            node: node.to_string(),
+            node: opts.name.clone(),
             listen: listen.to_string(),
             db,
-            rcm: Rcm::new(node),
-            hosts: Hosts::new(exe, data_dir, node.to_string(), events),
+            rcm: Rcm::new(&opts.name),
+            hosts: Hosts::new(
+                exe,
+                silence,
+                opts.data_dir.clone(),
+                opts.name.clone(),
+                events,
+            ),
             log,
             started: Instant::now(),
             version: watch::channel(0).0,
@@ -241,6 +247,8 @@ impl Service {
 
     fn on_host_message(&mut self, host: &str, msg: FromHost) {
         match msg {
+            // Heartbeats stay in the host's reader (see `hosts::read_loop`).
+            FromHost::Alive => {}
             FromHost::Hello { pid, .. } => {
                 self.hosts.set_pid(host, pid);
                 self.log.append([LogEntry::new(

@@ -80,6 +80,9 @@ struct AgentArgs {
     bootstrap: bool,
     #[arg(long, default_value = "vigil")]
     cluster_name: String,
+    /// Kill and replace an RHS that sends nothing, not even its 1 s heartbeat, for this long.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2_000..=600_000))]
+    rhs_silence_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +260,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir,
         bootstrap: a.bootstrap,
         cluster_name: a.cluster_name,
+        rhs_silence_ms: a.rhs_silence_ms,
     }))
 }
 

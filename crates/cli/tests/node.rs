@@ -668,3 +668,34 @@ fn what_a_resource_forked_dies_with_its_rhs_and_with_the_agent() {
     a.kill();
     wait_until("the grandchild died with the agent", || !alive(second));
 }
+
+#[test]
+fn a_wedged_rhs_is_killed_and_replaced() {
+    let mut a = Agent::start();
+    a.kill();
+    let mut cmd = a.agent_command(false);
+    cmd.args(["--rhs-silence-ms", "2000"]);
+    a.spawn_with(cmd);
+    a.process("g", "svc", "sleep 1000", &["--restart-delay-ms", "0"]);
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("svc", "Online");
+    let (rhs, svc) = (a.rhs_pid("default").unwrap(), a.pid_of("svc").unwrap());
+    // SIGSTOP: the RHS neither exits nor answers; only its silence gives it away.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(rhs as i32).unwrap(),
+        rustix::process::Signal::STOP,
+    )
+    .unwrap();
+    wait_until("a new RHS runs svc", || {
+        a.rhs_pid("default").is_some_and(|p| p != rhs)
+            && a.state("svc") == "Online"
+            && a.pid_of("svc").is_some_and(|p| p != svc)
+    });
+    assert!(!alive(rhs) && !alive(svc));
+    assert!(a.log().iter().any(|r| {
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("sent nothing for 2000 ms (hung); killed")
+    }));
+}

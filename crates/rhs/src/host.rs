@@ -84,11 +84,16 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
     let mut tasks = JoinSet::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut heartbeat = interval(protocol::HEARTBEAT_MS);
     loop {
         let frame = tokio::select! {
             frame = protocol::read_frame::<_, ToHost>(&mut rd) => frame,
             // The agent's parent-death signal: it is gone.
             _ = term.recv() => break,
+            _ = heartbeat.tick() => {
+                let _ = out.try_send((FromHost::Alive, None));
+                continue;
+            }
         };
         let msg = match frame {
             Ok(Some(msg)) => msg,

@@ -57,6 +57,9 @@ pub enum ToHost {
     Shutdown,
 }
 
+/// How often an RHS says it is alive; the agent kills one that stays silent much longer.
+pub const HEARTBEAT_MS: u64 = 1_000;
+
 /// RHS → agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
@@ -65,6 +68,8 @@ pub enum FromHost {
         version: u32,
         pid: u32,
     },
+    /// Sent every [`HEARTBEAT_MS`] by the RHS's own loop: silence means it is wedged.
+    Alive,
     Status {
         resource: String,
         instance: u64,

@@ -56,7 +56,12 @@ impl Agent {
 
     /// Starts the agent process (again) on the same data dir.
     pub fn spawn(&mut self, bootstrap: bool) {
-        let mut cmd = self.agent_command(bootstrap);
+        let cmd = self.agent_command(bootstrap);
+        self.spawn_with(cmd);
+    }
+
+    /// Starts the agent with a command made by [`Agent::agent_command`] plus options.
+    pub fn spawn_with(&mut self, mut cmd: Command) {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
