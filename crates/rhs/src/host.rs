@@ -33,6 +33,9 @@ const PENDING_POLL: Duration = Duration::from_millis(50);
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(20);
 /// Bound of the queue of messages to the agent.
 const OUT_QUEUE: usize = 4_096;
+/// Threads for calls into resource types. Calls are short or bounded by the watchdog, and
+/// fewer threads keep the RHS small, which makes every fork of a resource process cheaper.
+const BLOCKING_THREADS: usize = 16;
 /// Bound of each resource's command queue.
 const CMD_QUEUE: usize = 64;
 
@@ -49,6 +52,7 @@ pub fn main(fd: RawFd) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(Duration::from_secs(60))
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .map_err(|e| format!("cannot start the RHS runtime: {e}"))?;
     rt.block_on(serve(stream))
