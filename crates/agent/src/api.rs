@@ -199,32 +199,47 @@ async fn create_group(
 }
 
 async fn delete_group(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
-    set_desired(&api, Target::Group(name.clone()), PersistentState::Offline).await?;
-    let g = name.clone();
+    stop_then_delete(&api, Target::Group(name.clone())).await?;
+    Ok(Json(json!({ "deleted": name })))
+}
+
+/// Deletes a group or resource the way an operator expects: desired Offline, wait (bounded)
+/// until nothing of it runs, then remove it from the database.
+async fn stop_then_delete(api: &Api, target: Target) -> ApiResult<()> {
+    set_desired(api, target.clone(), PersistentState::Offline).await?;
+    let t = target.clone();
     let stopped = api
         .wait_for(STOP_WAIT, move |s| {
-            !s.state().group_resources(&g).any(|r| r.state.may_run())
+            let db = s.state();
+            match &t {
+                Target::Group(g) => !db.group_resources(g).any(|r| r.state.may_run()),
+                Target::Resource(r) => db.resources.get(r).is_none_or(|r| !r.state.may_run()),
+            }
         })
         .await?;
+    let (kind, name, cmd) = match target {
+        Target::Group(g) => ("group", g.clone(), Command::DeleteGroup { name: g }),
+        Target::Resource(r) => ("resource", r.clone(), Command::DeleteResource { name: r }),
+    };
     if !stopped {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             message: format!(
-                "group {name:?} did not stop within {} s; it was not deleted",
+                "{kind} {name:?} did not stop within {} s; it was not deleted",
                 STOP_WAIT.as_secs()
             ),
         });
     }
-    let g = name.clone();
     api.call(move |s| {
-        s.submit(
-            vec![Command::DeleteGroup { name: g.clone() }],
-            vec![db_log(format!("group {g} deleted"))],
-            |_| Input::Tick,
-        )
+        let mut log = db_log(format!("{kind} {name} deleted"));
+        log = match kind {
+            "group" => log.group(&name, s.state().group_epoch(&name)),
+            _ => log.resource(&name),
+        };
+        s.submit(vec![cmd], vec![log], |_| Input::Tick)
     })
     .await??;
-    Ok(Json(json!({ "deleted": name })))
+    Ok(())
 }
 
 async fn group_action(
@@ -433,40 +448,7 @@ async fn delete_resource(State(api): State<Api>, Path(name): Path<String>) -> Ap
             ),
         });
     }
-    set_desired(
-        &api,
-        Target::Resource(name.clone()),
-        PersistentState::Offline,
-    )
-    .await?;
-    let n = name.clone();
-    let stopped = api
-        .wait_for(STOP_WAIT, move |s| {
-            s.state()
-                .resources
-                .get(&n)
-                .is_none_or(|r| !r.state.may_run())
-        })
-        .await?;
-    if !stopped {
-        return Err(ApiError {
-            status: StatusCode::CONFLICT,
-            message: format!(
-                "resource {name:?} did not stop within {} s; it was not deleted",
-                STOP_WAIT.as_secs()
-            ),
-        });
-    }
-    let n = name.clone();
-    api.call(move |s| {
-        let log = db_log(format!("resource {n} deleted")).resource(&n);
-        s.submit(
-            vec![Command::DeleteResource { name: n.clone() }],
-            vec![log],
-            |_| Input::Tick,
-        )
-    })
-    .await??;
+    stop_then_delete(&api, Target::Resource(name.clone())).await?;
     Ok(Json(json!({ "deleted": name })))
 }
 
