@@ -402,7 +402,7 @@ async fn update_resource(
     api.call(move |s| {
         let r = s.state().resources.get(&n).cloned().ok_or_else(|| {
             ApiError::from(ApplyError::NotFound {
-                kind: "resource",
+                kind: "resource".into(),
                 name: n.clone(),
             })
         })?;
@@ -481,7 +481,7 @@ async fn resource_action(
                     .resources
                     .get(&n)
                     .ok_or_else(|| ApplyError::NotFound {
-                        kind: "resource",
+                        kind: "resource".into(),
                         name: n.clone(),
                     })?;
                 if !r.state.may_run() {

@@ -3,6 +3,7 @@
 //! that applies the same commands in the same order holds the same database. A command that
 //! is not valid for the current state is refused with an error and changes nothing.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -89,9 +90,15 @@ pub enum ApplyError {
     #[error("{0}")]
     Invalid(String),
     #[error("{kind} {name:?} does not exist")]
-    NotFound { kind: &'static str, name: String },
+    NotFound {
+        kind: Cow<'static, str>,
+        name: String,
+    },
     #[error("{kind} {name:?} already exists")]
-    Exists { kind: &'static str, name: String },
+    Exists {
+        kind: Cow<'static, str>,
+        name: String,
+    },
     #[error("{0}")]
     Conflict(String),
 }
@@ -99,7 +106,7 @@ pub enum ApplyError {
 impl ApplyError {
     fn not_found(kind: &'static str, name: &str) -> Self {
         Self::NotFound {
-            kind,
+            kind: kind.into(),
             name: name.to_string(),
         }
     }
@@ -124,7 +131,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             validate_name("node", name).map_err(ApplyError::Invalid)?;
             if state.nodes.contains_key(name) {
                 return Err(ApplyError::Exists {
-                    kind: "node",
+                    kind: "node".into(),
                     name: name.clone(),
                 });
             }
@@ -148,7 +155,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             validate_name("group", name).map_err(ApplyError::Invalid)?;
             if state.groups.contains_key(name) {
                 return Err(ApplyError::Exists {
-                    kind: "group",
+                    kind: "group".into(),
                     name: name.clone(),
                 });
             }
@@ -276,7 +283,7 @@ fn create_resource(state: &mut ClusterState, spec: &ResourceSpec) -> Result {
     validate_name("resource", &spec.name).map_err(ApplyError::Invalid)?;
     if state.resources.contains_key(&spec.name) {
         return Err(ApplyError::Exists {
-            kind: "resource",
+            kind: "resource".into(),
             name: spec.name.clone(),
         });
     }

@@ -8,6 +8,9 @@
 //!
 //! Not here: deciding anything (that is the core) or talking to other nodes.
 
+pub mod store;
+pub mod types;
+
 use std::path::Path;
 
 use redb::{ReadableDatabase, TableDefinition};

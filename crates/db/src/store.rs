@@ -1,0 +1,375 @@
+//! Raft storage on redb: the log, the vote and the committed index ([`LogStore`]), and the
+//! state machine ([`StateMachine`]): the core's [`apply`] over an in-memory
+//! [`ClusterState`], persisted as snapshots. On restart the state machine loads its last
+//! snapshot and openraft re-applies the committed log after it.
+
+// openraft's traits dictate `StorageError`, a large type; its helpers here return it too.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use vigil_core::command::apply;
+use vigil_core::model::ClusterState;
+
+use crate::types::{NodeId, Request, Response, TypeConfig};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "last_purged";
+const SNAPSHOT: &str = "snapshot";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn read_err(e: impl ToString) -> StorageError<NodeId> {
+    StorageError::from(StorageIOError::read_logs(AnyError::error(e)))
+}
+
+fn write_err(e: impl ToString) -> StorageError<NodeId> {
+    StorageError::from(StorageIOError::write_logs(AnyError::error(e)))
+}
+
+/// Opens (or creates) the node's Raft database file.
+pub fn open_db(path: &std::path::Path) -> Result<Arc<redb::Database>, redb::Error> {
+    let db = redb::Database::builder()
+        .set_cache_size(8 << 20)
+        .create(path)?;
+    // Make sure both tables exist, so readers never see "table does not exist".
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(META)?;
+    txn.commit()?;
+    Ok(Arc::new(db))
+}
+
+fn get_meta<T: for<'de> Deserialize<'de>>(
+    db: &redb::Database,
+    key: &str,
+) -> StorageResult<Option<T>> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(META).map_err(read_err)?;
+    match table.get(key).map_err(read_err)? {
+        Some(v) => serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(read_err),
+        None => Ok(None),
+    }
+}
+
+fn put_meta<T: Serialize>(db: &redb::Database, key: &str, value: &T) -> StorageResult<()> {
+    let bytes = serde_json::to_vec(value).map_err(write_err)?;
+    let txn = db.begin_write().map_err(write_err)?;
+    txn.open_table(META)
+        .map_err(write_err)?
+        .insert(key, bytes.as_slice())
+        .map_err(write_err)?;
+    txn.commit().map_err(write_err)
+}
+
+/// The Raft log, vote and committed index.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<redb::Database>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<redb::Database>) -> Self {
+        Self { db }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i + 1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let iter = match end {
+            Some(end) if end <= start => return Ok(Vec::new()),
+            Some(end) => table.range(start..end),
+            None => table.range(start..),
+        }
+        .map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in iter {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged: Option<LogId<NodeId>> = get_meta(&self.db, PURGED)?;
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let last = match table.last().map_err(read_err)? {
+            Some((_, v)) => {
+                let e: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(read_err)?;
+                Some(e.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        put_meta(&self.db, VOTE, vote)
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::error(e))))
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        get_meta(&self.db, VOTE)
+            .map_err(|e| StorageError::from(StorageIOError::read_vote(AnyError::error(e))))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        put_meta(&self.db, COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(get_meta::<Option<LogId<NodeId>>>(&self.db, COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = txn.open_table(LOG).map_err(write_err)?;
+            for e in entries {
+                let bytes = serde_json::to_vec(&e).map_err(write_err)?;
+                table
+                    .insert(e.log_id.index, bytes.as_slice())
+                    .map_err(write_err)?;
+            }
+        }
+        // Durable when commit returns: only then may Raft count this entry as stored here.
+        txn.commit().map_err(write_err)?;
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        txn.open_table(LOG)
+            .map_err(write_err)?
+            .retain(|i, _| i < log_id.index)
+            .map_err(write_err)?;
+        txn.commit().map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        put_meta(&self.db, PURGED, &log_id)?;
+        let txn = self.db.begin_write().map_err(write_err)?;
+        txn.open_table(LOG)
+            .map_err(write_err)?
+            .retain(|i, _| i > log_id.index)
+            .map_err(write_err)?;
+        txn.commit().map_err(write_err)
+    }
+}
+
+/// What the state machine holds: the cluster database and Raft's bookkeeping.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub state: ClusterState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The replicated state machine; readers share `data` (see [`crate::Db::read`]).
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<redb::Database>,
+    pub data: Arc<RwLock<SmData>>,
+    applied: Arc<watch::Sender<u64>>,
+}
+
+impl StateMachine {
+    /// Loads the last snapshot, if any.
+    pub fn open(db: Arc<redb::Database>) -> StorageResult<Self> {
+        let snap: Option<StoredSnapshot> = get_meta(&db, SNAPSHOT)?;
+        let data = match snap {
+            Some(s) => serde_json::from_slice(&s.data).map_err(|e| {
+                StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)))
+            })?,
+            None => SmData::default(),
+        };
+        let index = data.last_applied.map_or(0, |l: LogId<NodeId>| l.index);
+        Ok(Self {
+            db,
+            data: Arc::new(RwLock::new(data)),
+            applied: Arc::new(watch::channel(index).0),
+        })
+    }
+
+    /// Notified with the last applied index after every apply.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn snapshot_of(&self) -> StorageResult<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)> {
+        let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+        let bytes = serde_json::to_vec(&*data).map_err(|e| {
+            StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)))
+        })?;
+        let id = match data.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: data.last_applied,
+            last_membership: data.membership.clone(),
+            snapshot_id: id,
+        };
+        Ok((meta, bytes))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (meta, data) = self.snapshot_of()?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        put_meta(&self.db, SNAPSHOT, &stored).map_err(|e| {
+            StorageError::from(StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                AnyError::error(e),
+            ))
+        })?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, openraft::BasicNode>,
+    )> {
+        let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+        Ok((data.last_applied, data.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        let last = {
+            let mut data = self.data.write().unwrap_or_else(|p| p.into_inner());
+            for entry in entries {
+                data.last_applied = Some(entry.log_id);
+                let results = match entry.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(Request { cmds }) => {
+                        cmds.iter().map(|c| apply(&mut data.state, c)).collect()
+                    }
+                    EntryPayload::Membership(m) => {
+                        data.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Vec::new()
+                    }
+                };
+                out.push(Response { results });
+            }
+            data.last_applied.map_or(0, |l| l.index)
+        };
+        self.applied.send_replace(last);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let bytes = snapshot.into_inner();
+        let new: SmData = serde_json::from_slice(&bytes).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::error(e),
+            ))
+        })?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        put_meta(&self.db, SNAPSHOT, &stored).map_err(|e| {
+            StorageError::from(StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                AnyError::error(e),
+            ))
+        })?;
+        let index = new.last_applied.map_or(0, |l| l.index);
+        *self.data.write().unwrap_or_else(|p| p.into_inner()) = new;
+        self.applied.send_replace(index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let snap: Option<StoredSnapshot> = get_meta(&self.db, SNAPSHOT)?;
+        Ok(snap.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
