@@ -21,7 +21,10 @@ use vigil_core::props::{GroupProps, ResourceProps};
 use vigil_core::rcm::Input;
 use vigil_rhs::types;
 
+use vigil_db::{Db, WriteError};
+
 use crate::clusterlog::{ClusterLog, Record};
+use crate::membership;
 use crate::service::{Msg, Service};
 use crate::view;
 
@@ -37,6 +40,8 @@ pub struct Api {
     tx: mpsc::Sender<Msg>,
     log: ClusterLog,
     version: watch::Receiver<u64>,
+    db: Db,
+    http: reqwest::Client,
 }
 
 #[derive(Debug)]
@@ -74,6 +79,15 @@ impl From<ApplyError> for ApiError {
     }
 }
 
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
         Self::bad(format!("request body: {}", e.body_text()))
@@ -88,12 +102,25 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
-pub fn router(tx: mpsc::Sender<Msg>, log: ClusterLog, version: watch::Receiver<u64>) -> Router {
-    let api = Api { tx, log, version };
+pub fn router(
+    tx: mpsc::Sender<Msg>,
+    log: ClusterLog,
+    version: watch::Receiver<u64>,
+    db: Db,
+) -> Router {
+    let api = Api {
+        tx,
+        log,
+        version,
+        db,
+        http: reqwest::Client::new(),
+    };
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/types", get(list_types))
         .route("/v1/log", get(read_log))
+        .route("/v1/cluster/join", post(join))
+        .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/v1/groups", post(create_group))
         .route("/v1/groups/{name}", axum::routing::delete(delete_group))
         .route("/v1/groups/{name}/{action}", post(group_action))
@@ -112,7 +139,43 @@ pub fn router(tx: mpsc::Sender<Msg>, log: ClusterLog, version: watch::Receiver<u
         .with_state(api)
 }
 
+/// An operator change prepared in the main loop, to be written through the cluster database.
+struct Pending {
+    cmds: Vec<Command>,
+    log: Vec<LogEntry>,
+    /// The RCM's input once the change is applied here.
+    then: Box<dyn FnOnce(&Service) -> Input + Send>,
+}
+
+fn pending(
+    cmds: Vec<Command>,
+    log: Vec<LogEntry>,
+    then: impl FnOnce(&Service) -> Input + Send + 'static,
+) -> Result<Pending, ApplyError> {
+    Ok(Pending {
+        cmds,
+        log,
+        then: Box::new(then),
+    })
+}
+
 impl Api {
+    /// Writes a prepared change through the cluster database (the leader), then logs it and
+    /// lets the RCM act on it here.
+    async fn commit(&self, p: Pending) -> ApiResult<()> {
+        let results = self.db.write(p.cmds).await.map_err(ApiError::from)?;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e.into());
+        }
+        let (log, then) = (p.log, p.then);
+        self.call(move |s| {
+            s.log.append(log);
+            let input = then(s);
+            s.step(input);
+        })
+        .await
+    }
+
     /// Runs `f` in the main loop and returns its result.
     async fn call<T: Send + 'static>(
         &self,
@@ -169,6 +232,93 @@ async fn list_types() -> Json<Value> {
     Json(json!({ "types": types }))
 }
 
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    name: String,
+    address: String,
+}
+
+impl From<membership::Refused> for ApiError {
+    fn from(r: membership::Refused) -> Self {
+        let (status, message) = match r {
+            membership::Refused::Invalid(m) => (StatusCode::BAD_REQUEST, m),
+            membership::Refused::Conflict(m) => (StatusCode::CONFLICT, m),
+            membership::Refused::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            membership::Refused::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        };
+        Self { status, message }
+    }
+}
+
+impl Api {
+    /// Membership changes run on the leader: elsewhere, the request is passed on to it and
+    /// its answer passed back.
+    async fn on_leader(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> ApiResult<Option<Json<Value>>> {
+        if self.db.is_leader() {
+            return Ok(None);
+        }
+        let leader = self.db.leader_addr().ok_or_else(|| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "no leader is known right now (an election may be under way, or this node is cut off); try again".to_string(),
+        })?;
+        let mut req = self.http.request(method, format!("http://{leader}{path}"));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(|e| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("cannot reach the leader at {leader}: {e}"),
+        })?;
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let value: Value = resp.json().await.unwrap_or_default();
+        if status.is_success() {
+            Ok(Some(Json(value)))
+        } else {
+            let message = value["error"]
+                .as_str()
+                .unwrap_or("the leader refused without a reason")
+                .to_string();
+            Err(ApiError { status, message })
+        }
+    }
+}
+
+async fn join(State(api): State<Api>, body: Result<Json<JoinRequest>, JsonRejection>) -> ApiResult {
+    let Json(req) = body?;
+    let body = serde_json::to_value(&req).expect("serializes");
+    if let Some(answer) = api
+        .on_leader(reqwest::Method::POST, "/v1/cluster/join", Some(body))
+        .await?
+    {
+        return Ok(answer);
+    }
+    membership::admit(&api.db, &req.name, &req.address).await?;
+    let log = LogEntry::new(
+        Component::NM,
+        format!("node {} at {} admitted", req.name, req.address),
+    );
+    api.log.append([log]);
+    Ok(Json(json!({ "joined": req.name })))
+}
+
+async fn remove_node(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    let path = format!("/v1/nodes/{name}");
+    if let Some(answer) = api.on_leader(reqwest::Method::DELETE, &path, None).await? {
+        return Ok(answer);
+    }
+    membership::remove(&api.db, &name).await?;
+    api.log
+        .append([LogEntry::new(Component::NM, format!("node {name} removed"))]);
+    Ok(Json(json!({ "removed": name })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateGroup {
@@ -183,18 +333,20 @@ async fn create_group(
 ) -> ApiResult {
     let Json(req) = body?;
     let name = req.name.clone();
-    api.call(move |s| {
-        let cmd = Command::CreateGroup {
-            name: req.name.clone(),
-            props: GroupProps {
-                preferred_owners: req.preferred_owners,
-            },
-            owner: Some(s.node.clone()),
-        };
-        let log = db_log(format!("group {} created, owner {}", req.name, s.node));
-        s.submit(vec![cmd], vec![log.group(&req.name, 1)], |_| Input::Tick)
-    })
-    .await??;
+    let p = api
+        .call(move |s| {
+            let cmd = Command::CreateGroup {
+                name: req.name.clone(),
+                props: GroupProps {
+                    preferred_owners: req.preferred_owners,
+                },
+                owner: Some(s.node.clone()),
+            };
+            let log = db_log(format!("group {} created, owner {}", req.name, s.node));
+            pending(vec![cmd], vec![log.group(&req.name, 1)], |_| Input::Tick)
+        })
+        .await??;
+    api.commit(p).await?;
     Ok(Json(json!({ "created": name })))
 }
 
@@ -230,15 +382,17 @@ async fn stop_then_delete(api: &Api, target: Target) -> ApiResult<()> {
             ),
         });
     }
-    api.call(move |s| {
-        let mut log = db_log(format!("{kind} {name} deleted"));
-        log = match kind {
-            "group" => log.group(&name, s.state().group_epoch(&name)),
-            _ => log.resource(&name),
-        };
-        s.submit(vec![cmd], vec![log], |_| Input::Tick)
-    })
-    .await??;
+    let p = api
+        .call(move |s| {
+            let mut log = db_log(format!("{kind} {name} deleted"));
+            log = match kind {
+                "group" => log.group(&name, s.state().group_epoch(&name)),
+                _ => log.resource(&name),
+            };
+            pending(vec![cmd], vec![log], |_| Input::Tick)
+        })
+        .await??;
+    api.commit(p).await?;
     Ok(())
 }
 
@@ -262,44 +416,46 @@ async fn group_action(
 /// Records an operator's desired state; the RCM forgets past failures of every resource it
 /// changed (the target, and the providers or dependents the change spread to).
 async fn set_desired(api: &Api, target: Target, desired: PersistentState) -> ApiResult<()> {
-    api.call(move |s| {
-        let db = s.state();
-        let before: BTreeMap<String, PersistentState> = db
-            .resources
-            .values()
-            .map(|r| (r.name.clone(), r.persistent_state))
-            .collect();
-        let group = match &target {
-            Target::Group(g) => Some(g.clone()),
-            Target::Resource(r) => db.resources.get(r).map(|r| r.group.clone()),
-        };
-        let mut log = db_log(format!("operator set desired state to {desired}"));
-        if let Some(g) = &group {
-            log = log.group(g, db.group_epoch(g));
-        }
-        let mut touched: Vec<String> = match &target {
-            Target::Group(g) => db.group_resources(g).map(|r| r.name.clone()).collect(),
-            Target::Resource(r) => {
-                log = log.resource(r);
-                vec![r.clone()]
+    let p = api
+        .call(move |s| {
+            let db = s.state();
+            let before: BTreeMap<String, PersistentState> = db
+                .resources
+                .values()
+                .map(|r| (r.name.clone(), r.persistent_state))
+                .collect();
+            let group = match &target {
+                Target::Group(g) => Some(g.clone()),
+                Target::Resource(r) => db.resources.get(r).map(|r| r.group.clone()),
+            };
+            let mut log = db_log(format!("operator set desired state to {desired}"));
+            if let Some(g) = &group {
+                log = log.group(g, db.group_epoch(g));
             }
-        };
-        let cmd = Command::SetPersistentState {
-            target,
-            state: desired,
-        };
-        s.submit(vec![cmd], vec![log], |s| {
-            touched.extend(
-                s.state()
-                    .resources
-                    .values()
-                    .filter(|r| before.get(&r.name) != Some(&r.persistent_state))
-                    .map(|r| r.name.clone()),
-            );
-            Input::Operator { resources: touched }
+            let mut touched: Vec<String> = match &target {
+                Target::Group(g) => db.group_resources(g).map(|r| r.name.clone()).collect(),
+                Target::Resource(r) => {
+                    log = log.resource(r);
+                    vec![r.clone()]
+                }
+            };
+            let cmd = Command::SetPersistentState {
+                target,
+                state: desired,
+            };
+            pending(vec![cmd], vec![log], move |s| {
+                touched.extend(
+                    s.state()
+                        .resources
+                        .values()
+                        .filter(|r| before.get(&r.name) != Some(&r.persistent_state))
+                        .map(|r| r.name.clone()),
+                );
+                Input::Operator { resources: touched }
+            })
         })
-    })
-    .await??;
+        .await??;
+    api.commit(p).await?;
     Ok(())
 }
 
@@ -364,18 +520,20 @@ async fn create_resource(
         props,
         depends_on: req.depends_on,
     };
-    api.call(move |s| {
-        let log = db_log(format!(
-            "resource {} ({}) created in group {}",
-            spec.name, spec.type_name, spec.group
-        ))
-        .group(&spec.group, s.state().group_epoch(&spec.group))
-        .resource(&spec.name);
-        s.submit(vec![Command::CreateResource { spec }], vec![log], |_| {
-            Input::Tick
+    let p = api
+        .call(move |s| {
+            let log = db_log(format!(
+                "resource {} ({}) created in group {}",
+                spec.name, spec.type_name, spec.group
+            ))
+            .group(&spec.group, s.state().group_epoch(&spec.group))
+            .resource(&spec.name);
+            pending(vec![Command::CreateResource { spec }], vec![log], |_| {
+                Input::Tick
+            })
         })
-    })
-    .await??;
+        .await??;
+    api.commit(p).await?;
     Ok(Json(json!({ "created": name })))
 }
 
@@ -399,38 +557,39 @@ async fn update_resource(
     let Json(req) = body?;
     let n = name.clone();
     // Read, merge, check and write in one step of the main loop: nothing can change between.
-    api.call(move |s| {
-        let r = s.state().resources.get(&n).cloned().ok_or_else(|| {
-            ApiError::from(ApplyError::NotFound {
-                kind: "resource".into(),
+    let p = api
+        .call(move |s| {
+            let r = s.state().resources.get(&n).cloned().ok_or_else(|| {
+                ApiError::from(ApplyError::NotFound {
+                    kind: "resource".into(),
+                    name: n.clone(),
+                })
+            })?;
+            let mut params = r.params.clone();
+            for (k, v) in &req.params {
+                match v {
+                    Some(v) => params.insert(k.clone(), v.clone()),
+                    None => params.remove(k),
+                };
+            }
+            let mut props = r.props.clone();
+            apply_props(&mut props, &req.props)?;
+            check_params(&r.type_name, &params, &props)?;
+            let cmd = Command::UpdateResource {
                 name: n.clone(),
-            })
-        })?;
-        let mut params = r.params.clone();
-        for (k, v) in &req.params {
-            match v {
-                Some(v) => params.insert(k.clone(), v.clone()),
-                None => params.remove(k),
+                params,
+                props,
+                depends_on: req.depends_on.unwrap_or(r.depends_on.clone()),
             };
-        }
-        let mut props = r.props.clone();
-        apply_props(&mut props, &req.props)?;
-        check_params(&r.type_name, &params, &props)?;
-        let cmd = Command::UpdateResource {
-            name: n.clone(),
-            params,
-            props,
-            depends_on: req.depends_on.unwrap_or(r.depends_on.clone()),
-        };
-        let log = db_log(format!(
-            "resource {n} changed (parameters take effect at its next online)"
-        ))
-        .group(&r.group, s.state().group_epoch(&r.group))
-        .resource(&n);
-        s.submit(vec![cmd], vec![log], |_| Input::Tick)
-            .map_err(ApiError::from)
-    })
-    .await??;
+            let log = db_log(format!(
+                "resource {n} changed (parameters take effect at its next online)"
+            ))
+            .group(&r.group, s.state().group_epoch(&r.group))
+            .resource(&n);
+            pending(vec![cmd], vec![log], |_| Input::Tick).map_err(ApiError::from)
+        })
+        .await??;
+    api.commit(p).await?;
     Ok(Json(json!({ "updated": name })))
 }
 
@@ -476,18 +635,14 @@ async fn resource_action(
         "fail" => {
             let n = name.clone();
             api.call(move |s| {
-                let r = s
-                    .state()
-                    .resources
-                    .get(&n)
-                    .ok_or_else(|| ApplyError::NotFound {
-                        kind: "resource".into(),
-                        name: n.clone(),
-                    })?;
-                if !r.state.may_run() {
+                let state = s.state().resources.get(&n).map(|r| r.state);
+                let state = state.ok_or_else(|| ApplyError::NotFound {
+                    kind: "resource".into(),
+                    name: n.clone(),
+                })?;
+                if !state.may_run() {
                     return Err(ApplyError::Conflict(format!(
-                        "resource {n:?} is {}; only a running resource can be failed",
-                        r.state
+                        "resource {n:?} is {state}; only a running resource can be failed"
                     )));
                 }
                 s.log.append([

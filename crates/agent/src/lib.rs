@@ -12,6 +12,7 @@
 pub mod api;
 pub mod clusterlog;
 pub mod hosts;
+pub mod membership;
 pub mod service;
 pub mod view;
 
@@ -21,7 +22,7 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use vigil_core::command::Command;
 use vigil_core::event::{Component, LogEntry};
-use vigil_db::Database;
+use vigil_db::{Db, Timing};
 
 use crate::clusterlog::ClusterLog;
 use crate::service::{Msg, Service};
@@ -35,6 +36,8 @@ pub struct AgentOptions {
     pub listen: String,
     pub data_dir: PathBuf,
     pub bootstrap: bool,
+    /// Join the cluster that the agent at this HOST:PORT belongs to.
+    pub join: Option<String>,
     pub cluster_name: String,
     /// An RHS silent for this long (no heartbeat) is killed and replaced.
     pub rhs_silence_ms: u64,
@@ -45,18 +48,46 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
     let _lock = lock_data_dir(&opts)?;
-    let mut db = Database::open(&opts.data_dir.join("cluster.redb"))?;
+    check_identity(&opts)?;
+    let db = Db::open(
+        &opts.data_dir.join("raft.redb"),
+        &opts.name,
+        Timing::default(),
+    )
+    .await?;
+    let member = db.is_initialized().await?;
+    let dir = opts.data_dir.display();
+    match (member, opts.bootstrap, &opts.join) {
+        (true, true, _) => bail!(
+            "data dir {dir} already holds a cluster; refusing --bootstrap over existing data (start without --bootstrap)"
+        ),
+        (true, false, Some(_)) => bail!(
+            "data dir {dir} already belongs to a cluster; start without --join (or remove the node and start with an empty data dir)"
+        ),
+        (false, false, None) => bail!(
+            "data dir {dir} holds no cluster; start the first node with --bootstrap, or join one with --join HOST:PORT"
+        ),
+        _ => {}
+    }
     let log = ClusterLog::open(&opts.data_dir, &opts.name)
-        .with_context(|| format!("cannot open the cluster log in {}", opts.data_dir.display()))?;
-    prepare_database(&mut db, &opts, &log)?;
+        .with_context(|| format!("cannot open the cluster log in {dir}"))?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let listen = listener.local_addr()?.to_string();
     let (host_tx, mut host_rx) = mpsc::channel(INPUT_QUEUE);
     let (tx, rx) = mpsc::channel::<Msg>(INPUT_QUEUE);
-    let svc = Service::new(&opts, &listen, db, log.clone(), host_tx)?;
-    let router = api::router(tx.clone(), log.clone(), svc.subscribe());
+    let svc = Service::new(&opts, &listen, db.clone(), log.clone(), host_tx)?;
+    let router =
+        api::router(tx.clone(), log.clone(), svc.subscribe(), db.clone()).merge(db.router());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!("API server stopped: {e}");
+        }
+    });
+    if !member {
+        form_or_join(&opts, &listen, &db, &log).await?;
+    }
     log.append([LogEntry::new(
         Component::NM,
         format!(
@@ -74,19 +105,104 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         }
     });
+    let applied = tx.clone();
+    let mut applied_rx = db.subscribe();
+    tokio::spawn(async move {
+        while applied_rx.changed().await.is_ok() {
+            if applied.send(Msg::Applied).await.is_err() {
+                return;
+            }
+        }
+    });
     let stop = tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         let _ = stop.send(Msg::Shutdown).await;
     });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!("API server stopped: {e}");
-        }
-    });
     service::run(svc, rx)
         .await
         .map_err(|e| anyhow::anyhow!("agent stopped: {e}"))
+}
+
+/// A new cluster (`--bootstrap`) or a new member of one (`--join`).
+async fn form_or_join(
+    opts: &AgentOptions,
+    listen: &str,
+    db: &Db,
+    log: &ClusterLog,
+) -> anyhow::Result<()> {
+    if opts.bootstrap {
+        db.initialize(listen).await?;
+        let cmds = vec![
+            Command::Bootstrap {
+                cluster_name: opts.cluster_name.clone(),
+            },
+            Command::AddNode {
+                name: opts.name.clone(),
+                address: listen.to_string(),
+            },
+        ];
+        for r in db
+            .write(cmds)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bootstrap: {e}"))?
+        {
+            r.map_err(|e| anyhow::anyhow!("cannot bootstrap: {e}"))?;
+        }
+        log.append([LogEntry::new(
+            Component::DB,
+            format!(
+                "cluster {} created with node {}",
+                opts.cluster_name, opts.name
+            ),
+        )]);
+        return Ok(());
+    }
+    let seed = opts.join.as_deref().expect("checked by the caller");
+    membership::join(seed, &opts.name, listen).await?;
+    // Our own AddNode arrives with the log.
+    let mut applied = db.subscribe();
+    let name = opts.name.clone();
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if db.state().nodes.contains_key(&name) {
+                return;
+            }
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    if seen.is_err() {
+        bail!("joined through {seed}, but this node's registration did not arrive within 30 s");
+    }
+    log.append([LogEntry::new(
+        Component::NM,
+        format!("node {} joined the cluster through {seed}", opts.name),
+    )]);
+    Ok(())
+}
+
+/// A data dir belongs to one node name: starting it under another name would make a second
+/// node with the first one's Raft log.
+fn check_identity(opts: &AgentOptions) -> anyhow::Result<()> {
+    let path = opts.data_dir.join("node-name");
+    match std::fs::read_to_string(&path) {
+        Ok(name) if name.trim() == opts.name => Ok(()),
+        Ok(name) => bail!(
+            "data dir {} belongs to node {:?}, not {:?}; use the same --name",
+            opts.data_dir.display(),
+            name.trim(),
+            opts.name
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            vigil_core::model::validate_name("node", &opts.name).map_err(|e| anyhow::anyhow!(e))?;
+            std::fs::write(&path, format!("{}\n", opts.name))
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 async fn wait_for_signal() {
@@ -120,53 +236,4 @@ fn lock_data_dir(opts: &AgentOptions) -> anyhow::Result<std::fs::File> {
         );
     }
     Ok(file)
-}
-
-/// Creates the cluster on `--bootstrap`, or checks that the data dir belongs to this node.
-fn prepare_database(
-    db: &mut Database,
-    opts: &AgentOptions,
-    log: &ClusterLog,
-) -> anyhow::Result<()> {
-    let dir = opts.data_dir.display();
-    match (&db.state().cluster_name, opts.bootstrap) {
-        (None, false) => bail!(
-            "data dir {dir} holds no cluster; start the first node with --bootstrap to create one"
-        ),
-        (Some(name), true) => bail!(
-            "data dir {dir} already holds cluster {name:?}; refusing --bootstrap over existing data (start without --bootstrap)"
-        ),
-        (None, true) => {
-            let cmds = [
-                Command::Bootstrap {
-                    cluster_name: opts.cluster_name.clone(),
-                },
-                Command::AddNode {
-                    name: opts.name.clone(),
-                    address: opts.listen.clone(),
-                },
-            ];
-            for r in db.submit(&cmds)? {
-                r.map_err(|e| anyhow::anyhow!("cannot bootstrap: {e}"))?;
-            }
-            log.append([LogEntry::new(
-                Component::DB,
-                format!(
-                    "cluster {} created with node {}",
-                    opts.cluster_name, opts.name
-                ),
-            )]);
-        }
-        (Some(_), false) => {
-            if !db.state().nodes.contains_key(&opts.name) {
-                let known: Vec<_> = db.state().nodes.keys().cloned().collect();
-                bail!(
-                    "data dir {dir} belongs to node(s) {}, not {:?}; use the same --name",
-                    known.join(", "),
-                    opts.name
-                );
-            }
-        }
-    }
-    Ok(())
 }

@@ -7,11 +7,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
-use vigil_core::command::{ApplyError, Command};
+use vigil_core::command::Command;
 use vigil_core::event::{Component, LogEntry};
-use vigil_core::model::ClusterState;
 use vigil_core::rcm::{Action, Input, Rcm, Report};
-use vigil_db::Database;
+use vigil_db::{Db, StateRef};
 use vigil_rhs::protocol::FromHost;
 
 use crate::AgentOptions;
@@ -20,6 +19,10 @@ use crate::hosts::{HostEvent, Hosts};
 
 /// Inputs handled per batch before the database is written.
 const BATCH_LIMIT: usize = 512;
+/// Bound of the queue of RCM commands waiting for the database.
+const WRITE_QUEUE: usize = 65_536;
+/// Most commands written as one log entry.
+const WRITE_BATCH: usize = 4_096;
 /// Most RCM passes one input may cause (database changes and failed calls cause more).
 const SETTLE_PASSES: usize = 4_096;
 /// How long a stopping agent waits for its RHS processes to terminate their resources.
@@ -30,6 +33,8 @@ pub type Call = Box<dyn FnOnce(&mut Service) + Send>;
 
 pub enum Msg {
     Host(HostEvent),
+    /// The local replica applied more of the log.
+    Applied,
     Call(Call),
     Shutdown,
 }
@@ -37,29 +42,33 @@ pub enum Msg {
 pub struct Service {
     pub node: String,
     pub listen: String,
-    db: Database,
+    pub db: Db,
+    /// RCM database commands, written in order by one task (see `write_loop`).
+    writes: mpsc::Sender<Vec<Command>>,
     rcm: Rcm,
     pub hosts: Hosts,
     pub log: ClusterLog,
     started: Instant,
     /// Bumped after every batch, so API calls can wait for a state to be reached.
     version: watch::Sender<u64>,
-    fatal: Option<String>,
 }
 
 impl Service {
     pub fn new(
         opts: &AgentOptions,
         listen: &str,
-        db: Database,
+        db: Db,
         log: ClusterLog,
         events: mpsc::Sender<HostEvent>,
     ) -> std::io::Result<Self> {
         let exe = std::env::current_exe()?;
         let silence = Duration::from_millis(opts.rhs_silence_ms);
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_loop(db.clone(), queue));
         Ok(Self {
             node: opts.name.clone(),
             listen: listen.to_string(),
+            writes,
             db,
             rcm: Rcm::new(&opts.name),
             hosts: Hosts::new(
@@ -72,16 +81,23 @@ impl Service {
             log,
             started: Instant::now(),
             version: watch::channel(0).0,
-            fatal: None,
         })
     }
 
-    pub fn state(&self) -> &ClusterState {
+    /// This node's copy of the cluster database; hold it briefly.
+    pub fn state(&self) -> StateRef<'_> {
         self.db.state()
     }
 
     pub fn applied_index(&self) -> u64 {
         self.db.applied_index()
+    }
+
+    /// Sends `cmds` to the database in order with the RCM's own records.
+    pub fn queue_write(&self, cmds: Vec<Command>) {
+        if self.writes.try_send(cmds).is_err() {
+            tracing::error!("database write queue full; commands dropped");
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -90,33 +106,6 @@ impl Service {
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
-    }
-
-    /// An operator's change: applied and made durable at once; then the input `then` makes
-    /// from the changed service (usually [`Input::Tick`]) goes to the RCM, so the change takes
-    /// effect in the same batch.
-    pub fn submit(
-        &mut self,
-        cmds: Vec<Command>,
-        log: Vec<LogEntry>,
-        then: impl FnOnce(&Service) -> Input,
-    ) -> Result<(), ApplyError> {
-        let results = match self.db.submit(&cmds) {
-            Ok(r) => r,
-            Err(e) => {
-                self.fatal = Some(e.to_string());
-                return Err(ApplyError::Conflict(format!(
-                    "the cluster database failed: {e}"
-                )));
-            }
-        };
-        if let Some(err) = results.into_iter().find_map(Result::err) {
-            return Err(err);
-        }
-        self.log.append(log);
-        let input = then(self);
-        self.step(input);
-        Ok(())
     }
 
     /// Feeds one input to the RCM and executes what it decides, then what follows from that:
@@ -129,7 +118,9 @@ impl Service {
                 return;
             };
             let now = self.now_ms();
-            let actions = self.rcm.step(self.db.state(), input, now);
+            let state = self.db.state();
+            let actions = self.rcm.step(&state, input, now);
+            drop(state);
             if self.execute(actions, &mut inputs) && inputs.is_empty() {
                 inputs.push_back(Input::Tick);
             }
@@ -155,33 +146,27 @@ impl Service {
                 call => calls.push(call),
             }
         }
-        if !cmds.is_empty() {
-            // Made durable at the end of the batch (see `run`).
-            match self.db.submit_deferred(&cmds) {
-                Ok(results) => {
-                    for (cmd, r) in cmds.iter().zip(results) {
-                        if let Err(e) = r {
-                            tracing::debug!("RCM command {cmd:?} refused: {e}");
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.fatal = Some(e.to_string());
-                    return false;
-                }
-            }
+        if !cmds.is_empty() && self.writes.try_send(cmds.clone()).is_err() {
+            tracing::error!(
+                "database write queue full; {} RCM records dropped",
+                cmds.len()
+            );
         }
         for call in calls {
             self.call_rhs(call, followups);
         }
         self.log.append(logs);
-        !cmds.is_empty()
+        // The RCM sees the effect of its commands once they are applied (`Msg::Applied`).
+        false
     }
 
     fn call_rhs(&mut self, action: Action, followups: &mut VecDeque<Input>) {
         match action {
             Action::Online { resource } => {
-                if let Err(reason) = self.hosts.online(self.db.state(), &resource) {
+                let state = self.db.state();
+                let result = self.hosts.online(&state, &resource);
+                drop(state);
+                if let Err(reason) = result {
                     followups.push_back(Input::Report {
                         resource,
                         report: Report::Failed,
@@ -238,7 +223,7 @@ impl Service {
     /// each recorded process group (a `process` resource leads its own group).
     fn kill_leftovers(&self, resources: &[String]) {
         for r in resources {
-            let pid = self.db.state().resources.get(r).and_then(|r| r.pid);
+            let pid = self.state().resources.get(r).and_then(|r| r.pid);
             if let Some(pgid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
                 let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
             }
@@ -273,9 +258,11 @@ impl Service {
                     let mut entry =
                         LogEntry::new(Component::RHS, format!("{}: {reason}", report.name()))
                             .resource(&resource);
-                    if let Some(r) = self.db.state().resources.get(&resource) {
-                        entry = entry.group(&r.group, self.db.state().group_epoch(&r.group));
+                    let state = self.state();
+                    if let Some(r) = state.resources.get(&resource) {
+                        entry = entry.group(&r.group, state.group_epoch(&r.group));
                     }
+                    drop(state);
                     self.log.append([entry]);
                 }
                 self.step(Input::Report {
@@ -305,7 +292,7 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
     loop {
         let wake = svc
             .rcm
-            .next_wakeup_ms(svc.db.state())
+            .next_wakeup_ms(&svc.db.state())
             .map(|ms| ms.saturating_sub(svc.now_ms()));
         let sleep = tokio::time::sleep(Duration::from_millis(wake.unwrap_or(3_600_000)));
         let first = tokio::select! {
@@ -326,16 +313,10 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
         for msg in batch {
             match msg {
                 Msg::Host(e) => svc.on_host_event(e),
+                Msg::Applied => svc.step(Input::Tick),
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
             }
-        }
-        if let Err(e) = svc.db.flush() {
-            svc.fatal = Some(e.to_string());
-        }
-        if let Some(e) = svc.fatal.take() {
-            svc.hosts.shutdown_all();
-            return Err(e);
         }
         svc.version.send_modify(|v| *v += 1);
         if stop {
@@ -363,4 +344,26 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
     })
     .await;
     Ok(())
+}
+
+/// Writes the RCM's commands in the order it made them, as few log entries as possible.
+async fn write_loop(db: Db, mut queue: mpsc::Receiver<Vec<Command>>) {
+    while let Some(mut batch) = queue.recv().await {
+        while batch.len() < WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        match db.write(batch).await {
+            Ok(results) => {
+                for e in results.into_iter().filter_map(Result::err) {
+                    tracing::debug!("RCM command refused: {e}");
+                }
+            }
+            // This node cannot reach a majority; its records are lost, and the RCM keeps
+            // acting on its own state. (Leases decide whether it may keep running things.)
+            Err(e) => tracing::warn!("RCM records not written: {e}"),
+        }
+    }
 }

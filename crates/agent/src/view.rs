@@ -10,8 +10,11 @@ pub struct StatusView {
     pub cluster: Option<String>,
     /// The node that answered.
     pub node: String,
-    /// Index of the last command applied to this node's copy of the database.
+    /// Index of the last log entry applied to this node's copy of the database.
     pub applied_index: u64,
+    /// The Raft leader as this node knows it.
+    pub leader: Option<String>,
+    pub term: u64,
     pub nodes: Vec<NodeView>,
     pub groups: Vec<GroupView>,
     /// The answering node's RHS processes.
@@ -23,6 +26,8 @@ pub struct NodeView {
     pub name: String,
     pub state: NodeState,
     pub address: String,
+    /// Raft role: leader, voter, learner (or none: recorded, but not a Raft member).
+    pub role: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,13 +64,29 @@ pub struct HostView {
 }
 
 pub fn status(s: &Service) -> StatusView {
+    let metrics = s.db.metrics();
+    let members = s.db.members();
+    let role = |name: &str| {
+        let id = vigil_db::node_id(name);
+        match members.iter().find(|(m, _, _)| *m == id) {
+            _ if metrics.current_leader == Some(id) => "leader",
+            Some((_, _, true)) => "voter",
+            Some((_, _, false)) => "learner",
+            None => "none",
+        }
+        .to_string()
+    };
     let db = s.state();
+    let leader = metrics
+        .current_leader
+        .and_then(|id| db.nodes.values().find(|n| vigil_db::node_id(&n.name) == id))
+        .map(|n| n.name.clone());
     let groups = db
         .groups
         .values()
         .map(|g| GroupView {
             name: g.name.clone(),
-            state: group_state(db, g),
+            state: group_state(&db, g),
             owner: g.owner.clone(),
             epoch: g.epoch,
             failure: g.failure.clone(),
@@ -89,6 +110,8 @@ pub fn status(s: &Service) -> StatusView {
         cluster: db.cluster_name.clone(),
         node: s.node.clone(),
         applied_index: s.applied_index(),
+        leader,
+        term: metrics.current_term,
         nodes: db
             .nodes
             .values()
@@ -96,6 +119,7 @@ pub fn status(s: &Service) -> StatusView {
                 name: n.name.clone(),
                 state: n.state,
                 address: n.address.clone(),
+                role: role(&n.name),
             })
             .collect(),
         groups,

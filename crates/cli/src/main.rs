@@ -63,6 +63,15 @@ enum Cmd {
     Type(TypeCmd),
     /// The cluster log.
     Log(LogArgs),
+    /// Cluster nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Evict a node from the cluster (it must own no group).
+    Remove { name: String },
 }
 
 #[derive(Args)]
@@ -76,8 +85,11 @@ struct AgentArgs {
     #[arg(long)]
     data_dir: PathBuf,
     /// Create a new cluster in an empty data dir.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
+    /// Join the cluster of the agent at HOST:PORT (with an empty data dir).
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
     #[arg(long, default_value = "vigil")]
     cluster_name: String,
     /// Kill and replace an RHS that sends nothing, not even its 1 s heartbeat, for this long.
@@ -259,6 +271,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         listen: a.listen,
         data_dir: a.data_dir,
         bootstrap: a.bootstrap,
+        join: a.join,
         cluster_name: a.cluster_name,
         rhs_silence_ms: a.rhs_silence_ms,
     }))
@@ -345,6 +358,10 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Log(l) => log_command(c, l).await?,
+        Cmd::Node(NodeCmd::Remove { name }) => {
+            c.delete(&format!("/v1/nodes/{name}")).await?;
+            println!("node {name} removed");
+        }
         Cmd::Demo { keep } => demo::run(keep).await?,
         Cmd::Agent(_) | Cmd::Rhs { .. } => unreachable!("handled in main"),
     }

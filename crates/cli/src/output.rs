@@ -25,14 +25,21 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
     }
     let s: StatusView = serde_json::from_value(v.clone())?;
     println!(
-        "cluster {}  (answered by {}, database index {})",
+        "cluster {}  (answered by {}, leader {}, term {}, database index {})",
         s.cluster.as_deref().unwrap_or("-"),
         s.node,
+        s.leader.as_deref().unwrap_or("unknown"),
+        s.term,
         s.applied_index
     );
-    let mut nodes = table(&["NODE", "STATE", "ADDRESS"]);
+    let mut nodes = table(&["NODE", "STATE", "ROLE", "ADDRESS"]);
     for n in &s.nodes {
-        nodes.add_row(vec![n.name.clone(), n.state.to_string(), n.address.clone()]);
+        nodes.add_row(vec![
+            n.name.clone(),
+            n.state.to_string(),
+            n.role.clone(),
+            n.address.clone(),
+        ]);
     }
     println!("{nodes}");
     let mut groups = table(&[

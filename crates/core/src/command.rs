@@ -27,6 +27,10 @@ pub enum Command {
         name: String,
         address: String,
     },
+    /// Removes a node; refused while it owns a group.
+    RemoveNode {
+        name: String,
+    },
     SetNodeState {
         name: String,
         state: NodeState,
@@ -143,6 +147,27 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                     state: NodeState::Up,
                 },
             );
+        }
+        Command::RemoveNode { name } => {
+            if !state.nodes.contains_key(name) {
+                return Err(ApplyError::not_found("node", name));
+            }
+            let owned: Vec<&str> = state
+                .groups
+                .values()
+                .filter(|g| g.owner.as_ref() == Some(name))
+                .map(|g| g.name.as_str())
+                .collect();
+            if !owned.is_empty() {
+                return Err(ApplyError::Conflict(format!(
+                    "node {name:?} owns group(s) {}; move them to another node first",
+                    owned.join(", ")
+                )));
+            }
+            state.nodes.remove(name);
+            for g in state.groups.values_mut() {
+                g.props.preferred_owners.retain(|n| n != name);
+            }
         }
         Command::SetNodeState { name, state: s } => {
             state

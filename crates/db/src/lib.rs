@@ -1,288 +1,471 @@
-//! The cluster database: the core's state machine ([`vigil_core::command::apply`]) persisted
-//! in an embedded store (redb), so a restarted agent has everything back.
+//! The cluster database, replicated with Raft (openraft): every node holds a full copy of the
+//! core's state machine ([`vigil_core::command::apply`] over a
+//! [`vigil_core::model::ClusterState`]).
 //!
-//! On disk: a log of applied commands (index → JSON) and a snapshot of the whole state at some
-//! index. Opening loads the snapshot and replays the log after it. Every batch of commands is
-//! one durable transaction. This is the shape Raft needs (log + snapshot + state machine);
-//! replication comes on top of it, not instead of it.
+//! - [`store`]: the log, vote and snapshots on redb; the in-memory state machine.
+//! - [`network`]: Raft messages over HTTP/JSON (`/raft/...` on the agent's listener).
+//! - [`Db`]: what the agent uses: read the local copy, write through the leader (forwarded
+//!   from any node), form and grow the cluster.
 //!
-//! Not here: deciding anything (that is the core) or talking to other nodes.
+//! Not here: deciding anything (the core), membership leases and node health (the agent).
 
+pub mod network;
 pub mod store;
 pub mod types;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, RwLockReadGuard};
+use std::time::Duration;
 
-use redb::{ReadableDatabase, TableDefinition};
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState};
 use thiserror::Error;
-use vigil_core::command::{ApplyError, Command, apply};
-use vigil_core::model::ClusterState;
+use tokio::sync::watch;
+use vigil_core::command::{ApplyError, Command};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const SNAPSHOT_KEY: &str = "snapshot";
+use crate::network::Network;
+use crate::store::{LogStore, SmData, StateMachine};
+use crate::types::{NodeId, Request, TypeConfig};
 
-/// Take a snapshot (and drop the log before it) after this many log entries.
-pub const SNAPSHOT_EVERY: u64 = 2_000;
+pub use crate::types::node_id;
+
+/// At most this many voters; further nodes replicate as non-voting learners.
+pub const MAX_VOTERS: usize = 5;
 
 #[derive(Debug, Error)]
 pub enum DbError {
-    #[error("cluster database {path}: {source}")]
-    Store {
-        path: String,
-        source: Box<redb::Error>,
+    #[error("cluster database {path}: {why}")]
+    Open { path: String, why: String },
+    #[error("cluster database: {0}")]
+    Raft(String),
+}
+
+/// Why a write did not happen. Every message says what the operator can do.
+#[derive(Clone, Debug, Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WriteError {
+    #[error(
+        "no quorum: the write was not committed within {timeout_ms} ms; this node ({node}) cannot reach a majority of the voters ({voters})"
+    )]
+    NoQuorum {
+        node: String,
+        voters: String,
+        timeout_ms: u64,
     },
-    #[error("cluster database {path}: entry {index} is corrupt: {why}")]
-    Corrupt {
-        path: String,
-        index: u64,
-        why: String,
-    },
+    #[error(
+        "no leader: this node ({node}) knows of no elected leader (it may be cut off from a majority of the voters {voters}); try again, or write through another node"
+    )]
+    NoLeader { node: String, voters: String },
+    #[error("forwarding the write to the leader at {leader} failed: {why}")]
+    Forward { leader: String, why: String },
+    #[error("the cluster database is shutting down: {0}")]
+    Fatal(String),
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Snapshot {
-    index: u64,
-    state: ClusterState,
+/// Raft timing. The election timeout must be well above the heartbeat interval.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// A write not committed within this is refused (no quorum).
+    pub write_timeout_ms: u64,
 }
 
-pub struct Database {
-    path: String,
-    store: redb::Database,
-    state: ClusterState,
-    /// Index of the last applied command.
-    applied: u64,
-    snapshot_index: u64,
-    /// Some committed writes are not yet durable.
-    deferred: bool,
-}
-
-impl Database {
-    /// Opens (or creates) the database at `path` and rebuilds the state from disk.
-    pub fn open(path: &Path) -> Result<Self, DbError> {
-        let path_s = path.display().to_string();
-        let err = |e: redb::Error| DbError::Store {
-            path: path_s.clone(),
-            source: Box::new(e),
-        };
-        let store = redb::Database::builder()
-            .set_cache_size(4 << 20)
-            .create(path)
-            .map_err(|e| err(e.into()))?;
-        let mut db = Self {
-            path: path_s.clone(),
-            store,
-            state: ClusterState::default(),
-            applied: 0,
-            snapshot_index: 0,
-            deferred: false,
-        };
-        db.load().map_err(|e| match e {
-            LoadError::Store(e) => err(e),
-            LoadError::Corrupt(index, why) => DbError::Corrupt {
-                path: path_s.clone(),
-                index,
-                why,
-            },
-        })?;
-        Ok(db)
-    }
-
-    pub fn state(&self) -> &ClusterState {
-        &self.state
-    }
-
-    pub fn applied_index(&self) -> u64 {
-        self.applied
-    }
-
-    /// Applies `cmds` in order and persists the ones that applied in one durable transaction.
-    /// Each command gets its own result; a refused command changes nothing. An `Err` means the
-    /// disk failed: memory is then ahead of disk and the caller must stop.
-    pub fn submit(&mut self, cmds: &[Command]) -> Result<Vec<Result<(), ApplyError>>, DbError> {
-        self.submit_with(cmds, true)
-    }
-
-    /// Like [`Database::submit`], but the write reaches the disk only with the next durable
-    /// submit or [`Database::flush`]: for a burst of state records, one fsync instead of many.
-    pub fn submit_deferred(
-        &mut self,
-        cmds: &[Command],
-    ) -> Result<Vec<Result<(), ApplyError>>, DbError> {
-        self.submit_with(cmds, false)
-    }
-
-    /// Makes every deferred write durable.
-    pub fn flush(&mut self) -> Result<(), DbError> {
-        if !self.deferred {
-            return Ok(());
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_min_ms: 600,
+            election_max_ms: 1_200,
+            write_timeout_ms: 5_000,
         }
-        self.persist(&[], true).map_err(|e| DbError::Store {
-            path: self.path.clone(),
-            source: Box::new(e),
+    }
+}
+
+/// A cheap handle to this node's replica.
+#[derive(Clone)]
+pub struct Db {
+    id: NodeId,
+    name: String,
+    raft: Raft<TypeConfig>,
+    sm: StateMachine,
+    http: reqwest::Client,
+    timing: Timing,
+}
+
+impl Db {
+    /// Opens the replica in `path` (created if absent) and starts its Raft task.
+    pub async fn open(path: &Path, name: &str, timing: Timing) -> Result<Self, DbError> {
+        let open_err = |why: String| DbError::Open {
+            path: path.display().to_string(),
+            why,
+        };
+        let store = store::open_db(path).map_err(|e| open_err(e.to_string()))?;
+        let sm = StateMachine::open(store.clone()).map_err(|e| open_err(e.to_string()))?;
+        let config = openraft::Config {
+            cluster_name: "vigil".to_string(),
+            heartbeat_interval: timing.heartbeat_ms,
+            election_timeout_min: timing.election_min_ms,
+            election_timeout_max: timing.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2_000),
+            max_in_snapshot_log_to_keep: 500,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| open_err(format!("Raft configuration: {e}")))?;
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| open_err(format!("HTTP client: {e}")))?;
+        let id = node_id(name);
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            Network::new(http.clone()),
+            LogStore::new(store),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| open_err(e.to_string()))?;
+        Ok(Self {
+            id,
+            name: name.to_string(),
+            raft,
+            sm,
+            http,
+            timing,
         })
     }
 
-    fn submit_with(
-        &mut self,
-        cmds: &[Command],
-        durable: bool,
-    ) -> Result<Vec<Result<(), ApplyError>>, DbError> {
-        let results: Vec<_> = cmds.iter().map(|c| apply(&mut self.state, c)).collect();
-        let accepted: Vec<&Command> = cmds
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| r.is_ok())
-            .map(|(c, _)| c)
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// This node's copy of the state machine (as far as it has applied the log).
+    pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
+        self.sm.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This node's copy of the cluster database. Hold it briefly: applying waits for it.
+    pub fn state(&self) -> StateRef<'_> {
+        StateRef(self.read())
+    }
+
+    /// Index of the last log entry applied to this node's copy.
+    pub fn applied_index(&self) -> u64 {
+        self.read().last_applied.map_or(0, |l| l.index)
+    }
+
+    /// Notified with the last applied log index after every apply.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.sm.subscribe()
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Whether this replica belongs to a cluster already (it has a membership or a vote).
+    pub async fn is_initialized(&self) -> Result<bool, DbError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| DbError::Raft(e.to_string()))
+    }
+
+    /// Makes this node the first voter of a new cluster, reachable at `addr`.
+    pub async fn initialize(&self, addr: &str) -> Result<(), DbError> {
+        let members = BTreeMap::from([(self.id, BasicNode::new(addr))]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| DbError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    fn voters_text(&self) -> String {
+        let m = self.metrics();
+        let config = m.membership_config.membership();
+        let voters: Vec<String> = config
+            .voter_ids()
+            .map(|id| self.describe(id, config.get_node(&id)))
             .collect();
-        if !accepted.is_empty() {
-            self.persist(&accepted, durable)
-                .map_err(|e| DbError::Store {
-                    path: self.path.clone(),
-                    source: Box::new(e),
-                })?;
+        voters.join(", ")
+    }
+
+    fn describe(&self, id: NodeId, node: Option<&BasicNode>) -> String {
+        let name = self
+            .read()
+            .state
+            .nodes
+            .values()
+            .find(|n| node_id(&n.name) == id)
+            .map(|n| n.name.clone());
+        match (name, node) {
+            (Some(name), _) => name,
+            (None, Some(n)) => n.addr.clone(),
+            (None, None) => id.to_string(),
+        }
+    }
+
+    /// The leader's address, if this node knows one.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.metrics();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics().state == ServerState::Leader
+    }
+
+    /// Commits `cmds` as one log entry through the leader (forwarding it there if this node is
+    /// not the leader) and returns each command's result. While no leader can be reached (an
+    /// election is under way, the leader just died) it keeps trying until the write timeout;
+    /// it retries only what surely did not reach a leader, so nothing is applied twice.
+    ///
+    /// When it returns, this node's own copy has applied the write too (read your writes).
+    pub async fn write(
+        &self,
+        cmds: Vec<Command>,
+    ) -> Result<Vec<Result<(), ApplyError>>, WriteError> {
+        let limit = Duration::from_millis(self.timing.write_timeout_ms);
+        let deadline = tokio::time::Instant::now() + limit;
+        let (index, results) = self.write_until(cmds, deadline).await?;
+        let mut applied = self.subscribe();
+        let caught_up =
+            tokio::time::timeout_at(deadline + limit, applied.wait_for(|i| *i >= index)).await;
+        if !matches!(caught_up, Ok(Ok(_))) {
+            tracing::warn!(
+                "write {index} committed but not yet applied on {}",
+                self.name
+            );
         }
         Ok(results)
     }
 
-    fn persist(&mut self, cmds: &[&Command], durable: bool) -> Result<(), redb::Error> {
-        let mut txn = self.store.begin_write()?;
-        if !durable {
-            txn.set_durability(redb::Durability::None)?;
-        }
-        {
-            let mut log = txn.open_table(LOG)?;
-            for cmd in cmds {
-                self.applied += 1;
-                let bytes = serde_json::to_vec(cmd).expect("commands serialize");
-                log.insert(self.applied, bytes.as_slice())?;
+    async fn write_until(
+        &self,
+        cmds: Vec<Command>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Written, WriteError> {
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let last = match self.write_here(cmds.clone(), remaining).await {
+                Err(WriteError::Forward { leader, .. }) => {
+                    match self.forward(&leader, cmds.clone(), remaining).await {
+                        Err(Retry::NotSent(why)) => WriteError::Forward { leader, why },
+                        Err(Retry::No(e)) => return Err(e),
+                        Ok(r) => return Ok(r),
+                    }
+                }
+                Err(e @ WriteError::NoLeader { .. }) => e,
+                other => return other,
+            };
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(match last {
+                    WriteError::Forward { leader, why } => WriteError::NoQuorum {
+                        node: self.name.clone(),
+                        voters: format!(
+                            "{}; the last known leader at {leader} is unreachable: {why}",
+                            self.voters_text()
+                        ),
+                        timeout_ms: self.timing.write_timeout_ms,
+                    },
+                    other => other,
+                });
             }
-            if self.applied - self.snapshot_index >= SNAPSHOT_EVERY {
-                let snap = Snapshot {
-                    index: self.applied,
-                    state: self.state.clone(),
-                };
-                let bytes = serde_json::to_vec(&snap).expect("state serializes");
-                txn.open_table(META)?
-                    .insert(SNAPSHOT_KEY, bytes.as_slice())?;
-                log.retain(|i, _| i > snap.index)?;
-                self.snapshot_index = snap.index;
-            }
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
-        txn.commit()?;
-        self.deferred = !durable;
-        Ok(())
     }
 
-    fn load(&mut self) -> Result<(), LoadError> {
-        let txn = self.store.begin_read().map_err(redb::Error::from)?;
-        match txn.open_table(META) {
-            Ok(meta) => {
-                if let Some(bytes) = meta.get(SNAPSHOT_KEY).map_err(redb::Error::from)? {
-                    let snap: Snapshot = serde_json::from_slice(bytes.value())
-                        .map_err(|e| LoadError::Corrupt(0, format!("snapshot: {e}")))?;
-                    self.state = snap.state;
-                    self.applied = snap.index;
-                    self.snapshot_index = snap.index;
+    /// Writes on this node if it is the leader; `Forward { leader }` names the leader otherwise.
+    async fn write_here(&self, cmds: Vec<Command>, limit: Duration) -> Result<Written, WriteError> {
+        let result = tokio::time::timeout(limit, self.raft.client_write(Request { cmds })).await;
+        match result {
+            Err(_) => Err(WriteError::NoQuorum {
+                node: self.name.clone(),
+                voters: self.voters_text(),
+                timeout_ms: self.timing.write_timeout_ms,
+            }),
+            Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data.results)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                match f.leader_node {
+                    Some(n) => Err(WriteError::Forward {
+                        leader: n.addr,
+                        why: String::new(),
+                    }),
+                    None => Err(WriteError::NoLeader {
+                        node: self.name.clone(),
+                        voters: self.voters_text(),
+                    }),
                 }
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(redb::Error::from(e).into()),
+            Ok(Err(e)) => Err(WriteError::Fatal(e.to_string())),
         }
-        let log = match txn.open_table(LOG) {
-            Ok(log) => log,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(redb::Error::from(e).into()),
+    }
+
+    async fn forward(
+        &self,
+        leader: &str,
+        cmds: Vec<Command>,
+        limit: Duration,
+    ) -> Result<Written, Retry> {
+        let fail = |why: String| {
+            Retry::No(WriteError::Forward {
+                leader: leader.to_string(),
+                why,
+            })
         };
-        for entry in log.range(self.applied + 1..).map_err(redb::Error::from)? {
-            let (index, bytes) = entry.map_err(redb::Error::from)?;
-            let index = index.value();
-            let cmd: Command = serde_json::from_slice(bytes.value())
-                .map_err(|e| LoadError::Corrupt(index, e.to_string()))?;
-            apply(&mut self.state, &cmd).map_err(|e| {
-                LoadError::Corrupt(index, format!("applied once but refused on replay: {e}"))
+        let resp = self
+            .http
+            .post(format!("http://{leader}/raft/write"))
+            .json(&cmds)
+            .timeout(limit + Duration::from_millis(500))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    Retry::NotSent(e.to_string())
+                } else {
+                    fail(e.to_string())
+                }
             })?;
-            self.applied = index;
+        let answer: Result<Written, WriteError> = resp
+            .json()
+            .await
+            .map_err(|e| fail(format!("unreadable answer: {e}")))?;
+        answer.map_err(Retry::No)
+    }
+
+    /// Adds a node (as a learner, caught up before this returns), then makes it a voter while
+    /// there are fewer than [`MAX_VOTERS`]. Leader only.
+    pub async fn add_member(&self, name: &str, addr: &str) -> Result<(), DbError> {
+        let id = node_id(name);
+        let err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| {
+            DbError::Raft(e.to_string())
+        };
+        self.raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await
+            .map_err(err)?;
+        let voters: BTreeSet<NodeId> = self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.len() < MAX_VOTERS && !voters.contains(&id) {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                .await
+                .map_err(err)?;
         }
         Ok(())
     }
-}
 
-enum LoadError {
-    Store(redb::Error),
-    Corrupt(u64, String),
-}
-
-impl From<redb::Error> for LoadError {
-    fn from(e: redb::Error) -> Self {
-        Self::Store(e)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use redb::ReadableTableMetadata;
-    use vigil_core::props::GroupProps;
-
-    fn group(name: &str) -> Command {
-        Command::CreateGroup {
-            name: name.into(),
-            props: GroupProps::default(),
-            owner: None,
+    /// Removes a node from the Raft membership (voter or learner). Leader only.
+    pub async fn remove_member(&self, name: &str) -> Result<(), DbError> {
+        let id = node_id(name);
+        let err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| {
+            DbError::Raft(e.to_string())
+        };
+        let voters: BTreeSet<NodeId> = self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.contains(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(err)?;
         }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(err)?;
+        Ok(())
     }
 
-    #[test]
-    fn a_reopened_database_has_everything_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cluster.redb");
-        let mut db = Database::open(&path).unwrap();
-        let results = db.submit(&[group("a"), group("a"), group("b")]).unwrap();
-        assert!(results[0].is_ok() && results[2].is_ok());
-        assert_eq!(
-            results[1].as_ref().unwrap_err().to_string(),
-            "group \"a\" already exists"
-        );
-        assert_eq!(db.applied_index(), 2, "a refused command is not logged");
-        let before = db.state().clone();
-        drop(db);
-        let db = Database::open(&path).unwrap();
-        assert_eq!(db.state(), &before);
-        assert_eq!(db.applied_index(), 2);
-    }
-
-    #[test]
-    fn deferred_writes_are_durable_after_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cluster.redb");
-        let mut db = Database::open(&path).unwrap();
-        db.submit_deferred(&[group("a")]).unwrap();
-        db.submit_deferred(&[group("b")]).unwrap();
-        db.flush().unwrap();
-        drop(db);
-        let db = Database::open(&path).unwrap();
-        assert_eq!(db.state().groups.keys().collect::<Vec<_>>(), ["a", "b"]);
-    }
-
-    #[test]
-    fn snapshots_compact_the_log_and_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cluster.redb");
-        let mut db = Database::open(&path).unwrap();
-        let n = SNAPSHOT_EVERY + 10;
-        for i in 0..n {
-            db.submit(&[group(&format!("g{i}"))]).unwrap();
+    /// Makes learners voters while there are fewer than [`MAX_VOTERS`] voters. Leader only.
+    pub async fn promote_learners(&self) -> Result<(), DbError> {
+        let m = self.metrics();
+        let config = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = config.voter_ids().collect();
+        let learners: Vec<NodeId> = config.learner_ids().collect();
+        let room = MAX_VOTERS.saturating_sub(voters.len());
+        let promote: BTreeSet<NodeId> = learners.into_iter().take(room).collect();
+        if promote.is_empty() {
+            return Ok(());
         }
-        assert_eq!(db.snapshot_index, SNAPSHOT_EVERY);
-        let before = db.state().clone();
-        drop(db);
-        let db = Database::open(&path).unwrap();
-        assert_eq!(db.state(), &before);
-        assert_eq!(db.state().groups.len() as u64, n);
-        assert_eq!(db.applied_index(), n);
-        let txn = db.store.begin_read().unwrap();
-        let log_len = txn.open_table(LOG).unwrap().len().unwrap();
-        assert_eq!(log_len, 10, "entries before the snapshot are dropped");
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(promote), true)
+            .await
+            .map_err(|e| DbError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Raft role of every member: (id, address, voter?).
+    pub fn members(&self) -> Vec<(NodeId, String, bool)> {
+        let m = self.metrics();
+        let config = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = config.voter_ids().collect();
+        config
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// `/raft/...`: Raft's own messages and writes forwarded from other nodes.
+    pub fn router(&self) -> Router {
+        network::router(self.raft.clone()).merge(
+            Router::new()
+                .route("/raft/write", post(forwarded))
+                .with_state(self.clone()),
+        )
     }
 }
+
+async fn forwarded(
+    State(db): State<Db>,
+    Json(cmds): Json<Vec<Command>>,
+) -> Json<Result<Written, WriteError>> {
+    let limit = Duration::from_millis(db.timing.write_timeout_ms);
+    Json(db.write_here(cmds, limit).await)
+}
+
+/// A committed write: its log index and each command's result.
+type Written = (u64, Vec<Result<(), ApplyError>>);
+
+/// A read lock on this node's copy of the cluster database.
+pub struct StateRef<'a>(RwLockReadGuard<'a, SmData>);
+
+impl std::ops::Deref for StateRef<'_> {
+    type Target = vigil_core::model::ClusterState;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.state
+    }
+}
+
+/// Whether a failed forward may be tried again.
+enum Retry {
+    /// The request surely did not reach the leader (no connection).
+    NotSent(String),
+    No(WriteError),
+}
+
+/// Pause between attempts while no leader can be reached.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);

@@ -1,0 +1,140 @@
+//! Forming and changing the cluster: a node joins through any member (the request is passed
+//! to the leader), the leader admits it as a Raft learner, makes it a voter while there are
+//! fewer than five, and records it in the database; removing a node does the reverse and
+//! promotes a learner in its place.
+
+use std::time::Duration;
+
+use serde_json::json;
+use vigil_core::command::{ApplyError, Command};
+use vigil_core::model::validate_name;
+use vigil_db::{Db, node_id};
+
+/// How long the leader waits for a joining node to catch up before giving up on it.
+const ADMIT_LIMIT: Duration = Duration::from_secs(20);
+
+/// Why a membership change was refused; the API maps it to a status code.
+#[derive(Debug)]
+pub enum Refused {
+    Invalid(String),
+    Conflict(String),
+    NotFound(String),
+    Unavailable(String),
+}
+
+impl From<ApplyError> for Refused {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Invalid(m) => Refused::Invalid(m),
+            ApplyError::NotFound { .. } => Refused::NotFound(e.to_string()),
+            _ => Refused::Conflict(e.to_string()),
+        }
+    }
+}
+
+/// Joining side: asks the agent at `seed` to admit this node.
+pub async fn join(seed: &str, name: &str, addr: &str) -> anyhow::Result<()> {
+    let url = format!("http://{seed}/v1/cluster/join");
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({ "name": name, "address": addr }))
+        .timeout(ADMIT_LIMIT + Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the cluster at {seed}: {e} (is a vigil agent running there?)"
+            )
+        })?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(())
+    } else {
+        let why = body["error"].as_str().unwrap_or("no reason given");
+        anyhow::bail!("the cluster at {seed} refused to admit {name}: {why}")
+    }
+}
+
+/// Leader side: admits `name` at `addr`.
+pub async fn admit(db: &Db, name: &str, addr: &str) -> Result<(), Refused> {
+    validate_name("node", name).map_err(Refused::Invalid)?;
+    {
+        let state = db.state();
+        if let Some(n) = state.nodes.get(name) {
+            return Err(Refused::Conflict(format!(
+                "node name {name:?} is already taken (by the node at {})",
+                n.address
+            )));
+        }
+        if let Some(n) = state.nodes.values().find(|n| n.address == addr) {
+            return Err(Refused::Conflict(format!(
+                "address {addr} is already node {:?}'s",
+                n.name
+            )));
+        }
+        if let Some(n) = state
+            .nodes
+            .values()
+            .find(|n| node_id(&n.name) == node_id(name))
+        {
+            return Err(Refused::Conflict(format!(
+                "node name {name:?} hashes to the same Raft id as node {:?}; choose another name",
+                n.name
+            )));
+        }
+    }
+    match tokio::time::timeout(ADMIT_LIMIT, db.add_member(name, addr)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(Refused::Unavailable(format!(
+                "cannot add {name} at {addr}: {e}"
+            )));
+        }
+        Err(_) => {
+            let _ = db.remove_member(name).await;
+            return Err(Refused::Unavailable(format!(
+                "node {name} at {addr} did not catch up within {} s; is it running and reachable from the leader?",
+                ADMIT_LIMIT.as_secs()
+            )));
+        }
+    }
+    let cmd = Command::AddNode {
+        name: name.to_string(),
+        address: addr.to_string(),
+    };
+    write(db, cmd).await
+}
+
+/// Leader side: removes `name` from the database and from the Raft membership.
+pub async fn remove(db: &Db, name: &str) -> Result<(), Refused> {
+    write(
+        db,
+        Command::RemoveNode {
+            name: name.to_string(),
+        },
+    )
+    .await?;
+    db.remove_member(name).await.map_err(|e| {
+        Refused::Unavailable(format!(
+            "{name} is out of the database, but its Raft membership change failed: {e}"
+        ))
+    })?;
+    db.promote_learners().await.map_err(|e| {
+        Refused::Unavailable(format!(
+            "{name} removed, but promoting a learner failed: {e}"
+        ))
+    })
+}
+
+async fn write(db: &Db, cmd: Command) -> Result<(), Refused> {
+    let results = db
+        .write(vec![cmd])
+        .await
+        .map_err(|e| Refused::Unavailable(e.to_string()))?;
+    results
+        .into_iter()
+        .next()
+        .unwrap_or(Ok(()))
+        .map_err(Refused::from)
+}
