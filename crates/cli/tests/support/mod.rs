@@ -36,18 +36,36 @@ pub fn free_port() -> u16 {
 impl Agent {
     /// Bootstraps a one-node cluster in a new temp dir and waits until its API answers.
     pub fn start() -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut a = Agent {
-            name: "n1".into(),
-            endpoint: format!("http://{listen}"),
-            listen,
-            dir,
-            child: None,
-            seen: Default::default(),
-        };
+        let mut a = Agent::new("n1");
         a.spawn(true);
         a
+    }
+
+    /// An agent named `name` with its own temp dir and port, not started yet.
+    pub fn new(name: &str) -> Agent {
+        let listen = format!("127.0.0.1:{}", free_port());
+        Agent {
+            name: name.into(),
+            endpoint: format!("http://{listen}"),
+            listen,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            seen: Default::default(),
+        }
+    }
+
+    /// Starts a new agent that joins the cluster of `seed`.
+    pub fn join(name: &str, seed: &Agent) -> Agent {
+        let mut a = Agent::new(name);
+        let mut cmd = a.agent_command(false);
+        cmd.args(["--join", &seed.listen]);
+        a.spawn_with(cmd);
+        a
+    }
+
+    /// Whether the agent process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -128,6 +146,11 @@ impl Agent {
         let out = self.cli(args);
         assert!(!out.status.success(), "vigil {args:?} should have failed");
         String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// `vigil status --output json`, or `None` if the agent does not answer.
+    pub fn try_status_value(&self) -> Option<Value> {
+        self.try_status()
     }
 
     fn try_status(&self) -> Option<Value> {
