@@ -20,6 +20,7 @@ pub mod command;
 pub mod deps;
 pub mod event;
 pub mod failover;
+pub mod lease;
 pub mod model;
 pub mod params;
 pub mod props;

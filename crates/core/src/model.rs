@@ -44,6 +44,9 @@ pub enum NodeState {
     Down,
     Paused,
     Joining,
+    /// Seen from the node itself: it has no lease (cannot reach a quorum) and has stopped
+    /// its resources.
+    Isolated,
 }
 
 /// What the operator (or the operator's out-of-band action) wants: the seed's PersistentState.

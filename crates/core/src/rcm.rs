@@ -74,6 +74,9 @@ pub enum Input {
     SimulateFailure { resource: String },
     /// An operator changed the desired state of these resources: forget their failures.
     Operator { resources: Vec<String> },
+    /// This node's lease ran out (`fenced`), or contact with a quorum came back. While
+    /// fenced, it terminates everything it runs and starts nothing.
+    Fence { fenced: bool, reason: String },
     /// Time passed.
     Tick,
 }
@@ -120,6 +123,8 @@ pub struct Rcm {
     resources: BTreeMap<String, Local>,
     /// Groups held Failed (or handed to another node) until the given time.
     held: BTreeMap<String, u64>,
+    /// No lease: nothing may run here.
+    fenced: bool,
 }
 
 impl Rcm {
@@ -128,7 +133,12 @@ impl Rcm {
             node: node.to_string(),
             resources: BTreeMap::new(),
             held: BTreeMap::new(),
+            fenced: false,
         }
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
     }
 
     pub fn node(&self) -> &str {
@@ -156,6 +166,9 @@ impl Rcm {
 
     /// The next time at which [`Input::Tick`] has something to do.
     pub fn next_wakeup_ms(&self, db: &ClusterState) -> Option<u64> {
+        if self.fenced {
+            return None;
+        }
         let timers = self.resources.iter().filter_map(|(name, l)| {
             let r = db.resources.get(name)?;
             match l.state {
@@ -211,7 +224,29 @@ impl Rcm {
                     }
                 }
             }
+            Input::Fence { fenced, reason } => self.fence(out, fenced, &reason),
             Input::Tick => {}
+        }
+    }
+
+    fn fence(&mut self, out: &mut Out, fenced: bool, reason: &str) {
+        if fenced == self.fenced {
+            return;
+        }
+        self.fenced = fenced;
+        out.push(Action::Log(LogEntry::new(Component::RCM, reason)));
+        if !fenced {
+            return;
+        }
+        let running: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|(_, l)| l.state.may_run())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in running {
+            out.push(Action::Terminate { resource: name.clone() });
+            self.transition(out, &name, ResourceState::Offline, "self-fenced: no lease", None);
         }
     }
 
@@ -418,6 +453,9 @@ impl Rcm {
     }
 
     fn reconcile(&mut self, out: &mut Out, now: u64) {
+        if self.fenced {
+            return;
+        }
         self.release_holds(out, now);
         self.forget_departed(out);
         let db = out.db;
