@@ -41,6 +41,7 @@ pub struct Api {
     log: ClusterLog,
     version: watch::Receiver<u64>,
     db: Db,
+    nm: crate::nm::Nm,
     http: reqwest::Client,
 }
 
@@ -107,12 +108,14 @@ pub fn router(
     log: ClusterLog,
     version: watch::Receiver<u64>,
     db: Db,
+    nm: crate::nm::Nm,
 ) -> Router {
     let api = Api {
         tx,
         log,
         version,
         db,
+        nm,
         http: reqwest::Client::new(),
     };
     Router::new()
@@ -120,6 +123,7 @@ pub fn router(
         .route("/v1/types", get(list_types))
         .route("/v1/log", get(read_log))
         .route("/v1/cluster/join", post(join))
+        .route("/v1/nm/heartbeat", post(heartbeat))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/v1/groups", post(create_group))
         .route("/v1/groups/{name}", axum::routing::delete(delete_group))
@@ -288,6 +292,20 @@ impl Api {
             Err(ApiError { status, message })
         }
     }
+}
+
+async fn heartbeat(
+    State(api): State<Api>,
+    body: Result<Json<crate::nm::Heartbeat>, JsonRejection>,
+) -> ApiResult<Json<crate::nm::HeartbeatReply>> {
+    let Json(hb) = body?;
+    api.nm
+        .on_heartbeat(&api.db, &hb.name)
+        .map(Json)
+        .map_err(|message| ApiError {
+            status: StatusCode::CONFLICT,
+            message,
+        })
 }
 
 async fn join(State(api): State<Api>, body: Result<Json<JoinRequest>, JsonRejection>) -> ApiResult {

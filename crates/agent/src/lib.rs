@@ -13,6 +13,7 @@ pub mod api;
 pub mod clusterlog;
 pub mod hosts;
 pub mod membership;
+pub mod nm;
 pub mod service;
 pub mod view;
 
@@ -41,6 +42,9 @@ pub struct AgentOptions {
     pub cluster_name: String,
     /// An RHS silent for this long (no heartbeat) is killed and replaced.
     pub rhs_silence_ms: u64,
+    /// Node heartbeat interval; a lease lasts `heartbeat_interval_ms × heartbeat_threshold`.
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_threshold: u32,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -78,8 +82,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let (host_tx, mut host_rx) = mpsc::channel(INPUT_QUEUE);
     let (tx, rx) = mpsc::channel::<Msg>(INPUT_QUEUE);
     let svc = Service::new(&opts, &listen, db.clone(), log.clone(), host_tx)?;
-    let router =
-        api::router(tx.clone(), log.clone(), svc.subscribe(), db.clone()).merge(db.router());
+    let router = api::router(
+        tx.clone(),
+        log.clone(),
+        svc.subscribe(),
+        db.clone(),
+        svc.nm.clone(),
+    )
+    .merge(db.router());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!("API server stopped: {e}");
@@ -114,6 +124,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         }
     });
+    tokio::spawn(nm::run(svc.nm.clone(), db.clone(), tx.clone(), log.clone()));
     let stop = tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

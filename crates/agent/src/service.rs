@@ -35,12 +35,18 @@ pub enum Msg {
     Host(HostEvent),
     /// The local replica applied more of the log.
     Applied,
+    /// The Node Manager lost (or regained) this node's lease.
+    Fence {
+        fenced: bool,
+        reason: String,
+    },
     Call(Call),
     Shutdown,
 }
 
 pub struct Service {
     pub node: String,
+    pub nm: crate::nm::Nm,
     pub listen: String,
     pub db: Db,
     /// RCM database commands, written in order by one task (see `write_loop`).
@@ -65,7 +71,12 @@ impl Service {
         let silence = Duration::from_millis(opts.rhs_silence_ms);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_loop(db.clone(), queue));
+        let lease = vigil_core::lease::LeaseConfig {
+            interval_ms: opts.heartbeat_interval_ms,
+            threshold: opts.heartbeat_threshold,
+        };
         Ok(Self {
+            nm: crate::nm::Nm::new(&opts.name, lease),
             node: opts.name.clone(),
             listen: listen.to_string(),
             writes,
@@ -288,7 +299,11 @@ impl Service {
 
 /// Runs the main loop until shutdown; returns an error if the database failed.
 pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), String> {
-    svc.step(Input::Tick);
+    // Nothing runs before the Node Manager grants a lease.
+    svc.step(Input::Fence {
+        fenced: true,
+        reason: "agent started: waiting for a lease before running anything".to_string(),
+    });
     loop {
         let wake = svc
             .rcm
@@ -314,6 +329,7 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
             match msg {
                 Msg::Host(e) => svc.on_host_event(e),
                 Msg::Applied => svc.step(Input::Tick),
+                Msg::Fence { fenced, reason } => svc.step(Input::Fence { fenced, reason }),
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
             }

@@ -28,6 +28,8 @@ pub struct NodeView {
     pub address: String,
     /// Raft role: leader, voter, learner (or none: recorded, but not a Raft member).
     pub role: String,
+    /// Since the node's last heartbeat, as the answering node knows it.
+    pub heartbeat_age_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,7 +119,12 @@ pub fn status(s: &Service) -> StatusView {
             .values()
             .map(|n| NodeView {
                 name: n.name.clone(),
-                state: n.state,
+                state: if n.name == s.node && s.nm.is_fenced() {
+                    NodeState::Isolated
+                } else {
+                    n.state
+                },
+                heartbeat_age_ms: s.nm.heartbeat_age_ms(&n.name),
                 address: n.address.clone(),
                 role: role(&n.name),
             })

@@ -95,6 +95,12 @@ struct AgentArgs {
     /// Kill and replace an RHS that sends nothing, not even its 1 s heartbeat, for this long.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2_000..=600_000))]
     rhs_silence_ms: u64,
+    /// Node heartbeat interval; a lease lasts interval × threshold (2 s at the defaults).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    heartbeat_interval_ms: u64,
+    /// Missed heartbeats before a node is suspected and its lease runs out.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
+    heartbeat_threshold: u32,
 }
 
 #[derive(Subcommand)]
@@ -274,6 +280,8 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         join: a.join,
         cluster_name: a.cluster_name,
         rhs_silence_ms: a.rhs_silence_ms,
+        heartbeat_interval_ms: a.heartbeat_interval_ms,
+        heartbeat_threshold: a.heartbeat_threshold,
     }))
 }
 

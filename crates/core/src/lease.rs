@@ -71,7 +71,13 @@ impl LeaderClock {
         }
         let mut times: Vec<u64> = voters
             .iter()
-            .filter_map(|v| if v == me { Some(now_ms) } else { self.contact_ms.get(v).copied() })
+            .filter_map(|v| {
+                if v == me {
+                    Some(now_ms)
+                } else {
+                    self.contact_ms.get(v).copied()
+                }
+            })
             .collect();
         let majority = voters.len() / 2 + 1;
         if times.len() < majority {
@@ -84,13 +90,23 @@ impl LeaderClock {
     /// Whether `node` has surely stopped running resources: its lease, which started no later
     /// than its last heartbeat's arrival (or this leader's start), has expired with margin.
     pub fn is_down(&self, node: &str, cfg: &LeaseConfig, now_ms: u64) -> bool {
-        let last = self.contact_ms.get(node).copied().unwrap_or(0).max(self.since_ms);
+        let last = self
+            .contact_ms
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+            .max(self.since_ms);
         now_ms >= last + cfg.lease_ms() + cfg.margin_ms()
     }
 
     /// Missed `threshold` heartbeats in a row.
     pub fn is_suspect(&self, node: &str, cfg: &LeaseConfig, now_ms: u64) -> bool {
-        let last = self.contact_ms.get(node).copied().unwrap_or(0).max(self.since_ms);
+        let last = self
+            .contact_ms
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+            .max(self.since_ms);
         now_ms >= last + cfg.lease_ms()
     }
 }
@@ -149,7 +165,11 @@ mod tests {
         assert_eq!(c.quorum_ms("a", &v, 100), Some(90));
         c.heard_from("c", 95);
         assert_eq!(c.quorum_ms("a", &v, 100), Some(95));
-        assert_eq!(c.quorum_ms("a", &voters(&["a"]), 100), Some(100), "alone, it is its own quorum");
+        assert_eq!(
+            c.quorum_ms("a", &voters(&["a"]), 100),
+            Some(100),
+            "alone, it is its own quorum"
+        );
     }
 
     #[test]
@@ -169,7 +189,10 @@ mod tests {
             b.renew(t - 5, t - tq, &CFG);
         }
         assert!(b.valid(2_990));
-        assert!(!b.valid(3_000), "b's lease ends by 2 s after the last majority contact");
+        assert!(
+            !b.valid(3_000),
+            "b's lease ends by 2 s after the last majority contact"
+        );
     }
 
     #[test]
@@ -213,7 +236,10 @@ mod tests {
                     clock.heard_from("f", arrival);
                     let expiry = lease.expires_ms.unwrap();
                     let down_at = arrival + CFG.lease_ms() + CFG.margin_ms();
-                    assert!(expiry + CFG.margin_ms() <= down_at, "d1={d1} d2={d2} age={age}");
+                    assert!(
+                        expiry + CFG.margin_ms() <= down_at,
+                        "d1={d1} d2={d2} age={age}"
+                    );
                     assert!(clock.is_down("f", &CFG, down_at));
                 }
             }

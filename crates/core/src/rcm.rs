@@ -245,8 +245,16 @@ impl Rcm {
             .map(|(n, _)| n.clone())
             .collect();
         for name in running {
-            out.push(Action::Terminate { resource: name.clone() });
-            self.transition(out, &name, ResourceState::Offline, "self-fenced: no lease", None);
+            out.push(Action::Terminate {
+                resource: name.clone(),
+            });
+            self.transition(
+                out,
+                &name,
+                ResourceState::Offline,
+                "self-fenced: no lease",
+                None,
+            );
         }
     }
 

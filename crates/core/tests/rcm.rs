@@ -714,13 +714,19 @@ fn a_failed_mark_is_cleared_when_the_group_is_tried_again() {
 fn a_fenced_node_terminates_everything_and_starts_nothing_until_unfenced() {
     let mut n = Node::new(&[("a", &[]), ("b", &["a"])]);
     n.start(0);
-    let fence = |fenced| Input::Fence { fenced, reason: "lease".into() };
+    let fence = |fenced| Input::Fence {
+        fenced,
+        reason: "lease".into(),
+    };
     let out = n.step(fence(true), 10);
     let mut c = calls(&out);
     c.sort();
     assert_eq!(c, ["terminate a", "terminate b"]);
     assert_eq!((n.db_state("a"), n.db_state("b")), (Offline, Offline));
-    assert!(calls(&n.tick(5_000)).is_empty(), "nothing starts while fenced");
+    assert!(
+        calls(&n.tick(5_000)).is_empty(),
+        "nothing starts while fenced"
+    );
     assert_eq!(n.rcm.next_wakeup_ms(&n.db), None);
     assert_eq!(calls(&n.step(fence(false), 6_000)), ["online a"]);
 }

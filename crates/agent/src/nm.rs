@@ -1,0 +1,270 @@
+//! The Node Manager: heartbeats, leases, self-fencing and Down (see `vigil_core::lease` for
+//! the arithmetic and why it is safe).
+//!
+//! Every node sends a heartbeat to the Raft leader every `interval_ms`; the answer carries the
+//! age of the leader's last quorum contact and renews this node's lease. A node without a
+//! lease is fenced: the RCM terminates everything it runs and starts nothing, and the node
+//! reports itself Isolated until contact comes back. The leader records a node Down once its
+//! lease has surely run out, and Up again when it is heard from.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use vigil_core::command::Command;
+use vigil_core::event::{Component, LogEntry};
+use vigil_core::lease::{LeaderClock, Lease, LeaseConfig};
+use vigil_core::model::NodeState;
+use vigil_db::{Db, node_id};
+
+use crate::clusterlog::ClusterLog;
+use crate::service::Msg;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub leader: String,
+    /// How long ago the leader's last quorum contact was; `None`: it has none (no lease).
+    pub quorum_age_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    /// While this node leads: when it heard from whom.
+    clock: Option<LeaderClock>,
+    lease: Lease,
+    fenced: bool,
+    /// When this node's last heartbeat was answered (followers).
+    answered_ms: Option<u64>,
+}
+
+/// Shared by the heartbeat loop and the API's heartbeat handler.
+#[derive(Clone)]
+pub struct Nm {
+    name: String,
+    cfg: LeaseConfig,
+    started: Instant,
+    state: Arc<Mutex<State>>,
+}
+
+impl Nm {
+    pub fn new(name: &str, cfg: LeaseConfig) -> Self {
+        Self {
+            name: name.to_string(),
+            cfg,
+            started: Instant::now(),
+            // No lease until the first heartbeat is answered.
+            state: Arc::new(Mutex::new(State {
+                fenced: true,
+                ..State::default()
+            })),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.lock().fenced
+    }
+
+    /// A heartbeat arrived. Only the leader answers; the answer renews the sender's lease.
+    pub fn on_heartbeat(&self, db: &Db, from: &str) -> Result<HeartbeatReply, String> {
+        if !db.is_leader() {
+            return Err(match db.leader_addr() {
+                Some(addr) => format!("not the leader; the leader is at {addr}"),
+                None => "not the leader, and no leader is known".to_string(),
+            });
+        }
+        let now = self.now_ms();
+        let voters = voter_names(db);
+        let mut st = self.lock();
+        let clock = st.clock.get_or_insert_with(|| LeaderClock::new(now));
+        clock.heard_from(from, now);
+        let quorum = clock.quorum_ms(&self.name, &voters, now);
+        Ok(HeartbeatReply {
+            leader: self.name.clone(),
+            quorum_age_ms: quorum.map(|q| now - q),
+        })
+    }
+
+    /// Milliseconds since each node was last heard from, as this node knows it: the leader
+    /// knows everyone's, a follower its own last answered heartbeat.
+    pub fn heartbeat_age_ms(&self, node: &str) -> Option<u64> {
+        let now = self.now_ms();
+        let st = self.lock();
+        match &st.clock {
+            Some(_) if node == self.name => Some(0),
+            Some(c) => c.contact_ms.get(node).map(|t| now.saturating_sub(*t)),
+            None if node == self.name => st.answered_ms.map(|t| now.saturating_sub(t)),
+            None => None,
+        }
+    }
+}
+
+/// The names of the Raft voters.
+fn voter_names(db: &Db) -> Vec<String> {
+    let voters: Vec<u64> = db
+        .members()
+        .into_iter()
+        .filter(|(_, _, v)| *v)
+        .map(|(id, _, _)| id)
+        .collect();
+    db.state()
+        .nodes
+        .values()
+        .filter(|n| voters.contains(&node_id(&n.name)))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Heartbeats, lease checks and Down/Up records, every `interval_ms`, until the agent stops.
+pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
+    let http = reqwest::Client::new();
+    let interval = Duration::from_millis(nm.cfg.interval_ms);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if db.is_leader() {
+            lead(&nm, &db, &log).await;
+        } else {
+            nm.lock().clock = None;
+            follow(&nm, &db, &http, interval).await;
+        }
+        let now = nm.now_ms();
+        let (valid, expires) = {
+            let st = nm.lock();
+            (st.lease.valid(now), st.lease.expires_ms)
+        };
+        let was_fenced = nm.is_fenced();
+        if valid == !was_fenced {
+            continue;
+        }
+        nm.lock().fenced = !valid;
+        let reason = if valid {
+            "lease granted: contact with a quorum; resources may run here".to_string()
+        } else {
+            match expires {
+                Some(e) => format!(
+                    "lease expired {} ms ago (no quorum contact for {} ms): self-fencing, terminating every resource here; Isolated",
+                    now.saturating_sub(e),
+                    nm.cfg.lease_ms()
+                ),
+                None => "no lease yet (no quorum contact): nothing may run here".to_string(),
+            }
+        };
+        log.append([LogEntry::new(Component::NM, reason.clone())]);
+        if main
+            .send(Msg::Fence {
+                fenced: !valid,
+                reason,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Leader: renew its own lease from its quorum time; record Down and Up.
+async fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
+    let now = nm.now_ms();
+    let voters = voter_names(db);
+    let (changes, quorum) = {
+        let mut st = nm.lock();
+        let clock = st
+            .clock
+            .get_or_insert_with(|| LeaderClock::new(now))
+            .clone();
+        let quorum = clock.quorum_ms(&nm.name, &voters, now);
+        if let Some(q) = quorum {
+            st.lease.renew_as_leader(q, &nm.cfg);
+        }
+        let state = db.state();
+        let changes: Vec<(String, NodeState, String)> = state
+            .nodes
+            .values()
+            .filter(|n| n.name != nm.name)
+            .filter_map(|n| {
+                let down = clock.is_down(&n.name, &nm.cfg, now);
+                let last = clock.contact_ms.get(&n.name).copied();
+                match (n.state, down) {
+                    (NodeState::Up, true) => Some((
+                        n.name.clone(),
+                        NodeState::Down,
+                        format!(
+                            "node {} silent for {} ms (lease {} ms + margin {} ms): its lease has expired; Down",
+                            n.name,
+                            now.saturating_sub(last.unwrap_or(clock.since_ms)),
+                            nm.cfg.lease_ms(),
+                            nm.cfg.margin_ms()
+                        ),
+                    )),
+                    (NodeState::Down, false) if last.is_some() => Some((
+                        n.name.clone(),
+                        NodeState::Up,
+                        format!("node {} heard from again; Up", n.name),
+                    )),
+                    _ => None,
+                }
+            })
+            .collect();
+        (changes, quorum)
+    };
+    if quorum.is_none() {
+        return;
+    }
+    for (name, state, reason) in changes {
+        let cmd = Command::SetNodeState {
+            name: name.clone(),
+            state,
+        };
+        match db.write(vec![cmd]).await {
+            Ok(_) => log.append([LogEntry::new(Component::NM, reason)]),
+            Err(e) => tracing::warn!("cannot record node {name} {state}: {e}"),
+        }
+    }
+}
+
+/// Follower: one heartbeat to the leader; its answer renews the lease.
+async fn follow(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) {
+    let Some(leader) = db.leader_addr() else {
+        return;
+    };
+    let sent = nm.now_ms();
+    let answer = http
+        .post(format!("http://{leader}/v1/nm/heartbeat"))
+        .json(&Heartbeat {
+            name: nm.name.clone(),
+        })
+        .timeout(limit)
+        .send()
+        .await;
+    let Ok(resp) = answer else {
+        return;
+    };
+    if !resp.status().is_success() {
+        return;
+    }
+    let Ok(reply) = resp.json::<HeartbeatReply>().await else {
+        return;
+    };
+    let now = nm.now_ms();
+    let mut st = nm.lock();
+    st.answered_ms = Some(now);
+    if let Some(age) = reply.quorum_age_ms {
+        st.lease.renew(sent, age, &nm.cfg);
+    }
+}
