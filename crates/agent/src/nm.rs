@@ -147,8 +147,8 @@ pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
             let st = nm.lock();
             (st.lease.valid(now), st.lease.expires_ms)
         };
-        let was_fenced = nm.is_fenced();
-        if valid == !was_fenced {
+        // Fenced exactly when there is no valid lease; act only on a change.
+        if nm.is_fenced() != valid {
             continue;
         }
         nm.lock().fenced = !valid;
