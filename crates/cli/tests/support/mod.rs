@@ -23,6 +23,8 @@ pub struct Agent {
     child: Option<Child>,
     /// Every pid seen belonging to this agent (RHS, resources), killed on drop.
     seen: std::cell::RefCell<Vec<u32>>,
+    /// The network namespace it runs in (see [`Net`]).
+    netns: Option<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -51,6 +53,7 @@ impl Agent {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             seen: Default::default(),
+            netns: None,
         }
     }
 
@@ -61,6 +64,14 @@ impl Agent {
         cmd.args(["--join", &seed.listen]);
         a.spawn_with(cmd);
         a
+    }
+
+    /// Starts this (not yet started) agent joining the cluster of `seed`.
+    pub fn start_joining(mut self, seed: &Agent) -> Agent {
+        let mut cmd = self.agent_command(false);
+        cmd.args(["--join", &seed.listen]);
+        self.spawn_with(cmd);
+        self
     }
 
     /// Whether the agent process is running.
@@ -91,7 +102,15 @@ impl Agent {
     }
 
     pub fn agent_command(&self, bootstrap: bool) -> Command {
-        let mut cmd = Command::new(VIGIL);
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the agent: the child's pid is the agent's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, VIGIL]);
+                c
+            }
+            None => Command::new(VIGIL),
+        };
         cmd.args([
             "agent",
             "--name",
@@ -309,4 +328,142 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Network namespaces made by a test: one per agent, joined by veth pairs to a bridge in the
+/// root namespace, so that a node can be cut off for real (link down, both directions). The
+/// addresses (10.250.S.x/24) exist only inside these namespaces and on the test's bridge.
+/// Everything is deleted on drop; drop the agents first (declare the `Net` before them).
+pub struct Net {
+    tag: String,
+    subnet: u32,
+    hosts: std::cell::RefCell<Vec<u8>>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the ip command (iproute2) runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Net {
+    pub fn new() -> Net {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let net = Net {
+            tag: format!("v{}{}", pid % 100_000, k),
+            subnet: (pid + k * 7) % 250 + 1,
+            hosts: Default::default(),
+        };
+        ip(&["link", "add", &net.bridge(), "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.250.{}.254/24", net.subnet),
+            "dev",
+            &net.bridge(),
+        ]);
+        ip(&["link", "set", &net.bridge(), "up"]);
+        net
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}b", self.tag)
+    }
+
+    pub fn ns(&self, i: u8) -> String {
+        format!("{}n{i}", self.tag)
+    }
+
+    fn veth(&self, i: u8) -> String {
+        format!("{}h{i}", self.tag)
+    }
+
+    pub fn addr(&self, i: u8) -> String {
+        format!("10.250.{}.{i}", self.subnet)
+    }
+
+    /// Creates host `i` (namespace, veth, address) if it does not exist yet.
+    pub fn host(&self, i: u8) {
+        if self.hosts.borrow().contains(&i) {
+            return;
+        }
+        let (ns, veth) = (self.ns(i), self.veth(i));
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["link", "set", &veth, "master", &self.bridge(), "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.addr(i)),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        self.hosts.borrow_mut().push(i);
+    }
+
+    /// Cuts host `i` off, both directions.
+    pub fn cut(&self, i: u8) {
+        ip(&["link", "set", &self.veth(i), "down"]);
+    }
+
+    pub fn heal(&self, i: u8) {
+        ip(&["link", "set", &self.veth(i), "up"]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in self.hosts.borrow().iter() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.veth(*i)])
+                .output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(*i)])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .output();
+    }
+}
+
+impl Agent {
+    /// An agent named `name` on host `i` of `net`, not started yet.
+    pub fn in_net(net: &Net, i: u8, name: &str) -> Agent {
+        net.host(i);
+        let listen = format!("{}:7440", net.addr(i));
+        Agent {
+            name: name.into(),
+            endpoint: format!("http://{listen}"),
+            listen,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            seen: Default::default(),
+            netns: Some(net.ns(i)),
+        }
+    }
+
+    /// The cluster log records of this node, read from its data dir (works while it is cut off).
+    pub fn log_file(&self) -> Vec<Value> {
+        read(&self.data_dir().join("cluster.log"))
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
 }
