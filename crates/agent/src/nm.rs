@@ -41,6 +41,8 @@ struct State {
     fenced: bool,
     /// When this node's last heartbeat was answered (followers).
     answered_ms: Option<u64>,
+    /// Nodes whose Down/Up record is being written.
+    writing: std::collections::BTreeSet<String>,
 }
 
 /// Shared by the heartbeat loop and the API's heartbeat handler.
@@ -137,7 +139,7 @@ pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
     loop {
         tick.tick().await;
         if db.is_leader() {
-            lead(&nm, &db, &log).await;
+            lead(&nm, &db, &log);
         } else {
             nm.lock().clock = None;
             follow(&nm, &db, &http, interval).await;
@@ -179,7 +181,7 @@ pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
 }
 
 /// Leader: renew its own lease from its quorum time; record Down and Up.
-async fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
+fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
     let now = nm.now_ms();
     let voters = voter_names(db);
     let (changes, quorum) = {
@@ -223,18 +225,27 @@ async fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
             .collect();
         (changes, quorum)
     };
-    if quorum.is_none() {
+    // Only a leader in contact with a quorum may say who is Down; and the records are
+    // written aside, so that a slow write never delays this node's own lease check.
+    if !quorum.is_some_and(|q| now < q + nm.cfg.lease_ms()) {
         return;
     }
     for (name, state, reason) in changes {
-        let cmd = Command::SetNodeState {
-            name: name.clone(),
-            state,
-        };
-        match db.write(vec![cmd]).await {
-            Ok(_) => log.append([LogEntry::new(Component::NM, reason)]),
-            Err(e) => tracing::warn!("cannot record node {name} {state}: {e}"),
+        if !nm.lock().writing.insert(name.clone()) {
+            continue;
         }
+        let (nm, db, log) = (nm.clone(), db.clone(), log.clone());
+        tokio::spawn(async move {
+            let cmd = Command::SetNodeState {
+                name: name.clone(),
+                state,
+            };
+            match db.write(vec![cmd]).await {
+                Ok(_) => log.append([LogEntry::new(Component::NM, reason)]),
+                Err(e) => tracing::warn!("cannot record node {name} {state}: {e}"),
+            }
+            nm.lock().writing.remove(&name);
+        });
     }
 }
 

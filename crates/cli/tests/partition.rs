@@ -101,3 +101,75 @@ fn a_cut_off_node_fences_itself_before_the_majority_declares_it_down() {
     assert_ne!(n3.pid_of("svc"), Some(pid));
     drop((n1, n2, n3));
 }
+
+#[test]
+fn a_leader_cut_off_with_a_minority_renews_no_lease() {
+    let net = Net::new();
+    let mut n1 = Agent::in_net(&net, 1, "n1");
+    n1.spawn(true);
+    let others: Vec<Agent> = (2..=5)
+        .map(|i| Agent::in_net(&net, i, &format!("n{i}")).start_joining(&n1))
+        .collect();
+    let n2 = &others[0];
+    wait_until("all five Up, n1 leads", || {
+        let v = n1.try_status_value().unwrap_or_default();
+        v["leader"] == "n1"
+            && v["nodes"]
+                .as_array()
+                .is_some_and(|ns| ns.len() == 5 && ns.iter().all(|n| n["state"] == "Up"))
+            && node_state(n2, "n2").as_deref() == Some("Up")
+    });
+    n2.ok(&["group", "create", "g"]);
+    n2.ok(&[
+        "resource",
+        "create",
+        "svc",
+        "--group",
+        "g",
+        "--type",
+        "process",
+        "--param",
+        "command=sleep 1000",
+        "--online",
+    ]);
+    n2.wait_state("svc", "Online");
+    let pid = n2.pid_of("svc").unwrap();
+
+    // n1 (the leader) and n2 on one side, n3..n5 on the other. n2 still reaches n1 and n1
+    // still answers it, but n1's quorum contact is frozen: n2's lease must run out.
+    net.split(&[1, 2]);
+    let n3 = &others[1];
+    wait_until(
+        "the majority elects a new leader and declares n1 and n2 Down",
+        || {
+            node_state(n3, "n1").as_deref() == Some("Down")
+                && node_state(n3, "n2").as_deref() == Some("Down")
+        },
+    );
+    assert!(
+        !alive(pid),
+        "n2's resource was stopped by the time n2 was declared Down"
+    );
+    let n2_log = n2.log_file();
+    let stopped = n2_log
+        .iter()
+        .find(|r| r["resource"] == "svc" && r["reason"] == "self-fenced: no lease")
+        .expect("n2 terminated svc");
+    // Whichever of n3..n5 won the election logged it.
+    let down = others[1..]
+        .iter()
+        .flat_map(|a| a.log())
+        .find(|r| r["reason"].as_str().unwrap().starts_with("node n2 silent"))
+        .expect("the new leader logged n2 Down");
+    assert!(
+        time_of(stopped) < time_of(&down),
+        "{} vs {}",
+        stopped["time"],
+        down["time"]
+    );
+    let n1_fenced = n1.log_file().into_iter().any(|r| {
+        r["component"] == "NM" && r["reason"].as_str().unwrap().starts_with("lease expired")
+    });
+    assert!(n1_fenced, "the cut-off leader fenced itself too");
+    drop(others);
+}

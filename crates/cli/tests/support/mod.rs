@@ -425,6 +425,20 @@ impl Net {
     pub fn heal(&self, i: u8) {
         ip(&["link", "set", &self.veth(i), "up"]);
     }
+
+    /// Moves `hosts` to a second bridge: they reach each other but nobody else (nor the
+    /// test, whose address is on the first bridge).
+    pub fn split(&self, hosts: &[u8]) {
+        let other = format!("{}c", self.tag);
+        if !self.hosts.borrow().contains(&0) {
+            ip(&["link", "add", &other, "type", "bridge"]);
+            ip(&["link", "set", &other, "up"]);
+            self.hosts.borrow_mut().push(0);
+        }
+        for i in hosts {
+            ip(&["link", "set", &self.veth(*i), "master", &other]);
+        }
+    }
 }
 
 impl Drop for Net {
