@@ -227,7 +227,7 @@ fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
     };
     // Only a leader in contact with a quorum may say who is Down; and the records are
     // written aside, so that a slow write never delays this node's own lease check.
-    if !quorum.is_some_and(|q| now < q + nm.cfg.lease_ms()) {
+    if quorum.is_none_or(|q| now >= q + nm.cfg.lease_ms()) {
         return;
     }
     for (name, state, reason) in changes {
