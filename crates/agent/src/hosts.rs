@@ -57,6 +57,8 @@ pub struct Hosts {
     events: mpsc::Sender<HostEvent>,
     next_generation: u64,
     next_instance: u64,
+    /// The node's lease as every RHS must know it (see `ToHost::Lease`).
+    lease: Option<u64>,
 }
 
 struct Placed {
@@ -91,6 +93,7 @@ impl Hosts {
             events,
             next_generation: 1,
             next_instance: 1,
+            lease: None,
         }
     }
 
@@ -226,6 +229,15 @@ impl Hosts {
         }
     }
 
+    /// Tells every RHS how long the node's lease runs (CLOCK_MONOTONIC ns; `None`: no lease).
+    pub fn set_lease(&mut self, until_mono_ns: Option<u64>) {
+        self.lease = until_mono_ns;
+        let names: Vec<String> = self.hosts.keys().cloned().collect();
+        for host in names {
+            self.send(&host, ToHost::Lease { until_mono_ns });
+        }
+    }
+
     /// Asks every RHS to terminate its resources and exit.
     pub fn shutdown_all(&mut self) {
         for h in self.hosts.values() {
@@ -337,6 +349,12 @@ impl Hosts {
                 pid,
                 tx,
                 resources: BTreeSet::new(),
+            },
+        );
+        self.send(
+            host,
+            ToHost::Lease {
+                until_mono_ns: self.lease,
             },
         );
         Ok(())

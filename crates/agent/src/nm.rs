@@ -149,6 +149,13 @@ pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
             let st = nm.lock();
             (st.lease.valid(now), st.lease.expires_ms)
         };
+        // The RHS processes enforce the same lease themselves, in case this agent stops.
+        let until_mono_ns = expires
+            .filter(|_| valid)
+            .map(|e| vigil_rhs::protocol::mono_ns() + (e - now) * 1_000_000);
+        if main.send(Msg::Lease { until_mono_ns }).await.is_err() {
+            return;
+        }
         // Fenced exactly when there is no valid lease; act only on a change.
         if nm.is_fenced() != valid {
             continue;

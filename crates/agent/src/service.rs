@@ -40,6 +40,10 @@ pub enum Msg {
         fenced: bool,
         reason: String,
     },
+    /// The lease now runs until this CLOCK_MONOTONIC instant (ns), for the RHS processes.
+    Lease {
+        until_mono_ns: Option<u64>,
+    },
     Call(Call),
     Shutdown,
 }
@@ -330,6 +334,7 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
                 Msg::Host(e) => svc.on_host_event(e),
                 Msg::Applied => svc.step(Input::Tick),
                 Msg::Fence { fenced, reason } => svc.step(Input::Fence { fenced, reason }),
+                Msg::Lease { until_mono_ns } => svc.hosts.set_lease(until_mono_ns),
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
             }

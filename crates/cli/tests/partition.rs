@@ -173,3 +173,47 @@ fn a_leader_cut_off_with_a_minority_renews_no_lease() {
     assert!(n1_fenced, "the cut-off leader fenced itself too");
     drop(others);
 }
+
+#[test]
+fn a_stopped_agents_resources_stop_with_its_lease() {
+    // Two nodes plus a third so that the other two keep a majority.
+    let net = Net::new();
+    let mut n1 = Agent::in_net(&net, 1, "n1");
+    n1.spawn(true);
+    let n2 = Agent::in_net(&net, 2, "n2").start_joining(&n1);
+    let n3 = Agent::in_net(&net, 3, "n3").start_joining(&n1);
+    wait_until("n3 is Up", || {
+        node_state(&n1, "n3").as_deref() == Some("Up")
+            && node_state(&n3, "n3").as_deref() == Some("Up")
+    });
+    n3.ok(&["group", "create", "g"]);
+    n3.ok(&[
+        "resource",
+        "create",
+        "svc",
+        "--group",
+        "g",
+        "--type",
+        "process",
+        "--param",
+        "command=sleep 1000",
+        "--online",
+    ]);
+    n3.wait_state("svc", "Online");
+    let pid = n3.pid_of("svc").unwrap();
+    // SIGSTOP: the agent can neither renew its lease nor fence; its RHS fences on its own.
+    let agent = rustix::process::Pid::from_raw(n3.pid() as i32).unwrap();
+    rustix::process::kill_process(agent, rustix::process::Signal::STOP).unwrap();
+    wait_until("the majority declares n3 Down", || {
+        node_state(&n1, "n3").as_deref() == Some("Down")
+    });
+    assert!(
+        !alive(pid),
+        "the resource of the stopped agent was stopped by its RHS"
+    );
+    rustix::process::kill_process(agent, rustix::process::Signal::CONT).unwrap();
+    wait_until("n3 is back Up and runs svc again", || {
+        node_state(&n1, "n3").as_deref() == Some("Up") && n3.state("svc") == "Online"
+    });
+    drop((n1, n2, n3));
+}

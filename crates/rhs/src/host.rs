@@ -89,13 +89,27 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let mut heartbeat = interval(protocol::HEARTBEAT_MS);
+    // Enforced once the agent has sent one; `fenced` after it ran out.
+    let mut lease: Option<u64> = None;
+    let mut fenced = false;
     loop {
+        let until_lease =
+            lease.map(|l| Duration::from_nanos(l.saturating_sub(protocol::mono_ns())));
         let frame = tokio::select! {
             frame = protocol::read_frame::<_, ToHost>(&mut rd) => frame,
             // The agent's parent-death signal: it is gone.
             _ = term.recv() => break,
             _ = heartbeat.tick() => {
                 let _ = out.try_send((FromHost::Alive, None));
+                continue;
+            }
+            _ = tokio::time::sleep(until_lease.unwrap_or(Duration::MAX)), if until_lease.is_some() && !fenced => {
+                tracing::error!("RHS: the node's lease ran out with no renewal from the agent; terminating every resource");
+                fenced = true;
+                for (resource, slot) in &workers {
+                    let _ = slot.tx.send(ToHost::Terminate { resource: resource.clone() }).await;
+                }
+                types::process::kill_all_groups();
                 continue;
             }
         };
@@ -110,6 +124,20 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
         match msg {
             ToHost::Hello { .. } => {}
             ToHost::Shutdown => break,
+            ToHost::Lease { until_mono_ns } => {
+                lease = Some(until_mono_ns.unwrap_or(0));
+                fenced = until_mono_ns.is_none_or(|u| u <= protocol::mono_ns());
+            }
+            ToHost::Online { ref resource } if fenced => {
+                let status = FromHost::Status {
+                    resource: resource.clone(),
+                    instance: 0,
+                    report: Report::Failed,
+                    reason: "the node has no lease (RHS fenced)".to_string(),
+                    pid: None,
+                };
+                let _ = out.send((status, None)).await;
+            }
             ToHost::Open {
                 resource,
                 instance,

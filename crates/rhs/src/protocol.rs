@@ -8,7 +8,13 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_core::rcm::Report;
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// CLOCK_MONOTONIC now, in nanoseconds: comparable between processes on one machine.
+pub fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
 /// Largest frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
 
@@ -52,6 +58,12 @@ pub enum ToHost {
     },
     Close {
         resource: String,
+    },
+    /// The node's lease runs until this CLOCK_MONOTONIC instant (ns; one clock for every
+    /// process on the machine). Past it without a newer one, the RHS terminates everything
+    /// itself: a stopped or hung agent cannot keep resources running. `None`: no lease.
+    Lease {
+        until_mono_ns: Option<u64>,
     },
     /// Terminate every resource and exit.
     Shutdown,
