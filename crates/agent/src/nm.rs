@@ -134,15 +134,23 @@ fn voter_names(db: &Db) -> Vec<String> {
 pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
     let http = reqwest::Client::new();
     let interval = Duration::from_millis(nm.cfg.interval_ms);
-    let mut tick = tokio::time::interval(interval);
+    // Checks (own lease, others' Down) run five times per heartbeat interval, so fencing and
+    // Down happen within a fifth of an interval of when they are due.
+    let mut tick = tokio::time::interval(interval / 5);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sent: Option<Instant> = None;
     loop {
         tick.tick().await;
         if db.is_leader() {
             lead(&nm, &db, &log);
         } else {
             nm.lock().clock = None;
-            follow(&nm, &db, &http, interval).await;
+            if last_sent.is_none_or(|t| t.elapsed() >= interval) {
+                last_sent = Some(Instant::now());
+                // Aside, so a slow answer never delays the lease check below.
+                let (nm, db, http) = (nm.clone(), db.clone(), http.clone());
+                tokio::spawn(async move { follow(&nm, &db, &http, interval).await });
+            }
         }
         let now = nm.now_ms();
         let (valid, expires) = {

@@ -329,15 +329,20 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
             }
         }
         let mut stop = false;
+        let mut applied = false;
         for msg in batch {
             match msg {
                 Msg::Host(e) => svc.on_host_event(e),
-                Msg::Applied => svc.step(Input::Tick),
+                // Many applied entries, one reconcile pass (below).
+                Msg::Applied => applied = true,
                 Msg::Fence { fenced, reason } => svc.step(Input::Fence { fenced, reason }),
                 Msg::Lease { until_mono_ns } => svc.hosts.set_lease(until_mono_ns),
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
             }
+        }
+        if applied {
+            svc.step(Input::Tick);
         }
         svc.version.send_modify(|v| *v += 1);
         if stop {

@@ -12,30 +12,18 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use support::{Agent, kill9};
 
 fn http(a: &Agent, method: &str, path: &str, body: Option<Value>) -> Value {
-    let mut s = TcpStream::connect(&a.listen).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let (status, v) = support::http(&a.listen, method, path, body);
     assert!(
-        head.starts_with("HTTP/1.1 2"),
-        "{method} {path}: {head}\n{body}"
+        (200..300).contains(&status),
+        "{method} {path}: {status} {v}"
     );
-    serde_json::from_str(body).unwrap()
+    v
 }
 
 fn time_of(record: &Value) -> SystemTime {

@@ -467,14 +467,24 @@ impl Rcm {
         self.release_holds(out, now);
         self.forget_departed(out);
         let db = out.db;
+        // One pass over the resources instead of one per group.
+        let mut by_group: BTreeMap<&str, BTreeMap<&str, &Resource>> = BTreeMap::new();
+        for r in db.resources.values() {
+            by_group
+                .entry(r.group.as_str())
+                .or_default()
+                .insert(r.name.as_str(), r);
+        }
+        let empty = BTreeMap::new();
         let mine: Vec<&str> = db
             .groups
             .values()
             .filter(|g| g.owner.as_deref() == Some(self.node.as_str()))
+            .filter(|g| by_group.contains_key(g.name.as_str()) || g.failure.is_some())
             .map(|g| g.name.as_str())
             .collect();
         for group in mine {
-            self.reconcile_group(out, group, now);
+            self.reconcile_group(out, group, by_group.get(group).unwrap_or(&empty), now);
         }
         // Resources of groups that moved away: stop them gracefully.
         let departed: BTreeSet<&str> = self
@@ -487,7 +497,7 @@ impl Rcm {
             .map(|r| r.group.as_str())
             .collect();
         for group in departed {
-            self.reconcile_group(out, group, now);
+            self.reconcile_group(out, group, by_group.get(group).unwrap_or(&empty), now);
         }
     }
 
@@ -560,14 +570,17 @@ impl Rcm {
         }
     }
 
-    fn reconcile_group(&mut self, out: &mut Out, group: &str, now: u64) {
+    fn reconcile_group<'a>(
+        &mut self,
+        out: &mut Out<'a>,
+        group: &str,
+        members: &BTreeMap<&'a str, &'a Resource>,
+        now: u64,
+    ) {
         let db = out.db;
         let owned = db.groups.get(group).and_then(|g| g.owner.as_deref()) == Some(&self.node);
         let held = self.held.contains_key(group);
-        let members: BTreeMap<&str, &Resource> = db
-            .group_resources(group)
-            .map(|r| (r.name.as_str(), r))
-            .collect();
+        let members = members.clone();
         if owned {
             for (name, r) in &members {
                 self.adopt(out, name, r);

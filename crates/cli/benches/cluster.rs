@@ -1,0 +1,150 @@
+//! Three-node benchmark on 127.0.0.1: real agents, real Raft. Prints figures.
+//!
+//! Run: `cargo bench -p vigil --bench cluster` (add `-- --quick` for a short run).
+//!
+//! - formation: three fresh agents (one --bootstrap, two --join) until all are voters;
+//! - write latency through the API (one writer, each write a new group), p50/p99;
+//! - write throughput through the API (16 concurrent writers);
+//! - kill -9 of a follower → the leader records it Down, p50/p99 (lease 2 s + margin 0.5 s
+//!   at the defaults), from the leader's cluster log against the moment of the kill.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use support::{Agent, wait_until};
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn report(name: &str, mut v: Vec<f64>) {
+    v.sort_by(f64::total_cmp);
+    let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "{name:<34} n={:<5} p50={:>8.2} ms  p99={:>8.2} ms  max={:>8.2} ms",
+        v.len(),
+        pct(0.5),
+        pct(0.99),
+        v[v.len() - 1]
+    );
+}
+
+fn voters(a: &Agent) -> usize {
+    a.try_status_value()
+        .and_then(|v| {
+            v["nodes"].as_array().map(|ns| {
+                ns.iter()
+                    .filter(|n| n["role"] == "leader" || n["role"] == "voter")
+                    .count()
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn node_state(a: &Agent, node: &str) -> Option<String> {
+    let v = a.try_status_value()?;
+    v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == node)
+        .map(|n| n["state"].as_str().unwrap().to_string())
+}
+
+fn write(a: &Agent, name: &str) {
+    write_to(&a.listen, name);
+}
+
+fn write_to(addr: &str, name: &str) {
+    let (status, v) = support::http(addr, "POST", "/v1/groups", Some(json!({ "name": name })));
+    assert_eq!(status, 200, "{v}");
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (writes, concurrent, kills) = if quick {
+        (100, 400, 3)
+    } else {
+        (1_000, 4_000, 20)
+    };
+    println!(
+        "vigil three-node benchmark ({} mode)",
+        if quick { "quick" } else { "full" }
+    );
+
+    let t0 = Instant::now();
+    let mut n1 = Agent::new("n1");
+    n1.spawn(true);
+    let n2 = Agent::join("n2", &n1);
+    let mut n3 = Agent::join("n3", &n1);
+    wait_until("three voters", || voters(&n1) == 3);
+    println!(
+        "{:<34} {:>8.0} ms",
+        "formation (3 fresh agents)",
+        ms(t0.elapsed())
+    );
+
+    let mut lat = Vec::new();
+    for i in 0..writes {
+        let t = Instant::now();
+        write(&n1, &format!("w{i}"));
+        lat.push(ms(t.elapsed()));
+    }
+    report("write latency (API, leader)", lat);
+    let mut lat = Vec::new();
+    for i in 0..writes / 4 {
+        let t = Instant::now();
+        write(&n2, &format!("f{i}"));
+        lat.push(ms(t.elapsed()));
+    }
+    report("write latency (API, via follower)", lat);
+
+    let t = Instant::now();
+    let per = concurrent / 16;
+    std::thread::scope(|s| {
+        for w in 0..16 {
+            let addr = n1.listen.clone();
+            s.spawn(move || {
+                for i in 0..per {
+                    write_to(&addr, &format!("c{w}-{i}"));
+                }
+            });
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{:<34} {:>8.0} writes/s ({} writes, 16 writers)",
+        "write throughput (API)",
+        (per * 16) as f64 / secs,
+        per * 16
+    );
+
+    let mut down = Vec::new();
+    for _ in 0..kills {
+        let after = n1.log().last().and_then(|r| r["seq"].as_u64()).unwrap_or(0);
+        let killed = SystemTime::now();
+        n3.kill();
+        wait_until("n3 Down", || {
+            node_state(&n1, "n3").as_deref() == Some("Down")
+        });
+        let rec: Value = n1
+            .log()
+            .into_iter()
+            .filter(|r| r["seq"].as_u64().unwrap_or(0) > after)
+            .find(|r| {
+                r["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("node n3 silent")
+            })
+            .expect("Down record");
+        let at = humantime::parse_rfc3339(rec["time"].as_str().unwrap()).unwrap();
+        down.push(ms(at.duration_since(killed).unwrap_or_default()));
+        n3.spawn(false);
+        wait_until("n3 Up", || node_state(&n1, "n3").as_deref() == Some("Up"));
+    }
+    report("kill -9 -> Down (lease 2 s + 0.5 s)", down);
+    drop((n1, n2, n3));
+}
