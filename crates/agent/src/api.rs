@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use vigil_core::command::{ApplyError, Command, Target};
 use vigil_core::event::{Component, LogEntry};
+use vigil_core::failover;
 use vigil_core::model::{PersistentState, ResourceSpec};
 use vigil_core::props::{GroupProps, ResourceProps};
 use vigil_core::rcm::Input;
@@ -241,6 +242,8 @@ async fn list_types() -> Json<Value> {
 struct JoinRequest {
     name: String,
     address: String,
+    #[serde(default)]
+    witness: bool,
 }
 
 impl From<membership::Refused> for ApiError {
@@ -317,7 +320,7 @@ async fn join(State(api): State<Api>, body: Result<Json<JoinRequest>, JsonReject
     {
         return Ok(answer);
     }
-    membership::admit(&api.db, &req.name, &req.address).await?;
+    membership::admit(&api.db, &req.name, &req.address, req.witness).await?;
     let log = LogEntry::new(
         Component::NM,
         format!("node {} at {} admitted", req.name, req.address),
@@ -353,14 +356,20 @@ async fn create_group(
     let name = req.name.clone();
     let p = api
         .call(move |s| {
+            let owner = failover::initial_owner(&s.state(), &req.preferred_owners, &s.node)
+                .ok_or_else(|| {
+                    ApplyError::Conflict(
+                        "no node can host a group: no Up node that is not a witness".to_string(),
+                    )
+                })?;
+            let log = db_log(format!("group {} created, owner {owner}", req.name));
             let cmd = Command::CreateGroup {
                 name: req.name.clone(),
                 props: GroupProps {
                     preferred_owners: req.preferred_owners,
                 },
-                owner: Some(s.node.clone()),
+                owner: Some(owner),
             };
-            let log = db_log(format!("group {} created, owner {}", req.name, s.node));
             pending(vec![cmd], vec![log.group(&req.name, 1)], |_| Input::Tick)
         })
         .await??;

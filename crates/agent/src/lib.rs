@@ -39,6 +39,8 @@ pub struct AgentOptions {
     pub bootstrap: bool,
     /// Join the cluster that the agent at this HOST:PORT belongs to.
     pub join: Option<String>,
+    /// A voter that hosts no resources.
+    pub witness: bool,
     pub cluster_name: String,
     /// An RHS silent for this long (no heartbeat) is killed and replaced.
     pub rhs_silence_ms: u64,
@@ -152,7 +154,12 @@ async fn form_or_join(
                 name: opts.name.clone(),
                 address: listen.to_string(),
             },
-        ];
+        ]
+        .into_iter()
+        .chain(opts.witness.then(|| Command::MarkWitness {
+            name: opts.name.clone(),
+        }))
+        .collect::<Vec<_>>();
         for r in db
             .write(cmds)
             .await
@@ -170,7 +177,7 @@ async fn form_or_join(
         return Ok(());
     }
     let seed = opts.join.as_deref().expect("checked by the caller");
-    membership::join(seed, &opts.name, listen).await?;
+    membership::join(seed, &opts.name, listen, opts.witness).await?;
     // Our own AddNode arrives with the log.
     let mut applied = db.subscribe();
     let name = opts.name.clone();

@@ -33,11 +33,11 @@ impl From<ApplyError> for Refused {
 }
 
 /// Joining side: asks the agent at `seed` to admit this node.
-pub async fn join(seed: &str, name: &str, addr: &str) -> anyhow::Result<()> {
+pub async fn join(seed: &str, name: &str, addr: &str, witness: bool) -> anyhow::Result<()> {
     let url = format!("http://{seed}/v1/cluster/join");
     let resp = reqwest::Client::new()
         .post(&url)
-        .json(&json!({ "name": name, "address": addr }))
+        .json(&json!({ "name": name, "address": addr, "witness": witness }))
         .timeout(ADMIT_LIMIT + Duration::from_secs(10))
         .send()
         .await
@@ -56,8 +56,8 @@ pub async fn join(seed: &str, name: &str, addr: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Leader side: admits `name` at `addr`.
-pub async fn admit(db: &Db, name: &str, addr: &str) -> Result<(), Refused> {
+/// Leader side: admits `name` at `addr` (a witness: a voter that hosts nothing).
+pub async fn admit(db: &Db, name: &str, addr: &str, witness: bool) -> Result<(), Refused> {
     validate_name("node", name).map_err(Refused::Invalid)?;
     {
         let state = db.state();
@@ -99,20 +99,25 @@ pub async fn admit(db: &Db, name: &str, addr: &str) -> Result<(), Refused> {
             )));
         }
     }
-    let cmd = Command::AddNode {
+    let mut cmds = vec![Command::AddNode {
         name: name.to_string(),
         address: addr.to_string(),
-    };
-    write(db, cmd).await
+    }];
+    if witness {
+        cmds.push(Command::MarkWitness {
+            name: name.to_string(),
+        });
+    }
+    write(db, cmds).await
 }
 
 /// Leader side: removes `name` from the database and from the Raft membership.
 pub async fn remove(db: &Db, name: &str) -> Result<(), Refused> {
     write(
         db,
-        Command::RemoveNode {
+        vec![Command::RemoveNode {
             name: name.to_string(),
-        },
+        }],
     )
     .await?;
     db.remove_member(name).await.map_err(|e| {
@@ -127,14 +132,13 @@ pub async fn remove(db: &Db, name: &str) -> Result<(), Refused> {
     })
 }
 
-async fn write(db: &Db, cmd: Command) -> Result<(), Refused> {
+async fn write(db: &Db, cmds: Vec<Command>) -> Result<(), Refused> {
     let results = db
-        .write(vec![cmd])
+        .write(cmds)
         .await
         .map_err(|e| Refused::Unavailable(e.to_string()))?;
     results
         .into_iter()
-        .next()
-        .unwrap_or(Ok(()))
-        .map_err(Refused::from)
+        .find_map(Result::err)
+        .map_or(Ok(()), |e| Err(Refused::from(e)))
 }

@@ -197,20 +197,22 @@ pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
 
 /// Leader: renew its own lease from its quorum time; record Down and Up.
 fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
+    // Lock order: never take the database's lock while holding this module's (the database
+    // lock's waiting writer would block us, and the status reader holding it waits for ours).
     let now = nm.now_ms();
     let voters = voter_names(db);
-    let (changes, quorum) = {
-        let mut st = nm.lock();
-        let clock = st
-            .clock
-            .get_or_insert_with(|| LeaderClock::new(now))
-            .clone();
-        let quorum = clock.quorum_ms(&nm.name, &voters, now);
-        if let Some(q) = quorum {
-            st.lease.renew_as_leader(q, &nm.cfg);
-        }
+    let clock = nm
+        .lock()
+        .clock
+        .get_or_insert_with(|| LeaderClock::new(now))
+        .clone();
+    let quorum = clock.quorum_ms(&nm.name, &voters, now);
+    if let Some(q) = quorum {
+        nm.lock().lease.renew_as_leader(q, &nm.cfg);
+    }
+    let changes: Vec<(String, NodeState, String)> = {
         let state = db.state();
-        let changes: Vec<(String, NodeState, String)> = state
+        state
             .nodes
             .values()
             .filter(|n| n.name != nm.name)
@@ -237,8 +239,7 @@ fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
                     _ => None,
                 }
             })
-            .collect();
-        (changes, quorum)
+            .collect()
     };
     // Only a leader in contact with a quorum may say who is Down; and the records are
     // written aside, so that a slow write never delays this node's own lease check.

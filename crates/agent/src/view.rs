@@ -68,16 +68,27 @@ pub struct HostView {
 pub fn status(s: &Service) -> StatusView {
     let metrics = s.db.metrics();
     let members = s.db.members();
+    let witnesses: Vec<String> = s
+        .state()
+        .nodes
+        .values()
+        .filter(|n| n.witness)
+        .map(|n| n.name.clone())
+        .collect();
     let role = |name: &str| {
         let id = vigil_db::node_id(name);
         match members.iter().find(|(m, _, _)| *m == id) {
             _ if metrics.current_leader == Some(id) => "leader",
+            Some((_, _, true)) if witnesses.iter().any(|w| w == name) => "witness",
             Some((_, _, true)) => "voter",
             Some((_, _, false)) => "learner",
             None => "none",
         }
         .to_string()
     };
+    // Everything that takes the database lock itself comes before `db` holds it: a second
+    // read lock on one thread deadlocks once a writer queues between the two.
+    let applied_index = s.applied_index();
     let db = s.state();
     let leader = metrics
         .current_leader
@@ -111,7 +122,7 @@ pub fn status(s: &Service) -> StatusView {
     StatusView {
         cluster: db.cluster_name.clone(),
         node: s.node.clone(),
-        applied_index: s.applied_index(),
+        applied_index,
         leader,
         term: metrics.current_term,
         nodes: db

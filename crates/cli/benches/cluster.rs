@@ -3,10 +3,10 @@
 //! Run: `cargo bench -p vigil --bench cluster` (add `-- --quick` for a short run).
 //!
 //! - formation: three fresh agents (one --bootstrap, two --join) until all are voters;
-//! - write latency through the API (one writer, each write a new group), p50/p99;
-//! - write throughput through the API (16 concurrent writers);
 //! - kill -9 of a follower → the leader records it Down, p50/p99 (lease 2 s + margin 0.5 s
-//!   at the defaults), from the leader's cluster log against the moment of the kill.
+//!   at the defaults), from the leader's cluster log against the moment of the kill;
+//! - write latency through the API (one writer, each write a new group), p50/p99;
+//! - write throughput through the API (16 concurrent writers).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -86,6 +86,33 @@ fn main() {
         ms(t0.elapsed())
     );
 
+    // Node failures first, while the database is small (status and log stay cheap to poll).
+    let mut down = Vec::new();
+    for _ in 0..kills {
+        let after = n1.log().last().and_then(|r| r["seq"].as_u64()).unwrap_or(0);
+        let killed = SystemTime::now();
+        n3.kill();
+        wait_until("n3 Down", || {
+            node_state(&n1, "n3").as_deref() == Some("Down")
+        });
+        let rec: Value = n1
+            .log()
+            .into_iter()
+            .filter(|r| r["seq"].as_u64().unwrap_or(0) > after)
+            .find(|r| {
+                r["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("node n3 silent")
+            })
+            .expect("Down record");
+        let at = humantime::parse_rfc3339(rec["time"].as_str().unwrap()).unwrap();
+        down.push(ms(at.duration_since(killed).unwrap_or_default()));
+        n3.spawn(false);
+        wait_until("n3 Up", || node_state(&n1, "n3").as_deref() == Some("Up"));
+    }
+    report("kill -9 -> Down (lease 2 s + 0.5 s)", down);
+
     let mut lat = Vec::new();
     for i in 0..writes {
         let t = Instant::now();
@@ -121,30 +148,5 @@ fn main() {
         per * 16
     );
 
-    let mut down = Vec::new();
-    for _ in 0..kills {
-        let after = n1.log().last().and_then(|r| r["seq"].as_u64()).unwrap_or(0);
-        let killed = SystemTime::now();
-        n3.kill();
-        wait_until("n3 Down", || {
-            node_state(&n1, "n3").as_deref() == Some("Down")
-        });
-        let rec: Value = n1
-            .log()
-            .into_iter()
-            .filter(|r| r["seq"].as_u64().unwrap_or(0) > after)
-            .find(|r| {
-                r["reason"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with("node n3 silent")
-            })
-            .expect("Down record");
-        let at = humantime::parse_rfc3339(rec["time"].as_str().unwrap()).unwrap();
-        down.push(ms(at.duration_since(killed).unwrap_or_default()));
-        n3.spawn(false);
-        wait_until("n3 Up", || node_state(&n1, "n3").as_deref() == Some("Up"));
-    }
-    report("kill -9 -> Down (lease 2 s + 0.5 s)", down);
     drop((n1, n2, n3));
 }

@@ -90,6 +90,9 @@ struct AgentArgs {
     /// Join the cluster of the agent at HOST:PORT (with an empty data dir).
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
+    /// A voter that hosts no resources: two nodes and a witness survive the loss of a node.
+    #[arg(long)]
+    witness: bool,
     #[arg(long, default_value = "vigil")]
     cluster_name: String,
     /// Kill and replace an RHS that sends nothing, not even its 1 s heartbeat, for this long.
@@ -278,6 +281,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir,
         bootstrap: a.bootstrap,
         join: a.join,
+        witness: a.witness,
         cluster_name: a.cluster_name,
         rhs_silence_ms: a.rhs_silence_ms,
         heartbeat_interval_ms: a.heartbeat_interval_ms,

@@ -173,3 +173,35 @@ fn removing_and_adding_nodes_changes_the_voters() {
     let err = agents[0].err(&["node", "remove", "n3"]);
     assert!(err.contains("owns group(s) mine"), "{err}");
 }
+
+#[test]
+fn two_nodes_and_a_witness_survive_the_loss_of_a_node() {
+    let mut n1 = Agent::new("n1");
+    n1.spawn(true);
+    let mut n2 = Agent::join("n2", &n1);
+    let mut w = Agent::new("w");
+    let mut cmd = w.agent_command(false);
+    cmd.args(["--join", &n1.listen, "--witness"]);
+    w.spawn_with(cmd);
+    wait_until("w is a witness", || {
+        nodes(&n1).iter().any(|(n, r)| n == "w" && r == "witness")
+    });
+    // A group created through the witness is owned by a node that can host it.
+    w.ok(&["group", "create", "g"]);
+    let owner = n1.status()["groups"][0]["owner"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(owner == "n1" || owner == "n2", "owner {owner}");
+    // Lose n2 (or n1, whichever does not lead): n1 or n2 and the witness still make a majority.
+    let lead = n1.status()["leader"].as_str().unwrap().to_string();
+    let (survivor, lost) = if lead == "n2" {
+        (&mut n2, &mut n1)
+    } else {
+        (&mut n1, &mut n2)
+    };
+    lost.kill();
+    survivor.ok(&["group", "create", "after"]);
+    assert!(groups(survivor).contains(&"after".to_string()));
+    w.kill();
+}

@@ -27,6 +27,10 @@ pub enum Command {
         name: String,
         address: String,
     },
+    /// Makes a node a witness: a voter that never owns a group. Refused while it owns one.
+    MarkWitness {
+        name: String,
+    },
     /// Removes a node; refused while it owns a group.
     RemoveNode {
         name: String,
@@ -145,8 +149,27 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                     name: name.clone(),
                     address: address.clone(),
                     state: NodeState::Up,
+                    witness: false,
                 },
             );
+        }
+        Command::MarkWitness { name } => {
+            if !state.nodes.contains_key(name) {
+                return Err(ApplyError::not_found("node", name));
+            }
+            if let Some(g) = state
+                .groups
+                .values()
+                .find(|g| g.owner.as_ref() == Some(name))
+            {
+                return Err(ApplyError::Conflict(format!(
+                    "node {name:?} owns group {:?}; a witness hosts no resources",
+                    g.name
+                )));
+            }
+            if let Some(n) = state.nodes.get_mut(name) {
+                n.witness = true;
+            }
         }
         Command::RemoveNode { name } => {
             if !state.nodes.contains_key(name) {
@@ -185,6 +208,9 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                 });
             }
             check_nodes_exist(state, owner.iter().chain(&props.preferred_owners))?;
+            if let Some(owner) = owner {
+                check_can_host(state, owner)?;
+            }
             state.groups.insert(
                 name.clone(),
                 Group {
@@ -257,7 +283,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             set_persistent(state, target, *desired)?;
         }
         Command::SetOwner { group, node } => {
-            check_nodes_exist(state, [node])?;
+            check_can_host(state, node)?;
             let g = state
                 .groups
                 .get_mut(group)
@@ -290,6 +316,17 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
         }
     }
     Ok(())
+}
+
+/// A group's owner must be a node that may host resources.
+fn check_can_host(state: &ClusterState, node: &str) -> Result {
+    match state.nodes.get(node) {
+        None => Err(ApplyError::not_found("node", node)),
+        Some(n) if n.witness => Err(ApplyError::Invalid(format!(
+            "node {node:?} is a witness: it hosts no resources"
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 fn check_nodes_exist<'a>(

@@ -23,6 +23,25 @@ pub fn choose_target(state: &ClusterState, group: &str, leaving: &str) -> Option
         .cloned()
 }
 
+/// The owner of a new group: the node that took the request if it can host resources,
+/// otherwise the first Up preferred owner, otherwise any Up node that is not a witness.
+pub fn initial_owner(state: &ClusterState, preferred: &[String], asked: &str) -> Option<String> {
+    let can_host = |n: &str| {
+        state
+            .nodes
+            .get(n)
+            .is_some_and(|node| node.state == NodeState::Up && !node.witness)
+    };
+    if can_host(asked) {
+        return Some(asked.to_string());
+    }
+    preferred
+        .iter()
+        .find(|n| can_host(n))
+        .or_else(|| state.nodes.keys().find(|n| can_host(n)))
+        .cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +73,30 @@ mod tests {
         )
         .unwrap();
         s
+    }
+
+    #[test]
+    fn witnesses_never_host() {
+        let mut s = cluster(&["n1", "n2", "w"], &["w", "n2"]);
+        apply(&mut s, &Command::MarkWitness { name: "w".into() }).unwrap();
+        assert_eq!(choose_target(&s, "g", "n1").as_deref(), Some("n2"));
+        assert_eq!(initial_owner(&s, &[], "w").as_deref(), Some("n1"));
+        assert_eq!(
+            initial_owner(&s, &["n2".into()], "w").as_deref(),
+            Some("n2")
+        );
+        let err = apply(
+            &mut s,
+            &Command::SetOwner {
+                group: "g".into(),
+                node: "w".into(),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node \"w\" is a witness: it hosts no resources"
+        );
     }
 
     #[test]

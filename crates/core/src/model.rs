@@ -74,6 +74,9 @@ pub struct Node {
     /// The node's API address (HOST:PORT).
     pub address: String,
     pub state: NodeState,
+    /// A voter that hosts no resources (it only helps make a majority).
+    #[serde(default)]
+    pub witness: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

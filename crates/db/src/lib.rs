@@ -153,7 +153,9 @@ impl Db {
         self.sm.data.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// This node's copy of the cluster database. Hold it briefly: applying waits for it.
+    /// This node's copy of the cluster database. Hold it briefly (applying waits for it), and
+    /// never take a second one on the same thread while holding it: once a writer queues
+    /// between the two, the second blocks forever.
     pub fn state(&self) -> StateRef<'_> {
         StateRef(self.read())
     }
