@@ -225,8 +225,46 @@ fn db_log(reason: String) -> LogEntry {
     LogEntry::new(Component::DB, reason)
 }
 
-async fn status(State(api): State<Api>) -> ApiResult<Json<view::StatusView>> {
-    Ok(Json(api.call(|s| view::status(s)).await?))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    /// Linearizable: answered by the leader once it has confirmed its leadership with a
+    /// majority and applied everything committed before the request.
+    #[serde(default)]
+    consistent: bool,
+}
+
+async fn status(
+    State(api): State<Api>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = query.map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))?;
+    if q.consistent {
+        if let Some(answer) = api
+            .on_leader(reqwest::Method::GET, "/v1/status?consistent=true", None)
+            .await?
+        {
+            return Ok(answer);
+        }
+        let limit = Duration::from_secs(5);
+        match tokio::time::timeout(limit, api.db.raft().ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: format!("cannot serve a consistent read: {e}"),
+                });
+            }
+            Err(_) => {
+                return Err(ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "cannot serve a consistent read: leadership not confirmed by a majority within 5 s".to_string(),
+                });
+            }
+        }
+    }
+    let view = api.call(|s| view::status(s)).await?;
+    Ok(Json(serde_json::to_value(view).expect("status serializes")))
 }
 
 async fn list_types() -> Json<Value> {

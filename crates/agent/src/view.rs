@@ -12,6 +12,9 @@ pub struct StatusView {
     pub node: String,
     /// Index of the last log entry applied to this node's copy of the database.
     pub applied_index: u64,
+    /// Index of the last entry in this node's Raft log, and of its last snapshot.
+    pub last_log_index: u64,
+    pub snapshot_index: u64,
     /// The Raft leader as this node knows it.
     pub leader: Option<String>,
     pub term: u64,
@@ -123,6 +126,8 @@ pub fn status(s: &Service) -> StatusView {
         cluster: db.cluster_name.clone(),
         node: s.node.clone(),
         applied_index,
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
         leader,
         term: metrics.current_term,
         nodes: db

@@ -51,6 +51,9 @@ enum Cmd {
     Status {
         #[arg(long, short, value_enum, default_value = "table")]
         output: output::Format,
+        /// Read through the leader, linearizably (default: this node's own copy).
+        #[arg(long)]
+        consistent: bool,
     },
     /// Groups: the unit of ownership and failover.
     #[command(subcommand)]
@@ -341,7 +344,14 @@ fn prop_map(p: &PropFlags) -> anyhow::Result<Map<String, Value>> {
 
 async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
     match command {
-        Cmd::Status { output } => output::status(&c.get("/v1/status").await?, output)?,
+        Cmd::Status { output, consistent } => {
+            let path = if consistent {
+                "/v1/status?consistent=true"
+            } else {
+                "/v1/status"
+            };
+            output::status(&c.get(path).await?, output)?
+        }
         Cmd::Group(g) => match g {
             GroupCmd::Create {
                 name,

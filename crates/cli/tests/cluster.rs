@@ -83,12 +83,21 @@ fn three_agents_form_a_cluster_replicate_and_survive_the_leader() {
     wait_until("n2 has cache", || {
         groups(&agents[1]).contains(&"cache".to_string())
     });
-    // The minority (one node of three) cannot write, and says why.
-    let survivor = if leader(&agents) == Some(1) { 2 } else { 1 };
+    // A consistent read through a follower is answered by the leader.
+    let follower = if leader(&agents) == Some(1) { 2 } else { 1 };
+    let read = agents[follower].ok(&["status", "--consistent", "--output", "json"]);
+    assert!(read.contains("\"cache\""), "{read}");
+    // The minority (one node of three) cannot write or read consistently, and says why.
+    let survivor = follower;
     let other = 3 - survivor;
     agents[other].kill();
     let err = agents[survivor].err(&["group", "create", "lonely"]);
     assert!(err.contains("majority"), "{err}");
+    let err = agents[survivor].err(&["status", "--consistent"]);
+    assert!(
+        err.contains("consistent read") || err.contains("no leader"),
+        "{err}"
+    );
     // All three back: nothing acknowledged was lost.
     for a in &mut agents {
         if !a.running() {
@@ -96,14 +105,54 @@ fn three_agents_form_a_cluster_replicate_and_survive_the_leader() {
         }
     }
     wait_until("a leader again", || leader(&agents).is_some());
+    let has_all = |a: &Agent| {
+        let g = groups(a);
+        ["web", "db", "cache"]
+            .iter()
+            .all(|x| g.contains(&x.to_string()))
+    };
     for a in &agents {
-        wait_until(&format!("{} has web, db, cache", a.name), || {
-            let g = groups(a);
-            ["web", "db", "cache"]
-                .iter()
-                .all(|x| g.contains(&x.to_string()))
-        });
+        wait_until(&format!("{} has web, db, cache", a.name), || has_all(a));
     }
+    // All three stopped and started again: the state is intact.
+    for a in &mut agents {
+        a.kill();
+    }
+    for a in &mut agents {
+        a.spawn(false);
+    }
+    for a in &agents {
+        wait_until(
+            &format!("{} has everything after a full restart", a.name),
+            || has_all(a),
+        );
+    }
+}
+
+#[test]
+fn a_node_away_for_many_writes_catches_up_from_a_snapshot() {
+    let mut agents = cluster(&["n1", "n2", "n3"]);
+    wait_until("three voters", || nodes(&agents[0]).len() == 3);
+    agents[2].kill();
+    // More than the snapshot interval (2 000 entries): the leader purges what n3 missed.
+    let leader = agents[0].listen.clone();
+    for i in 0..2_100 {
+        let body = serde_json::json!({ "name": format!("g{i}") });
+        let (status, v) = support::http(&leader, "POST", "/v1/groups", Some(body));
+        assert_eq!(status, 200, "{v}");
+    }
+    assert!(
+        agents[0].status()["snapshot_index"].as_u64().unwrap() > 0,
+        "the leader took a snapshot"
+    );
+    agents[2].spawn(false);
+    wait_until("n3 caught up", || groups(&agents[2]).len() == 2_100);
+    let n3 = agents[2].status();
+    assert!(
+        n3["snapshot_index"].as_u64().unwrap() > 0,
+        "n3 installed a snapshot: {}",
+        n3["snapshot_index"]
+    );
 }
 
 #[test]
