@@ -4,15 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use. The core-node tests need only sh, sleep and python3, which
-# a fresh machine has; later suites add theirs here.
+# Debian packages the tests use: python3, sh, sleep, mkfifo (a fresh machine has them) and
+# iproute2's `ip` for the partition tests (network namespaces; these need root, as CI is).
+declare -A pkg=([python3]=python3 [sh]=dash [sleep]=coreutils [mkfifo]=coreutils [ip]=iproute2)
 need=()
-for cmd in python3 sh sleep; do
-  command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
+for cmd in "${!pkg[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("${pkg[$cmd]}")
 done
 if [ ${#need[@]} -gt 0 ]; then
-  echo "missing: ${need[*]}; installing" >&2
-  apt-get update -q && apt-get install -y -q python3 coreutils dash
+  echo "installing: ${need[*]}" >&2
+  apt-get update -q && apt-get install -y -q "${need[@]}"
 fi
 
 cargo fmt --all -- --check

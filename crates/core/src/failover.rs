@@ -1,5 +1,5 @@
 //! The failover manager's choice of a target node: the first available preferred owner, then
-//! any other Up node, never the node the group is leaving. Group placement properties
+//! any other Up node, never the node the group is leaving, never a witness. Group placement properties
 //! (possible owners, thresholds, failback, anti-affinity) extend this function.
 
 use crate::model::{ClusterState, NodeState};
@@ -13,7 +13,7 @@ pub fn choose_target(state: &ClusterState, group: &str, leaving: &str) -> Option
             && state
                 .nodes
                 .get(n)
-                .is_some_and(|node| node.state == NodeState::Up)
+                .is_some_and(|node| node.state == NodeState::Up && !node.witness)
     };
     g.props
         .preferred_owners
