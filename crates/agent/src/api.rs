@@ -149,13 +149,14 @@ struct Pending {
     cmds: Vec<Command>,
     log: Vec<LogEntry>,
     /// The RCM's input once the change is applied here.
-    then: Box<dyn FnOnce(&Service) -> Input + Send>,
+    /// `None`: nothing beyond the reconcile pass every applied entry triggers anyway.
+    then: Box<dyn FnOnce(&Service) -> Option<Input> + Send>,
 }
 
 fn pending(
     cmds: Vec<Command>,
     log: Vec<LogEntry>,
-    then: impl FnOnce(&Service) -> Input + Send + 'static,
+    then: impl FnOnce(&Service) -> Option<Input> + Send + 'static,
 ) -> Result<Pending, ApplyError> {
     Ok(Pending {
         cmds,
@@ -175,8 +176,9 @@ impl Api {
         let (log, then) = (p.log, p.then);
         self.call(move |s| {
             s.log.append(log);
-            let input = then(s);
-            s.step(input);
+            if let Some(input) = then(s) {
+                s.step(input);
+            }
         })
         .await
     }
@@ -408,7 +410,7 @@ async fn create_group(
                 },
                 owner: Some(owner),
             };
-            pending(vec![cmd], vec![log.group(&req.name, 1)], |_| Input::Tick)
+            pending(vec![cmd], vec![log.group(&req.name, 1)], |_| None)
         })
         .await??;
     api.commit(p).await?;
@@ -454,7 +456,7 @@ async fn stop_then_delete(api: &Api, target: Target) -> ApiResult<()> {
                 "group" => log.group(&name, s.state().group_epoch(&name)),
                 _ => log.resource(&name),
             };
-            pending(vec![cmd], vec![log], |_| Input::Tick)
+            pending(vec![cmd], vec![log], |_| None)
         })
         .await??;
     api.commit(p).await?;
@@ -516,7 +518,7 @@ async fn set_desired(api: &Api, target: Target, desired: PersistentState) -> Api
                         .filter(|r| before.get(&r.name) != Some(&r.persistent_state))
                         .map(|r| r.name.clone()),
                 );
-                Input::Operator { resources: touched }
+                Some(Input::Operator { resources: touched })
             })
         })
         .await??;
@@ -593,9 +595,7 @@ async fn create_resource(
             ))
             .group(&spec.group, s.state().group_epoch(&spec.group))
             .resource(&spec.name);
-            pending(vec![Command::CreateResource { spec }], vec![log], |_| {
-                Input::Tick
-            })
+            pending(vec![Command::CreateResource { spec }], vec![log], |_| None)
         })
         .await??;
     api.commit(p).await?;
@@ -651,7 +651,7 @@ async fn update_resource(
             ))
             .group(&r.group, s.state().group_epoch(&r.group))
             .resource(&n);
-            pending(vec![cmd], vec![log], |_| Input::Tick).map_err(ApiError::from)
+            pending(vec![cmd], vec![log], |_| None).map_err(ApiError::from)
         })
         .await??;
     api.commit(p).await?;

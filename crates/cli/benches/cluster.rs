@@ -128,6 +128,17 @@ fn main() {
     }
     report("write latency (API, via follower)", lat);
 
+    let cpu = |a: &Agent| {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", a.pid())).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = [cpu(&n1), cpu(&n2), cpu(&n3)];
     let t = Instant::now();
     let per = concurrent / 16;
     std::thread::scope(|s| {
@@ -141,11 +152,19 @@ fn main() {
         }
     });
     let secs = t.elapsed().as_secs_f64();
+    let after = [cpu(&n1), cpu(&n2), cpu(&n3)];
+    let pct: Vec<String> = (0..3)
+        .map(|i| format!("{:.0} %", (after[i] - before[i]) as f64 / secs))
+        .collect();
     println!(
         "{:<34} {:>8.0} writes/s ({} writes, 16 writers)",
         "write throughput (API)",
         (per * 16) as f64 / secs,
         per * 16
+    );
+    println!(
+        "{:<34} leader {}, followers {}, {} (of one core each; 2 cores in all)",
+        "  CPU during it", pct[0], pct[1], pct[2]
     );
 
     drop((n1, n2, n3));

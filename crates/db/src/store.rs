@@ -69,8 +69,18 @@ fn get_meta<T: for<'de> Deserialize<'de>>(
 }
 
 fn put_meta<T: Serialize>(db: &redb::Database, key: &str, value: &T) -> StorageResult<()> {
+    put_meta_with(db, key, value, redb::Durability::Immediate)
+}
+
+fn put_meta_with<T: Serialize>(
+    db: &redb::Database,
+    key: &str,
+    value: &T,
+    durability: redb::Durability,
+) -> StorageResult<()> {
     let bytes = serde_json::to_vec(value).map_err(write_err)?;
-    let txn = db.begin_write().map_err(write_err)?;
+    let mut txn = db.begin_write().map_err(write_err)?;
+    txn.set_durability(durability).map_err(write_err)?;
     txn.open_table(META)
         .map_err(write_err)?
         .insert(key, bytes.as_slice())
@@ -157,7 +167,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        put_meta(&self.db, COMMITTED, &committed)
+        // Not fsynced on its own: it only saves re-applying after a restart, and a stale value
+        // is safe (the leader tells the node again). The next durable append carries it.
+        put_meta_with(&self.db, COMMITTED, &committed, redb::Durability::None)
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
