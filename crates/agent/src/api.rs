@@ -144,13 +144,16 @@ pub fn router(
         .with_state(api)
 }
 
+/// What the RCM gets once an operator change is applied here; `None`: nothing beyond the
+/// reconcile pass every applied entry triggers anyway.
+type Then = Box<dyn FnOnce(&Service) -> Option<Input> + Send>;
+
 /// An operator change prepared in the main loop, to be written through the cluster database.
 struct Pending {
     cmds: Vec<Command>,
     log: Vec<LogEntry>,
     /// The RCM's input once the change is applied here.
-    /// `None`: nothing beyond the reconcile pass every applied entry triggers anyway.
-    then: Box<dyn FnOnce(&Service) -> Option<Input> + Send>,
+    then: Then,
 }
 
 fn pending(
