@@ -236,6 +236,16 @@ impl Rcm {
         self.fenced = fenced;
         out.push(Action::Log(LogEntry::new(Component::RCM, reason)));
         if !fenced {
+            // What was recorded while fenced most likely never reached a majority: record
+            // this node's view of its resources again.
+            for (name, l) in &self.resources {
+                out.push(Action::Db(Command::RecordState {
+                    resource: name.clone(),
+                    state: l.state,
+                    reason: "recorded again: contact with a quorum is back".to_string(),
+                    pid: l.pid,
+                }));
+            }
             return;
         }
         let running: Vec<String> = self
