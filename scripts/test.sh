@@ -18,4 +18,9 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+cargo test --workspace 2>&1 | tee "$out"
+# One closing line for the whole run (cargo's last line is a doc-test binary's, often 0 tests).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$out"

@@ -45,12 +45,7 @@ fn voters(a: &Agent) -> usize {
 }
 
 fn node_state(a: &Agent, node: &str) -> Option<String> {
-    let v = a.try_status_value()?;
-    v["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["name"] == node)
-        .map(|n| n["state"].as_str().unwrap().to_string())
+    a.node_state(node)
 }
 
 fn write(a: &Agent, name: &str) {

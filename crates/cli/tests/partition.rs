@@ -13,41 +13,35 @@ fn time_of(r: &Value) -> SystemTime {
 }
 
 fn node_state(a: &Agent, node: &str) -> Option<String> {
-    let v = a.try_status_value()?;
-    v["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["name"] == node)
-        .map(|n| n["state"].as_str().unwrap().to_string())
+    a.node_state(node)
 }
 
-#[test]
-fn a_cut_off_node_fences_itself_before_the_majority_declares_it_down() {
-    let net = Net::new();
-    let mut n1 = Agent::in_net(&net, 1, "n1");
+/// n1 (bootstrap), n2 and n3 in namespaces of their own; group g on n3 runs `svc`, whose
+/// pid is returned.
+fn three_with_svc_on_n3(net: &Net) -> (Agent, Agent, Agent, u32) {
+    let mut n1 = Agent::in_net(net, 1, "n1");
     n1.spawn(true);
-    let n2 = Agent::in_net(&net, 2, "n2").start_joining(&n1);
-    let n3 = Agent::in_net(&net, 3, "n3").start_joining(&n1);
+    let n2 = Agent::in_net(net, 2, "n2").start_joining(&n1);
+    let n3 = Agent::in_net(net, 3, "n3").start_joining(&n1);
     wait_until("n3 is Up with a lease", || {
         node_state(&n3, "n3").as_deref() == Some("Up")
             && node_state(&n1, "n3").as_deref() == Some("Up")
     });
     // A group created through n3 is owned by n3.
     n3.ok(&["group", "create", "g"]);
-    n3.ok(&[
-        "resource",
-        "create",
-        "svc",
-        "--group",
-        "g",
-        "--type",
-        "process",
-        "--param",
-        "command=sleep 1000",
-        "--online",
-    ]);
+    let svc = [
+        "resource", "create", "svc", "--group", "g", "--type", "process",
+    ];
+    n3.ok(&[&svc[..], &["--param", "command=sleep 1000", "--online"]].concat());
     n3.wait_state("svc", "Online");
     let pid = n3.pid_of("svc").unwrap();
+    (n1, n2, n3, pid)
+}
+
+#[test]
+fn a_cut_off_node_fences_itself_before_the_majority_declares_it_down() {
+    let net = Net::new();
+    let (n1, n2, n3, pid) = three_with_svc_on_n3(&net);
 
     net.cut(3);
     wait_until("the majority declares n3 Down", || {
@@ -179,29 +173,7 @@ fn a_leader_cut_off_with_a_minority_renews_no_lease() {
 fn a_stopped_agents_resources_stop_with_its_lease() {
     // Two nodes plus a third so that the other two keep a majority.
     let net = Net::new();
-    let mut n1 = Agent::in_net(&net, 1, "n1");
-    n1.spawn(true);
-    let n2 = Agent::in_net(&net, 2, "n2").start_joining(&n1);
-    let n3 = Agent::in_net(&net, 3, "n3").start_joining(&n1);
-    wait_until("n3 is Up", || {
-        node_state(&n1, "n3").as_deref() == Some("Up")
-            && node_state(&n3, "n3").as_deref() == Some("Up")
-    });
-    n3.ok(&["group", "create", "g"]);
-    n3.ok(&[
-        "resource",
-        "create",
-        "svc",
-        "--group",
-        "g",
-        "--type",
-        "process",
-        "--param",
-        "command=sleep 1000",
-        "--online",
-    ]);
-    n3.wait_state("svc", "Online");
-    let pid = n3.pid_of("svc").unwrap();
+    let (n1, n2, n3, pid) = three_with_svc_on_n3(&net);
     // SIGSTOP: the agent can neither renew its lease nor fence; its RHS fences on its own.
     let agent = rustix::process::Pid::from_raw(n3.pid() as i32).unwrap();
     rustix::process::kill_process(agent, rustix::process::Signal::STOP).unwrap();

@@ -212,6 +212,16 @@ impl Agent {
         panic!("no resource {name} in {v:#}")
     }
 
+    /// A node's state as this agent reports it (`None` if it does not answer).
+    pub fn node_state(&self, node: &str) -> Option<String> {
+        let v = self.try_status()?;
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == node)
+            .map(|n| n["state"].as_str().unwrap_or_default().to_string())
+    }
+
     pub fn group(&self, name: &str) -> Value {
         let v = self.status();
         v["groups"]
