@@ -41,6 +41,8 @@ struct State {
     fenced: bool,
     /// When this node's last heartbeat was answered (followers).
     answered_ms: Option<u64>,
+    /// The last heartbeat got no lease-granting answer.
+    unanswered: bool,
     /// Nodes whose Down/Up record is being written.
     writing: std::collections::BTreeSet<String>,
 }
@@ -139,14 +141,20 @@ pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
     let mut tick = tokio::time::interval(interval / 5);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sent: Option<Instant> = None;
+    let mut last_leader: Option<String> = None;
     loop {
         tick.tick().await;
         if db.is_leader() {
             lead(&nm, &db, &log);
         } else {
             nm.lock().clock = None;
-            if last_sent.is_none_or(|t| t.elapsed() >= interval) {
+            // Every interval; and at every check while the leader is new or the last
+            // heartbeat went unanswered, so a change of leader costs no lease.
+            let leader = db.leader_addr();
+            let retry = leader != last_leader || nm.lock().unanswered;
+            if retry || last_sent.is_none_or(|t| t.elapsed() >= interval) {
                 last_sent = Some(Instant::now());
+                last_leader = leader;
                 // Aside, so a slow answer never delays the lease check below.
                 let (nm, db, http) = (nm.clone(), db.clone(), http.clone());
                 tokio::spawn(async move { follow(&nm, &db, &http, interval).await });
@@ -267,8 +275,14 @@ fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
 
 /// Follower: one heartbeat to the leader; its answer renews the lease.
 async fn follow(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) {
+    let answered = heartbeat(nm, db, http, limit).await;
+    nm.lock().unanswered = !answered;
+}
+
+/// One heartbeat to the leader; its answer renews the lease. Whether it was answered with one.
+async fn heartbeat(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) -> bool {
     let Some(leader) = db.leader_addr() else {
-        return;
+        return false;
     };
     let sent = nm.now_ms();
     let answer = http
@@ -280,18 +294,22 @@ async fn follow(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) {
         .send()
         .await;
     let Ok(resp) = answer else {
-        return;
+        return false;
     };
     if !resp.status().is_success() {
-        return;
+        return false;
     }
     let Ok(reply) = resp.json::<HeartbeatReply>().await else {
-        return;
+        return false;
     };
     let now = nm.now_ms();
     let mut st = nm.lock();
     st.answered_ms = Some(now);
-    if let Some(age) = reply.quorum_age_ms {
-        st.lease.renew(sent, age, &nm.cfg);
+    match reply.quorum_age_ms {
+        Some(age) => {
+            st.lease.renew(sent, age, &nm.cfg);
+            true
+        }
+        None => false,
     }
 }

@@ -254,3 +254,43 @@ fn two_nodes_and_a_witness_survive_the_loss_of_a_node() {
     assert!(groups(survivor).contains(&"after".to_string()));
     w.kill();
 }
+
+#[test]
+fn losing_the_leader_does_not_fence_the_others() {
+    let mut agents = cluster(&["n1", "n2", "n3"]);
+    wait_until("n1 leads three voters", || {
+        leader(&agents) == Some(0) && nodes(&agents[0]).len() == 3
+    });
+    agents[2].ok(&["group", "create", "g"]);
+    let svc = [
+        "resource", "create", "svc", "--group", "g", "--type", "process",
+    ];
+    agents[2].ok(&[&svc[..], &["--param", "command=sleep 1000", "--online"]].concat());
+    agents[2].wait_state("svc", "Online");
+    let pid = agents[2].pid_of("svc").unwrap();
+    for round in 0..3 {
+        let lead = leader(&agents).unwrap();
+        if lead == 2 {
+            break;
+        }
+        agents[lead].kill();
+        wait_until("a new leader", || {
+            leader(&agents).is_some_and(|l| l != lead)
+        });
+        // Let a few lease periods pass under the new leader.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        agents[lead].spawn(false);
+        let fenced = agents[2].log().into_iter().any(|r| {
+            r["component"] == "NM" && r["reason"].as_str().unwrap().starts_with("lease expired")
+        });
+        assert!(
+            !fenced,
+            "round {round}: n3 lost its lease while the cluster changed leaders"
+        );
+        assert_eq!(
+            agents[2].pid_of("svc"),
+            Some(pid),
+            "round {round}: svc kept running"
+        );
+    }
+}

@@ -78,9 +78,11 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Self {
+            // A new leader within well under a second: node leases (2 s at the defaults)
+            // must survive losing the leader.
             heartbeat_ms: 100,
-            election_min_ms: 600,
-            election_max_ms: 1_200,
+            election_min_ms: 300,
+            election_max_ms: 600,
             write_timeout_ms: 5_000,
         }
     }
