@@ -95,6 +95,7 @@ pub struct Db {
     name: String,
     raft: Raft<TypeConfig>,
     sm: StateMachine,
+    /// For forwarded writes (no connection reuse, see `open`).
     http: reqwest::Client,
     timing: Timing,
 }
@@ -119,14 +120,21 @@ impl Db {
         }
         .validate()
         .map_err(|e| open_err(format!("Raft configuration: {e}")))?;
+        let raft_http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| open_err(format!("HTTP client: {e}")))?;
+        // Forwarded writes use a fresh connection each: a pooled one to a leader that just
+        // died fails ambiguously (was the write sent?), while a refused connection surely
+        // sent nothing and may be retried with the next leader.
         let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| open_err(format!("HTTP client: {e}")))?;
         let id = node_id(name);
         let raft = Raft::new(
             id,
             Arc::new(config),
-            Network::new(http.clone()),
+            Network::new(raft_http),
             LogStore::new(store),
             sm.clone(),
         )
