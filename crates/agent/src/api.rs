@@ -44,6 +44,8 @@ pub struct Api {
     db: Db,
     nm: crate::nm::Nm,
     http: reqwest::Client,
+    /// This node's name.
+    node: String,
 }
 
 #[derive(Debug)]
@@ -116,6 +118,7 @@ pub fn router(
         log,
         version,
         db,
+        node: nm.name().to_string(),
         nm,
         http: reqwest::Client::new(),
     };
@@ -144,27 +147,35 @@ pub fn router(
         .with_state(api)
 }
 
-/// What the RCM gets once an operator change is applied here; `None`: nothing beyond the
-/// reconcile pass every applied entry triggers anyway.
-type Then = Box<dyn FnOnce(&Service) -> Option<Input> + Send>;
+/// What the RCM gets once an operator change is applied here (beyond the reconcile pass every
+/// applied entry triggers anyway).
+type Then = Box<dyn FnOnce(&Service) -> Input + Send>;
 
 /// An operator change prepared in the main loop, to be written through the cluster database.
 struct Pending {
     cmds: Vec<Command>,
     log: Vec<LogEntry>,
     /// The RCM's input once the change is applied here.
-    then: Then,
+    then: Option<Then>,
 }
 
-fn pending(
+fn pending(cmds: Vec<Command>, log: Vec<LogEntry>) -> Result<Pending, ApplyError> {
+    Ok(Pending {
+        cmds,
+        log,
+        then: None,
+    })
+}
+
+fn pending_then(
     cmds: Vec<Command>,
     log: Vec<LogEntry>,
-    then: impl FnOnce(&Service) -> Option<Input> + Send + 'static,
+    then: impl FnOnce(&Service) -> Input + Send + 'static,
 ) -> Result<Pending, ApplyError> {
     Ok(Pending {
         cmds,
         log,
-        then: Box::new(then),
+        then: Some(Box::new(then)),
     })
 }
 
@@ -176,14 +187,17 @@ impl Api {
         if let Some(e) = results.into_iter().find_map(Result::err) {
             return Err(e.into());
         }
-        let (log, then) = (p.log, p.then);
-        self.call(move |s| {
-            s.log.append(log);
-            if let Some(input) = then(s) {
-                s.step(input);
+        self.log.append(p.log);
+        match p.then {
+            Some(then) => {
+                self.call(move |s| {
+                    let input = then(s);
+                    s.step(input);
+                })
+                .await
             }
-        })
-        .await
+            None => Ok(()),
+        }
     }
 
     /// Runs `f` in the main loop and returns its result.
@@ -397,25 +411,22 @@ async fn create_group(
 ) -> ApiResult {
     let Json(req) = body?;
     let name = req.name.clone();
-    let p = api
-        .call(move |s| {
-            let owner = failover::initial_owner(&s.state(), &req.preferred_owners, &s.node)
-                .ok_or_else(|| {
-                    ApplyError::Conflict(
-                        "no node can host a group: no Up node that is not a witness".to_string(),
-                    )
-                })?;
-            let log = db_log(format!("group {} created, owner {owner}", req.name));
-            let cmd = Command::CreateGroup {
-                name: req.name.clone(),
-                props: GroupProps {
-                    preferred_owners: req.preferred_owners,
-                },
-                owner: Some(owner),
-            };
-            pending(vec![cmd], vec![log.group(&req.name, 1)], |_| None)
-        })
-        .await??;
+    // Only reads this node's copy of the database: no trip through the main loop.
+    let owner = failover::initial_owner(&api.db.state(), &req.preferred_owners, &api.node)
+        .ok_or_else(|| {
+            ApiError::from(ApplyError::Conflict(
+                "no node can host a group: no Up node that is not a witness".to_string(),
+            ))
+        })?;
+    let log = db_log(format!("group {} created, owner {owner}", req.name));
+    let cmd = Command::CreateGroup {
+        name: req.name.clone(),
+        props: GroupProps {
+            preferred_owners: req.preferred_owners,
+        },
+        owner: Some(owner),
+    };
+    let p = pending(vec![cmd], vec![log.group(&req.name, 1)])?;
     api.commit(p).await?;
     Ok(Json(json!({ "created": name })))
 }
@@ -459,7 +470,7 @@ async fn stop_then_delete(api: &Api, target: Target) -> ApiResult<()> {
                 "group" => log.group(&name, s.state().group_epoch(&name)),
                 _ => log.resource(&name),
             };
-            pending(vec![cmd], vec![log], |_| None)
+            pending(vec![cmd], vec![log])
         })
         .await??;
     api.commit(p).await?;
@@ -513,7 +524,7 @@ async fn set_desired(api: &Api, target: Target, desired: PersistentState) -> Api
                 target,
                 state: desired,
             };
-            pending(vec![cmd], vec![log], move |s| {
+            pending_then(vec![cmd], vec![log], move |s| {
                 touched.extend(
                     s.state()
                         .resources
@@ -521,7 +532,7 @@ async fn set_desired(api: &Api, target: Target, desired: PersistentState) -> Api
                         .filter(|r| before.get(&r.name) != Some(&r.persistent_state))
                         .map(|r| r.name.clone()),
                 );
-                Some(Input::Operator { resources: touched })
+                Input::Operator { resources: touched }
             })
         })
         .await??;
@@ -598,7 +609,7 @@ async fn create_resource(
             ))
             .group(&spec.group, s.state().group_epoch(&spec.group))
             .resource(&spec.name);
-            pending(vec![Command::CreateResource { spec }], vec![log], |_| None)
+            pending(vec![Command::CreateResource { spec }], vec![log])
         })
         .await??;
     api.commit(p).await?;
@@ -654,7 +665,7 @@ async fn update_resource(
             ))
             .group(&r.group, s.state().group_epoch(&r.group))
             .resource(&n);
-            pending(vec![cmd], vec![log], |_| None).map_err(ApiError::from)
+            pending(vec![cmd], vec![log]).map_err(ApiError::from)
         })
         .await??;
     api.commit(p).await?;

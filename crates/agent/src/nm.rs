@@ -78,6 +78,10 @@ impl Nm {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn is_fenced(&self) -> bool {
         self.lock().fenced
     }
