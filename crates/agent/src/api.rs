@@ -450,9 +450,21 @@ async fn stop_then_delete(api: &Api, target: Target) -> ApiResult<()> {
             }
         })
         .await?;
-    let (kind, name, cmd) = match target {
-        Target::Group(g) => ("group", g.clone(), Command::DeleteGroup { name: g }),
-        Target::Resource(r) => ("resource", r.clone(), Command::DeleteResource { name: r }),
+    let (kind, name, cmd, log) = match target {
+        Target::Group(g) => {
+            let log =
+                db_log(format!("group {g} deleted")).group(&g, api.db.state().group_epoch(&g));
+            ("group", g.clone(), Command::DeleteGroup { name: g }, log)
+        }
+        Target::Resource(r) => {
+            let log = db_log(format!("resource {r} deleted")).resource(&r);
+            (
+                "resource",
+                r.clone(),
+                Command::DeleteResource { name: r },
+                log,
+            )
+        }
     };
     if !stopped {
         return Err(ApiError {
@@ -463,18 +475,7 @@ async fn stop_then_delete(api: &Api, target: Target) -> ApiResult<()> {
             ),
         });
     }
-    let p = api
-        .call(move |s| {
-            let mut log = db_log(format!("{kind} {name} deleted"));
-            log = match kind {
-                "group" => log.group(&name, s.state().group_epoch(&name)),
-                _ => log.resource(&name),
-            };
-            pending(vec![cmd], vec![log])
-        })
-        .await??;
-    api.commit(p).await?;
-    Ok(())
+    api.commit(pending(vec![cmd], vec![log])?).await
 }
 
 async fn group_action(

@@ -108,13 +108,6 @@ impl Service {
         self.db.applied_index()
     }
 
-    /// Sends `cmds` to the database in order with the RCM's own records.
-    pub fn queue_write(&self, cmds: Vec<Command>) {
-        if self.writes.try_send(cmds).is_err() {
-            tracing::error!("database write queue full; commands dropped");
-        }
-    }
-
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }

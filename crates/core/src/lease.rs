@@ -90,24 +90,21 @@ impl LeaderClock {
     /// Whether `node` has surely stopped running resources: its lease, which started no later
     /// than its last heartbeat's arrival (or this leader's start), has expired with margin.
     pub fn is_down(&self, node: &str, cfg: &LeaseConfig, now_ms: u64) -> bool {
-        let last = self
-            .contact_ms
-            .get(node)
-            .copied()
-            .unwrap_or(0)
-            .max(self.since_ms);
-        now_ms >= last + cfg.lease_ms() + cfg.margin_ms()
+        now_ms >= self.last_known(node) + cfg.lease_ms() + cfg.margin_ms()
     }
 
     /// Missed `threshold` heartbeats in a row.
     pub fn is_suspect(&self, node: &str, cfg: &LeaseConfig, now_ms: u64) -> bool {
-        let last = self
-            .contact_ms
+        now_ms >= self.last_known(node) + cfg.lease_ms()
+    }
+
+    /// The node's last heartbeat, or this leader's start if it has heard none since.
+    fn last_known(&self, node: &str) -> u64 {
+        self.contact_ms
             .get(node)
             .copied()
             .unwrap_or(0)
-            .max(self.since_ms);
-        now_ms >= last + cfg.lease_ms()
+            .max(self.since_ms)
     }
 }
 

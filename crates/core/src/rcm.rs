@@ -141,10 +141,6 @@ impl Rcm {
         self.fenced
     }
 
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// This node's view of a resource's state (Offline if it has none).
     pub fn state(&self, resource: &str) -> ResourceState {
         self.resources

@@ -150,8 +150,12 @@ impl Db {
         })
     }
 
-    pub fn id(&self) -> NodeId {
-        self.id
+    fn voter_ids(&self) -> BTreeSet<NodeId> {
+        self.metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 
     pub fn raft(&self) -> &Raft<TypeConfig> {
@@ -364,19 +368,12 @@ impl Db {
     /// there are fewer than [`MAX_VOTERS`]. Leader only.
     pub async fn add_member(&self, name: &str, addr: &str) -> Result<(), DbError> {
         let id = node_id(name);
-        let err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| {
-            DbError::Raft(e.to_string())
-        };
+        let err = raft_err;
         self.raft
             .add_learner(id, BasicNode::new(addr), true)
             .await
             .map_err(err)?;
-        let voters: BTreeSet<NodeId> = self
-            .metrics()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = self.voter_ids();
         if voters.len() < MAX_VOTERS && !voters.contains(&id) {
             self.raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
@@ -389,15 +386,8 @@ impl Db {
     /// Removes a node from the Raft membership (voter or learner). Leader only.
     pub async fn remove_member(&self, name: &str) -> Result<(), DbError> {
         let id = node_id(name);
-        let err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| {
-            DbError::Raft(e.to_string())
-        };
-        let voters: BTreeSet<NodeId> = self
-            .metrics()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let err = raft_err;
+        let voters = self.voter_ids();
         if voters.contains(&id) {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
@@ -456,6 +446,10 @@ async fn forwarded(
 ) -> Json<Result<Written, WriteError>> {
     let limit = Duration::from_millis(db.timing.write_timeout_ms);
     Json(db.write_here(cmds, limit).await)
+}
+
+fn raft_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> DbError {
+    DbError::Raft(e.to_string())
 }
 
 /// A committed write: its log index and each command's result.

@@ -45,7 +45,10 @@ impl Agent {
 
     /// An agent named `name` with its own temp dir and port, not started yet.
     pub fn new(name: &str) -> Agent {
-        let listen = format!("127.0.0.1:{}", free_port());
+        Agent::at(name, format!("127.0.0.1:{}", free_port()), None)
+    }
+
+    fn at(name: &str, listen: String, netns: Option<String>) -> Agent {
         Agent {
             name: name.into(),
             endpoint: format!("http://{listen}"),
@@ -53,7 +56,7 @@ impl Agent {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             seen: Default::default(),
-            netns: None,
+            netns,
         }
     }
 
@@ -471,16 +474,7 @@ impl Agent {
     /// An agent named `name` on host `i` of `net`, not started yet.
     pub fn in_net(net: &Net, i: u8, name: &str) -> Agent {
         net.host(i);
-        let listen = format!("{}:7440", net.addr(i));
-        Agent {
-            name: name.into(),
-            endpoint: format!("http://{listen}"),
-            listen,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            seen: Default::default(),
-            netns: Some(net.ns(i)),
-        }
+        Agent::at(name, format!("{}:7440", net.addr(i)), Some(net.ns(i)))
     }
 
     /// The cluster log records of this node, read from its data dir (works while it is cut off).
