@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use vigil_core::command::{ApplyError, Command, Target};
 use vigil_core::event::{Component, LogEntry};
 use vigil_core::failover;
-use vigil_core::model::{PersistentState, ResourceSpec};
+use vigil_core::model::{PersistentState, ResourceSpec, ResourceState};
 use vigil_core::props::{GroupProps, ResourceProps};
 use vigil_core::rcm::Input;
 use vigil_rhs::types;
@@ -129,8 +129,14 @@ pub fn router(
         .route("/v1/cluster/join", post(join))
         .route("/v1/nm/heartbeat", post(heartbeat))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
+        .route("/v1/nodes/{name}/drain", post(drain_node))
+        .route("/v1/nodes/{name}/resume", post(resume_node))
         .route("/v1/groups", post(create_group))
-        .route("/v1/groups/{name}", axum::routing::delete(delete_group))
+        .route(
+            "/v1/groups/{name}",
+            axum::routing::delete(delete_group).patch(update_group),
+        )
+        .route("/v1/groups/{name}/move", post(move_group))
         .route("/v1/groups/{name}/{action}", post(group_action))
         .route("/v1/resources", post(create_resource))
         .route(
@@ -401,34 +407,315 @@ async fn remove_node(State(api): State<Api>, Path(name): Path<String>) -> ApiRes
 #[serde(deny_unknown_fields)]
 struct CreateGroup {
     name: String,
+    /// Group properties by name (see [`GroupProps::NAMES`]); lists as JSON arrays or
+    /// comma-separated text.
+    #[serde(default)]
+    props: BTreeMap<String, Value>,
+    /// Shorthand for `props.preferred_owners`.
     #[serde(default)]
     preferred_owners: Vec<String>,
+}
+
+/// Group property changes from JSON (`["a","b"]` or `"a,b"`, numbers, text, `null` to clear).
+fn apply_group_props(props: &mut GroupProps, changes: &BTreeMap<String, Value>) -> ApiResult<()> {
+    for (k, v) in changes {
+        let text = match v {
+            Value::Null => String::new(),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| prop_text(k, i))
+                .collect::<ApiResult<Vec<_>>>()?
+                .join(","),
+            v => prop_text(k, v)?,
+        };
+        props
+            .set(k, &text)
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+    }
+    Ok(())
 }
 
 async fn create_group(
     State(api): State<Api>,
     body: Result<Json<CreateGroup>, JsonRejection>,
 ) -> ApiResult {
-    let Json(req) = body?;
+    let Json(mut req) = body?;
+    if !req.preferred_owners.is_empty() {
+        req.props.insert(
+            "preferred_owners".to_string(),
+            json!(req.preferred_owners.clone()),
+        );
+    }
+    let mut props = GroupProps::default();
+    apply_group_props(&mut props, &req.props)?;
     let name = req.name.clone();
     // Only reads this node's copy of the database: no trip through the main loop.
-    let owner = failover::initial_owner(&api.db.state(), &req.preferred_owners, &api.node)
-        .ok_or_else(|| {
-            ApiError::from(ApplyError::Conflict(
-                "no node can host a group: no Up node that is not a witness".to_string(),
-            ))
-        })?;
+    let owner = {
+        let state = api.db.state();
+        let asked = if props.possible_owners.is_empty() || props.possible_owners.contains(&api.node) {
+            api.node.as_str()
+        } else {
+            ""
+        };
+        let candidates: Vec<String> = props
+            .preferred_owners
+            .iter()
+            .chain(&props.possible_owners)
+            .cloned()
+            .collect();
+        failover::initial_owner(&state, &candidates, asked)
+    }
+    .ok_or_else(|| {
+        ApiError::from(ApplyError::Conflict(
+            "no node can host the group: no Up node that is not a witness among its possible owners".to_string(),
+        ))
+    })?;
     let log = db_log(format!("group {} created, owner {owner}", req.name));
     let cmd = Command::CreateGroup {
         name: req.name.clone(),
-        props: GroupProps {
-            preferred_owners: req.preferred_owners,
-        },
+        props,
         owner: Some(owner),
     };
     let p = pending(vec![cmd], vec![log.group(&req.name, 1)])?;
     api.commit(p).await?;
     Ok(Json(json!({ "created": name })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateGroup {
+    props: BTreeMap<String, Value>,
+}
+
+async fn update_group(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<UpdateGroup>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let n = name.clone();
+    let p = api
+        .call(move |s| {
+            let g = s.state().groups.get(&n).cloned().ok_or_else(|| {
+                ApiError::from(ApplyError::NotFound {
+                    kind: "group".into(),
+                    name: n.clone(),
+                })
+            })?;
+            let mut props = g.props.clone();
+            apply_group_props(&mut props, &req.props)?;
+            let log = db_log(format!("group {n} properties changed")).group(&n, g.epoch);
+            let cmd = Command::SetGroupProps { group: n, props };
+            pending(vec![cmd], vec![log]).map_err(ApiError::from)
+        })
+        .await??;
+    api.commit(p).await?;
+    Ok(Json(json!({ "updated": name })))
+}
+
+/// How long `move`, `drain` and `resume` wait for the cluster to finish.
+const MOVE_WAIT: Duration = Duration::from_secs(300);
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MoveRequest {
+    /// Target node; by default the failover manager's choice.
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// `vigil group move`: a planned handover (the owner stops the group, then the target starts
+/// it). Answers once the group is settled on the target.
+async fn move_group(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Option<Json<MoveRequest>>,
+) -> ApiResult {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let (cmd, from, to) = {
+        let state = api.db.state();
+        let g = state.groups.get(&name).ok_or_else(|| {
+            ApiError::from(ApplyError::NotFound {
+                kind: "group".into(),
+                name: name.clone(),
+            })
+        })?;
+        let from = g.owner.clone().unwrap_or_default();
+        let to = match req.to {
+            Some(to) => to,
+            None => failover::choose_target(&state, &name, Some(&from), crate::fm::unix_ms())
+                .ok_or_else(|| {
+                    ApiError::from(ApplyError::Conflict(format!(
+                        "no other node can take group {name:?} (none is Up, unpaused and a possible owner)"
+                    )))
+                })?,
+        };
+        let cmd = Command::MoveGroup {
+            group: name.clone(),
+            to: to.clone(),
+            kind: vigil_core::model::MoveKind::Operator,
+        };
+        (cmd, from, to)
+    };
+    let epoch = api.db.state().group_epoch(&name);
+    let log = LogEntry::new(Component::FM, format!("operator moves the group to {to}"))
+        .group(&name, epoch)
+        .change(&from, &to);
+    api.commit(pending(vec![cmd], vec![log])?).await?;
+    let (g, target) = (name.clone(), to.clone());
+    let settled = api
+        .wait_for(MOVE_WAIT, move |s| {
+            let db = s.state();
+            db.groups.get(&g).is_none_or(|x| {
+                x.moving.is_none()
+                    && (x.owner.as_deref() != Some(target.as_str())
+                        || x.failure.is_some()
+                        || db.group_resources(&g).all(|r| {
+                            r.state
+                                == match r.persistent_state {
+                                    PersistentState::Online => ResourceState::Online,
+                                    PersistentState::Offline => ResourceState::Offline,
+                                }
+                                || r.state == ResourceState::Failed
+                        }))
+            })
+        })
+        .await?;
+    let state = api.db.state();
+    let g = state.groups.get(&name);
+    let owner = g.and_then(|g| g.owner.clone());
+    if !settled {
+        return Err(ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!(
+                "group {name:?} did not settle on {to} within {} s (owner now {})",
+                MOVE_WAIT.as_secs(),
+                owner.as_deref().unwrap_or("none")
+            ),
+        });
+    }
+    if owner.as_deref() != Some(to.as_str()) {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "group {name:?} did not move to {to}: owner is {} (see `vigil log --group {name}`)",
+                owner.as_deref().unwrap_or("none")
+            ),
+        });
+    }
+    let state_now = g.map(|g| vigil_core::model::group_state(&state, g));
+    Ok(Json(json!({
+        "group": name, "from": from, "to": to,
+        "epoch": g.map_or(0, |g| g.epoch), "state": state_now,
+    })))
+}
+
+/// `vigil node drain`: Paused, and every group moved off in priority order. Answers once
+/// the drain has ended, with the groups that could not move.
+async fn drain_node(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    let cmd = Command::SetDraining {
+        name: name.clone(),
+        draining: true,
+    };
+    let log = LogEntry::new(
+        Component::NM,
+        format!("operator drains node {name}: Paused"),
+    );
+    api.commit(pending(vec![cmd], vec![log])?).await?;
+    let n = name.clone();
+    let done = api
+        .wait_for(MOVE_WAIT, move |s| {
+            let db = s.state();
+            db.nodes.get(&n).is_none_or(|x| !x.draining)
+                && !db
+                    .groups
+                    .values()
+                    .any(|g| g.moving.is_some() && g.drained_from.as_deref() == Some(n.as_str()))
+        })
+        .await?;
+    let remaining: Vec<String> = api
+        .db
+        .state()
+        .groups
+        .values()
+        .filter(|g| g.owner.as_deref() == Some(name.as_str()))
+        .map(|g| g.name.clone())
+        .collect();
+    if !done {
+        return Err(ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!(
+                "drain of {name} not finished within {} s; still on it: {}",
+                MOVE_WAIT.as_secs(),
+                remaining.join(", ")
+            ),
+        });
+    }
+    Ok(Json(
+        json!({ "node": name, "state": "Paused", "remaining": remaining }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResumeRequest {
+    /// Move the groups drained off the node back to it.
+    #[serde(default)]
+    failback: bool,
+}
+
+async fn resume_node(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Option<Json<ResumeRequest>>,
+) -> ApiResult {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let back: Vec<String> = api
+        .db
+        .state()
+        .groups
+        .values()
+        .filter(|g| req.failback && g.drained_from.as_deref() == Some(name.as_str()))
+        .map(|g| g.name.clone())
+        .collect();
+    let cmd = Command::ResumeNode {
+        name: name.clone(),
+        failback: req.failback,
+    };
+    let what = if req.failback {
+        format!(
+            "operator resumes node {name}: Up; failing back {}",
+            back.join(", ")
+        )
+    } else {
+        format!("operator resumes node {name}: Up")
+    };
+    api.commit(pending(
+        vec![cmd],
+        vec![LogEntry::new(Component::NM, what)],
+    )?)
+    .await?;
+    let (n, groups) = (name.clone(), back.clone());
+    let done = api
+        .wait_for(MOVE_WAIT, move |s| {
+            let db = s.state();
+            groups
+                .iter()
+                .all(|g| db.groups.get(g).is_none_or(|g| g.moving.is_none()))
+        })
+        .await?;
+    if !done {
+        return Err(ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!(
+                "node {n} resumed, but the failback did not finish within {} s",
+                MOVE_WAIT.as_secs()
+            ),
+        });
+    }
+    Ok(Json(
+        json!({ "node": name, "state": "Up", "failed_back": back }),
+    ))
 }
 
 async fn delete_group(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {

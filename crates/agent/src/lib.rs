@@ -5,12 +5,15 @@
 //! - [`hosts`]: starts and supervises the RHS processes (`vigil rhs`).
 //! - [`api`]: the HTTP/JSON API the CLI talks to; [`view`]: what it returns for status.
 //! - [`clusterlog`]: the cluster log, one JSON line per state change.
+//! - [`nm`]: heartbeats, leases, self-fencing, Down; [`fm`]: runs the failover manager on
+//!   the leader.
 //!
 //! Not here: decisions (restart policy, dependency order, placement live in `vigil-core`),
 //! health checks and resource types (in `vigil-rhs`, in other processes).
 
 pub mod api;
 pub mod clusterlog;
+pub mod fm;
 pub mod hosts;
 pub mod membership;
 pub mod nm;
@@ -127,6 +130,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(nm::run(svc.nm.clone(), db.clone(), tx.clone(), log.clone()));
+    tokio::spawn(fm::run(db.clone(), log.clone()));
     let stop = tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -224,11 +224,17 @@ fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
     }
     let changes: Vec<(String, NodeState, String)> = {
         let state = db.state();
-        state
+        // The leader itself, recorded Down while it was away, is plainly up.
+        let me = state
             .nodes
-            .values()
-            .filter(|n| n.name != nm.name)
-            .filter_map(|n| {
+            .get(&nm.name)
+            .filter(|n| n.state == NodeState::Down)
+            .map(|n| {
+                let reason = format!("node {} leads a quorum again; Up", n.name);
+                (n.name.clone(), NodeState::Up, reason)
+            });
+        me.into_iter()
+            .chain(state.nodes.values().filter(|n| n.name != nm.name).filter_map(|n| {
                 let down = clock.is_down(&n.name, &nm.cfg, now);
                 let last = clock.contact_ms.get(&n.name).copied();
                 match (n.state, down) {
@@ -250,7 +256,7 @@ fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
                     )),
                     _ => None,
                 }
-            })
+            }))
             .collect()
     };
     // Only a leader in contact with a quorum may say who is Down; and the records are

@@ -42,6 +42,12 @@ pub struct GroupView {
     pub owner: Option<String>,
     pub epoch: u64,
     pub failure: Option<String>,
+    /// A handover in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<vigil_core::model::Move>,
+    /// Placement properties.
+    #[serde(default)]
+    pub props: vigil_core::props::GroupProps,
     pub resources: Vec<ResourceView>,
 }
 
@@ -106,6 +112,8 @@ pub fn status(s: &Service) -> StatusView {
             owner: g.owner.clone(),
             epoch: g.epoch,
             failure: g.failure.clone(),
+            moving: g.moving.clone(),
+            props: g.props.clone(),
             resources: db
                 .group_resources(&g.name)
                 .map(|r| ResourceView {

@@ -75,6 +75,15 @@ enum Cmd {
 enum NodeCmd {
     /// Evict a node from the cluster (it must own no group).
     Remove { name: String },
+    /// Pause a node and move all its groups off, in priority order (waits until done).
+    Drain { name: String },
+    /// Make a paused node Up again.
+    Resume {
+        name: String,
+        /// Move the groups drained off it back to it.
+        #[arg(long)]
+        failback: bool,
+    },
 }
 
 #[derive(Args)]
@@ -109,13 +118,88 @@ struct AgentArgs {
     heartbeat_threshold: u32,
 }
 
+#[derive(Args, Default)]
+struct GroupFlags {
+    /// Nodes to fail over to, most preferred first (comma-separated).
+    #[arg(long, value_name = "A,B,C")]
+    preferred_owners: Option<String>,
+    /// Nodes the group may run on (comma-separated; empty: every node).
+    #[arg(long, value_name = "A,B,C")]
+    possible_owners: Option<String>,
+    /// Failovers allowed within --failover-period-s before the group stays Failed
+    /// (default: nodes - 1).
+    #[arg(long)]
+    failover_threshold: Option<u32>,
+    /// Default 21600.
+    #[arg(long)]
+    failover_period_s: Option<u64>,
+    /// How long a Failed group waits before it is tried again (default 3600).
+    #[arg(long)]
+    retry_period_on_failure_s: Option<u64>,
+    /// never | immediate | window:START-END (hours, UTC).
+    #[arg(long)]
+    auto_failback: Option<String>,
+    /// high | medium | low | no_auto_start.
+    #[arg(long)]
+    priority: Option<String>,
+    /// Groups of one class avoid sharing a node.
+    #[arg(long)]
+    anti_affinity_class: Option<String>,
+}
+
+impl GroupFlags {
+    fn props(&self) -> Map<String, Value> {
+        let flags: [(&str, Option<Value>); 8] = [
+            (
+                "preferred_owners",
+                self.preferred_owners.clone().map(Value::from),
+            ),
+            (
+                "possible_owners",
+                self.possible_owners.clone().map(Value::from),
+            ),
+            (
+                "failover_threshold",
+                self.failover_threshold.map(Value::from),
+            ),
+            ("failover_period_s", self.failover_period_s.map(Value::from)),
+            (
+                "retry_period_on_failure_s",
+                self.retry_period_on_failure_s.map(Value::from),
+            ),
+            ("auto_failback", self.auto_failback.clone().map(Value::from)),
+            ("priority", self.priority.clone().map(Value::from)),
+            (
+                "anti_affinity_class",
+                self.anti_affinity_class.clone().map(Value::from),
+            ),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect()
+    }
+}
+
 #[derive(Subcommand)]
 enum GroupCmd {
     Create {
         name: String,
-        /// Nodes to fail over to, most preferred first.
-        #[arg(long, value_delimiter = ',')]
-        preferred_owners: Vec<String>,
+        #[command(flatten)]
+        flags: GroupFlags,
+    },
+    /// Change placement properties.
+    Set {
+        name: String,
+        #[command(flatten)]
+        flags: GroupFlags,
+    },
+    /// Move to another node: stopped here (reverse dependency order), then started there.
+    Move {
+        name: String,
+        /// Target node (default: the failover manager's choice).
+        #[arg(long)]
+        to: Option<String>,
     },
     /// Take every resource offline, then delete the group and its resources.
     Delete {
@@ -353,16 +437,36 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
             output::status(&c.get(path).await?, output)?
         }
         Cmd::Group(g) => match g {
-            GroupCmd::Create {
-                name,
-                preferred_owners,
-            } => {
+            GroupCmd::Create { name, flags } => {
                 c.post(
                     "/v1/groups",
-                    json!({ "name": name, "preferred_owners": preferred_owners }),
+                    json!({ "name": name, "props": flags.props() }),
                 )
                 .await?;
                 println!("group {name} created");
+            }
+            GroupCmd::Set { name, flags } => {
+                let props = flags.props();
+                if props.is_empty() {
+                    anyhow::bail!("nothing to change: give at least one property flag");
+                }
+                c.patch(&format!("/v1/groups/{name}"), json!({ "props": props }))
+                    .await?;
+                println!("group {name} updated");
+            }
+            GroupCmd::Move { name, to } => {
+                let body = match to {
+                    Some(to) => json!({ "to": to }),
+                    None => json!({}),
+                };
+                let r = c.post(&format!("/v1/groups/{name}/move"), body).await?;
+                println!(
+                    "group {name} moved from {} to {} (epoch {}), {}",
+                    r["from"].as_str().unwrap_or("?"),
+                    r["to"].as_str().unwrap_or("?"),
+                    r["epoch"],
+                    r["state"].as_str().unwrap_or("?")
+                );
             }
             GroupCmd::Delete { name } => {
                 c.delete(&format!("/v1/groups/{name}")).await?;
@@ -383,6 +487,36 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
         Cmd::Node(NodeCmd::Remove { name }) => {
             c.delete(&format!("/v1/nodes/{name}")).await?;
             println!("node {name} removed");
+        }
+        Cmd::Node(NodeCmd::Drain { name }) => {
+            let r = c
+                .post(&format!("/v1/nodes/{name}/drain"), json!({}))
+                .await?;
+            let remaining: Vec<&str> = r["remaining"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if remaining.is_empty() {
+                println!("node {name} drained: Paused, no groups left on it");
+            } else {
+                println!(
+                    "node {name} Paused; no node could take: {}",
+                    remaining.join(", ")
+                );
+            }
+        }
+        Cmd::Node(NodeCmd::Resume { name, failback }) => {
+            let r = c
+                .post(
+                    &format!("/v1/nodes/{name}/resume"),
+                    json!({ "failback": failback }),
+                )
+                .await?;
+            println!("node {name} resumed: Up");
+            if let Some(back) = r["failed_back"].as_array().filter(|a| !a.is_empty()) {
+                let names: Vec<&str> = back.iter().filter_map(Value::as_str).collect();
+                println!("failed back: {}", names.join(", "));
+            }
         }
         Cmd::Demo { keep } => demo::run(keep).await?,
         Cmd::Agent(_) | Cmd::Rhs { .. } => unreachable!("handled in main"),

@@ -47,13 +47,17 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
     ]);
     for g in &s.groups {
         let failure = g.failure.clone().unwrap_or_default();
+        let mut owner = g.owner.clone().unwrap_or_default();
+        if let Some(m) = &g.moving {
+            owner = format!("{owner} -> {} ({})", m.to, m.kind);
+        }
         groups.add_row(vec![
             g.name.clone(),
             String::new(),
             String::new(),
             g.state.to_string(),
             String::new(),
-            g.owner.clone().unwrap_or_default(),
+            owner,
             String::new(),
             failure,
         ]);

@@ -11,8 +11,8 @@ use thiserror::Error;
 
 use crate::deps;
 use crate::model::{
-    ClusterState, Group, Node, NodeState, PersistentState, Resource, ResourceSpec, ResourceState,
-    validate_name,
+    ClusterState, FailoverRecord, Group, Move, MoveKind, Node, NodeState, PersistentState,
+    Resource, ResourceSpec, ResourceState, validate_name,
 };
 use crate::props::{GroupProps, ResourceProps};
 
@@ -67,22 +67,67 @@ pub enum Command {
         target: Target,
         state: PersistentState,
     },
-    /// Moves ownership; the group's epoch grows by one.
+    /// Replaces a group's placement properties.
+    SetGroupProps {
+        group: String,
+        props: GroupProps,
+    },
+    /// Moves ownership; the group's epoch grows by one. Ends a handover or a failover
+    /// request.
     SetOwner {
         group: String,
         node: String,
     },
-    /// Marks a group Failed with a reason, or clears the mark.
+    /// Marks a group Failed with a reason and when to try it again, or clears the mark (and
+    /// the failover count: a retry starts afresh).
     SetGroupFailure {
         group: String,
         failure: Option<String>,
+        #[serde(default)]
+        retry_at_ms: Option<u64>,
     },
-    /// The owner's RCM records a resource's current state.
+    /// The owner's RCM used up a resource's restarts; refused when `from` no longer owns it.
+    RequestFailover {
+        group: String,
+        from: String,
+        reason: String,
+    },
+    /// Starts a planned handover to `to` (which must be Up, a possible owner, not a witness).
+    MoveGroup {
+        group: String,
+        to: String,
+        kind: MoveKind,
+    },
+    /// Abandons a handover (its target went away); the group stays with its owner.
+    CancelMove {
+        group: String,
+    },
+    /// Counts one failover (pruning those older than `failover_period_s`).
+    RecordFailover {
+        group: String,
+        record: FailoverRecord,
+    },
+    /// `vigil node drain`: Paused, and the failover manager moves its groups off. `false`
+    /// ends the drain; the node stays Paused.
+    SetDraining {
+        name: String,
+        draining: bool,
+    },
+    /// `vigil node resume`: Up again; with `failback`, the groups drained off it move back.
+    ResumeNode {
+        name: String,
+        failback: bool,
+    },
+    /// The owner's RCM records a resource's current state. Refused when `node` is given and
+    /// no longer owns the resource's group: a node that was cut off must not overwrite what
+    /// the new owner recorded.
     RecordState {
         resource: String,
         state: ResourceState,
         reason: String,
         pid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
 }
 
@@ -150,6 +195,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                     address: address.clone(),
                     state: NodeState::Up,
                     witness: false,
+                    draining: false,
                 },
             );
         }
@@ -190,6 +236,13 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             state.nodes.remove(name);
             for g in state.groups.values_mut() {
                 g.props.preferred_owners.retain(|n| n != name);
+                g.props.possible_owners.retain(|n| n != name);
+                if g.drained_from.as_ref() == Some(name) {
+                    g.drained_from = None;
+                }
+                if g.moving.as_ref().is_some_and(|m| &m.to == name) {
+                    g.moving = None;
+                }
             }
         }
         Command::SetNodeState { name, state: s } => {
@@ -207,7 +260,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                     name: name.clone(),
                 });
             }
-            check_nodes_exist(state, owner.iter().chain(&props.preferred_owners))?;
+            check_group_props(state, name, props)?;
             if let Some(owner) = owner {
                 check_can_host(state, owner)?;
             }
@@ -219,6 +272,11 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                     owner: owner.clone(),
                     epoch: u64::from(owner.is_some()),
                     failure: None,
+                    retry_at_ms: None,
+                    failover_request: None,
+                    moving: None,
+                    failovers: Vec::new(),
+                    drained_from: None,
                 },
             );
         }
@@ -282,39 +340,188 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
         } => {
             set_persistent(state, target, *desired)?;
         }
+        Command::SetGroupProps { group, props } => {
+            if !state.groups.contains_key(group) {
+                return Err(ApplyError::not_found("group", group));
+            }
+            check_group_props(state, group, props)?;
+            group_mut(state, group)?.props = props.clone();
+        }
         Command::SetOwner { group, node } => {
             check_can_host(state, node)?;
-            let g = state
-                .groups
-                .get_mut(group)
-                .ok_or_else(|| ApplyError::not_found("group", group))?;
+            let g = group_mut(state, group)?;
             if g.owner.as_ref() != Some(node) {
                 g.owner = Some(node.clone());
                 g.epoch += 1;
             }
+            g.moving = None;
+            g.failover_request = None;
         }
-        Command::SetGroupFailure { group, failure } => {
-            state
-                .groups
-                .get_mut(group)
-                .ok_or_else(|| ApplyError::not_found("group", group))?
-                .failure = failure.clone();
+        Command::SetGroupFailure {
+            group,
+            failure,
+            retry_at_ms,
+        } => {
+            let g = group_mut(state, group)?;
+            g.failure = failure.clone();
+            g.retry_at_ms = failure.as_ref().and(*retry_at_ms);
+            g.failover_request = None;
+            if failure.is_none() {
+                g.failovers.clear();
+            }
+        }
+        Command::RequestFailover {
+            group,
+            from,
+            reason,
+        } => {
+            let g = group_mut(state, group)?;
+            if g.owner.as_ref() != Some(from) {
+                return Err(ApplyError::Conflict(format!(
+                    "group {group:?} is no longer owned by {from:?}"
+                )));
+            }
+            g.failover_request = Some(reason.clone());
+        }
+        Command::MoveGroup { group, to, kind } => move_group(state, group, to, *kind)?,
+        Command::CancelMove { group } => group_mut(state, group)?.moving = None,
+        Command::RecordFailover { group, record } => {
+            let g = group_mut(state, group)?;
+            let period_ms = g.props.failover_period_s.saturating_mul(1_000);
+            g.failovers
+                .retain(|f| f.at_ms.saturating_add(period_ms) > record.at_ms);
+            g.failovers.push(record.clone());
+            let excess = g.failovers.len().saturating_sub(MAX_FAILOVER_RECORDS);
+            g.failovers.drain(..excess);
+        }
+        Command::SetDraining { name, draining } => {
+            let n = state
+                .nodes
+                .get_mut(name)
+                .ok_or_else(|| ApplyError::not_found("node", name))?;
+            if *draining {
+                if n.state == NodeState::Down {
+                    return Err(ApplyError::Conflict(format!(
+                        "node {name:?} is Down; its groups fail over by themselves"
+                    )));
+                }
+                n.state = NodeState::Paused;
+            }
+            n.draining = *draining;
+        }
+        Command::ResumeNode { name, failback } => {
+            let n = state
+                .nodes
+                .get_mut(name)
+                .ok_or_else(|| ApplyError::not_found("node", name))?;
+            if n.state != NodeState::Paused {
+                return Err(ApplyError::Conflict(format!(
+                    "node {name:?} is {}, not Paused",
+                    n.state
+                )));
+            }
+            n.state = NodeState::Up;
+            n.draining = false;
+            let witness = n.witness;
+            for g in state.groups.values_mut() {
+                if g.drained_from.as_ref() != Some(name) {
+                    continue;
+                }
+                g.drained_from = None;
+                if *failback
+                    && !witness
+                    && g.moving.is_none()
+                    && g.owner.as_ref() != Some(name)
+                    && g.may_run_on(name)
+                {
+                    g.moving = Some(Move {
+                        to: name.clone(),
+                        kind: MoveKind::Failback,
+                    });
+                }
+            }
         }
         Command::RecordState {
             resource,
             state: s,
             reason,
             pid,
+            node,
         } => {
             let r = state
                 .resources
-                .get_mut(resource)
+                .get(resource)
                 .ok_or_else(|| ApplyError::not_found("resource", resource))?;
+            if let Some(node) = node {
+                let owner = state.groups.get(&r.group).and_then(|g| g.owner.as_ref());
+                if owner != Some(node) {
+                    return Err(ApplyError::Conflict(format!(
+                        "{node} may not record the state of {resource:?}: group {:?} is owned by {}",
+                        r.group,
+                        owner.map_or("no node", String::as_str)
+                    )));
+                }
+            }
+            let r = state.resources.get_mut(resource).expect("checked above");
             r.state = *s;
             r.state_reason = reason.clone();
             r.pid = *pid;
         }
     }
+    Ok(())
+}
+
+/// Most failovers a group remembers.
+const MAX_FAILOVER_RECORDS: usize = 64;
+
+fn group_mut<'a>(state: &'a mut ClusterState, group: &str) -> Result<&'a mut Group> {
+    state
+        .groups
+        .get_mut(group)
+        .ok_or_else(|| ApplyError::not_found("group", group))
+}
+
+fn check_group_props(state: &ClusterState, group: &str, props: &GroupProps) -> Result {
+    props
+        .validate()
+        .map_err(|e| ApplyError::Invalid(format!("group {group:?}: {e}")))?;
+    check_nodes_exist(
+        state,
+        props.preferred_owners.iter().chain(&props.possible_owners),
+    )
+}
+
+fn move_group(state: &mut ClusterState, group: &str, to: &str, kind: MoveKind) -> Result {
+    check_can_host(state, to)?;
+    let node = &state.nodes[to];
+    if node.state != NodeState::Up {
+        return Err(ApplyError::Conflict(format!(
+            "node {to:?} is {}; a group can only move to an Up node",
+            node.state
+        )));
+    }
+    let g = group_mut(state, group)?;
+    if !g.may_run_on(to) {
+        return Err(ApplyError::Invalid(format!(
+            "node {to:?} is not a possible owner of group {group:?} (possible owners: {})",
+            g.props.possible_owners.join(", ")
+        )));
+    }
+    if g.owner.as_deref() == Some(to) {
+        return Err(ApplyError::Conflict(format!(
+            "group {group:?} is already owned by {to:?}"
+        )));
+    }
+    g.drained_from = match kind {
+        MoveKind::Drain => g.owner.clone(),
+        MoveKind::Failover => g.drained_from.take(),
+        MoveKind::Operator | MoveKind::Failback => None,
+    };
+    g.failover_request = None;
+    g.moving = Some(Move {
+        to: to.to_string(),
+        kind,
+    });
     Ok(())
 }
 
@@ -441,10 +648,23 @@ fn set_persistent(state: &mut ClusterState, target: &Target, desired: Persistent
             }
         }
     }
-    if let Target::Group(g) = target
-        && let Some(g) = state.groups.get_mut(g)
-    {
-        g.failure = None;
+    // An operator bringing anything of a Failed group online tries the group again.
+    if desired == PersistentState::Online || matches!(target, Target::Group(_)) {
+        let groups: std::collections::BTreeSet<String> = seen
+            .iter()
+            .filter_map(|r| state.resources.get(r).map(|r| r.group.clone()))
+            .chain(match target {
+                Target::Group(g) => Some(g.clone()),
+                Target::Resource(_) => None,
+            })
+            .collect();
+        for g in groups {
+            if let Some(g) = state.groups.get_mut(&g) {
+                g.failure = None;
+                g.retry_at_ms = None;
+                g.failovers.clear();
+            }
+        }
     }
     Ok(())
 }

@@ -1,37 +1,112 @@
-//! The failover manager's choice of a target node: the first available preferred owner, then
-//! any other Up node, never the node the group is leaving, never a witness. Group placement properties
-//! (possible owners, thresholds, failback, anti-affinity) extend this function.
+//! The Failover Manager: where groups go. It runs on the Raft leader as a pure function of
+//! the cluster database and the leader's clock, [`plan`], which returns database commands:
+//!
+//! - a group whose owner is Down (its lease has surely expired, so nothing of it runs there)
+//!   gets a new owner at once;
+//! - a group whose owner's RCM used up a resource's restarts (`failover_request`) is handed
+//!   over: the owner stops it, in reverse dependency order, then writes the new owner;
+//! - `failover_threshold` failovers within `failover_period_s` leave the group Failed until
+//!   `retry_period_on_failure_s` has passed;
+//! - draining nodes have their groups moved off, one priority class at a time;
+//! - `auto_failback` moves a group back to a more preferred owner that is Up again.
+//!
+//! Everything it needs is in the database (failover history, retry times, moves in
+//! progress), so a new leader carries on where the old one stopped. The caller applies each
+//! plan before asking for the next one, so nothing is decided twice.
 
-use crate::model::{ClusterState, NodeState};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 
-/// The node `group` should move to when it cannot stay on `leaving`; `None` when no node can
-/// take it (on a one-node cluster, always).
-pub fn choose_target(state: &ClusterState, group: &str, leaving: &str) -> Option<String> {
-    let g = state.groups.get(group)?;
-    let available = |n: &str| {
-        n != leaving
-            && state
-                .nodes
-                .get(n)
-                .is_some_and(|node| node.state == NodeState::Up && !node.witness)
+use crate::command::{Command, Target, apply};
+use crate::event::{Component, LogEntry};
+use crate::model::{
+    ClusterState, FailoverRecord, Group, GroupState, MoveKind, NodeState, PersistentState,
+    group_state,
+};
+use crate::props::{Failback, Priority};
+
+/// What the failover manager decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub commands: Vec<Command>,
+    pub log: Vec<LogEntry>,
+    /// When to plan again if nothing else changes (a retry, a failback window).
+    pub wake_at_ms: Option<u64>,
+}
+
+/// The failover manager's decisions for the database `db` at `now_ms` (Unix ms).
+pub fn plan(db: &ClusterState, now_ms: u64) -> Plan {
+    let mut p = Planner {
+        s: Cow::Borrowed(db),
+        now: now_ms,
+        plan: Plan::default(),
     };
-    g.props
-        .preferred_owners
-        .iter()
-        .find(|n| available(n))
-        .or_else(|| state.nodes.keys().find(|n| available(n)))
-        .cloned()
+    for name in by_priority(db, db.groups.keys()) {
+        p.group(&name);
+    }
+    let draining: Vec<String> = db
+        .nodes
+        .values()
+        .filter(|n| n.draining)
+        .map(|n| n.name.clone())
+        .collect();
+    for node in draining {
+        p.drain(&node);
+    }
+    p.plan
+}
+
+/// Group names in placement order: priority, then name.
+pub fn by_priority<'a>(
+    db: &ClusterState,
+    groups: impl IntoIterator<Item = &'a String>,
+) -> Vec<String> {
+    let mut v: Vec<(Priority, &String)> = groups
+        .into_iter()
+        .filter_map(|g| db.groups.get(g).map(|x| (x.props.priority, g)))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, g)| g.clone()).collect()
+}
+
+/// The node `group` should go to when it leaves `leaving`: among the Up, unpaused possible
+/// owners it has not failed on within `failover_period_s`, first those that host no group of
+/// its anti-affinity class, then its preferred owners in order, then the node with the fewest
+/// groups. `None` when no node can take it.
+pub fn choose_target(
+    state: &ClusterState,
+    group: &str,
+    leaving: Option<&str>,
+    now_ms: u64,
+) -> Option<String> {
+    let g = state.groups.get(group)?;
+    let failed_on = failed_on(g, now_ms);
+    state
+        .nodes
+        .values()
+        .filter(|n| Some(n.name.as_str()) != leaving && n.can_take_groups())
+        .filter(|n| g.may_run_on(&n.name) && !failed_on.contains(n.name.as_str()))
+        .min_by_key(|n| {
+            let preferred = g
+                .props
+                .preferred_owners
+                .iter()
+                .position(|p| p == &n.name)
+                .unwrap_or(usize::MAX);
+            (
+                conflicts(state, g, &n.name),
+                preferred,
+                load(state, g, &n.name),
+                n.name.clone(),
+            )
+        })
+        .map(|n| n.name.clone())
 }
 
 /// The owner of a new group: the node that took the request if it can host resources,
 /// otherwise the first Up preferred owner, otherwise any Up node that is not a witness.
 pub fn initial_owner(state: &ClusterState, preferred: &[String], asked: &str) -> Option<String> {
-    let can_host = |n: &str| {
-        state
-            .nodes
-            .get(n)
-            .is_some_and(|node| node.state == NodeState::Up && !node.witness)
-    };
+    let can_host = |n: &str| state.nodes.get(n).is_some_and(|n| n.can_take_groups());
     if can_host(asked) {
         return Some(asked.to_string());
     }
@@ -42,82 +117,350 @@ pub fn initial_owner(state: &ClusterState, preferred: &[String], asked: &str) ->
         .cloned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::command::{Command, apply};
-    use crate::props::GroupProps;
+/// Nodes the group failed on (not merely left because they died) within the period.
+fn failed_on(g: &Group, now: u64) -> BTreeSet<&str> {
+    let period = g.props.failover_period_s.saturating_mul(1_000);
+    g.failovers
+        .iter()
+        .filter(|f| !f.node_down && f.at_ms.saturating_add(period) > now)
+        .map(|f| f.node.as_str())
+        .collect()
+}
 
-    fn cluster(nodes: &[&str], preferred: &[&str]) -> ClusterState {
-        let mut s = ClusterState::default();
-        for n in nodes {
-            apply(
-                &mut s,
-                &Command::AddNode {
-                    name: n.to_string(),
-                    address: format!("{n}:1"),
-                },
-            )
-            .unwrap();
+/// Groups on `node` (or on their way to it) other than `g`.
+fn hosted<'a>(
+    state: &'a ClusterState,
+    g: &'a Group,
+    node: &'a str,
+) -> impl Iterator<Item = &'a Group> + 'a {
+    state.groups.values().filter(move |o| {
+        o.name != g.name
+            && match &o.moving {
+                Some(m) => m.to == node,
+                None => o.owner.as_deref() == Some(node),
+            }
+    })
+}
+
+fn load(state: &ClusterState, g: &Group, node: &str) -> usize {
+    hosted(state, g, node).count()
+}
+
+fn conflicts(state: &ClusterState, g: &Group, node: &str) -> bool {
+    g.props.anti_affinity_class.as_ref().is_some_and(|class| {
+        hosted(state, g, node).any(|o| o.props.anti_affinity_class.as_ref() == Some(class))
+    })
+}
+
+struct Planner<'a> {
+    /// The database with this plan's commands applied so far.
+    s: Cow<'a, ClusterState>,
+    now: u64,
+    plan: Plan,
+}
+
+impl Planner<'_> {
+    fn emit(&mut self, cmd: Command) {
+        // Planned from this very state, so it applies; a refusal would be a planner bug,
+        // and leaving the command out keeps the plan consistent with the state.
+        if apply(self.s.to_mut(), &cmd).is_ok() {
+            self.plan.commands.push(cmd);
         }
-        let props = GroupProps {
-            preferred_owners: preferred.iter().map(|s| s.to_string()).collect(),
+    }
+
+    fn log(&mut self, group: &str, entry: LogEntry) {
+        let epoch = self.s.group_epoch(group);
+        self.plan.log.push(entry.group(group, epoch));
+    }
+
+    fn wake(&mut self, at: u64) {
+        self.plan.wake_at_ms = Some(self.plan.wake_at_ms.map_or(at, |w| w.min(at)));
+    }
+
+    fn group(&mut self, name: &str) {
+        let Some(g) = self.s.groups.get(name).cloned() else {
+            return;
         };
-        apply(
-            &mut s,
-            &Command::CreateGroup {
-                name: "g".into(),
-                props,
-                owner: Some(nodes[0].into()),
-            },
-        )
-        .unwrap();
-        s
+        if g.failure.is_some() {
+            match g.retry_at_ms {
+                Some(t) if t <= self.now => {
+                    self.emit(Command::SetGroupFailure {
+                        group: name.to_string(),
+                        failure: None,
+                        retry_at_ms: None,
+                    });
+                    let reason = format!(
+                        "retry_period_on_failure_s={} passed: trying the group again",
+                        g.props.retry_period_on_failure_s
+                    );
+                    self.log(name, LogEntry::new(Component::FM, reason));
+                }
+                Some(t) => self.wake(t),
+                None => {}
+            }
+            return;
+        }
+        let owner_node = g.owner.as_ref().and_then(|o| self.s.nodes.get(o));
+        match owner_node {
+            None => {
+                let reason = match &g.owner {
+                    Some(o) => format!("owner {o} is gone"),
+                    None => "the group has no owner".to_string(),
+                };
+                return self.fail_over(&g, true, &reason);
+            }
+            Some(n) if n.state == NodeState::Down => {
+                let reason = format!("owner {} is Down", n.name);
+                return self.fail_over(&g, true, &reason);
+            }
+            Some(n) if n.witness => {
+                let reason = format!("owner {} is a witness", n.name);
+                return self.fail_over(&g, true, &reason);
+            }
+            Some(_) => {}
+        }
+        if let Some(reason) = &g.failover_request {
+            return self.fail_over(&g, false, reason);
+        }
+        if let Some(m) = &g.moving {
+            let usable =
+                self.s.nodes.get(&m.to).is_some_and(|n| n.can_take_groups()) && g.may_run_on(&m.to);
+            if !usable {
+                self.retarget(&g, &m.to, m.kind);
+            }
+            return;
+        }
+        self.failback(&g);
     }
 
-    #[test]
-    fn witnesses_never_host() {
-        let mut s = cluster(&["n1", "n2", "w"], &["w", "n2"]);
-        apply(&mut s, &Command::MarkWitness { name: "w".into() }).unwrap();
-        assert_eq!(choose_target(&s, "g", "n1").as_deref(), Some("n2"));
-        assert_eq!(initial_owner(&s, &[], "w").as_deref(), Some("n1"));
-        assert_eq!(
-            initial_owner(&s, &["n2".into()], "w").as_deref(),
-            Some("n2")
+    /// A handover's target can no longer take the group.
+    fn retarget(&mut self, g: &Group, gone: &str, kind: MoveKind) {
+        let state = self
+            .s
+            .nodes
+            .get(gone)
+            .map_or("gone".to_string(), |n| n.state.to_string());
+        let next = match kind {
+            MoveKind::Failover | MoveKind::Drain => {
+                choose_target(&self.s, &g.name, g.owner.as_deref(), self.now)
+            }
+            MoveKind::Operator | MoveKind::Failback => None,
+        };
+        let reason = match &next {
+            Some(t) => {
+                self.emit(Command::MoveGroup {
+                    group: g.name.clone(),
+                    to: t.clone(),
+                    kind,
+                });
+                format!("{kind} move target {gone} is {state}: moving to {t} instead")
+            }
+            None if kind == MoveKind::Failover => {
+                let retry = g.props.retry_period_on_failure_s;
+                let failure = format!(
+                    "failover target {gone} is {state} and no other node can host the group: Failed, retry in {retry} s"
+                );
+                self.fail(g, failure);
+                return;
+            }
+            None => {
+                self.emit(Command::CancelMove {
+                    group: g.name.clone(),
+                });
+                format!("{kind} move to {gone} abandoned: {gone} is {state}")
+            }
+        };
+        self.log(&g.name, LogEntry::new(Component::FM, reason));
+    }
+
+    /// Leaves the group Failed until its retry period has passed.
+    fn fail(&mut self, g: &Group, failure: String) {
+        let retry_at = self.now + g.props.retry_period_on_failure_s.saturating_mul(1_000);
+        self.emit(Command::SetGroupFailure {
+            group: g.name.clone(),
+            failure: Some(failure.clone()),
+            retry_at_ms: Some(retry_at),
+        });
+        if g.moving.is_some() {
+            self.emit(Command::CancelMove {
+                group: g.name.clone(),
+            });
+        }
+        self.wake(retry_at);
+        self.log(&g.name, LogEntry::new(Component::FM, failure));
+    }
+
+    /// The group cannot stay with its owner: the owner died (`node_down`) or used up a
+    /// resource's restarts.
+    fn fail_over(&mut self, g: &Group, node_down: bool, reason: &str) {
+        let period_ms = g.props.failover_period_s.saturating_mul(1_000);
+        let recent = g
+            .failovers
+            .iter()
+            .filter(|f| f.at_ms.saturating_add(period_ms) > self.now)
+            .count();
+        let hosts = self.s.nodes.values().filter(|n| !n.witness).count();
+        let threshold = g
+            .props
+            .failover_threshold
+            .map_or(hosts.saturating_sub(1), |t| t as usize);
+        let retry = g.props.retry_period_on_failure_s;
+        let from = g.owner.clone();
+        let Some(target) = choose_target(&self.s, &g.name, from.as_deref(), self.now) else {
+            let failure =
+                format!("{reason}; no other node can host the group: Failed, retry in {retry} s");
+            return self.fail(g, failure);
+        };
+        if recent >= threshold {
+            let failure = format!(
+                "{reason}; failover_threshold={threshold} reached ({recent} failovers within failover_period_s={}): Failed, retry in {retry} s",
+                g.props.failover_period_s
+            );
+            return self.fail(g, failure);
+        }
+        if let Some(node) = &from {
+            self.emit(Command::RecordFailover {
+                group: g.name.clone(),
+                record: FailoverRecord {
+                    node: node.clone(),
+                    at_ms: self.now,
+                    node_down,
+                },
+            });
+        }
+        let mut what = format!("{reason}: failing over to {target}");
+        if g.props.priority == Priority::NoAutoStart {
+            self.emit(Command::SetPersistentState {
+                target: Target::Group(g.name.clone()),
+                state: PersistentState::Offline,
+            });
+            what.push_str(" (priority no_auto_start: left offline there)");
+        }
+        if node_down {
+            self.emit(Command::SetOwner {
+                group: g.name.clone(),
+                node: target.clone(),
+            });
+        } else {
+            self.emit(Command::MoveGroup {
+                group: g.name.clone(),
+                to: target.clone(),
+                kind: MoveKind::Failover,
+            });
+            what.push_str(" once it has stopped here");
+        }
+        let from = from.unwrap_or_else(|| "none".to_string());
+        self.log(
+            &g.name,
+            LogEntry::new(Component::FM, what).change(from, &target),
         );
-        let err = apply(
-            &mut s,
-            &Command::SetOwner {
-                group: "g".into(),
-                node: "w".into(),
-            },
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "node \"w\" is a witness: it hosts no resources"
+    }
+
+    /// `auto_failback`: back to a more preferred owner that can take the group, once the
+    /// group is Online where it is (and only within the failback window).
+    fn failback(&mut self, g: &Group) {
+        if g.props.auto_failback == Failback::Never || g.drained_from.is_some() {
+            return;
+        }
+        let Some(owner) = &g.owner else {
+            return;
+        };
+        if self.s.nodes.get(owner).is_some_and(|n| n.draining)
+            || group_state(&self.s, g) != GroupState::Online
+        {
+            return;
+        }
+        let rank = |n: &str| g.props.preferred_owners.iter().position(|p| p == n);
+        let owner_rank = rank(owner).unwrap_or(usize::MAX);
+        let failed_on = failed_on(g, self.now);
+        let best = g
+            .props
+            .preferred_owners
+            .iter()
+            .take(owner_rank)
+            .find(|n| {
+                self.s.nodes.get(*n).is_some_and(|n| n.can_take_groups())
+                    && g.may_run_on(n)
+                    && !failed_on.contains(n.as_str())
+            })
+            .cloned();
+        let Some(best) = best else {
+            return;
+        };
+        if !g.props.auto_failback.allows(self.now) {
+            if let Some(t) = g.props.auto_failback.next_allowed(self.now) {
+                self.wake(t);
+            }
+            return;
+        }
+        self.emit(Command::MoveGroup {
+            group: g.name.clone(),
+            to: best.clone(),
+            kind: MoveKind::Failback,
+        });
+        let reason = format!(
+            "auto_failback={}: moving back to preferred owner {best}",
+            g.props.auto_failback
+        );
+        self.log(
+            &g.name,
+            LogEntry::new(Component::FM, reason).change(owner, &best),
         );
     }
 
-    #[test]
-    fn one_node_has_nowhere_to_go() {
-        assert_eq!(choose_target(&cluster(&["n1"], &[]), "g", "n1"), None);
-    }
-
-    #[test]
-    fn first_available_preferred_owner_then_any_up_node() {
-        let mut s = cluster(&["n1", "n2", "n3"], &["n1", "n3", "n2"]);
-        assert_eq!(choose_target(&s, "g", "n1").as_deref(), Some("n3"));
-        apply(
-            &mut s,
-            &Command::SetNodeState {
-                name: "n3".into(),
-                state: NodeState::Down,
-            },
-        )
-        .unwrap();
-        assert_eq!(choose_target(&s, "g", "n1").as_deref(), Some("n2"));
-        let s = cluster(&["n1", "n2"], &[]);
-        assert_eq!(choose_target(&s, "g", "n1").as_deref(), Some("n2"));
+    /// One wave of a drain: the highest priority class among the node's groups that can go
+    /// somewhere moves; the next waits until it has. Ends when nothing more can move.
+    fn drain(&mut self, node: &str) {
+        let owned: Vec<&String> = self
+            .s
+            .groups
+            .values()
+            .filter(|g| g.owner.as_deref() == Some(node))
+            .map(|g| &g.name)
+            .collect();
+        if owned.iter().any(|g| self.s.groups[*g].moving.is_some()) {
+            return;
+        }
+        let owned = by_priority(&self.s, owned);
+        let mut wave: Option<Priority> = None;
+        let mut stuck = Vec::new();
+        for name in &owned {
+            let priority = self.s.groups[name].props.priority;
+            if wave.is_some_and(|w| w != priority) {
+                break;
+            }
+            match choose_target(&self.s, name, Some(node), self.now) {
+                Some(target) => {
+                    wave = Some(priority);
+                    self.emit(Command::MoveGroup {
+                        group: name.clone(),
+                        to: target.clone(),
+                        kind: MoveKind::Drain,
+                    });
+                    let reason = format!("draining {node}: moving to {target}");
+                    self.log(
+                        name,
+                        LogEntry::new(Component::FM, reason).change(node, &target),
+                    );
+                }
+                None => stuck.push(name.as_str()),
+            }
+        }
+        if wave.is_some() {
+            return;
+        }
+        self.emit(Command::SetDraining {
+            name: node.to_string(),
+            draining: false,
+        });
+        let reason = if stuck.is_empty() {
+            format!("drain of {node} complete: it hosts no groups; it stays Paused")
+        } else {
+            format!(
+                "drain of {node} stopped: no node can take {}; it stays Paused",
+                stuck.join(", ")
+            )
+        };
+        self.plan.log.push(LogEntry::new(Component::FM, reason));
     }
 }

@@ -77,6 +77,52 @@ pub struct Node {
     /// A voter that hosts no resources (it only helps make a majority).
     #[serde(default)]
     pub witness: bool,
+    /// Paused by `vigil node drain`: the failover manager is moving its groups off.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl Node {
+    /// Whether the failover manager may place a group here now.
+    pub fn can_take_groups(&self) -> bool {
+        self.state == NodeState::Up && !self.witness
+    }
+}
+
+/// Why a group is being handed to another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveKind {
+    /// `vigil group move`.
+    Operator,
+    /// `vigil node drain`.
+    Drain,
+    /// Back to a more preferred owner (`auto_failback`, `vigil node resume --failback`).
+    Failback,
+    /// Restarts were exhausted on the owner.
+    Failover,
+}
+
+display_as_debug!(MoveKind);
+
+/// A planned handover: the owner stops the group (reverse dependency order), then writes
+/// the new owner; the target starts it only then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub to: String,
+    pub kind: MoveKind,
+}
+
+/// One failover of a group, for `failover_threshold` and for not going back to a node the
+/// group just failed on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    /// The node the group left.
+    pub node: String,
+    /// Leader's clock (Unix ms).
+    pub at_ms: u64,
+    /// The node died (the group did not fail there).
+    pub node_down: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,10 +134,40 @@ pub struct Group {
     pub owner: Option<String>,
     /// Fencing token: grows with every change of owner, never goes backwards.
     pub epoch: u64,
-    /// Set when the group could not be kept online anywhere (restarts exhausted and no
-    /// node to fail over to); cleared when it is retried or an operator acts on it.
+    /// Set when the group could not be kept online anywhere (failover threshold reached,
+    /// no node to fail over to); cleared when it is retried or an operator acts on it.
     #[serde(default)]
     pub failure: Option<String>,
+    /// When the failover manager tries a Failed group again (leader's clock, Unix ms).
+    #[serde(default)]
+    pub retry_at_ms: Option<u64>,
+    /// The owner's RCM used up the restarts of a resource: the failover manager chooses
+    /// where the group goes.
+    #[serde(default)]
+    pub failover_request: Option<String>,
+    /// A planned handover in progress.
+    #[serde(default)]
+    pub moving: Option<Move>,
+    /// Recent failovers, newest last (pruned to `failover_period_s`).
+    #[serde(default)]
+    pub failovers: Vec<FailoverRecord>,
+    /// The node a drain moved the group off (for `vigil node resume --failback`).
+    #[serde(default)]
+    pub drained_from: Option<String>,
+}
+
+impl Group {
+    /// Nothing of the group may start on its owner: it failed, awaits a failover decision,
+    /// or is being handed over.
+    pub fn is_held(&self) -> bool {
+        self.failure.is_some() || self.failover_request.is_some() || self.moving.is_some()
+    }
+
+    /// Whether `node` is one of the group's possible owners.
+    pub fn may_run_on(&self, node: &str) -> bool {
+        self.props.possible_owners.is_empty()
+            || self.props.possible_owners.iter().any(|n| n == node)
+    }
 }
 
 /// What an operator gives to create a resource.

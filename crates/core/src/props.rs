@@ -206,12 +206,251 @@ impl ResourceProps {
     }
 }
 
-/// Group properties. Placement properties of the failover manager grow here.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// When a group goes back to a more preferred owner that has come back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Failback {
+    #[default]
+    Never,
+    Immediate,
+    /// Only while the hour of day (UTC) is in `start..end` (wrapping past midnight when
+    /// `start > end`).
+    Window {
+        start: u8,
+        end: u8,
+    },
+}
+
+impl Failback {
+    pub fn parse(value: &str) -> Result<Self, PropError> {
+        let bad = || PropError::Invalid {
+            name: "auto_failback",
+            expected: "never, immediate or window:START-END (hours 0-23, START != END)",
+            value: value.to_string(),
+        };
+        match value.trim() {
+            "never" => Ok(Self::Never),
+            "immediate" => Ok(Self::Immediate),
+            w => {
+                let (s, e) = w
+                    .strip_prefix("window:")
+                    .and_then(|r| r.split_once('-'))
+                    .ok_or_else(bad)?;
+                let hour = |h: &str| h.trim().parse::<u8>().ok().filter(|h| *h < 24);
+                match (hour(s), hour(e)) {
+                    (Some(start), Some(end)) if start != end => Ok(Self::Window { start, end }),
+                    _ => Err(bad()),
+                }
+            }
+        }
+    }
+
+    /// Whether a failback may happen at `unix_ms`.
+    pub fn allows(self, unix_ms: u64) -> bool {
+        match self {
+            Self::Never => false,
+            Self::Immediate => true,
+            Self::Window { start, end } => {
+                let hour = ((unix_ms / 3_600_000) % 24) as u8;
+                if start < end {
+                    (start..end).contains(&hour)
+                } else {
+                    hour >= start || hour < end
+                }
+            }
+        }
+    }
+
+    /// The next time at or after `unix_ms` when a failback is allowed (`None`: never).
+    pub fn next_allowed(self, unix_ms: u64) -> Option<u64> {
+        match self {
+            Self::Never => None,
+            Self::Immediate => Some(unix_ms),
+            Self::Window { start, .. } => {
+                if self.allows(unix_ms) {
+                    return Some(unix_ms);
+                }
+                let day = unix_ms / 86_400_000 * 86_400_000;
+                let today = day + u64::from(start) * 3_600_000;
+                Some(if today > unix_ms {
+                    today
+                } else {
+                    today + 86_400_000
+                })
+            }
+        }
+    }
+}
+
+impl TryFrom<String> for Failback {
+    type Error = PropError;
+    fn try_from(s: String) -> Result<Self, PropError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Failback> for String {
+    fn from(f: Failback) -> String {
+        f.to_string()
+    }
+}
+
+impl std::fmt::Display for Failback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Never => f.write_str("never"),
+            Self::Immediate => f.write_str("immediate"),
+            Self::Window { start, end } => write!(f, "window:{start}-{end}"),
+        }
+    }
+}
+
+/// The order in which groups are placed after a node failure and moved by a drain.
+/// `NoAutoStart` groups are placed but left offline after a failover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High,
+    #[default]
+    Medium,
+    Low,
+    NoAutoStart,
+}
+
+impl Priority {
+    pub fn parse(value: &str) -> Result<Self, PropError> {
+        match value.trim() {
+            "high" => Ok(Self::High),
+            "medium" => Ok(Self::Medium),
+            "low" => Ok(Self::Low),
+            "no_auto_start" => Ok(Self::NoAutoStart),
+            _ => Err(PropError::Invalid {
+                name: "priority",
+                expected: "one of high, medium, low, no_auto_start",
+                value: value.to_string(),
+            }),
+        }
+    }
+}
+
+/// Group properties: where a group may run and how the failover manager places it, with
+/// Windows' defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GroupProps {
     /// Nodes to fail over to, most preferred first.
     pub preferred_owners: Vec<String>,
+    /// Nodes the group may run on; empty means every node.
+    pub possible_owners: Vec<String>,
+    /// Failovers allowed within `failover_period_s` before the group stays Failed; `None`
+    /// means the number of nodes that can host groups, minus one.
+    pub failover_threshold: Option<u32>,
+    pub failover_period_s: u64,
+    /// A group left Failed (failover threshold reached, no node to go to) is tried again
+    /// after this long.
+    pub retry_period_on_failure_s: u64,
+    pub auto_failback: Failback,
+    pub priority: Priority,
+    /// Groups of the same class avoid sharing a node when they can.
+    pub anti_affinity_class: Option<String>,
+}
+
+impl Default for GroupProps {
+    fn default() -> Self {
+        Self {
+            preferred_owners: Vec::new(),
+            possible_owners: Vec::new(),
+            failover_threshold: None,
+            failover_period_s: 21_600,
+            retry_period_on_failure_s: 3_600,
+            auto_failback: Failback::Never,
+            priority: Priority::Medium,
+            anti_affinity_class: None,
+        }
+    }
+}
+
+impl GroupProps {
+    pub const NAMES: &'static [&'static str] = &[
+        "preferred_owners",
+        "possible_owners",
+        "failover_threshold",
+        "failover_period_s",
+        "retry_period_on_failure_s",
+        "auto_failback",
+        "priority",
+        "anti_affinity_class",
+    ];
+
+    pub fn validate(&self) -> Result<(), PropError> {
+        if let Some(t) = self.failover_threshold {
+            range(
+                "failover_threshold",
+                t.into(),
+                0,
+                1_000,
+                "between 0 and 1000",
+            )?;
+        }
+        range(
+            "failover_period_s",
+            self.failover_period_s,
+            1,
+            MAX_S,
+            "> 0 and at most 2592000",
+        )?;
+        range(
+            "retry_period_on_failure_s",
+            self.retry_period_on_failure_s,
+            1,
+            MAX_S,
+            "> 0 and at most 2592000",
+        )?;
+        if let Some(c) = &self.anti_affinity_class
+            && crate::model::validate_name("anti-affinity class", c).is_err()
+        {
+            return Err(PropError::Invalid {
+                name: "anti_affinity_class",
+                expected: "1-64 characters from a-z A-Z 0-9 - _ .",
+                value: c.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets one property from its text form (CLI, API); on error nothing changes. Lists are
+    /// comma-separated; an empty value clears a list or an optional property.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), PropError> {
+        let mut next = self.clone();
+        let list = |v: &str| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let optional = value.trim().is_empty();
+        match name {
+            "preferred_owners" => next.preferred_owners = list(value),
+            "possible_owners" => next.possible_owners = list(value),
+            "failover_threshold" if optional => next.failover_threshold = None,
+            "failover_threshold" => {
+                next.failover_threshold = Some(parse_num("failover_threshold", value)?);
+            }
+            "failover_period_s" => next.failover_period_s = parse_num("failover_period_s", value)?,
+            "retry_period_on_failure_s" => {
+                next.retry_period_on_failure_s = parse_num("retry_period_on_failure_s", value)?;
+            }
+            "auto_failback" => next.auto_failback = Failback::parse(value)?,
+            "priority" => next.priority = Priority::parse(value)?,
+            "anti_affinity_class" if optional => next.anti_affinity_class = None,
+            "anti_affinity_class" => next.anti_affinity_class = Some(value.trim().to_string()),
+            _ => return Err(PropError::Unknown(name.to_string(), Self::NAMES.join(", "))),
+        }
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
 }
 
 fn name_of(name: &str) -> &'static str {
@@ -298,6 +537,40 @@ mod tests {
             err.to_string().starts_with("unknown property \"colour\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn group_defaults_and_bad_values() {
+        let mut g = GroupProps::default();
+        assert_eq!(
+            (g.failover_period_s, g.failover_threshold, g.priority),
+            (21_600, None, Priority::Medium)
+        );
+        assert_eq!(g.auto_failback, Failback::Never);
+        g.set("auto_failback", "window:22-6").unwrap();
+        assert_eq!(g.auto_failback, Failback::Window { start: 22, end: 6 });
+        let err = g.set("auto_failback", "window:5-25").unwrap_err();
+        assert!(err.to_string().contains("\"window:5-25\""), "{err}");
+        assert_eq!(g.auto_failback, Failback::Window { start: 22, end: 6 });
+        let err = g.set("priority", "urgent").unwrap_err();
+        assert!(err.to_string().contains("\"urgent\""), "{err}");
+        g.set("preferred_owners", "n1, n2,n3").unwrap();
+        assert_eq!(g.preferred_owners, ["n1", "n2", "n3"]);
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(json.contains("\"window:22-6\""), "{json}");
+        assert_eq!(serde_json::from_str::<GroupProps>(&json).unwrap(), g);
+    }
+
+    #[test]
+    fn failback_windows_wrap_past_midnight() {
+        let h = |hour: u64| hour * 3_600_000 + 86_400_000 * 100;
+        let w = Failback::Window { start: 22, end: 6 };
+        assert!(w.allows(h(23)) && w.allows(h(2)) && !w.allows(h(6)) && !w.allows(h(12)));
+        assert_eq!(w.next_allowed(h(12)), Some(h(22)));
+        assert_eq!(w.next_allowed(h(23)), Some(h(23)));
+        let day = Failback::Window { start: 1, end: 3 };
+        assert_eq!(day.next_allowed(h(4)), Some(h(25)));
+        assert_eq!(Failback::Never.next_allowed(h(1)), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::command::{Command, Target};
 use crate::deps;
 use crate::event::{Component, LogEntry};
 use crate::failover;
-use crate::model::{ClusterState, PersistentState, Resource, ResourceState};
+use crate::model::{ClusterState, Group, PersistentState, Resource, ResourceState};
 use crate::restart::{Decision, History};
 
 /// What an RHS reported about a resource.
@@ -116,13 +116,19 @@ struct Local {
     stopped_out_of_band: bool,
 }
 
+/// How long a failover request may go unanswered (its write lost) before it is sent again.
+const REQUEST_RESEND_MS: u64 = 10_000;
+
 /// The RCM of one node.
 #[derive(Debug)]
 pub struct Rcm {
     node: String,
     resources: BTreeMap<String, Local>,
-    /// Groups held Failed (or handed to another node) until the given time.
-    held: BTreeMap<String, u64>,
+    /// Groups whose failover this node asked for, and when; held until the database shows
+    /// the failover manager's answer.
+    requested: BTreeMap<String, u64>,
+    /// Groups this node handed over (wrote the new owner for), at the epoch it did so.
+    handed: BTreeMap<String, u64>,
     /// No lease: nothing may run here.
     fenced: bool,
 }
@@ -132,7 +138,8 @@ impl Rcm {
         Self {
             node: node.to_string(),
             resources: BTreeMap::new(),
-            held: BTreeMap::new(),
+            requested: BTreeMap::new(),
+            handed: BTreeMap::new(),
             fenced: false,
         }
     }
@@ -168,14 +175,21 @@ impl Rcm {
         let timers = self.resources.iter().filter_map(|(name, l)| {
             let r = db.resources.get(name)?;
             match l.state {
-                ResourceState::Failed if !self.held.contains_key(&r.group) => l.next_try_ms,
+                ResourceState::Failed if !self.is_held(db, &r.group) => l.next_try_ms,
                 ResourceState::OnlinePending | ResourceState::OfflinePending => {
                     Some(l.progress_ms + r.props.pending_timeout_ms)
                 }
                 _ => None,
             }
         });
-        timers.chain(self.held.values().copied()).min()
+        let resends = self.requested.values().map(|t| t + REQUEST_RESEND_MS);
+        timers.chain(resends).min()
+    }
+
+    /// Nothing of the group may start here: it failed, awaits the failover manager, or is
+    /// being handed over.
+    fn is_held(&self, db: &ClusterState, group: &str) -> bool {
+        self.requested.contains_key(group) || db.groups.get(group).is_some_and(Group::is_held)
     }
 
     fn handle(&mut self, out: &mut Out, input: Input, now: u64) {
@@ -210,7 +224,7 @@ impl Rcm {
             Input::Operator { resources } => {
                 for name in resources {
                     if let Some(group) = out.db.resources.get(&name).map(|r| &r.group) {
-                        self.held.remove(group);
+                        self.requested.remove(group);
                     }
                     if let Some(l) = self.resources.get_mut(&name) {
                         l.history.reset();
@@ -240,6 +254,7 @@ impl Rcm {
                     state: l.state,
                     reason: "recorded again: contact with a quorum is back".to_string(),
                     pid: l.pid,
+                    node: Some(self.node.clone()),
                 }));
             }
             return;
@@ -396,41 +411,48 @@ impl Rcm {
             Decision::Failover => {
                 local.next_try_ms = None;
                 local.gave_up = true;
-                let retry_s = r.props.retry_period_on_failure_s;
-                self.fail_over(out, &group, name, retry_s, now);
+                let reason = format!(
+                    "restarts of {name} exhausted ({} within restart_period_s={}) on {}",
+                    r.props.restart_threshold, r.props.restart_period_s, self.node
+                );
+                out.push(log(format!(
+                    "{reason}: stopping the group here and asking the failover manager where it goes"
+                )));
+                self.request_failover(out, &group, reason, now);
             }
         }
     }
 
-    /// Restarts of `resource` are exhausted: hand its group to another node, or mark it Failed.
-    fn fail_over(&mut self, out: &mut Out, group: &str, resource: &str, retry_s: u64, now: u64) {
-        let epoch = out.db.group_epoch(group);
-        self.held
-            .insert(group.to_string(), now + retry_s.saturating_mul(1_000));
-        let entry = match failover::choose_target(out.db, group, &self.node) {
-            Some(target) => {
-                out.push(Action::Db(Command::SetOwner {
-                    group: group.to_string(),
-                    node: target.clone(),
-                }));
-                LogEntry::new(
-                    Component::FM,
-                    format!("restarts of {resource} exhausted: failing group over to {target}"),
-                )
-                .change(&self.node, &target)
-            }
-            None => {
-                let failure = format!(
-                    "restarts of {resource} exhausted and no other node can host the group; Failed, retry in {retry_s} s"
-                );
-                out.push(Action::Db(Command::SetGroupFailure {
-                    group: group.to_string(),
-                    failure: Some(failure.clone()),
-                }));
-                LogEntry::new(Component::FM, failure)
-            }
-        };
-        out.push(Action::Log(entry.group(group, epoch).resource(resource)));
+    fn request_failover(&mut self, out: &mut Out, group: &str, reason: String, now: u64) {
+        self.requested.insert(group.to_string(), now);
+        out.push(Action::Db(Command::RequestFailover {
+            group: group.to_string(),
+            from: self.node.clone(),
+            reason,
+        }));
+    }
+
+    /// Forgets requests the database has answered (or made moot), and sends again those
+    /// whose write seems lost.
+    fn follow_requests(&mut self, out: &mut Out, now: u64) {
+        let db = out.db;
+        self.requested.retain(|group, _| {
+            db.groups
+                .get(group)
+                .is_some_and(|g| g.owner.as_deref() == Some(self.node.as_str()) && !g.is_held())
+        });
+        let due: Vec<String> = self
+            .requested
+            .iter()
+            .filter(|(_, t)| now >= **t + REQUEST_RESEND_MS)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in due {
+            let reason = format!("restarts exhausted on {} (request sent again)", self.node);
+            self.request_failover(out, &group, reason, now);
+        }
+        self.handed
+            .retain(|group, epoch| db.group_epoch(group) == *epoch);
     }
 
     fn transition(
@@ -456,6 +478,7 @@ impl Rcm {
             state: to,
             reason: reason.to_string(),
             pid,
+            node: Some(self.node.clone()),
         }));
         let mut entry = LogEntry::new(Component::RCM, reason)
             .resource(name)
@@ -470,7 +493,7 @@ impl Rcm {
         if self.fenced {
             return;
         }
-        self.release_holds(out, now);
+        self.follow_requests(out, now);
         self.forget_departed(out);
         let db = out.db;
         // One pass over the resources instead of one per group.
@@ -482,15 +505,21 @@ impl Rcm {
                 .insert(r.name.as_str(), r);
         }
         let empty = BTreeMap::new();
-        let mine: Vec<&str> = db
-            .groups
-            .values()
-            .filter(|g| g.owner.as_deref() == Some(self.node.as_str()))
-            .filter(|g| by_group.contains_key(g.name.as_str()) || g.failure.is_some())
-            .map(|g| g.name.as_str())
-            .collect();
-        for group in mine {
-            self.reconcile_group(out, group, by_group.get(group).unwrap_or(&empty), now);
+        let mine = failover::by_priority(
+            db,
+            db.groups
+                .values()
+                .filter(|g| g.owner.as_deref() == Some(self.node.as_str()))
+                .filter(|g| by_group.contains_key(g.name.as_str()) || g.moving.is_some())
+                .map(|g| &g.name),
+        );
+        for group in &mine {
+            self.reconcile_group(
+                out,
+                group,
+                by_group.get(group.as_str()).unwrap_or(&empty),
+                now,
+            );
         }
         // Resources of groups that moved away: stop them gracefully.
         let departed: BTreeSet<&str> = self
@@ -504,44 +533,6 @@ impl Rcm {
             .collect();
         for group in departed {
             self.reconcile_group(out, group, by_group.get(group).unwrap_or(&empty), now);
-        }
-    }
-
-    fn release_holds(&mut self, out: &mut Out, now: u64) {
-        let due: Vec<String> = self
-            .held
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(g, _)| g.clone())
-            .collect();
-        for group in due {
-            self.held.remove(&group);
-            let Some(g) = out.db.groups.get(&group) else {
-                continue;
-            };
-            if g.owner.as_deref() != Some(&self.node) {
-                continue;
-            }
-            if g.failure.is_some() {
-                out.push(Action::Db(Command::SetGroupFailure {
-                    group: group.clone(),
-                    failure: None,
-                }));
-            }
-            out.push(Action::Log(
-                LogEntry::new(
-                    Component::FM,
-                    "retry_period_on_failure_s passed: retrying the group",
-                )
-                .group(&group, g.epoch),
-            ));
-            // `gave_up` stays set: `bring_online` reads it for the reason, then clears it.
-            for r in out.db.group_resources(&group) {
-                if let Some(l) = self.resources.get_mut(&r.name) {
-                    l.history.reset();
-                    l.next_try_ms = None;
-                }
-            }
         }
     }
 
@@ -585,7 +576,13 @@ impl Rcm {
     ) {
         let db = out.db;
         let owned = db.groups.get(group).and_then(|g| g.owner.as_deref()) == Some(&self.node);
-        let held = self.held.contains_key(group);
+        let held = self.is_held(db, group);
+        // Recorded Down, the failover manager may give this node's groups away at any moment
+        // without a handover: start nothing until the leader has recorded it Up again.
+        let self_down = db
+            .nodes
+            .get(&self.node)
+            .is_some_and(|n| n.state == crate::model::NodeState::Down);
         let members = members.clone();
         if owned {
             for (name, r) in &members {
@@ -600,9 +597,6 @@ impl Rcm {
                 l.stopped_out_of_band = false;
             }
         }
-        if owned && !held {
-            self.clear_stale_failure(out, group);
-        }
         let order = online_order(&members);
         // Whether each resource should run, in dependency order (providers first).
         let mut want: BTreeMap<&str, bool> = BTreeMap::new();
@@ -611,6 +605,7 @@ impl Rcm {
             let local = self.resources.get(name.as_str());
             let w = owned
                 && !held
+                && !self_down
                 && r.persistent_state == PersistentState::Online
                 && !local.is_some_and(|l| l.stopped_out_of_band)
                 && r.depends_on.iter().all(|d| {
@@ -630,6 +625,39 @@ impl Rcm {
             }
             self.check_pending(out, members[name.as_str()], now);
         }
+        if owned {
+            self.hand_over(out, group, &order);
+        }
+    }
+
+    /// A group being moved: once nothing of it runs here, write its new owner (the target
+    /// starts it only then, so it never runs in two places).
+    fn hand_over(&mut self, out: &mut Out, group: &str, members: &[String]) {
+        let Some(g) = out.db.groups.get(group) else {
+            return;
+        };
+        let Some(m) = &g.moving else {
+            return;
+        };
+        if self.handed.get(group) == Some(&g.epoch)
+            || members.iter().any(|r| self.state(r).may_run())
+        {
+            return;
+        }
+        self.handed.insert(group.to_string(), g.epoch);
+        out.push(Action::Db(Command::SetOwner {
+            group: group.to_string(),
+            node: m.to.clone(),
+        }));
+        let reason = format!(
+            "group stopped on {}: handing it over to {} ({} move)",
+            self.node, m.to, m.kind
+        );
+        out.push(Action::Log(
+            LogEntry::new(Component::RCM, reason)
+                .group(group, g.epoch)
+                .change(&self.node, &m.to),
+        ));
     }
 
     /// First sight of a resource this node owns: the database may still hold the state a
@@ -640,12 +668,16 @@ impl Rcm {
         }
         self.resources.insert(name.to_string(), Local::default());
         if r.state != ResourceState::Offline {
-            let reason = format!("not running on {} (its agent started)", self.node);
+            let reason = format!(
+                "not running on {} yet (it just took the group over, or its agent started)",
+                self.node
+            );
             out.push(Action::Db(Command::RecordState {
                 resource: name.to_string(),
                 state: ResourceState::Offline,
                 reason: reason.clone(),
                 pid: None,
+                node: Some(self.node.clone()),
             }));
             let entry = LogEntry::new(Component::RCM, reason)
                 .group(&r.group, out.db.group_epoch(&r.group))
@@ -694,29 +726,6 @@ impl Rcm {
         out.push(Action::Online {
             resource: r.name.clone(),
         });
-    }
-
-    /// A group marked Failed that this node does not hold (an operator brought one of its
-    /// resources online, or this agent restarted and lost its timers) is being tried again:
-    /// the mark goes.
-    fn clear_stale_failure(&mut self, out: &mut Out, group: &str) {
-        let Some(g) = out.db.groups.get(group) else {
-            return;
-        };
-        if g.failure.is_none() || out.actions.iter().any(|a| matches!(a, Action::Db(Command::SetGroupFailure { group: x, .. }) if x == group)) {
-            return;
-        }
-        out.push(Action::Db(Command::SetGroupFailure {
-            group: group.to_string(),
-            failure: None,
-        }));
-        out.push(Action::Log(
-            LogEntry::new(
-                Component::FM,
-                "group is being tried again: Failed mark cleared",
-            )
-            .group(group, g.epoch),
-        ));
     }
 
     fn take_offline(
@@ -780,14 +789,23 @@ impl Rcm {
         r: &Resource,
         want: &BTreeMap<&str, bool>,
     ) -> String {
-        let owner = db.groups.get(&r.group).and_then(|g| g.owner.as_deref());
+        let g = db.groups.get(&r.group);
+        let owner = g.and_then(|g| g.owner.as_deref());
         if owner != Some(self.node.as_str()) {
             format!(
                 "group {} is now owned by {}",
                 r.group,
                 owner.unwrap_or("no node")
             )
-        } else if self.held.contains_key(&r.group) {
+        } else if db
+            .nodes
+            .get(&self.node)
+            .is_some_and(|n| n.state == crate::model::NodeState::Down)
+        {
+            format!("{} is recorded Down", self.node)
+        } else if let Some(m) = g.and_then(|g| g.moving.as_ref()) {
+            format!("group {} is moving to {} ({} move)", r.group, m.to, m.kind)
+        } else if self.is_held(db, &r.group) {
             format!("group {} failed", r.group)
         } else if r.persistent_state == PersistentState::Offline {
             "desired state is Offline".to_string()

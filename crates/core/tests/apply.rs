@@ -97,6 +97,7 @@ fn record(state: &mut ClusterState, resource: &str, s: ResourceState) {
         state: s,
         reason: "test".into(),
         pid: None,
+        node: None,
     };
     ok(state, cmd);
 }
@@ -217,6 +218,7 @@ fn group_with_unknown_owner_or_preferred_owner_is_refused() {
     assert_eq!(refused(&mut s, cmd), r#"node "n9" does not exist"#);
     let props = GroupProps {
         preferred_owners: vec!["n2".into(), "n8".into()],
+        ..GroupProps::default()
     };
     let cmd = Command::CreateGroup {
         name: "x".into(),
@@ -369,6 +371,7 @@ fn group_target_sets_every_resource_and_clears_the_failure() {
         Command::SetGroupFailure {
             group: "g".into(),
             failure: failure.clone(),
+            retry_at_ms: None,
         },
     );
     assert_eq!(s.groups["g"].failure, failure);
@@ -385,6 +388,7 @@ fn group_target_sets_every_resource_and_clears_the_failure() {
         Command::SetGroupFailure {
             group: "g".into(),
             failure,
+            retry_at_ms: None,
         },
     );
     desire(&mut s, Target::Group("g".into()), Off);
@@ -550,6 +554,7 @@ fn record_state_updates_state_reason_and_pid() {
         state: ResourceState::Online,
         reason: "started".into(),
         pid: Some(4242),
+        node: None,
     };
     ok(&mut s, cmd);
     let r = &s.resources["web"];
@@ -565,6 +570,7 @@ fn record_state_updates_state_reason_and_pid() {
         state: ResourceState::Failed,
         reason: "exit 1".into(),
         pid: None,
+        node: None,
     };
     ok(&mut s, cmd);
     let r = &s.resources["web"];
@@ -578,6 +584,7 @@ fn record_state_updates_state_reason_and_pid() {
         state: ResourceState::Online,
         reason: String::new(),
         pid: None,
+        node: None,
     };
     assert_eq!(refused(&mut s, cmd), r#"resource "ghost" does not exist"#);
 }
@@ -618,6 +625,7 @@ fn set_group_failure_and_node_state_need_existing_targets() {
     let cmd = Command::SetGroupFailure {
         group: "x".into(),
         failure: None,
+        retry_at_ms: None,
     };
     assert_eq!(refused(&mut s, cmd), r#"group "x" does not exist"#);
     let cmd = Command::SetNodeState {

@@ -1,11 +1,13 @@
 //! The RCM's reconcile loop, `Rcm::step`, driven against a database built with `apply`.
 //!
 //! `Node` plays the agent: it feeds one input to the RCM, applies every `Action::Db` command
-//! back into the database (ignoring refusals, as the agent does) and hands the actions to the
-//! test, which mostly looks at the calls into the RHS: "online x", "offline x", "terminate x".
+//! back into the database (ignoring refusals, as the agent does), lets the failover manager
+//! (this node is also the leader) plan on the result, and hands all the actions to the test,
+//! which mostly looks at the calls into the RHS: "online x", "offline x", "terminate x".
 
 use vigil_core::command::{Command, Target, apply};
 use vigil_core::event::LogEntry;
+use vigil_core::failover;
 use vigil_core::model::PersistentState::{Offline as Off, Online as On};
 use vigil_core::model::ResourceState::{Failed, Offline, OfflinePending, Online, OnlinePending};
 use vigil_core::model::{
@@ -59,7 +61,10 @@ impl Node {
             },
             Command::CreateGroup {
                 name: "g".into(),
-                props: GroupProps::default(),
+                props: GroupProps {
+                    retry_period_on_failure_s: RETRY / 1_000,
+                    ..GroupProps::default()
+                },
                 owner: Some("n1".into()),
             },
         ];
@@ -84,7 +89,32 @@ impl Node {
         }
     }
 
+    /// One input, then the failover manager and the RCM in turn until neither changes the
+    /// database (as the agent does when its writes are applied).
     fn step(&mut self, input: Input, now: u64) -> Vec<Action> {
+        let mut all = self.rcm_step(input, now);
+        for _ in 0..16 {
+            let plan = failover::plan(&self.db, now);
+            for cmd in &plan.commands {
+                apply(&mut self.db, cmd).unwrap();
+            }
+            let fm_changed = !plan.commands.is_empty();
+            all.extend(plan.commands.into_iter().map(Action::Db));
+            all.extend(plan.log.into_iter().map(Action::Log));
+            if !fm_changed && !all.iter().any(|a| matches!(a, Action::Db(_))) {
+                break;
+            }
+            let more = self.rcm_step(Input::Tick, now);
+            let rcm_changed = more.iter().any(|a| matches!(a, Action::Db(_)));
+            all.extend(more);
+            if !fm_changed && !rcm_changed {
+                break;
+            }
+        }
+        all
+    }
+
+    fn rcm_step(&mut self, input: Input, now: u64) -> Vec<Action> {
         let actions = self.rcm.step(&self.db, input, now);
         for a in &actions {
             if let Action::Db(cmd) = a {
@@ -92,6 +122,11 @@ impl Node {
             }
         }
         actions
+    }
+
+    /// When the failover manager wants to plan again.
+    fn fm_wakeup(&self, now: u64) -> Option<u64> {
+        failover::plan(&self.db, now).wake_at_ms
     }
 
     fn tick(&mut self, now: u64) -> Vec<Action> {
@@ -307,11 +342,17 @@ fn exhausted_restarts_on_a_single_node_fail_the_group_until_the_retry_period() {
         .expect("group marked failed");
     assert_eq!(failures[0].as_ref(), Some(&failure));
     assert!(
-        failure.contains("restarts of web exhausted and no other node"),
+        failure.starts_with("restarts of web exhausted")
+            && failure.contains("no other node can host the group"),
         "{failure}"
     );
     assert_eq!(n.group_state(), GroupState::Failed);
-    assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(12_000 + RETRY));
+    assert_eq!(
+        n.rcm.next_wakeup_ms(&n.db),
+        None,
+        "the RCM waits for the FM"
+    );
+    assert_eq!(n.fm_wakeup(12_001), Some(12_000 + RETRY));
 
     for t in [12_000 + DELAY, 20_000, 12_000 + RETRY - 1] {
         assert_eq!(calls(&n.tick(t)), NONE, "no restart at {t}");
@@ -341,19 +382,33 @@ fn exhausted_restarts_fail_the_group_over_to_another_node() {
     .unwrap();
     n.start(0);
     let actions = n.report("web", Report::Failed, 1_000);
-    assert_eq!(calls(&actions), ["terminate web"]);
-    let owner = Command::SetOwner {
+    // Terminated, nothing else runs: the group is handed over at once.
+    assert_eq!(calls(&actions), ["terminate web", "close web"]);
+    let cmds = db_commands(&actions);
+    let position = |wanted: &Command| cmds.iter().position(|c| *c == wanted);
+    let request = cmds
+        .iter()
+        .position(|c| matches!(c, Command::RequestFailover { .. }))
+        .expect("failover requested");
+    let moving = position(&Command::MoveGroup {
+        group: "g".into(),
+        to: "n2".into(),
+        kind: vigil_core::model::MoveKind::Failover,
+    })
+    .expect("the failover manager chose n2");
+    let owner = position(&Command::SetOwner {
         group: "g".into(),
         node: "n2".into(),
-    };
-    assert!(db_commands(&actions).contains(&&owner), "{actions:?}");
+    })
+    .expect("the owner handed the group over");
+    assert!(request < moving && moving < owner, "{cmds:?}");
     assert_eq!(
         (n.db.groups["g"].owner.as_deref(), n.db.group_epoch("g")),
         (Some("n2"), 2)
     );
     assert_eq!(n.db.groups["g"].failure, None);
-    // No longer this node's resource: dropped from its RHS, never restarted here.
-    assert_eq!(calls(&n.tick(2_000)), ["close web"]);
+    assert_eq!(n.db.groups["g"].failovers.len(), 1);
+    // No longer this node's resource: never restarted here.
     assert_eq!(n.tick(1_000 + RETRY), []);
 }
 
@@ -587,6 +642,7 @@ fn first_sight_of_a_resource_recorded_online_records_offline_then_starts_it() {
             state: Online,
             reason: "old run".into(),
             pid: Some(7),
+            node: Some("n1".into()),
         };
         apply(&mut n.db, &cmd).unwrap();
     }
@@ -595,8 +651,9 @@ fn first_sight_of_a_resource_recorded_online_records_offline_then_starts_it() {
     let agent_started = |r: &str| Command::RecordState {
         resource: r.into(),
         state: Offline,
-        reason: "not running on n1 (its agent started)".into(),
+        reason: "not running on n1 yet (it just took the group over, or its agent started)".into(),
         pid: None,
+        node: Some("n1".into()),
     };
     let cmds = db_commands(&actions);
     assert_eq!(cmds[..2], [&agent_started("log"), &agent_started("web")]);
@@ -701,12 +758,15 @@ fn a_failed_mark_is_cleared_when_the_group_is_tried_again() {
     let out = n.desire(Target::Resource("a".into()), On, 20);
     assert_eq!(calls(&out), ["online a"]);
     assert_eq!(n.db.groups["g"].failure, None);
-    // A new agent (no hold in memory) finding a Failed mark also tries again and clears it.
+    // A new agent (nothing in memory) finding a Failed mark keeps the group stopped; the
+    // failover manager tries it again when the retry period has passed.
     n.report("a", Report::Online, 30);
     n.report("a", Report::Failed, 40);
     assert!(n.db.groups["g"].failure.is_some());
     n.rcm = Rcm::new("n1");
-    n.tick(50);
+    assert_eq!(calls(&n.tick(50)), NONE);
+    assert!(n.db.groups["g"].failure.is_some());
+    assert_eq!(calls(&n.tick(40 + RETRY)), ["online a"]);
     assert_eq!(n.db.groups["g"].failure, None);
 }
 

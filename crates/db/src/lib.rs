@@ -98,6 +98,8 @@ pub struct Db {
     /// For forwarded writes (no connection reuse, see `open`).
     http: reqwest::Client,
     timing: Timing,
+    /// Raft allows one membership change at a time: joins that arrive together take turns.
+    membership: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Db {
@@ -116,6 +118,11 @@ impl Db {
             election_timeout_max: timing.election_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2_000),
             max_in_snapshot_log_to_keep: 500,
+            // Chunks travel as JSON (a byte is up to four characters): 4 MiB stays well
+            // within the request limit of the Raft routes, and one chunk has seconds to
+            // arrive and be stored (the 200 ms default is too short for a large database).
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            install_snapshot_timeout: 5_000,
             ..Default::default()
         }
         .validate()
@@ -147,6 +154,7 @@ impl Db {
             sm,
             http,
             timing,
+            membership: Default::default(),
         })
     }
 
@@ -367,6 +375,7 @@ impl Db {
     /// Adds a node (as a learner, caught up before this returns), then makes it a voter while
     /// there are fewer than [`MAX_VOTERS`]. Leader only.
     pub async fn add_member(&self, name: &str, addr: &str) -> Result<(), DbError> {
+        let _turn = self.membership.lock().await;
         let id = node_id(name);
         let err = raft_err;
         self.raft
@@ -385,6 +394,7 @@ impl Db {
 
     /// Removes a node from the Raft membership (voter or learner). Leader only.
     pub async fn remove_member(&self, name: &str) -> Result<(), DbError> {
+        let _turn = self.membership.lock().await;
         let id = node_id(name);
         let err = raft_err;
         let voters = self.voter_ids();
@@ -403,6 +413,7 @@ impl Db {
 
     /// Makes learners voters while there are fewer than [`MAX_VOTERS`] voters. Leader only.
     pub async fn promote_learners(&self) -> Result<(), DbError> {
+        let _turn = self.membership.lock().await;
         let m = self.metrics();
         let config = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = config.voter_ids().collect();
@@ -435,6 +446,7 @@ impl Db {
         network::router(self.raft.clone()).merge(
             Router::new()
                 .route("/raft/write", post(forwarded))
+                .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
                 .with_state(self.clone()),
         )
     }

@@ -115,11 +115,16 @@ impl RaftNetwork<TypeConfig> for Conn {
 }
 
 /// The receiving side: `/raft/append`, `/raft/vote`, `/raft/snapshot`.
+/// Largest Raft request accepted.
+const RAFT_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
 pub fn router(raft: Raft<TypeConfig>) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
+        // Entry batches and snapshot chunks outgrow axum's 2 MB default.
+        .layer(axum::extract::DefaultBodyLimit::max(RAFT_BODY_LIMIT))
         .with_state(raft)
 }
 

@@ -1,0 +1,69 @@
+//! The Failover Manager's driver: on the Raft leader, after every change to the database
+//! (and at the times the plan asks for), run the pure [`vigil_core::failover::plan`] and
+//! write its commands. One plan at a time, each written (and applied here) before the next
+//! is made, so nothing is decided twice; a new leader simply carries on from the database.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use vigil_core::event::{Component, LogEntry};
+use vigil_core::failover;
+use vigil_db::Db;
+
+use crate::clusterlog::ClusterLog;
+
+/// How often a node checks whether it has become the leader with work to do, when nothing
+/// else wakes it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The leader's clock, for failover history and retry times (Unix ms).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub async fn run(db: Db, log: ClusterLog) {
+    let mut applied = db.subscribe();
+    let mut wake: Option<u64> = None;
+    loop {
+        let wait = wake
+            .map_or(IDLE_CHECK, |w| {
+                Duration::from_millis(w.saturating_sub(unix_ms()))
+            })
+            .min(IDLE_CHECK);
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if !db.is_leader() {
+            wake = None;
+            continue;
+        }
+        let plan = failover::plan(&db.state(), unix_ms());
+        wake = plan.wake_at_ms;
+        if plan.commands.is_empty() {
+            log.append(plan.log);
+            continue;
+        }
+        match db.write(plan.commands).await {
+            Ok(results) => {
+                let refused: Vec<String> = results
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|e| e.to_string())
+                    .collect();
+                log.append(plan.log);
+                if !refused.is_empty() {
+                    // The database changed between the plan and its write; the next plan
+                    // starts from what is there now.
+                    let reason = format!(
+                        "some failover decisions were refused and will be made again: {}",
+                        refused.join("; ")
+                    );
+                    log.append([LogEntry::new(Component::FM, reason)]);
+                }
+            }
+            Err(e) => tracing::warn!("failover decisions not written: {e}"),
+        }
+    }
+}

@@ -1,0 +1,943 @@
+//! The simulated cluster: nodes with their real RCM, lease and leader clock from
+//! `vigil-core`, a committed database standing in for Raft, resources that take time to
+//! start and stop, and a network that can be cut. Virtual time only; every choice is
+//! deterministic, so a scenario or a seed always plays out the same way.
+//!
+//! Raft is modelled by its guarantees, not its messages: a write commits when its node can
+//! reach the elected leader and the leader's side holds a majority of voters; every node on
+//! that side sees the commit at once, the others keep their last copy. A leader cut off with
+//! a minority keeps answering heartbeats on its side (as a real one does until it learns
+//! better), but cannot commit.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use vigil_core::command::{Command, apply};
+use vigil_core::event::LogEntry;
+use vigil_core::failover;
+use vigil_core::lease::{LeaderClock, Lease, LeaseConfig};
+use vigil_core::model::{ClusterState, NodeState, ResourceState};
+use vigil_core::rcm::{Action, Input, Rcm, Report};
+
+/// Unix ms at virtual time 0: 2026-01-01 00:00 UTC (a scenario may start later in the day).
+pub const EPOCH_BASE_MS: u64 = 1_767_225_600_000;
+/// How long an election takes once the leader is lost.
+const ELECTION_MS: u64 = 400;
+/// A runaway guard: no run handles more events than this.
+const MAX_EVENTS: u64 = 20_000_000;
+
+/// How a resource behaves in the simulation.
+#[derive(Clone, Debug)]
+pub struct ResourceSim {
+    pub start_ms: u64,
+    pub stop_ms: u64,
+}
+
+impl Default for ResourceSim {
+    fn default() -> Self {
+        Self {
+            start_ms: 100,
+            stop_ms: 50,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    /// Heartbeats (every fifth pulse), lease checks and the leader's Down/Up, every
+    /// interval / 5 (as the agent's Node Manager).
+    Pulse,
+    RcmTick(String),
+    /// The database changed under this node's RCM.
+    Applied(String),
+    Report {
+        node: String,
+        resource: String,
+        instance: u64,
+        report: ReportKind,
+    },
+    Election,
+    FmWake,
+    /// A scripted step, by index into the world's script.
+    Script(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ReportKind {
+    Online,
+    StartFailed,
+    Offline,
+}
+
+struct Agent {
+    rcm: Rcm,
+    lease: Lease,
+    fenced: bool,
+    view: ClusterState,
+    /// Set while this node believes it leads.
+    clock: Option<LeaderClock>,
+    /// Where its heartbeats go.
+    leader: Option<String>,
+    wake: Option<u64>,
+}
+
+struct SimNode {
+    powered: bool,
+    /// Network side: nodes talk when both are powered and on the same side.
+    side: u32,
+    agent: Option<Agent>,
+    /// The database copy on its disk (what a restarted agent starts from).
+    disk: ClusterState,
+}
+
+/// A step the scenario (or a random run) takes at a given time.
+#[derive(Clone, Debug)]
+pub enum Step {
+    PowerOff(String),
+    PowerOn(String),
+    /// Sides of a partition; nodes not named stay on side 0 with the first.
+    Partition(Vec<Vec<String>>),
+    Heal,
+    /// The resource fails wherever it runs.
+    Fail(String),
+    /// The next `count` starts of the resource on the node fail (`None`: all).
+    Break {
+        resource: String,
+        node: String,
+        count: Option<u32>,
+    },
+    Fix {
+        resource: String,
+        node: String,
+    },
+    /// An operator command, written through the leader.
+    Operator(Command),
+    /// `vigil group move G [--to N]`.
+    Move {
+        group: String,
+        to: Option<String>,
+    },
+    /// `vigil group set G KEY=VALUE...` (scenario abbreviations allowed).
+    SetGroup {
+        group: String,
+        changes: Vec<(String, String)>,
+    },
+}
+
+pub struct World {
+    pub now: u64,
+    pub cfg: LeaseConfig,
+    /// Virtual time 0 in Unix ms (the failover manager's clock).
+    pub base_ms: u64,
+    nodes: BTreeMap<String, SimNode>,
+    /// The committed database.
+    pub db: ClusterState,
+    leader: Option<String>,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    script: Vec<Step>,
+    pub sims: BTreeMap<String, ResourceSim>,
+    /// Truth: where each resource's process runs (node → instance).
+    running: BTreeMap<String, BTreeMap<String, u64>>,
+    instance: u64,
+    broken: BTreeMap<(String, String), Option<u32>>,
+    /// The cluster log: (virtual ms, "node COMPONENT subject from -> to reason").
+    pub log: Vec<(u64, String)>,
+    pub violations: Vec<String>,
+    fm_wake: Option<u64>,
+    epochs: BTreeMap<String, u64>,
+    events: u64,
+    pulses: u64,
+}
+
+impl World {
+    /// A cluster whose database is `db` (nodes, groups, resources already in it); every
+    /// node starts powered, on one side, with no lease yet; the first node leads.
+    pub fn new(db: ClusterState, cfg: LeaseConfig, base_ms: u64) -> Self {
+        let mut w = Self {
+            now: 0,
+            cfg,
+            base_ms,
+            nodes: BTreeMap::new(),
+            db,
+            leader: None,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            script: Vec::new(),
+            sims: BTreeMap::new(),
+            running: BTreeMap::new(),
+            instance: 0,
+            broken: BTreeMap::new(),
+            log: Vec::new(),
+            violations: Vec::new(),
+            fm_wake: None,
+            epochs: BTreeMap::new(),
+            events: 0,
+            pulses: 0,
+        };
+        let names: Vec<String> = w.db.nodes.keys().cloned().collect();
+        for n in &names {
+            w.nodes.insert(
+                n.clone(),
+                SimNode {
+                    powered: true,
+                    side: 0,
+                    agent: None,
+                    disk: w.db.clone(),
+                },
+            );
+            w.boot(n);
+        }
+        w.leader = names.first().cloned();
+        if let Some(l) = w.leader.clone() {
+            w.take_office(&l);
+        }
+        w.push(0, Ev::Pulse);
+        w.push(0, Ev::FmWake);
+        w
+    }
+
+    pub fn at(&mut self, t: u64, step: Step) {
+        self.script.push(step);
+        let i = self.script.len() - 1;
+        self.push(t, Ev::Script(i));
+    }
+
+    fn push(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((t.max(self.now), self.seq, ev)));
+    }
+
+    /// Runs every event up to and including `until`.
+    pub fn run_until(&mut self, until: u64) {
+        while let Some(Reverse((t, _, _))) = self.queue.peek() {
+            if *t > until {
+                break;
+            }
+            let Reverse((t, _, ev)) = self.queue.pop().expect("peeked");
+            self.now = t;
+            self.events += 1;
+            if self.events > MAX_EVENTS {
+                self.violations
+                    .push(format!("runaway: more than {MAX_EVENTS} events"));
+                return;
+            }
+            self.handle(ev);
+            self.check_invariants();
+        }
+        self.now = until;
+    }
+
+    /// Where each resource runs, as the processes would show it.
+    pub fn running_on(&self, resource: &str) -> Vec<String> {
+        self.running
+            .get(resource)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn note(&mut self, node: &str, entry: &LogEntry) {
+        let subject = match (&entry.group, &entry.resource) {
+            (Some(g), Some(r)) => format!("{g}/{r}"),
+            (Some(g), None) => g.clone(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => "-".to_string(),
+        };
+        let change = match (&entry.from, &entry.to) {
+            (Some(f), Some(t)) => format!("{f} -> {t} "),
+            _ => String::new(),
+        };
+        let line = format!(
+            "{node} {:?} {subject} {change}{}",
+            entry.component, entry.reason
+        );
+        self.log.push((self.now, line));
+    }
+
+    fn say(&mut self, node: &str, what: String) {
+        self.log.push((self.now, format!("{node} SIM {what}")));
+    }
+
+    fn boot(&mut self, name: &str) {
+        let n = self.nodes.get_mut(name).expect("known node");
+        n.agent = Some(Agent {
+            rcm: Rcm::new(name),
+            lease: Lease::default(),
+            fenced: true,
+            view: n.disk.clone(),
+            clock: None,
+            leader: None,
+            wake: None,
+        });
+        // Nothing runs before the first lease, as in the agent.
+        self.rcm_step(
+            name,
+            Input::Fence {
+                fenced: true,
+                reason: "agent started: waiting for a lease".to_string(),
+            },
+        );
+        if let Some(l) = self.leader.clone()
+            && self.connected(name, &l)
+        {
+            self.agent(name).leader = Some(l);
+            self.sync_view(name);
+        }
+    }
+
+    fn agent(&mut self, name: &str) -> &mut Agent {
+        self.nodes
+            .get_mut(name)
+            .and_then(|n| n.agent.as_mut())
+            .expect("a powered node has an agent")
+    }
+
+    fn powered(&self, name: &str) -> bool {
+        self.nodes.get(name).is_some_and(|n| n.powered)
+    }
+
+    fn connected(&self, a: &str, b: &str) -> bool {
+        match (self.nodes.get(a), self.nodes.get(b)) {
+            (Some(x), Some(y)) => x.powered && y.powered && x.side == y.side,
+            _ => false,
+        }
+    }
+
+    fn voters(&self) -> Vec<String> {
+        self.db.nodes.keys().cloned().collect()
+    }
+
+    /// The side holding a majority of the voters, if any: its powered members.
+    fn majority(&self) -> Option<Vec<String>> {
+        let voters = self.voters();
+        let mut sides: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for v in &voters {
+            if let Some(n) = self.nodes.get(v).filter(|n| n.powered) {
+                sides.entry(n.side).or_default().push(v.clone());
+            }
+        }
+        sides.into_values().find(|s| s.len() * 2 > voters.len())
+    }
+
+    fn take_office(&mut self, leader: &str) {
+        let now = self.now;
+        self.agent(leader).clock = Some(LeaderClock::new(now));
+        let side: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|n| self.connected(n, leader))
+            .cloned()
+            .collect();
+        for n in side {
+            let a = self.agent(&n);
+            a.leader = Some(leader.to_string());
+            if n != leader {
+                a.clock = None;
+            }
+            self.sync_view(&n);
+        }
+        self.say(leader, "elected leader".to_string());
+        self.push(now, Ev::FmWake);
+    }
+
+    /// After a power or network change: keep the leader if it still has a majority, else
+    /// elect one after the election time.
+    fn topology_changed(&mut self) {
+        let majority = self.majority();
+        let keep = self
+            .leader
+            .as_ref()
+            .is_some_and(|l| majority.as_ref().is_some_and(|m| m.contains(l)));
+        if keep {
+            let l = self.leader.clone().expect("kept");
+            // Nodes that can reach it again follow it and catch up.
+            let side: Vec<String> = self
+                .nodes
+                .keys()
+                .filter(|n| self.connected(n, &l))
+                .cloned()
+                .collect();
+            for n in side {
+                let a = self.agent(&n);
+                if a.leader.as_deref() != Some(l.as_str()) {
+                    a.leader = Some(l.clone());
+                    if n != l {
+                        a.clock = None;
+                    }
+                }
+                self.sync_view(&n);
+            }
+        } else if self.leader.take().is_some() || majority.is_some() {
+            self.push(self.now + ELECTION_MS, Ev::Election);
+        }
+        // Nodes cut off from the leader they follow stop hearing from it.
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in names {
+            if !self.powered(&n) {
+                continue;
+            }
+            let follows = self.agent(&n).leader.clone();
+            if let Some(l) = follows
+                && l != n
+                && !self.connected(&n, &l)
+            {
+                self.agent(&n).leader = None;
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Pulse => self.pulse(),
+            Ev::RcmTick(n) => {
+                if self.powered(&n) {
+                    self.agent(&n).wake = None;
+                    self.rcm_step(&n, Input::Tick);
+                }
+            }
+            Ev::Applied(n) => {
+                if self.powered(&n) {
+                    self.rcm_step(&n, Input::Tick);
+                }
+            }
+            Ev::Report {
+                node,
+                resource,
+                instance,
+                report,
+            } => self.report(&node, &resource, instance, report),
+            Ev::Election => {
+                if self.leader.is_none()
+                    && let Some(m) = self.majority()
+                {
+                    let l = m[0].clone();
+                    self.leader = Some(l.clone());
+                    self.take_office(&l);
+                }
+            }
+            Ev::FmWake => self.run_fm(),
+            Ev::Script(i) => {
+                let step = self.script[i].clone();
+                self.script_step(step);
+            }
+        }
+    }
+
+    fn pulse(&mut self) {
+        let period = (self.cfg.interval_ms / 5).max(1);
+        self.pulses += 1;
+        let heartbeat = self.pulses % 5 == 1;
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in &names {
+            if !self.powered(n) {
+                continue;
+            }
+            if heartbeat {
+                self.heartbeat(n);
+            }
+            if self.agent(n).clock.is_some() {
+                self.lead(n);
+            }
+            self.check_lease(n);
+        }
+        self.push(self.now + period, Ev::Pulse);
+    }
+
+    fn heartbeat(&mut self, from: &str) {
+        let Some(l) = self.agent(from).leader.clone() else {
+            return;
+        };
+        if l == from || !self.connected(from, &l) {
+            return;
+        }
+        let (now, voters) = (self.now, self.voters());
+        let Some(clock) = self.agent(&l).clock.as_mut() else {
+            return;
+        };
+        clock.heard_from(from, now);
+        let quorum = clock.quorum_ms(&l, &voters, now);
+        if let Some(q) = quorum {
+            let cfg = self.cfg;
+            self.agent(from).lease.renew(now, now - q, &cfg);
+        }
+    }
+
+    /// A node that believes it leads: its own lease, and Down/Up records.
+    fn lead(&mut self, me: &str) {
+        let (now, voters, cfg) = (self.now, self.voters(), self.cfg);
+        let clock = self.agent(me).clock.clone().expect("leads");
+        let quorum = clock.quorum_ms(me, &voters, now);
+        if let Some(q) = quorum {
+            self.agent(me).lease.renew_as_leader(q, &cfg);
+        }
+        if quorum.is_none_or(|q| now >= q + cfg.lease_ms()) {
+            return;
+        }
+        let view = self.agent(me).view.clone();
+        let mut cmds = Vec::new();
+        if view
+            .nodes
+            .get(me)
+            .is_some_and(|n| n.state == NodeState::Down)
+        {
+            cmds.push(Command::SetNodeState {
+                name: me.to_string(),
+                state: NodeState::Up,
+            });
+        }
+        for n in view.nodes.values().filter(|n| n.name != me) {
+            let down = clock.is_down(&n.name, &cfg, now);
+            match (n.state, down) {
+                (NodeState::Up | NodeState::Paused, true) => {
+                    cmds.push(Command::SetNodeState {
+                        name: n.name.clone(),
+                        state: NodeState::Down,
+                    });
+                }
+                (NodeState::Down, false) if clock.contact_ms.contains_key(&n.name) => {
+                    cmds.push(Command::SetNodeState {
+                        name: n.name.clone(),
+                        state: NodeState::Up,
+                    });
+                }
+                _ => {}
+            }
+        }
+        if !cmds.is_empty() && self.write(me, cmds.clone()) {
+            for c in &cmds {
+                if let Command::SetNodeState { name, state } = c {
+                    self.say(me, format!("NM node {name} {state}"));
+                }
+            }
+        }
+    }
+
+    fn check_lease(&mut self, n: &str) {
+        let now = self.now;
+        let a = self.agent(n);
+        let valid = a.lease.valid(now);
+        if a.fenced != valid {
+            return;
+        }
+        a.fenced = !valid;
+        let reason = if valid {
+            "lease granted".to_string()
+        } else {
+            "lease expired: self-fencing".to_string()
+        };
+        self.say(n, format!("NM {reason}"));
+        self.rcm_step(
+            n,
+            Input::Fence {
+                fenced: !valid,
+                reason,
+            },
+        );
+    }
+
+    fn run_fm(&mut self) {
+        let Some(l) = self.leader.clone() else {
+            return;
+        };
+        let unix = self.base_ms + self.now;
+        let plan = failover::plan(&self.db, unix);
+        for e in &plan.log {
+            self.note(&l, e);
+        }
+        if let Some(w) = plan.wake_at_ms {
+            let at = w.saturating_sub(self.base_ms).max(self.now + 1);
+            if self.fm_wake.is_none_or(|x| x <= self.now || at < x) {
+                self.fm_wake = Some(at);
+                self.push(at, Ev::FmWake);
+            }
+        }
+        if !plan.commands.is_empty() {
+            self.write(&l, plan.commands);
+        }
+    }
+
+    /// A write from `node`: committed if it reaches a leader with a majority, else lost.
+    fn write(&mut self, node: &str, cmds: Vec<Command>) -> bool {
+        let Some(l) = self.leader.clone() else {
+            return false;
+        };
+        if !self.connected(node, &l) {
+            return false;
+        }
+        let now = self.now;
+        for c in &cmds {
+            // Safety: a node is declared Down only once it surely has no lease.
+            if let Command::SetNodeState {
+                name,
+                state: NodeState::Down,
+            } = c
+                && let Some(a) = self.nodes.get(name).and_then(|x| x.agent.as_ref())
+                && a.lease.valid(now)
+            {
+                self.violations.push(format!(
+                    "{now} ms: {name} recorded Down while its lease runs until {:?}",
+                    a.lease.expires_ms
+                ));
+            }
+            let _ = apply(&mut self.db, c);
+        }
+        let side: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|n| self.connected(n, &l))
+            .cloned()
+            .collect();
+        for n in side {
+            self.sync_view(&n);
+        }
+        self.push(self.now, Ev::FmWake);
+        true
+    }
+
+    fn sync_view(&mut self, n: &str) {
+        let db = self.db.clone();
+        let now = self.now;
+        let node = self.nodes.get_mut(n).expect("known");
+        node.disk = db.clone();
+        if let Some(a) = node.agent.as_mut()
+            && a.view != db
+        {
+            a.view = db;
+            self.push(now, Ev::Applied(n.to_string()));
+        }
+    }
+
+    fn rcm_step(&mut self, n: &str, input: Input) {
+        let now = self.now;
+        let a = self.agent(n);
+        let actions = a.rcm.step(&a.view, input, now);
+        let wake = a.rcm.next_wakeup_ms(&a.view);
+        let mut cmds = Vec::new();
+        for action in actions {
+            match action {
+                Action::Online { resource } => self.rhs_online(n, &resource),
+                Action::Offline { resource } => self.rhs_offline(n, &resource),
+                Action::Terminate { resource } => self.rhs_terminate(n, &resource),
+                Action::Close { .. } => {}
+                Action::Db(c) => cmds.push(c),
+                Action::Log(e) => self.note(n, &e),
+            }
+        }
+        if !cmds.is_empty() {
+            self.write(n, cmds);
+        }
+        if let Some(t) = wake {
+            let t = t.max(now + 1);
+            let a = self.agent(n);
+            if a.wake.is_none_or(|w| t < w) {
+                a.wake = Some(t);
+                self.push(t, Ev::RcmTick(n.to_string()));
+            }
+        }
+    }
+
+    fn sim(&self, resource: &str) -> ResourceSim {
+        self.sims.get(resource).cloned().unwrap_or_default()
+    }
+
+    fn rhs_online(&mut self, n: &str, r: &str) {
+        self.instance += 1;
+        let inst = self.instance;
+        let now = self.now;
+        let others: Vec<String> = self.running_on(r).into_iter().filter(|x| x != n).collect();
+        if !others.is_empty() {
+            self.violations.push(format!(
+                "{now} ms: {r} starts on {n} while it runs on {}",
+                others.join(", ")
+            ));
+        }
+        self.running
+            .entry(r.to_string())
+            .or_default()
+            .insert(n.to_string(), inst);
+        let key = (r.to_string(), n.to_string());
+        let fails = match self.broken.get_mut(&key) {
+            Some(None) => true,
+            Some(Some(c)) if *c > 0 => {
+                *c -= 1;
+                true
+            }
+            _ => false,
+        };
+        let report = if fails {
+            ReportKind::StartFailed
+        } else {
+            ReportKind::Online
+        };
+        let at = now + self.sim(r).start_ms;
+        self.push(
+            at,
+            Ev::Report {
+                node: n.to_string(),
+                resource: r.to_string(),
+                instance: inst,
+                report,
+            },
+        );
+    }
+
+    fn rhs_offline(&mut self, n: &str, r: &str) {
+        let inst = self.running.get(r).and_then(|m| m.get(n)).copied();
+        let at = self.now + inst.map_or(0, |_| self.sim(r).stop_ms);
+        self.push(
+            at,
+            Ev::Report {
+                node: n.to_string(),
+                resource: r.to_string(),
+                instance: inst.unwrap_or(0),
+                report: ReportKind::Offline,
+            },
+        );
+    }
+
+    fn rhs_terminate(&mut self, n: &str, r: &str) {
+        if let Some(m) = self.running.get_mut(r) {
+            m.remove(n);
+        }
+    }
+
+    fn report(&mut self, n: &str, r: &str, instance: u64, kind: ReportKind) {
+        if !self.powered(n) {
+            return;
+        }
+        let current = self.running.get(r).and_then(|m| m.get(n)).copied();
+        let (report, reason) = match kind {
+            ReportKind::Online if current == Some(instance) => {
+                (Report::Online, "started".to_string())
+            }
+            ReportKind::StartFailed if current == Some(instance) => {
+                self.rhs_terminate(n, r);
+                (Report::Failed, "start failed".to_string())
+            }
+            ReportKind::Offline if current == Some(instance) || instance == 0 => {
+                self.rhs_terminate(n, r);
+                (Report::Offline, "stopped".to_string())
+            }
+            // A stale report about an instance already gone.
+            _ => return,
+        };
+        self.rcm_step(
+            n,
+            Input::Report {
+                resource: r.to_string(),
+                report,
+                reason,
+                pid: None,
+            },
+        );
+    }
+
+    fn script_step(&mut self, step: Step) {
+        match step {
+            Step::PowerOff(n) => {
+                if !self.powered(&n) {
+                    return;
+                }
+                self.say(&n, "power off".to_string());
+                for m in self.running.values_mut() {
+                    m.remove(&n);
+                }
+                let node = self.nodes.get_mut(&n).expect("known");
+                node.powered = false;
+                node.agent = None;
+                self.topology_changed();
+            }
+            Step::PowerOn(n) => {
+                if self.powered(&n) {
+                    return;
+                }
+                self.say(&n, "power on".to_string());
+                self.nodes.get_mut(&n).expect("known").powered = true;
+                self.boot(&n);
+                self.topology_changed();
+            }
+            Step::Partition(sides) => {
+                self.say("-", format!("partition {sides:?}"));
+                for node in self.nodes.values_mut() {
+                    node.side = 0;
+                }
+                for (i, side) in sides.iter().enumerate() {
+                    for n in side {
+                        if let Some(node) = self.nodes.get_mut(n) {
+                            node.side = i as u32;
+                        }
+                    }
+                }
+                self.topology_changed();
+            }
+            Step::Heal => {
+                self.say("-", "network healed".to_string());
+                for node in self.nodes.values_mut() {
+                    node.side = 0;
+                }
+                self.topology_changed();
+            }
+            Step::Fail(r) => {
+                for n in self.running_on(&r) {
+                    self.say(&n, format!("{r} fails"));
+                    self.rhs_terminate(&n, &r);
+                    self.rcm_step(
+                        &n,
+                        Input::Report {
+                            resource: r.clone(),
+                            report: Report::Failed,
+                            reason: "simulated failure".to_string(),
+                            pid: None,
+                        },
+                    );
+                }
+            }
+            Step::Break {
+                resource,
+                node,
+                count,
+            } => {
+                self.broken.insert((resource, node), count);
+            }
+            Step::Fix { resource, node } => {
+                self.broken.remove(&(resource, node));
+            }
+            Step::Operator(cmd) => self.operator(vec![cmd]),
+            Step::SetGroup { group, changes } => {
+                let Some(mut props) = self.db.groups.get(&group).map(|g| g.props.clone()) else {
+                    self.say("-", format!("operator: no group {group}"));
+                    return;
+                };
+                for (k, v) in &changes {
+                    if let Err(e) = crate::scenario::set_group_prop(&mut props, k, v) {
+                        self.say("-", format!("operator: refused: {e}"));
+                        return;
+                    }
+                }
+                self.operator(vec![Command::SetGroupProps { group, props }]);
+            }
+            Step::Move { group, to } => {
+                let from = self.db.groups.get(&group).and_then(|g| g.owner.clone());
+                let to = to.or_else(|| {
+                    failover::choose_target(
+                        &self.db,
+                        &group,
+                        from.as_deref(),
+                        self.base_ms + self.now,
+                    )
+                });
+                match to {
+                    Some(to) => self.operator(vec![Command::MoveGroup {
+                        group,
+                        to,
+                        kind: vigil_core::model::MoveKind::Operator,
+                    }]),
+                    None => self.say("-", format!("operator: no node can take {group}")),
+                }
+            }
+        }
+    }
+
+    /// An operator command through the leader; the owners' RCMs forget past failures of
+    /// what it touched, as the API does.
+    fn operator(&mut self, cmds: Vec<Command>) {
+        let Some(l) = self.leader.clone() else {
+            self.say("-", format!("operator: no leader, refused {cmds:?}"));
+            return;
+        };
+        let mut probe = self.db.clone();
+        for c in &cmds {
+            if let Err(e) = apply(&mut probe, c) {
+                self.say("-", format!("operator: refused: {e}"));
+                return;
+            }
+        }
+        self.say("-", format!("operator: {cmds:?}"));
+        let touched: Vec<String> = self.db.resources.keys().cloned().collect();
+        self.write(&l, cmds);
+        let owners: BTreeSet<String> = self
+            .db
+            .groups
+            .values()
+            .filter_map(|g| g.owner.clone())
+            .filter(|o| self.powered(o))
+            .collect();
+        for o in owners {
+            self.rcm_step(
+                &o,
+                Input::Operator {
+                    resources: touched.clone(),
+                },
+            );
+        }
+    }
+
+    fn check_invariants(&mut self) {
+        let now = self.now;
+        for (r, nodes) in &self.running {
+            if nodes.len() > 1 {
+                let v = format!(
+                    "{now} ms: {r} runs on {} at once",
+                    nodes.keys().cloned().collect::<Vec<_>>().join(" and ")
+                );
+                if self.violations.last() != Some(&v) {
+                    self.violations.push(v);
+                }
+            }
+        }
+        for g in self.db.groups.values() {
+            let last = self.epochs.entry(g.name.clone()).or_insert(g.epoch);
+            if g.epoch < *last {
+                self.violations.push(format!(
+                    "{now} ms: epoch of {} went back from {last} to {}",
+                    g.name, g.epoch
+                ));
+            }
+            *last = g.epoch;
+            if let Some(o) = &g.owner
+                && self.db.nodes.get(o).is_some_and(|n| n.witness)
+            {
+                self.violations
+                    .push(format!("{now} ms: group {} owned by witness {o}", g.name));
+            }
+        }
+        // A node whose lease has run out stops everything within one lease check.
+        let grace = self.cfg.interval_ms / 5 + 1;
+        for (name, node) in &self.nodes {
+            let Some(a) = &node.agent else {
+                continue;
+            };
+            let expired_long_ago = a.lease.expires_ms.is_some_and(|e| now >= e + grace);
+            if expired_long_ago {
+                let runs: Vec<&String> = self
+                    .running
+                    .iter()
+                    .filter(|(_, m)| m.contains_key(name))
+                    .map(|(r, _)| r)
+                    .collect();
+                if !runs.is_empty() {
+                    self.violations.push(format!(
+                        "{now} ms: {name} runs {runs:?} {} ms after its lease expired",
+                        now - a.lease.expires_ms.unwrap_or(0)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Whether every resource recorded Online runs exactly on its group's owner.
+    pub fn truth_matches_db(&self) -> Result<(), String> {
+        for r in self.db.resources.values() {
+            let owner = self.db.groups.get(&r.group).and_then(|g| g.owner.clone());
+            let on = self.running_on(&r.name);
+            if r.state == ResourceState::Online && (on.len() != 1 || Some(&on[0]) != owner.as_ref())
+            {
+                return Err(format!(
+                    "{} is recorded Online on {owner:?} but runs on {on:?}",
+                    r.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
