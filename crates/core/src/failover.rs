@@ -21,7 +21,7 @@ use crate::command::{Command, Target, apply};
 use crate::event::{Component, LogEntry};
 use crate::model::{
     ClusterState, FailoverRecord, Group, GroupState, MoveKind, NodeState, PersistentState,
-    group_state,
+    ResourceState, group_state,
 };
 use crate::props::{Failback, Priority};
 
@@ -273,6 +273,25 @@ impl Planner<'_> {
         self.log(&g.name, LogEntry::new(Component::FM, reason));
     }
 
+    /// Records the group's resources Offline: its owner is Down, so nothing of it runs.
+    fn mark_stopped(&mut self, g: &Group, reason: &str) {
+        let running: Vec<String> = self
+            .s
+            .group_resources(&g.name)
+            .filter(|r| r.state.may_run())
+            .map(|r| r.name.clone())
+            .collect();
+        for resource in running {
+            self.emit(Command::RecordState {
+                resource,
+                state: ResourceState::Offline,
+                reason: format!("{reason}: not running"),
+                pid: None,
+                node: None,
+            });
+        }
+    }
+
     /// Leaves the group Failed until its retry period has passed.
     fn fail(&mut self, g: &Group, failure: String) {
         let retry_at = self.now + g.props.retry_period_on_failure_s.saturating_mul(1_000);
@@ -306,7 +325,12 @@ impl Planner<'_> {
             .map_or(hosts.saturating_sub(1), |t| t as usize);
         let retry = g.props.retry_period_on_failure_s;
         let from = g.owner.clone();
-        let Some(target) = choose_target(&self.s, &g.name, from.as_deref(), self.now) else {
+        let target = choose_target(&self.s, &g.name, from.as_deref(), self.now);
+        if node_down && (target.is_none() || recent >= threshold) {
+            // Nothing runs on a Down node: say so, rather than keep its last records.
+            self.mark_stopped(g, reason);
+        }
+        let Some(target) = target else {
             let failure =
                 format!("{reason}; no other node can host the group: Failed, retry in {retry} s");
             return self.fail(g, failure);
@@ -409,7 +433,8 @@ impl Planner<'_> {
     }
 
     /// One wave of a drain: the highest priority class among the node's groups that can go
-    /// somewhere moves; the next waits until it has. Ends when nothing more can move.
+    /// somewhere moves; the next waits until it has arrived (handed over, no longer
+    /// pending). Ends when nothing more can move.
     fn drain(&mut self, node: &str) {
         let owned: Vec<&String> = self
             .s
@@ -418,7 +443,13 @@ impl Planner<'_> {
             .filter(|g| g.owner.as_deref() == Some(node))
             .map(|g| &g.name)
             .collect();
-        if owned.iter().any(|g| self.s.groups[*g].moving.is_some()) {
+        // The previous wave must have arrived: handed over and out of its pending states.
+        let arriving = self.s.groups.values().any(|g| {
+            g.drained_from.as_deref() == Some(node)
+                && g.owner.as_deref() != Some(node)
+                && group_state(&self.s, g) == GroupState::Pending
+        });
+        if arriving || owned.iter().any(|g| self.s.groups[*g].moving.is_some()) {
             return;
         }
         let owned = by_priority(&self.s, owned);
