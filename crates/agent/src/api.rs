@@ -450,21 +450,7 @@ async fn create_group(
     apply_group_props(&mut props, &req.props)?;
     let name = req.name.clone();
     // Only reads this node's copy of the database: no trip through the main loop.
-    let owner = {
-        let state = api.db.state();
-        let asked = if props.possible_owners.is_empty() || props.possible_owners.contains(&api.node) {
-            api.node.as_str()
-        } else {
-            ""
-        };
-        let candidates: Vec<String> = props
-            .preferred_owners
-            .iter()
-            .chain(&props.possible_owners)
-            .cloned()
-            .collect();
-        failover::initial_owner(&state, &candidates, asked)
-    }
+    let owner = failover::initial_owner(&api.db.state(), &props, &api.node)
     .ok_or_else(|| {
         ApiError::from(ApplyError::Conflict(
             "no node can host the group: no Up node that is not a witness among its possible owners".to_string(),

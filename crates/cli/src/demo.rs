@@ -1,8 +1,6 @@
-//! `vigil demo`: a real agent in a temporary directory, a tiny HTTP service run by the
-//! cluster, the service killed, and the recovery told from the cluster log.
-//!
-//! One node for now: the recovery shown is restart in place. (Failover to another node
-//! arrives with the replicated cluster.)
+//! `vigil demo`: three real agents in a temporary directory, a tiny HTTP service run by the
+//! cluster that answers with the node serving it, the owner node killed, and the failover
+//! told from the cluster logs; the service then answers from its new node.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -59,23 +57,29 @@ impl Drop for AgentProcess {
     }
 }
 
-fn start_agent(dir: &Path, listen: &str, keep: bool) -> anyhow::Result<AgentProcess> {
+fn start_agent(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    join: Option<&str>,
+    keep: bool,
+) -> anyhow::Result<AgentProcess> {
     let exe = std::env::current_exe().context("cannot find the vigil binary")?;
-    let stderr = std::fs::File::create(dir.join("node1.stderr"))?;
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.stderr")))?;
     let mut cmd = Command::new(exe);
-    cmd.args([
-        "agent",
-        "--name",
-        "node1",
-        "--listen",
-        listen,
-        "--bootstrap",
-        "--data-dir",
-    ])
-    .arg(dir.join("node1"))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(stderr);
+    cmd.args(["agent", "--name", name, "--listen", listen, "--data-dir"])
+        .arg(dir.join(name))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    match join {
+        Some(seed) => cmd.args(["--join", seed]),
+        None if dir.join(name).exists() => &mut cmd,
+        None => cmd.arg("--bootstrap"),
+    };
     if keep {
         use std::os::unix::process::CommandExt;
         // Its own process group: a Ctrl-C in this terminal does not stop a kept cluster.
@@ -100,17 +104,6 @@ async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> a
     }
 }
 
-/// The resource's (state, pid) from the status.
-async fn resource(c: &Client, name: &str) -> Option<(String, Option<u64>)> {
-    let status = c.get("/v1/status").await.ok()?;
-    let r = status["groups"]
-        .as_array()?
-        .iter()
-        .flat_map(|g| g["resources"].as_array().cloned().unwrap_or_default())
-        .find(|r| r["name"] == name)?;
-    Some((r["state"].as_str()?.to_string(), r["pid"].as_u64()))
-}
-
 async fn ask(url: &str) -> String {
     match reqwest::get(url).await {
         Ok(resp) => resp.text().await.unwrap_or_default().trim().to_string(),
@@ -124,70 +117,157 @@ fn demo_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
+
+/// The demo group's owner and state, as `c`'s node knows it.
+async fn group(c: &Client) -> Option<(String, String)> {
+    let status = c.get("/v1/status").await.ok()?;
+    let g = status["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == "demo")?
+        .clone();
+    Some((
+        g["owner"].as_str()?.to_string(),
+        g["state"].as_str()?.to_string(),
+    ))
+}
+
 pub async fn run(keep: bool) -> anyhow::Result<()> {
     let dir = demo_dir()?;
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let api = format!("http://{listen}");
-    println!("== starting a one-node cluster in {}", dir.display());
-    let agent = start_agent(&dir, &listen, keep)?;
-    let c = Client::new(&api)?;
-    wait_for("the agent answers", async || c.get("/v1/status").await.ok()).await?;
-    println!(
-        "   agent node1 pid {} serving its API on {api}",
-        agent.child.id()
-    );
+    println!("== starting a three-node cluster in {}", dir.display());
+    let mut listens = Vec::new();
+    let mut agents = Vec::new();
+    let mut clients = Vec::new();
+    for (i, name) in NODES.iter().enumerate() {
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let seed = listens.first().map(String::as_str);
+        let agent = start_agent(&dir, name, &listen, seed, keep)?;
+        let c = Client::new(&format!("http://{listen}"))?;
+        let n = i + 1;
+        wait_for(&format!("{name} is Up"), async || {
+            let v = c.get("/v1/status").await.ok()?;
+            let nodes = v["nodes"].as_array()?;
+            (nodes.len() == n && nodes.iter().all(|x| x["state"] == "Up")).then_some(())
+        })
+        .await?;
+        println!(
+            "   {name}: agent pid {}, API http://{listen}",
+            agent.child.id()
+        );
+        listens.push(listen);
+        agents.push(agent);
+        clients.push(c);
+    }
 
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}/");
-    c.post("/v1/groups", json!({ "name": "demo" })).await?;
+    let c = &clients[1];
+    c.post(
+        "/v1/groups",
+        json!({ "name": "demo", "props": { "preferred_owners": ["node1", "node2", "node3"] } }),
+    )
+    .await?;
     let command = json!(["python3", "-c", SERVICE, port.to_string()]).to_string();
     let params = json!({ "command": command, "check_http": url });
     let props = json!({ "restart_delay_ms": 100, "looks_alive_ms": 1000, "is_alive_ms": 5000 });
     c.post("/v1/resources", json!({ "name": "hello", "group": "demo", "type": "process", "params": params, "props": props }))
         .await?;
     c.post("/v1/groups/demo/online", json!({})).await?;
-    let pid = wait_for("hello is Online", async || {
-        match resource(&c, "hello").await {
-            Some((s, Some(pid))) if s == "Online" => Some(pid),
-            _ => None,
-        }
+    let owner = wait_for("group demo is Online", async || {
+        group(c)
+            .await
+            .filter(|(_, s)| s == "Online")
+            .map(|(o, _)| o)
     })
     .await?;
-    println!("== group demo is Online; GET {url}");
+    println!("== group demo (a small HTTP service) is Online on {owner}; GET {url}");
     println!("   {}", ask(&url).await);
 
-    let after = last_seq(&c).await?;
-    println!("== killing the service (pid {pid}) with SIGKILL");
-    let killed_at = SystemTime::now();
-    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-        rustix::process::kill_process(p, rustix::process::Signal::KILL)?;
-    }
-    wait_for("hello is Online again", async || {
-        match resource(&c, "hello").await {
-            Some((s, Some(new))) if s == "Online" && new != pid => Some(()),
-            _ => None,
+    let i = NODES.iter().position(|n| *n == owner).unwrap_or(0);
+    let watcher = &clients[(i + 1) % NODES.len()];
+    let after: Vec<u64> = {
+        let mut v = Vec::new();
+        for c in &clients {
+            v.push(last_seq(c).await.unwrap_or(0));
         }
+        v
+    };
+    println!(
+        "== killing {owner}'s agent (pid {}) with SIGKILL: the whole node is gone",
+        agents[i].child.id()
+    );
+    let killed_at = SystemTime::now();
+    agents[i].child.kill()?;
+    agents[i].child.wait()?;
+    let new_owner = wait_for("group demo is Online on another node", async || {
+        group(watcher)
+            .await
+            .filter(|(o, s)| s == "Online" && *o != owner)
+            .map(|(o, _)| o)
     })
     .await?;
-    println!("== what the cluster log recorded (ms after the kill):");
-    let records = c.get(&format!("/v1/log?after={after}&group=demo")).await?;
-    for r in records.as_array().cloned().unwrap_or_default() {
-        print_relative(&r, killed_at);
+    let took = killed_at.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    println!(
+        "== demo is Online on {new_owner}, {took:.2} s after the kill. The cluster logs (ms after the kill):"
+    );
+    let mut records = Vec::new();
+    for (j, c) in clients.iter().enumerate() {
+        if j == i {
+            // The dead node's own log, from its data dir: what it did before it died.
+            continue;
+        }
+        let recs = c.get(&format!("/v1/log?after={}", after[j])).await?;
+        records.extend(recs.as_array().cloned().unwrap_or_default());
+    }
+    records.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    for r in records.iter().filter(|r| interesting(r)) {
+        print_relative(r, killed_at);
     }
     println!("== GET {url}");
     println!("   {}", ask(&url).await);
     if keep {
-        println!("== the cluster keeps running (--keep):");
-        println!("   API      {api}   (export VIGIL_ENDPOINT={api}; vigil status)");
+        // Bring the killed node back, so the kept cluster has all three.
+        let listen = &listens[i];
+        agents[i] = start_agent(&dir, NODES[i], listen, None, true)?;
+        println!(
+            "== the cluster keeps running (--keep); {} restarted:",
+            NODES[i]
+        );
+        for (j, name) in NODES.iter().enumerate() {
+            println!(
+                "   {name}  API http://{}  pid {}",
+                listens[j],
+                agents[j].child.id()
+            );
+        }
         println!("   service  {url}");
+        println!(
+            "   export VIGIL_ENDPOINT=http://{}; vigil status",
+            listens[0]
+        );
         println!("   data     {}", dir.display());
-        println!("   stop it  kill {}", agent.child.id());
+        let pids: Vec<String> = agents.iter().map(|a| a.child.id().to_string()).collect();
+        println!("   stop it  kill {}", pids.join(" "));
     } else {
-        drop(agent);
+        drop(agents);
         let _ = std::fs::remove_dir_all(&dir);
-        println!("== agent stopped; {} removed", dir.display());
+        println!("== agents stopped; {} removed", dir.display());
     }
     Ok(())
+}
+
+/// The records that tell the failover: node membership, failover decisions, the group's
+/// resources changing state.
+fn interesting(r: &Value) -> bool {
+    match r["component"].as_str() {
+        Some("FM") => true,
+        Some("NM") => r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("Down") || s.contains("elected")),
+        Some("RCM") => r["group"] == "demo" && r["resource"].is_string(),
+        _ => false,
+    }
 }
 
 async fn last_seq(c: &Client) -> anyhow::Result<u64> {
@@ -215,7 +295,8 @@ fn print_relative(r: &Value, t0: SystemTime) {
         format!("{} -> {}  ", s("from"), s("to"))
     };
     println!(
-        "   +{ms:>7.1} ms  {:<3} {:<6} {change}{}",
+        "   +{ms:>7.1} ms  {:<5} {:<3} {:<6} {change}{}",
+        s("node"),
         s("component"),
         s("resource"),
         s("reason")

@@ -86,14 +86,21 @@ fn a_cut_off_node_fences_itself_before_the_majority_declares_it_down() {
         down["time"]
     );
 
-    // Contact returns: n3 gets a lease again, is Up, and runs its group again.
+    // The majority runs the group elsewhere; contact returns and n3 is Up again, but the
+    // group stays where it is (auto_failback=never).
+    wait_until("g Online on n1 or n2", || {
+        let g = n1.group("g");
+        g["state"] == "Online" && g["owner"] != "n3"
+    });
+    let moved_to = n1.group("g")["owner"].as_str().unwrap().to_string();
     net.heal(3);
     wait_until("n3 is Up again", || {
         node_state(&n1, "n3").as_deref() == Some("Up")
     });
-    wait_until("svc runs again on n3, as a new process", || {
-        n3.state("svc") == "Online" && n3.pid_of("svc").is_some_and(|p| p != pid)
+    wait_until("n3 sees the new owner", || {
+        n3.group("g")["owner"] == moved_to.as_str()
     });
+    assert_eq!(n3.group("g")["state"], "Online");
     drop((n1, n2, n3));
 }
 
@@ -185,8 +192,99 @@ fn a_stopped_agents_resources_stop_with_its_lease() {
         "the resource of the stopped agent was stopped by its RHS"
     );
     rustix::process::kill_process(agent, rustix::process::Signal::CONT).unwrap();
-    wait_until("n3 is back Up and runs svc again", || {
-        node_state(&n1, "n3").as_deref() == Some("Up") && n3.state("svc") == "Online"
+    wait_until("n3 is back Up, svc Online on another node", || {
+        node_state(&n1, "n3").as_deref() == Some("Up")
+            && n3.state("svc") == "Online"
+            && n3.group("g")["owner"] != "n3"
     });
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn a_partitioned_owner_fences_and_the_group_runs_elsewhere_never_twice() {
+    let net = Net::new();
+    let mut n1 = Agent::in_net(&net, 1, "n1");
+    n1.spawn(true);
+    let n2 = Agent::in_net(&net, 2, "n2").start_joining(&n1);
+    let n3 = Agent::in_net(&net, 3, "n3").start_joining(&n1);
+    wait_until("n3 is Up with a lease", || {
+        node_state(&n3, "n3").as_deref() == Some("Up")
+            && node_state(&n1, "n3").as_deref() == Some("Up")
+    });
+    // Every copy of the service appends "NODE EPOCH NANOSECONDS" to one shared file every
+    // 20 ms: the file shows who ran when.
+    let beats = n1.dir.path().join("beats");
+    let command = format!(
+        "command=sh -c 'while :; do echo \"$VIGIL_NODE $VIGIL_EPOCH $(date +%s%N)\" >> {}; sleep 0.02; done'",
+        beats.display()
+    );
+    n3.ok(&["group", "create", "web", "--preferred-owners", "n3,n1,n2"]);
+    n3.ok(&[
+        "resource", "create", "beat", "--group", "web", "--type", "process", "--param", &command,
+        "--online",
+    ]);
+    n3.wait_state("beat", "Online");
+    let lines = |node: &str| {
+        support::read(&beats)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{node} ")))
+            .count()
+    };
+    wait_until("n3 writes beats", || lines("n3") > 10);
+
+    net.cut(3);
+    wait_until("web Online on n1", || {
+        let g = n1.group("web");
+        g["state"] == "Online" && g["owner"] == "n1"
+    });
+    wait_until("n1 writes beats", || lines("n1") > 10);
+    net.heal(3);
+    wait_until("n3 is Up again", || {
+        node_state(&n1, "n3").as_deref() == Some("Up")
+    });
+    n1.ok(&["group", "offline", "web"]);
+    n1.wait_state("beat", "Offline");
+
+    let mut beats: Vec<(u128, String, u64)> = support::read(&beats)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[2].parse().unwrap(),
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+            )
+        })
+        .collect();
+    beats.sort();
+    // One handover: all of n3's beats, then all of n1's; never interleaved.
+    let mut runs: Vec<(String, u64)> = Vec::new();
+    for (_, node, epoch) in &beats {
+        if runs.last().is_none_or(|(n, _)| n != node) {
+            runs.push((node.clone(), *epoch));
+        }
+    }
+    assert_eq!(
+        runs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["n3", "n1"],
+        "the copies overlapped: {runs:?}"
+    );
+    assert!(runs[1].1 > runs[0].1, "the epoch grew: {runs:?}");
+    let last_n3 = beats
+        .iter()
+        .filter(|b| b.1 == "n3")
+        .map(|b| b.0)
+        .max()
+        .unwrap();
+    let first_n1 = beats
+        .iter()
+        .filter(|b| b.1 == "n1")
+        .map(|b| b.0)
+        .min()
+        .unwrap();
+    eprintln!(
+        "gap between the last beat on n3 and the first on n1: {} ms",
+        (first_n1 - last_n3) / 1_000_000
+    );
     drop((n1, n2, n3));
 }

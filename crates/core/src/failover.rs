@@ -23,7 +23,7 @@ use crate::model::{
     ClusterState, FailoverRecord, Group, GroupState, MoveKind, NodeState, PersistentState,
     ResourceState, group_state,
 };
-use crate::props::{Failback, Priority};
+use crate::props::{Failback, GroupProps, Priority};
 
 /// What the failover manager decided.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -103,18 +103,22 @@ pub fn choose_target(
         .map(|n| n.name.clone())
 }
 
-/// The owner of a new group: the node that took the request if it can host resources,
-/// otherwise the first Up preferred owner, otherwise any Up node that is not a witness.
-pub fn initial_owner(state: &ClusterState, preferred: &[String], asked: &str) -> Option<String> {
-    let can_host = |n: &str| state.nodes.get(n).is_some_and(|n| n.can_take_groups());
-    if can_host(asked) {
-        return Some(asked.to_string());
-    }
-    preferred
+/// The owner of a new group: its first preferred owner that can take it, otherwise the node
+/// that took the request, otherwise any Up node that is not a witness; always one of its
+/// possible owners.
+pub fn initial_owner(state: &ClusterState, props: &GroupProps, asked: &str) -> Option<String> {
+    let can_host = |n: &str| {
+        state.nodes.get(n).is_some_and(|n| n.can_take_groups())
+            && (props.possible_owners.is_empty() || props.possible_owners.iter().any(|p| p == n))
+    };
+    props
+        .preferred_owners
         .iter()
+        .map(String::as_str)
+        .chain([asked])
+        .chain(state.nodes.keys().map(String::as_str))
         .find(|n| can_host(n))
-        .or_else(|| state.nodes.keys().find(|n| can_host(n)))
-        .cloned()
+        .map(str::to_string)
 }
 
 /// Nodes the group failed on (not merely left because they died) within the period.
