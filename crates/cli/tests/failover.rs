@@ -173,7 +173,9 @@ fn exhausted_failovers_leave_the_group_failed_with_the_reason() {
         "100",
         "--online",
     ]);
-    wait_until("web Failed", || agents[0].group("web")["state"] == "Failed");
+    wait_until("web marked Failed", || {
+        agents[0].group("web")["failure"].is_string()
+    });
     let g = agents[0].group("web");
     let failure = g["failure"].as_str().unwrap();
     assert!(

@@ -1,0 +1,264 @@
+//! Failover benchmark: real agents, real processes. Prints p50/p99 over many runs of
+//!
+//! - a process crash → Online again in place (one node; `sleep` starts in about a
+//!   millisecond; restart_delay_ms=0);
+//! - kill -9 of the owner node's agent → Online on another node (three nodes on 127.0.0.1);
+//! - the owner node cut off the network → Online on another node (three nodes in network
+//!   namespaces; needs root);
+//!
+//! each at the default heartbeats (500 ms × 4) and tuned (100 ms × 5). Times run from the
+//! instant of the kill (or cut) to the cluster log record of the resource reaching Online.
+//! The leader (n1) is never the owner (possible owners n2, n3), so no election is included;
+//! a separate line kills an owner that leads.
+//!
+//! Run: `cargo bench -p vigil --bench failover` (`-- --quick` for 5 runs each).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use support::{Agent, Net, wait_until};
+
+fn report(name: &str, mut v: Vec<f64>) {
+    v.sort_by(f64::total_cmp);
+    let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "{name:<46} n={:<3} p50={:>8.1} ms  p99={:>8.1} ms  max={:>8.1} ms",
+        v.len(),
+        pct(0.5),
+        pct(0.99),
+        v[v.len() - 1]
+    );
+}
+
+/// Milliseconds from `t0` to the last record of `resource` reaching Online in `a`'s log.
+fn online_after(a: &Agent, resource: &str, t0: SystemTime) -> f64 {
+    let rec = a
+        .log()
+        .into_iter()
+        .rev()
+        .find(|r| r["resource"] == resource && r["to"] == "Online")
+        .expect("the Online record");
+    let at = humantime::parse_rfc3339(rec["time"].as_str().unwrap()).unwrap();
+    at.duration_since(t0).unwrap_or_default().as_secs_f64() * 1e3
+}
+
+fn heartbeat_args(tuned: bool) -> Vec<&'static str> {
+    if tuned {
+        vec![
+            "--heartbeat-interval-ms",
+            "100",
+            "--heartbeat-threshold",
+            "5",
+        ]
+    } else {
+        vec![]
+    }
+}
+
+fn start(a: &mut Agent, bootstrap: bool, seed: Option<&str>, tuned: bool) {
+    let mut cmd = a.agent_command(bootstrap);
+    if let Some(seed) = seed {
+        cmd.args(["--join", seed]);
+    }
+    cmd.args(heartbeat_args(tuned));
+    a.spawn_with(cmd);
+}
+
+fn all_up(a: &Agent, n: usize) -> bool {
+    a.try_status_value().is_some_and(|v| {
+        v["nodes"]
+            .as_array()
+            .is_some_and(|ns| ns.len() == n && ns.iter().all(|x| x["state"] == "Up"))
+    })
+}
+
+fn group(a: &Agent) -> Option<(String, String)> {
+    let v = a.try_status_value()?;
+    let g = v["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == "web")?;
+    Some((
+        g["owner"].as_str()?.to_string(),
+        g["state"].as_str()?.to_string(),
+    ))
+}
+
+fn in_place(runs: usize) -> Vec<f64> {
+    let a = Agent::start();
+    a.process(
+        "g",
+        "svc",
+        "sleep 1000",
+        &["--restart-delay-ms", "0", "--restart-threshold", "1000"],
+    );
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("svc", "Online");
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let pid = a.pid_of("svc").unwrap();
+        let t0 = SystemTime::now();
+        support::kill9(pid);
+        wait_until("svc Online again", || {
+            a.state("svc") == "Online" && a.pid_of("svc").is_some_and(|p| p != pid)
+        });
+        out.push(online_after(&a, "svc", t0));
+    }
+    out
+}
+
+/// Three agents; group web (possible owners n2, n3) Online on n2.
+fn cluster(agents: &mut [Agent], tuned: bool) {
+    start(&mut agents[0], true, None, tuned);
+    let seed = agents[0].listen.clone();
+    for a in agents[1..].iter_mut() {
+        start(a, false, Some(&seed), tuned);
+    }
+    wait_until("three nodes Up", || all_up(&agents[0], 3));
+    agents[0].ok(&[
+        "group",
+        "create",
+        "web",
+        "--preferred-owners",
+        "n2,n3",
+        "--possible-owners",
+        "n2,n3",
+    ]);
+    agents[0].ok(&[
+        "resource",
+        "create",
+        "app",
+        "--group",
+        "web",
+        "--type",
+        "process",
+        "--param",
+        "command=sleep 100000",
+        "--online",
+    ]);
+    wait_until("web Online on n2", || {
+        group(&agents[0]) == Some(("n2".into(), "Online".into()))
+    });
+}
+
+/// Repeatedly takes the owner away (`fault`), measures until Online on the other node, and
+/// brings it back (`repair`).
+fn failovers(
+    agents: &mut [Agent],
+    runs: usize,
+    fault: &mut dyn FnMut(&mut Agent),
+    repair: &mut dyn FnMut(&mut Agent),
+) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let (owner, _) = group(&agents[0]).unwrap();
+        let i = agents.iter().position(|a| a.name == owner).unwrap();
+        let t0 = SystemTime::now();
+        fault(&mut agents[i]);
+        wait_until("web Online on the other node", || {
+            group(&agents[0]).is_some_and(|(o, s)| o != owner && s == "Online")
+        });
+        let (new, _) = group(&agents[0]).unwrap();
+        let j = agents.iter().position(|a| a.name == new).unwrap();
+        out.push(online_after(&agents[j], "app", t0));
+        repair(&mut agents[i]);
+        let watcher = &agents[0];
+        wait_until("the node is back Up", || all_up(watcher, 3));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    out
+}
+
+fn node_kills(runs: usize, tuned: bool) -> Vec<f64> {
+    let mut agents: Vec<Agent> = ["n1", "n2", "n3"].iter().map(|n| Agent::new(n)).collect();
+    cluster(&mut agents, tuned);
+    failovers(&mut agents, runs, &mut |a| a.kill(), &mut |a| {
+        start(a, false, None, tuned)
+    })
+}
+
+fn partitions(runs: usize, tuned: bool) -> Vec<f64> {
+    let net = Net::new();
+    let mut agents: Vec<Agent> = (1..=3)
+        .map(|i| Agent::in_net(&net, i, &format!("n{i}")))
+        .collect();
+    cluster(&mut agents, tuned);
+    let index = |a: &Agent| a.name[1..].parse::<u8>().unwrap();
+    failovers(&mut agents, runs, &mut |a| net.cut(index(a)), &mut |a| {
+        net.heal(index(a))
+    })
+}
+
+/// The owner is also the leader: an election comes before the failover.
+fn leader_kills(runs: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let mut agents: Vec<Agent> = ["n1", "n2", "n3"].iter().map(|n| Agent::new(n)).collect();
+        start(&mut agents[0], true, None, false);
+        let seed = agents[0].listen.clone();
+        for a in agents[1..].iter_mut() {
+            start(a, false, Some(&seed), false);
+        }
+        wait_until("three nodes Up", || all_up(&agents[0], 3));
+        agents[0].ok(&["group", "create", "web", "--preferred-owners", "n1,n2"]);
+        agents[0].ok(&[
+            "resource",
+            "create",
+            "app",
+            "--group",
+            "web",
+            "--type",
+            "process",
+            "--param",
+            "command=sleep 100000",
+            "--online",
+        ]);
+        wait_until("web Online on n1", || {
+            group(&agents[0]) == Some(("n1".into(), "Online".into()))
+        });
+        let t0 = SystemTime::now();
+        agents[0].kill();
+        wait_until("web Online on n2", || {
+            group(&agents[1]) == Some(("n2".into(), "Online".into()))
+        });
+        out.push(online_after(&agents[1], "app", t0));
+    }
+    out
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runs = if quick { 5 } else { 20 };
+    println!(
+        "vigil failover benchmark ({} mode, {runs} runs each)",
+        if quick { "quick" } else { "full" }
+    );
+    report("process crash -> Online in place", in_place(runs));
+    report(
+        "owner kill -9 -> Online elsewhere (default)",
+        node_kills(runs, false),
+    );
+    report(
+        "owner kill -9 -> Online elsewhere (100ms x 5)",
+        node_kills(runs, true),
+    );
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        report(
+            "owner partitioned -> elsewhere (default)",
+            partitions(runs, false),
+        );
+        report(
+            "owner partitioned -> elsewhere (100ms x 5)",
+            partitions(runs, true),
+        );
+    } else {
+        println!("(partition runs skipped: they need root for network namespaces)");
+    }
+    report(
+        "leader+owner kill -9 -> elsewhere (default)",
+        leader_kills(if quick { 3 } else { 10 }),
+    );
+}
