@@ -330,7 +330,7 @@ impl Planner<'_> {
         let retry = g.props.retry_period_on_failure_s;
         let from = g.owner.clone();
         let target = choose_target(&self.s, &g.name, from.as_deref(), self.now);
-        if node_down && (target.is_none() || recent >= threshold) {
+        if node_down {
             // Nothing runs on a Down node: say so, rather than keep its last records.
             self.mark_stopped(g, reason);
         }
