@@ -366,7 +366,7 @@ async fn heartbeat(
 ) -> ApiResult<Json<crate::nm::HeartbeatReply>> {
     let Json(hb) = body?;
     api.nm
-        .on_heartbeat(&api.db, &hb.name)
+        .on_heartbeat(&api.db, &hb)
         .map(Json)
         .map_err(|message| ApiError {
             status: StatusCode::CONFLICT,

@@ -24,6 +24,10 @@ use crate::service::Msg;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub name: String,
+    /// How long before this heartbeat the sender last sent one (that may have arrived) to a
+    /// different leader; `None`: never. Lets a new leader bound its predecessors' leases.
+    #[serde(default)]
+    pub other_leader_age_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,6 +49,19 @@ struct State {
     unanswered: bool,
     /// Nodes whose Down/Up record is being written.
     writing: std::collections::BTreeSet<String>,
+    /// When this node last sent a heartbeat that may have arrived, per leader address.
+    sent_ms: std::collections::BTreeMap<String, u64>,
+}
+
+impl State {
+    /// The last heartbeat sent (that may have arrived) to a leader other than `leader`.
+    fn last_sent_elsewhere(&self, leader: Option<&str>) -> Option<u64> {
+        self.sent_ms
+            .iter()
+            .filter(|(addr, _)| Some(addr.as_str()) != leader)
+            .map(|(_, t)| *t)
+            .max()
+    }
 }
 
 /// Shared by the heartbeat loop and the API's heartbeat handler.
@@ -87,7 +104,8 @@ impl Nm {
     }
 
     /// A heartbeat arrived. Only the leader answers; the answer renews the sender's lease.
-    pub fn on_heartbeat(&self, db: &Db, from: &str) -> Result<HeartbeatReply, String> {
+    pub fn on_heartbeat(&self, db: &Db, hb: &Heartbeat) -> Result<HeartbeatReply, String> {
+        let from = hb.name.as_str();
         if !db.is_leader() {
             return Err(match db.leader_addr() {
                 Some(addr) => format!("not the leader; the leader is at {addr}"),
@@ -99,6 +117,7 @@ impl Nm {
         let mut st = self.lock();
         let clock = st.clock.get_or_insert_with(|| LeaderClock::new(now));
         clock.heard_from(from, now);
+        clock.heard_former(from, hb.other_leader_age_ms, now);
         let quorum = clock.quorum_ms(&self.name, &voters, now);
         Ok(HeartbeatReply {
             leader: self.name.clone(),
@@ -213,11 +232,17 @@ fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
     // lock's waiting writer would block us, and the status reader holding it waits for ours).
     let now = nm.now_ms();
     let voters = voter_names(db);
-    let clock = nm
-        .lock()
-        .clock
-        .get_or_insert_with(|| LeaderClock::new(now))
-        .clone();
+    let own = db.leader_addr();
+    let clock = {
+        let mut st = nm.lock();
+        let former = st.last_sent_elsewhere(own.as_deref()).unwrap_or(0);
+        let clock = st.clock.get_or_insert_with(|| LeaderClock::new(now));
+        // This node's own heartbeats to an earlier leader count like anyone's; heartbeats
+        // time out after one interval.
+        clock.former_ms.insert(nm.name.clone(), former);
+        clock.settle_former(&voters, nm.cfg.interval_ms);
+        clock.clone()
+    };
     let quorum = clock.quorum_ms(&nm.name, &voters, now);
     if let Some(q) = quorum {
         nm.lock().lease.renew_as_leader(q, &nm.cfg);
@@ -295,16 +320,37 @@ async fn heartbeat(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) ->
         return false;
     };
     let sent = nm.now_ms();
+    let (other_leader_age_ms, before) = {
+        let mut st = nm.lock();
+        let other = st.last_sent_elsewhere(Some(&leader));
+        // Recorded before sending: a new leader must hear of a heartbeat that is on its way.
+        let before = st.sent_ms.insert(leader.clone(), sent);
+        (other.map(|t| sent.saturating_sub(t)), before)
+    };
     let answer = http
         .post(format!("http://{leader}/v1/nm/heartbeat"))
         .json(&Heartbeat {
             name: nm.name.clone(),
+            other_leader_age_ms,
         })
         .timeout(limit)
         .send()
         .await;
-    let Ok(resp) = answer else {
-        return false;
+    let resp = match answer {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.is_connect() {
+                // Surely never arrived: it does not count.
+                let mut st = nm.lock();
+                if st.sent_ms.get(&leader) == Some(&sent) {
+                    match before {
+                        Some(t) => st.sent_ms.insert(leader.clone(), t),
+                        None => st.sent_ms.remove(&leader),
+                    };
+                }
+            }
+            return false;
+        }
     };
     if !resp.status().is_success() {
         return false;

@@ -165,7 +165,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     let c = &clients[1];
     c.post(
         "/v1/groups",
-        json!({ "name": "demo", "props": { "preferred_owners": ["node1", "node2", "node3"] } }),
+        json!({ "name": "demo", "props": { "preferred_owners": ["node2", "node3", "node1"] } }),
     )
     .await?;
     let command = json!(["python3", "-c", SERVICE, port.to_string()]).to_string();

@@ -588,14 +588,24 @@ fn the_demo_runs_and_tells_the_recovery() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Three nodes; the owner (node2, the first preferred owner) is killed; the group goes
+    // to node3, the next preferred owner, and the service answers from there.
     assert!(
-        stdout.contains("RCM hello  Online -> Failed  IsAlive: killed by signal 9"),
+        stdout.contains("owner node2 is Down: failing over to node3"),
         "{stdout}"
     );
-    assert!(stdout.contains("OnlinePending -> Online"), "{stdout}");
+    assert!(
+        stdout.contains("node3 RCM hello  OnlinePending -> Online"),
+        "{stdout}"
+    );
     assert_eq!(
-        stdout.matches("hello from node node1").count(),
-        2,
+        stdout.matches("hello from node node2").count(),
+        1,
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("hello from node node3").count(),
+        1,
         "{stdout}"
     );
 }

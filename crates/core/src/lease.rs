@@ -49,14 +49,54 @@ pub struct LeaderClock {
     pub since_ms: u64,
     /// Arrival of each node's last heartbeat.
     pub contact_ms: BTreeMap<String, u64>,
+    /// For each voter, in this clock: no later than the last heartbeat it sent (that may
+    /// have arrived) to any other leader; 0 if it never did. See [`LeaderClock::former_bound`].
+    pub former_ms: BTreeMap<String, u64>,
+    /// The bound in force, set by [`LeaderClock::settle_former`].
+    floor_ms: Option<u64>,
 }
 
 impl LeaderClock {
     pub fn new(since_ms: u64) -> Self {
         Self {
             since_ms,
-            contact_ms: BTreeMap::new(),
+            ..Self::default()
         }
+    }
+
+    /// A voter told when it last sent a heartbeat to another leader: `age_ms` before it sent
+    /// this one (`None`: never). The heartbeat arrived now, so that was before `now - age`.
+    pub fn heard_former(&mut self, node: &str, age_ms: Option<u64>, now_ms: u64) {
+        let at = age_ms.map_or(0, |a| now_ms.saturating_sub(a));
+        self.former_ms.insert(node.to_string(), at);
+    }
+
+    /// A time by which every lease any earlier leader granted has surely started, or `None`
+    /// while too few voters have reported.
+    ///
+    /// Every lease starts no later than its leader's quorum time, and a leader's quorum time
+    /// is no later than the arrival of a heartbeat from at least `majority - 1` other voters.
+    /// A heartbeat sent to a leader arrives within `timeout_ms` (the sender's request
+    /// timeout) or not at all. So once every voter but `majority - 1` has said when it last
+    /// sent to another leader, the latest of those plus `timeout_ms` bounds every earlier
+    /// leader's quorum time, whichever voter it was and whoever did not report.
+    pub fn former_bound(&self, voters: &[String], timeout_ms: u64) -> Option<u64> {
+        let majority = voters.len() / 2 + 1;
+        let known: Vec<u64> = voters
+            .iter()
+            .filter_map(|v| self.former_ms.get(v).copied())
+            .collect();
+        if voters.len() - known.len() > majority - 1 {
+            return None;
+        }
+        known.into_iter().max().map(|m| m + timeout_ms)
+    }
+
+    /// Brings the earlier leaders' bound into force: a node not heard from since this leader
+    /// took office is Down once lease and margin have passed since the bound (if that is
+    /// earlier than this leader's start).
+    pub fn settle_former(&mut self, voters: &[String], timeout_ms: u64) {
+        self.floor_ms = self.former_bound(voters, timeout_ms);
     }
 
     pub fn heard_from(&mut self, node: &str, now_ms: u64) {
@@ -98,13 +138,13 @@ impl LeaderClock {
         now_ms >= self.last_known(node) + cfg.lease_ms()
     }
 
-    /// The node's last heartbeat, or this leader's start if it has heard none since.
+    /// The node's last heartbeat, or, if it has heard none since, this leader's start (or
+    /// the earlier leaders' bound, when known and earlier).
     fn last_known(&self, node: &str) -> u64 {
-        self.contact_ms
-            .get(node)
-            .copied()
-            .unwrap_or(0)
-            .max(self.since_ms)
+        let start = self
+            .floor_ms
+            .map_or(self.since_ms, |f| f.min(self.since_ms));
+        self.contact_ms.get(node).copied().unwrap_or(0).max(start)
     }
 }
 
@@ -215,6 +255,37 @@ mod tests {
         let fresh = LeaderClock::new(50_000);
         assert!(!fresh.is_down("b", &CFG, 52_499));
         assert!(fresh.is_down("b", &CFG, 52_500));
+    }
+
+    #[test]
+    fn a_new_leader_bounds_the_old_leaders_leases_from_the_voters_reports() {
+        let v = voters(&["a", "b", "c"]);
+        // a led until it died at 10 000; b (the new leader, since 10 600) and c last sent
+        // to a at 9 900 and 9 950 (in b's clock); the request timeout is 500 ms.
+        let mut clock = LeaderClock::new(10_600);
+        clock.heard_former("b", Some(0), 9_900);
+        assert_eq!(
+            clock.former_bound(&v, 500),
+            None,
+            "c has not reported: its heartbeats could still renew a"
+        );
+        clock.heard_former("c", Some(700), 10_650);
+        assert_eq!(clock.former_bound(&v, 500), Some(10_450));
+        clock.settle_former(&v, 500);
+        // a's lease started by 10 450 at the latest: Down at 10 450 + 2 000 + 500.
+        assert!(!clock.is_down("a", &CFG, 12_949));
+        assert!(clock.is_down("a", &CFG, 12_950));
+        // Without the reports: from the leader's start.
+        let fresh = LeaderClock::new(10_600);
+        assert!(!fresh.is_down("a", &CFG, 13_099));
+        // Five voters: two may stay silent (the old leader and one more).
+        let five = voters(&["a", "b", "c", "d", "e"]);
+        let mut clock = LeaderClock::new(0);
+        clock.heard_former("b", None, 100);
+        clock.heard_former("c", Some(50), 100);
+        assert_eq!(clock.former_bound(&five, 500), None);
+        clock.heard_former("d", Some(10), 100);
+        assert_eq!(clock.former_bound(&five, 500), Some(590));
     }
 
     #[test]

@@ -79,6 +79,18 @@ struct Agent {
     /// Where its heartbeats go.
     leader: Option<String>,
     wake: Option<u64>,
+    /// When it last sent a heartbeat that arrived, per leader.
+    sent: BTreeMap<String, u64>,
+}
+
+impl Agent {
+    fn last_sent_elsewhere(&self, leader: &str) -> Option<u64> {
+        self.sent
+            .iter()
+            .filter(|(l, _)| l.as_str() != leader)
+            .map(|(_, t)| *t)
+            .max()
+    }
 }
 
 struct SimNode {
@@ -268,6 +280,7 @@ impl World {
             clock: None,
             leader: None,
             wake: None,
+            sent: BTreeMap::new(),
         });
         // Nothing runs before the first lease, as in the agent.
         self.rcm_step(
@@ -451,10 +464,15 @@ impl World {
             return;
         }
         let (now, voters) = (self.now, self.voters());
-        let Some(clock) = self.agent(&l).clock.as_mut() else {
+        if self.agent(&l).clock.is_none() {
             return;
-        };
+        }
+        let a = self.agent(from);
+        let age = a.last_sent_elsewhere(&l).map(|t| now - t);
+        a.sent.insert(l.clone(), now);
+        let clock = self.agent(&l).clock.as_mut().expect("checked");
         clock.heard_from(from, now);
+        clock.heard_former(from, age, now);
         let quorum = clock.quorum_ms(&l, &voters, now);
         if let Some(q) = quorum {
             let cfg = self.cfg;
@@ -465,7 +483,12 @@ impl World {
     /// A node that believes it leads: its own lease, and Down/Up records.
     fn lead(&mut self, me: &str) {
         let (now, voters, cfg) = (self.now, self.voters(), self.cfg);
-        let clock = self.agent(me).clock.clone().expect("leads");
+        let a = self.agent(me);
+        let former = a.last_sent_elsewhere(me).unwrap_or(0);
+        let c = a.clock.as_mut().expect("leads");
+        c.former_ms.insert(me.to_string(), former);
+        c.settle_former(&voters, cfg.interval_ms);
+        let clock = c.clone();
         let quorum = clock.quorum_ms(me, &voters, now);
         if let Some(q) = quorum {
             self.agent(me).lease.renew_as_leader(q, &cfg);
