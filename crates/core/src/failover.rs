@@ -41,7 +41,9 @@ pub fn plan(db: &ClusterState, now_ms: u64) -> Plan {
         now: now_ms,
         plan: Plan::default(),
     };
-    for name in by_priority(db, db.groups.keys()) {
+    // Most groups need nothing: find those that might without cloning anything.
+    let candidates = db.groups.values().filter(|g| needs_attention(db, g));
+    for name in by_priority(db, candidates.map(|g| &g.name)) {
         p.group(&name);
     }
     let draining: Vec<String> = db
@@ -54,6 +56,20 @@ pub fn plan(db: &ClusterState, now_ms: u64) -> Plan {
         p.drain(&node);
     }
     p.plan
+}
+
+/// Whether the failover manager may have something to do for `g`.
+fn needs_attention(db: &ClusterState, g: &Group) -> bool {
+    let owner_can_run = g
+        .owner
+        .as_ref()
+        .and_then(|o| db.nodes.get(o))
+        .is_some_and(|n| n.state != NodeState::Down && !n.witness);
+    !owner_can_run
+        || g.failure.is_some()
+        || g.failover_request.is_some()
+        || g.moving.is_some()
+        || g.props.auto_failback != Failback::Never
 }
 
 /// Group names in placement order: priority, then name.
