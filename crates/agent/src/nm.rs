@@ -159,9 +159,9 @@ fn voter_names(db: &Db) -> Vec<String> {
 pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
     let http = reqwest::Client::new();
     let interval = Duration::from_millis(nm.cfg.interval_ms);
-    // Checks (own lease, others' Down) run five times per heartbeat interval, so fencing and
-    // Down happen within a fifth of an interval of when they are due.
-    let mut tick = tokio::time::interval(interval / 5);
+    // Checks (own lease, others' Down) run ten times per heartbeat interval, so fencing and
+    // Down happen within a tenth of an interval of when they are due.
+    let mut tick = tokio::time::interval(interval / 10);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sent: Option<Instant> = None;
     let mut last_leader: Option<String> = None;

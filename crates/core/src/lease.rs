@@ -33,12 +33,12 @@ impl LeaseConfig {
         self.interval_ms * u64::from(self.threshold)
     }
 
-    /// Safety margin before a silent node is declared Down: a quarter of the lease, at least
-    /// 200 ms. At the defaults (500 ms × 4) the lease is 2 s and the margin 0.5 s: 25 % more
+    /// Safety margin before a silent node is declared Down: a fifth of the lease, at least
+    /// 200 ms. At the defaults (500 ms × 4) the lease is 2 s and the margin 0.4 s: 20 % more
     /// than the lease covers clock-rate drift (real drift is below 0.01 %), scheduling delays
     /// of hundreds of milliseconds, and the few milliseconds SIGKILL takes.
     pub fn margin_ms(&self) -> u64 {
-        (self.lease_ms() / 4).max(200)
+        (self.lease_ms() / 5).max(200)
     }
 }
 
@@ -189,8 +189,8 @@ mod tests {
     }
 
     #[test]
-    fn defaults_give_a_two_second_lease_and_half_a_second_of_margin() {
-        assert_eq!((CFG.lease_ms(), CFG.margin_ms()), (2_000, 500));
+    fn defaults_give_a_two_second_lease_and_400_ms_of_margin() {
+        assert_eq!((CFG.lease_ms(), CFG.margin_ms()), (2_000, 400));
     }
 
     #[test]
@@ -249,12 +249,12 @@ mod tests {
         c.heard_from("b", 10_000);
         assert!(!c.is_suspect("b", &CFG, 11_999));
         assert!(c.is_suspect("b", &CFG, 12_000));
-        assert!(!c.is_down("b", &CFG, 12_499));
-        assert!(c.is_down("b", &CFG, 12_500));
+        assert!(!c.is_down("b", &CFG, 12_399));
+        assert!(c.is_down("b", &CFG, 12_400));
         // A new leader knows nothing older than its own start.
         let fresh = LeaderClock::new(50_000);
-        assert!(!fresh.is_down("b", &CFG, 52_499));
-        assert!(fresh.is_down("b", &CFG, 52_500));
+        assert!(!fresh.is_down("b", &CFG, 52_399));
+        assert!(fresh.is_down("b", &CFG, 52_400));
     }
 
     #[test]
@@ -272,12 +272,12 @@ mod tests {
         clock.heard_former("c", Some(700), 10_650);
         assert_eq!(clock.former_bound(&v, 500), Some(10_450));
         clock.settle_former(&v, 500);
-        // a's lease started by 10 450 at the latest: Down at 10 450 + 2 000 + 500.
-        assert!(!clock.is_down("a", &CFG, 12_949));
-        assert!(clock.is_down("a", &CFG, 12_950));
+        // a's lease started by 10 450 at the latest: Down at 10 450 + 2 000 + 400.
+        assert!(!clock.is_down("a", &CFG, 12_849));
+        assert!(clock.is_down("a", &CFG, 12_850));
         // Without the reports: from the leader's start.
         let fresh = LeaderClock::new(10_600);
-        assert!(!fresh.is_down("a", &CFG, 13_099));
+        assert!(!fresh.is_down("a", &CFG, 12_999));
         // Five voters: two may stay silent (the old leader and one more).
         let five = voters(&["a", "b", "c", "d", "e"]);
         let mut clock = LeaderClock::new(0);

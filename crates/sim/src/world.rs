@@ -45,7 +45,7 @@ impl Default for ResourceSim {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     /// Heartbeats (every fifth pulse), lease checks and the leader's Down/Up, every
-    /// interval / 5 (as the agent's Node Manager).
+    /// interval / 10 (as the agent's Node Manager).
     Pulse,
     RcmTick(String),
     /// The database changed under this node's RCM.
@@ -437,9 +437,9 @@ impl World {
     }
 
     fn pulse(&mut self) {
-        let period = (self.cfg.interval_ms / 5).max(1);
+        let period = (self.cfg.interval_ms / 10).max(1);
         self.pulses += 1;
-        let heartbeat = self.pulses % 5 == 1;
+        let heartbeat = self.pulses % 10 == 1;
         let names: Vec<String> = self.nodes.keys().cloned().collect();
         for n in &names {
             if !self.powered(n) {
@@ -925,7 +925,7 @@ impl World {
             }
         }
         // A node whose lease has run out stops everything within one lease check.
-        let grace = self.cfg.interval_ms / 5 + 1;
+        let grace = self.cfg.interval_ms / 10 + 1;
         for (name, node) in &self.nodes {
             let Some(a) = &node.agent else {
                 continue;
