@@ -3,7 +3,7 @@
 //! Run: `cargo bench -p vigil --bench cluster` (add `-- --quick` for a short run).
 //!
 //! - formation: three fresh agents (one --bootstrap, two --join) until all are voters;
-//! - kill -9 of a follower → the leader records it Down, p50/p99 (lease 2 s + margin 0.5 s
+//! - kill -9 of a follower → the leader records it Down, p50/p99 (lease 2 s + margin 0.4 s
 //!   at the defaults), from the leader's cluster log against the moment of the kill;
 //! - write latency through the API (one writer, each write a new group), p50/p99;
 //! - write throughput through the API (16 concurrent writers).

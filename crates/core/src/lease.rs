@@ -130,7 +130,11 @@ impl LeaderClock {
     /// Whether `node` has surely stopped running resources: its lease, which started no later
     /// than its last heartbeat's arrival (or this leader's start), has expired with margin.
     pub fn is_down(&self, node: &str, cfg: &LeaseConfig, now_ms: u64) -> bool {
-        now_ms >= self.last_known(node) + cfg.lease_ms() + cfg.margin_ms()
+        // A node the earlier leaders' bound says is without a lease, but which is alive, needs
+        // a moment to find this leader: two heartbeat intervals after it took office.
+        let found_time =
+            self.contact_ms.contains_key(node) || now_ms >= self.since_ms + 2 * cfg.interval_ms;
+        found_time && now_ms >= self.last_known(node) + cfg.lease_ms() + cfg.margin_ms()
     }
 
     /// Missed `threshold` heartbeats in a row.
@@ -275,6 +279,17 @@ mod tests {
         // a's lease started by 10 450 at the latest: Down at 10 450 + 2 000 + 400.
         assert!(!clock.is_down("a", &CFG, 12_849));
         assert!(clock.is_down("a", &CFG, 12_850));
+        // A node that answers soon after the election is not Down: it had no lease (its
+        // leader vanished), but it finds this one within two intervals.
+        clock.heard_from("c", 10_700);
+        assert!(!clock.is_down("c", &CFG, 12_900));
+        // A node never heard from: not before two intervals after the election either.
+        let mut late = LeaderClock::new(20_000);
+        late.heard_former("b", Some(0), 5_000);
+        late.heard_former("c", Some(0), 5_000);
+        late.settle_former(&v, 500);
+        assert!(!late.is_down("a", &CFG, 20_999));
+        assert!(late.is_down("a", &CFG, 21_000));
         // Without the reports: from the leader's start.
         let fresh = LeaderClock::new(10_600);
         assert!(!fresh.is_down("a", &CFG, 12_999));
