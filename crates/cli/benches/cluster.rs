@@ -106,7 +106,7 @@ fn main() {
         n3.spawn(false);
         wait_until("n3 Up", || node_state(&n1, "n3").as_deref() == Some("Up"));
     }
-    report("kill -9 -> Down (lease 2 s + 0.5 s)", down);
+    report("kill -9 -> Down (lease 2 s + 0.4 s)", down);
 
     let mut lat = Vec::new();
     for i in 0..writes {
