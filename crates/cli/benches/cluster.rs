@@ -6,7 +6,8 @@
 //! - kill -9 of a follower → the leader records it Down, p50/p99 (lease 2 s + margin 0.4 s
 //!   at the defaults), from the leader's cluster log against the moment of the kill;
 //! - write latency through the API (one writer, each write a new group), p50/p99;
-//! - write throughput through the API (16 concurrent writers).
+//! - write throughput through the API (16 and 64 concurrent writers, a connection each
+//!   per request).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -133,34 +134,36 @@ fn main() {
             .collect();
         f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     };
-    let before = [cpu(&n1), cpu(&n2), cpu(&n3)];
-    let t = Instant::now();
-    let per = concurrent / 16;
-    std::thread::scope(|s| {
-        for w in 0..16 {
-            let addr = n1.listen.clone();
-            s.spawn(move || {
-                for i in 0..per {
-                    write_to(&addr, &format!("c{w}-{i}"));
-                }
-            });
-        }
-    });
-    let secs = t.elapsed().as_secs_f64();
-    let after = [cpu(&n1), cpu(&n2), cpu(&n3)];
-    let pct: Vec<String> = (0..3)
-        .map(|i| format!("{:.0} %", (after[i] - before[i]) as f64 / secs))
-        .collect();
-    println!(
-        "{:<34} {:>8.0} writes/s ({} writes, 16 writers)",
-        "write throughput (API)",
-        (per * 16) as f64 / secs,
-        per * 16
-    );
-    println!(
-        "{:<34} leader {}, followers {}, {} (of one core each; 2 cores in all)",
-        "  CPU during it", pct[0], pct[1], pct[2]
-    );
+    for writers in [16, 64] {
+        let before = [cpu(&n1), cpu(&n2), cpu(&n3)];
+        let t = Instant::now();
+        let per = concurrent / writers;
+        std::thread::scope(|s| {
+            for w in 0..writers {
+                let addr = n1.listen.clone();
+                s.spawn(move || {
+                    for i in 0..per {
+                        write_to(&addr, &format!("c{writers}-{w}-{i}"));
+                    }
+                });
+            }
+        });
+        let secs = t.elapsed().as_secs_f64();
+        let after = [cpu(&n1), cpu(&n2), cpu(&n3)];
+        let pct: Vec<String> = (0..3)
+            .map(|i| format!("{:.0} %", (after[i] - before[i]) as f64 / secs))
+            .collect();
+        println!(
+            "{:<34} {:>8.0} writes/s ({} writes, {writers} writers)",
+            "write throughput (API)",
+            (per * writers) as f64 / secs,
+            per * writers
+        );
+        println!(
+            "{:<34} leader {}, followers {}, {} (of one core each; 2 cores in all)",
+            "  CPU during it", pct[0], pct[1], pct[2]
+        );
+    }
 
     drop((n1, n2, n3));
 }
