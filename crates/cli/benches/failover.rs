@@ -110,26 +110,15 @@ fn in_place(runs: usize) -> Vec<f64> {
     out
 }
 
-/// Three agents; group web (possible owners n2, n3) Online on n2.
-fn cluster(agents: &mut [Agent], tuned: bool) {
+/// Three agents (n1 leads); group web with a `sleep` resource, Online on `expect`.
+fn cluster(agents: &mut [Agent], tuned: bool, group_flags: &[&str], expect: &str) {
     start(&mut agents[0], true, None, tuned);
     let seed = agents[0].listen.clone();
     for a in agents[1..].iter_mut() {
         start(a, false, Some(&seed), tuned);
     }
     wait_until("three nodes Up", || all_up(&agents[0], 3));
-    agents[0].ok(&[
-        "group",
-        "create",
-        "web",
-        "--preferred-owners",
-        "n2,n3",
-        "--possible-owners",
-        "n2,n3",
-        // Many failovers in a row are the point here.
-        "--failover-threshold",
-        "1000",
-    ]);
+    agents[0].ok(&[&["group", "create", "web"], group_flags].concat());
     agents[0].ok(&[
         "resource",
         "create",
@@ -142,10 +131,20 @@ fn cluster(agents: &mut [Agent], tuned: bool) {
         "command=sleep 100000",
         "--online",
     ]);
-    wait_until("web Online on n2", || {
-        group(&agents[0]) == Some(("n2".into(), "Online".into()))
+    wait_until("web Online where expected", || {
+        group(&agents[0]) == Some((expect.into(), "Online".into()))
     });
 }
+
+/// Possible owners n2, n3 (never the leader n1); many failovers in a row are the point.
+const NOT_ON_LEADER: &[&str] = &[
+    "--preferred-owners",
+    "n2,n3",
+    "--possible-owners",
+    "n2,n3",
+    "--failover-threshold",
+    "1000",
+];
 
 /// Repeatedly takes the owner away (`fault`), measures until Online on the other node, and
 /// brings it back (`repair`).
@@ -222,7 +221,7 @@ fn failovers(
 
 fn node_kills(runs: usize, tuned: bool) -> (Vec<f64>, Vec<f64>) {
     let mut agents: Vec<Agent> = ["n1", "n2", "n3"].iter().map(|n| Agent::new(n)).collect();
-    cluster(&mut agents, tuned);
+    cluster(&mut agents, tuned, NOT_ON_LEADER, "n2");
     failovers(&mut agents, runs, &mut |a| a.kill(), &mut |a| {
         start(a, false, None, tuned)
     })
@@ -233,7 +232,7 @@ fn partitions(runs: usize, tuned: bool) -> (Vec<f64>, Vec<f64>) {
     let mut agents: Vec<Agent> = (1..=3)
         .map(|i| Agent::in_net(&net, i, &format!("n{i}")))
         .collect();
-    cluster(&mut agents, tuned);
+    cluster(&mut agents, tuned, NOT_ON_LEADER, "n2");
     let index = |a: &Agent| a.name[1..].parse::<u8>().unwrap();
     failovers(&mut agents, runs, &mut |a| net.cut(index(a)), &mut |a| {
         net.heal(index(a))
@@ -245,28 +244,7 @@ fn leader_kills(runs: usize) -> Vec<f64> {
     let mut out = Vec::new();
     for _ in 0..runs {
         let mut agents: Vec<Agent> = ["n1", "n2", "n3"].iter().map(|n| Agent::new(n)).collect();
-        start(&mut agents[0], true, None, false);
-        let seed = agents[0].listen.clone();
-        for a in agents[1..].iter_mut() {
-            start(a, false, Some(&seed), false);
-        }
-        wait_until("three nodes Up", || all_up(&agents[0], 3));
-        agents[0].ok(&["group", "create", "web", "--preferred-owners", "n1,n2"]);
-        agents[0].ok(&[
-            "resource",
-            "create",
-            "app",
-            "--group",
-            "web",
-            "--type",
-            "process",
-            "--param",
-            "command=sleep 100000",
-            "--online",
-        ]);
-        wait_until("web Online on n1", || {
-            group(&agents[0]) == Some(("n1".into(), "Online".into()))
-        });
+        cluster(&mut agents, false, &["--preferred-owners", "n1,n2"], "n1");
         let t0 = SystemTime::now();
         agents[0].kill();
         wait_until("web Online on n2", || {

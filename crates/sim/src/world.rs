@@ -316,6 +316,15 @@ impl World {
         }
     }
 
+    /// The powered nodes that can reach `node` (itself included).
+    fn side_of(&self, node: &str) -> Vec<String> {
+        self.nodes
+            .keys()
+            .filter(|n| self.connected(n, node))
+            .cloned()
+            .collect()
+    }
+
     fn voters(&self) -> Vec<String> {
         self.db.nodes.keys().cloned().collect()
     }
@@ -335,12 +344,7 @@ impl World {
     fn take_office(&mut self, leader: &str) {
         let now = self.now;
         self.agent(leader).clock = Some(LeaderClock::new(now));
-        let side: Vec<String> = self
-            .nodes
-            .keys()
-            .filter(|n| self.connected(n, leader))
-            .cloned()
-            .collect();
+        let side: Vec<String> = self.side_of(leader);
         for n in side {
             let a = self.agent(&n);
             a.leader = Some(leader.to_string());
@@ -364,12 +368,7 @@ impl World {
         if keep {
             let l = self.leader.clone().expect("kept");
             // Nodes that can reach it again follow it and catch up.
-            let side: Vec<String> = self
-                .nodes
-                .keys()
-                .filter(|n| self.connected(n, &l))
-                .cloned()
-                .collect();
+            let side: Vec<String> = self.side_of(&l);
             for n in side {
                 let a = self.agent(&n);
                 if a.leader.as_deref() != Some(l.as_str()) {
@@ -604,12 +603,7 @@ impl World {
             }
             let _ = apply(&mut self.db, c);
         }
-        let side: Vec<String> = self
-            .nodes
-            .keys()
-            .filter(|n| self.connected(n, &l))
-            .cloned()
-            .collect();
+        let side: Vec<String> = self.side_of(&l);
         for n in side {
             self.sync_view(&n);
         }
