@@ -24,8 +24,9 @@ use crate::service::Msg;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub name: String,
-    /// How long before this heartbeat the sender last sent one (that may have arrived) to a
-    /// different leader; `None`: never. Lets a new leader bound its predecessors' leases.
+    /// How long before this heartbeat the sender's last heartbeat to a different leader had
+    /// surely arrived (answered, or timed out); `None`: never. Lets a new leader bound its
+    /// predecessors' leases.
     #[serde(default)]
     pub other_leader_age_ms: Option<u64>,
 }
@@ -49,12 +50,13 @@ struct State {
     unanswered: bool,
     /// Nodes whose Down/Up record is being written.
     writing: std::collections::BTreeSet<String>,
-    /// When this node last sent a heartbeat that may have arrived, per leader address.
+    /// Per leader address: by when this node's last heartbeat to it had surely arrived (its
+    /// answer came, or its request timed out); refused connections do not count.
     sent_ms: std::collections::BTreeMap<String, u64>,
 }
 
 impl State {
-    /// The last heartbeat sent (that may have arrived) to a leader other than `leader`.
+    /// By when the last heartbeat to a leader other than `leader` had surely arrived.
     fn last_sent_elsewhere(&self, leader: Option<&str>) -> Option<u64> {
         self.sent_ms
             .iter()
@@ -237,10 +239,9 @@ fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
         let mut st = nm.lock();
         let former = st.last_sent_elsewhere(own.as_deref()).unwrap_or(0);
         let clock = st.clock.get_or_insert_with(|| LeaderClock::new(now));
-        // This node's own heartbeats to an earlier leader count like anyone's; heartbeats
-        // time out after one interval.
+        // This node's own heartbeats to an earlier leader count like anyone's.
         clock.former_ms.insert(nm.name.clone(), former);
-        clock.settle_former(&voters, nm.cfg.interval_ms);
+        clock.settle_former(&voters);
         clock.clone()
     };
     let quorum = clock.quorum_ms(&nm.name, &voters, now);
@@ -323,8 +324,11 @@ async fn heartbeat(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) ->
     let (other_leader_age_ms, before) = {
         let mut st = nm.lock();
         let other = st.last_sent_elsewhere(Some(&leader));
-        // Recorded before sending: a new leader must hear of a heartbeat that is on its way.
-        let before = st.sent_ms.insert(leader.clone(), sent);
+        // Recorded before sending, as arriving by the timeout at the latest: a new leader
+        // must hear of a heartbeat that is on its way. The answer narrows it down.
+        let before = st
+            .sent_ms
+            .insert(leader.clone(), sent + limit.as_millis() as u64);
         (other.map(|t| sent.saturating_sub(t)), before)
     };
     let answer = http
@@ -342,7 +346,7 @@ async fn heartbeat(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) ->
             if e.is_connect() {
                 // Surely never arrived: it does not count.
                 let mut st = nm.lock();
-                if st.sent_ms.get(&leader) == Some(&sent) {
+                if st.sent_ms.get(&leader) == Some(&(sent + limit.as_millis() as u64)) {
                     match before {
                         Some(t) => st.sent_ms.insert(leader.clone(), t),
                         None => st.sent_ms.remove(&leader),
@@ -352,6 +356,14 @@ async fn heartbeat(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) ->
             return false;
         }
     };
+    {
+        // Answered: it arrived by now (unless a later heartbeat is on its way).
+        let now = nm.now_ms();
+        let mut st = nm.lock();
+        if st.sent_ms.get(&leader) == Some(&(sent + limit.as_millis() as u64)) {
+            st.sent_ms.insert(leader.clone(), now);
+        }
+    }
     if !resp.status().is_success() {
         return false;
     }

@@ -49,8 +49,8 @@ pub struct LeaderClock {
     pub since_ms: u64,
     /// Arrival of each node's last heartbeat.
     pub contact_ms: BTreeMap<String, u64>,
-    /// For each voter, in this clock: no later than the last heartbeat it sent (that may
-    /// have arrived) to any other leader; 0 if it never did. See [`LeaderClock::former_bound`].
+    /// For each voter, in this clock: no earlier than the arrival of the last heartbeat it
+    /// sent to any other leader; 0 if it never did. See [`LeaderClock::former_bound`].
     pub former_ms: BTreeMap<String, u64>,
     /// The bound in force, set by [`LeaderClock::settle_former`].
     floor_ms: Option<u64>,
@@ -64,8 +64,10 @@ impl LeaderClock {
         }
     }
 
-    /// A voter told when it last sent a heartbeat to another leader: `age_ms` before it sent
-    /// this one (`None`: never). The heartbeat arrived now, so that was before `now - age`.
+    /// A voter told how long before sending this heartbeat its last heartbeat to another
+    /// leader had surely arrived, if ever (`None`: never): when it was answered, or, if the
+    /// answer never came, when its request timed out. This one arrived now, so that was
+    /// before `now - age`.
     pub fn heard_former(&mut self, node: &str, age_ms: Option<u64>, now_ms: u64) {
         let at = age_ms.map_or(0, |a| now_ms.saturating_sub(a));
         self.former_ms.insert(node.to_string(), at);
@@ -76,11 +78,10 @@ impl LeaderClock {
     ///
     /// Every lease starts no later than its leader's quorum time, and a leader's quorum time
     /// is no later than the arrival of a heartbeat from at least `majority - 1` other voters.
-    /// A heartbeat sent to a leader arrives within `timeout_ms` (the sender's request
-    /// timeout) or not at all. So once every voter but `majority - 1` has said when it last
-    /// sent to another leader, the latest of those plus `timeout_ms` bounds every earlier
-    /// leader's quorum time, whichever voter it was and whoever did not report.
-    pub fn former_bound(&self, voters: &[String], timeout_ms: u64) -> Option<u64> {
+    /// So once every voter but `majority - 1` has said by when its last heartbeat to another
+    /// leader had arrived, the latest of those bounds every earlier leader's quorum time,
+    /// whichever voter it was and whoever did not report.
+    pub fn former_bound(&self, voters: &[String]) -> Option<u64> {
         let majority = voters.len() / 2 + 1;
         let known: Vec<u64> = voters
             .iter()
@@ -89,14 +90,14 @@ impl LeaderClock {
         if voters.len() - known.len() > majority - 1 {
             return None;
         }
-        known.into_iter().max().map(|m| m + timeout_ms)
+        known.into_iter().max()
     }
 
     /// Brings the earlier leaders' bound into force: a node not heard from since this leader
     /// took office is Down once lease and margin have passed since the bound (if that is
     /// earlier than this leader's start).
-    pub fn settle_former(&mut self, voters: &[String], timeout_ms: u64) {
-        self.floor_ms = self.former_bound(voters, timeout_ms);
+    pub fn settle_former(&mut self, voters: &[String]) {
+        self.floor_ms = self.former_bound(voters);
     }
 
     pub fn heard_from(&mut self, node: &str, now_ms: u64) {
@@ -264,18 +265,18 @@ mod tests {
     #[test]
     fn a_new_leader_bounds_the_old_leaders_leases_from_the_voters_reports() {
         let v = voters(&["a", "b", "c"]);
-        // a led until it died at 10 000; b (the new leader, since 10 600) and c last sent
-        // to a at 9 900 and 9 950 (in b's clock); the request timeout is 500 ms.
+        // a led until it died at 10 000; b (the new leader, since 10 600) and c had their
+        // last heartbeats to a answered by 10 450 and 9 950 (in b's clock).
         let mut clock = LeaderClock::new(10_600);
-        clock.heard_former("b", Some(0), 9_900);
+        clock.heard_former("b", Some(0), 10_450);
         assert_eq!(
-            clock.former_bound(&v, 500),
+            clock.former_bound(&v),
             None,
             "c has not reported: its heartbeats could still renew a"
         );
         clock.heard_former("c", Some(700), 10_650);
-        assert_eq!(clock.former_bound(&v, 500), Some(10_450));
-        clock.settle_former(&v, 500);
+        assert_eq!(clock.former_bound(&v), Some(10_450));
+        clock.settle_former(&v);
         // a's lease started by 10 450 at the latest: Down at 10 450 + 2 000 + 400.
         assert!(!clock.is_down("a", &CFG, 12_849));
         assert!(clock.is_down("a", &CFG, 12_850));
@@ -287,7 +288,7 @@ mod tests {
         let mut late = LeaderClock::new(20_000);
         late.heard_former("b", Some(0), 5_000);
         late.heard_former("c", Some(0), 5_000);
-        late.settle_former(&v, 500);
+        late.settle_former(&v);
         assert!(!late.is_down("a", &CFG, 20_999));
         assert!(late.is_down("a", &CFG, 21_000));
         // Without the reports: from the leader's start.
@@ -298,9 +299,9 @@ mod tests {
         let mut clock = LeaderClock::new(0);
         clock.heard_former("b", None, 100);
         clock.heard_former("c", Some(50), 100);
-        assert_eq!(clock.former_bound(&five, 500), None);
+        assert_eq!(clock.former_bound(&five), None);
         clock.heard_former("d", Some(10), 100);
-        assert_eq!(clock.former_bound(&five, 500), Some(590));
+        assert_eq!(clock.former_bound(&five), Some(90));
     }
 
     #[test]

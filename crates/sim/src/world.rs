@@ -79,7 +79,7 @@ struct Agent {
     /// Where its heartbeats go.
     leader: Option<String>,
     wake: Option<u64>,
-    /// When it last sent a heartbeat that arrived, per leader.
+    /// By when its last heartbeat to each leader had arrived (sends are instant here).
     sent: BTreeMap<String, u64>,
 }
 
@@ -486,7 +486,7 @@ impl World {
         let former = a.last_sent_elsewhere(me).unwrap_or(0);
         let c = a.clock.as_mut().expect("leads");
         c.former_ms.insert(me.to_string(), former);
-        c.settle_former(&voters, cfg.interval_ms);
+        c.settle_former(&voters);
         let clock = c.clone();
         let quorum = clock.quorum_ms(me, &voters, now);
         if let Some(q) = quorum {
