@@ -88,15 +88,42 @@ fn put_meta_with<T: Serialize>(
     txn.commit().map_err(write_err)
 }
 
+/// Most recent log entries kept in memory, decoded, for replication to read.
+const CACHE_ENTRIES: usize = 8_192;
+
 /// The Raft log, vote and committed index.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<redb::Database>,
+    /// The newest entries as stored (a contiguous run ending at the last one): replication
+    /// reads them without a database read or a JSON decode.
+    cache: Arc<std::sync::Mutex<std::collections::VecDeque<Entry<TypeConfig>>>>,
 }
 
 impl LogStore {
     pub fn new(db: Arc<redb::Database>) -> Self {
-        Self { db }
+        Self {
+            db,
+            cache: Arc::default(),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Entry<TypeConfig>>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `start..end` from the cache, if it holds all of it.
+    fn cached(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        let cache = self.cache();
+        let first = cache.front()?.log_id.index;
+        let last = cache.back()?.log_id.index;
+        let end = end.unwrap_or(last + 1);
+        if start < first || end > last + 1 {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(cache.range(from..to.max(from)).cloned().collect())
     }
 }
 
@@ -115,6 +142,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        if let Some(entries) = self.cached(start, end) {
+            return Ok(entries);
+        }
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
         let iter = match end {
@@ -181,11 +214,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let txn = self.db.begin_write().map_err(write_err)?;
         {
             let mut table = txn.open_table(LOG).map_err(write_err)?;
-            for e in entries {
-                let bytes = serde_json::to_vec(&e).map_err(write_err)?;
+            for e in &entries {
+                let bytes = serde_json::to_vec(e).map_err(write_err)?;
                 table
                     .insert(e.log_id.index, bytes.as_slice())
                     .map_err(write_err)?;
@@ -193,11 +227,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Durable when commit returns: only then may Raft count this entry as stored here.
         txn.commit().map_err(write_err)?;
+        {
+            let mut cache = self.cache();
+            for e in entries {
+                // Only a contiguous run is kept; a gap (after a snapshot) starts it afresh.
+                if cache
+                    .back()
+                    .is_some_and(|b| b.log_id.index + 1 != e.log_id.index)
+                {
+                    cache.clear();
+                }
+                cache.push_back(e);
+            }
+            while cache.len() > CACHE_ENTRIES {
+                cache.pop_front();
+            }
+        }
         callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.cache().retain(|e| e.log_id.index < log_id.index);
         let txn = self.db.begin_write().map_err(write_err)?;
         txn.open_table(LOG)
             .map_err(write_err)?
@@ -207,6 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.cache().retain(|e| e.log_id.index > log_id.index);
         put_meta(&self.db, PURGED, &log_id)?;
         let txn = self.db.begin_write().map_err(write_err)?;
         txn.open_table(LOG)
