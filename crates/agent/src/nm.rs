@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use vigil_core::command::Command;
 use vigil_core::event::{Component, LogEntry};
-use vigil_core::lease::{LeaderClock, Lease, LeaseConfig};
-use vigil_core::model::NodeState;
+use vigil_core::lease::{LeaderClock, Lease, LeaseConfig, NodeRecord};
 use vigil_db::{Db, node_id};
 
 use crate::clusterlog::ClusterLog;
@@ -244,53 +243,21 @@ fn lead(nm: &Nm, db: &Db, log: &ClusterLog) {
         clock.settle_former(&voters);
         clock.clone()
     };
-    let quorum = clock.quorum_ms(&nm.name, &voters, now);
-    if let Some(q) = quorum {
+    if let Some(q) = clock.quorum_ms(&nm.name, &voters, now) {
         nm.lock().lease.renew_as_leader(q, &nm.cfg);
     }
-    let changes: Vec<(String, NodeState, String)> = {
+    let records = {
         let state = db.state();
-        // The leader itself, recorded Down while it was away, is plainly up.
-        let me = state
-            .nodes
-            .get(&nm.name)
-            .filter(|n| n.state == NodeState::Down)
-            .map(|n| {
-                let reason = format!("node {} leads a quorum again; Up", n.name);
-                (n.name.clone(), NodeState::Up, reason)
-            });
-        me.into_iter()
-            .chain(state.nodes.values().filter(|n| n.name != nm.name).filter_map(|n| {
-                let down = clock.is_down(&n.name, &nm.cfg, now);
-                let last = clock.contact_ms.get(&n.name).copied();
-                match (n.state, down) {
-                    (NodeState::Up, true) => Some((
-                        n.name.clone(),
-                        NodeState::Down,
-                        format!(
-                            "node {} silent for {} ms (lease {} ms + margin {} ms): its lease has expired; Down",
-                            n.name,
-                            now.saturating_sub(last.unwrap_or(clock.since_ms)),
-                            nm.cfg.lease_ms(),
-                            nm.cfg.margin_ms()
-                        ),
-                    )),
-                    (NodeState::Down, false) if last.is_some() => Some((
-                        n.name.clone(),
-                        NodeState::Up,
-                        format!("node {} heard from again; Up", n.name),
-                    )),
-                    _ => None,
-                }
-            }))
-            .collect()
+        let nodes = state.nodes.values().map(|n| (n.name.as_str(), n.state));
+        clock.node_records(&nm.name, &voters, nodes, &nm.cfg, now)
     };
-    // Only a leader in contact with a quorum may say who is Down; and the records are
-    // written aside, so that a slow write never delays this node's own lease check.
-    if quorum.is_none_or(|q| now >= q + nm.cfg.lease_ms()) {
-        return;
-    }
-    for (name, state, reason) in changes {
+    // Written aside, so that a slow write never delays this node's own lease check.
+    for NodeRecord {
+        node: name,
+        state,
+        reason,
+    } in records
+    {
         if !nm.lock().writing.insert(name.clone()) {
             continue;
         }

@@ -20,6 +20,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::NodeState;
+
 /// Lease settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
@@ -138,6 +140,63 @@ impl LeaderClock {
         found_time && now_ms >= self.last_known(node) + cfg.lease_ms() + cfg.margin_ms()
     }
 
+    /// The node states the leader `me` should record now: Down for a node (Up or Paused)
+    /// whose lease has surely expired, Up for a Down node heard from again, and Up for
+    /// itself if it was recorded Down while away. Nothing while the leader itself has no
+    /// quorum contact: only a leader in contact with a quorum may say who is Down.
+    pub fn node_records<'a>(
+        &self,
+        me: &str,
+        voters: &[String],
+        nodes: impl IntoIterator<Item = (&'a str, NodeState)>,
+        cfg: &LeaseConfig,
+        now_ms: u64,
+    ) -> Vec<NodeRecord> {
+        let quorum = self.quorum_ms(me, voters, now_ms);
+        if quorum.is_none_or(|q| now_ms >= q + cfg.lease_ms()) {
+            return Vec::new();
+        }
+        let record = |node: &str, state, reason| NodeRecord {
+            node: node.to_string(),
+            state,
+            reason,
+        };
+        nodes
+            .into_iter()
+            .filter_map(|(node, state)| {
+                let last = self.contact_ms.get(node).copied();
+                match state {
+                    NodeState::Down if node == me => Some(record(
+                        node,
+                        NodeState::Up,
+                        format!("node {node} leads a quorum again; Up"),
+                    )),
+                    _ if node == me => None,
+                    NodeState::Up | NodeState::Paused if self.is_down(node, cfg, now_ms) => {
+                        Some(record(
+                            node,
+                            NodeState::Down,
+                            format!(
+                                "node {node} silent for {} ms (lease {} ms + margin {} ms): its lease has expired; Down",
+                                now_ms.saturating_sub(last.unwrap_or(self.since_ms)),
+                                cfg.lease_ms(),
+                                cfg.margin_ms()
+                            ),
+                        ))
+                    }
+                    NodeState::Down if last.is_some() && !self.is_down(node, cfg, now_ms) => {
+                        Some(record(
+                            node,
+                            NodeState::Up,
+                            format!("node {node} heard from again; Up"),
+                        ))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// Missed `threshold` heartbeats in a row.
     pub fn is_suspect(&self, node: &str, cfg: &LeaseConfig, now_ms: u64) -> bool {
         now_ms >= self.last_known(node) + cfg.lease_ms()
@@ -151,6 +210,14 @@ impl LeaderClock {
             .map_or(self.since_ms, |f| f.min(self.since_ms));
         self.contact_ms.get(node).copied().unwrap_or(0).max(start)
     }
+}
+
+/// A node state the leader should write to the cluster database, with the log's reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub node: String,
+    pub state: NodeState,
+    pub reason: String,
 }
 
 /// A node's own lease, in its own monotonic milliseconds.
@@ -302,6 +369,35 @@ mod tests {
         assert_eq!(clock.former_bound(&five), None);
         clock.heard_former("d", Some(10), 100);
         assert_eq!(clock.former_bound(&five), Some(90));
+    }
+
+    #[test]
+    fn the_leader_records_down_up_and_itself_only_with_a_quorum() {
+        let v = voters(&["a", "b", "c"]);
+        let mut clock = LeaderClock::new(0);
+        clock.heard_from("b", 10_000);
+        clock.heard_from("c", 10_000);
+        let nodes = [
+            ("a", NodeState::Down),
+            ("b", NodeState::Paused),
+            ("c", NodeState::Up),
+        ];
+        let states = |clock: &LeaderClock, now| -> Vec<(String, NodeState)> {
+            clock
+                .node_records("a", &v, nodes, &CFG, now)
+                .into_iter()
+                .map(|r| (r.node, r.state))
+                .collect()
+        };
+        assert_eq!(states(&clock, 11_000), [("a".into(), NodeState::Up)]);
+        // c keeps the quorum; b (Paused, drained) falls silent and is Down in time.
+        clock.heard_from("c", 12_000);
+        assert_eq!(
+            states(&clock, 12_400),
+            [("a".into(), NodeState::Up), ("b".into(), NodeState::Down)]
+        );
+        // Without quorum contact the leader records nothing at all.
+        assert_eq!(states(&clock, 14_400), []);
     }
 
     #[test]

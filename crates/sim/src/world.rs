@@ -488,43 +488,19 @@ impl World {
         c.former_ms.insert(me.to_string(), former);
         c.settle_former(&voters);
         let clock = c.clone();
-        let quorum = clock.quorum_ms(me, &voters, now);
-        if let Some(q) = quorum {
+        if let Some(q) = clock.quorum_ms(me, &voters, now) {
             self.agent(me).lease.renew_as_leader(q, &cfg);
         }
-        if quorum.is_none_or(|q| now >= q + cfg.lease_ms()) {
-            return;
-        }
-        let view = self.agent(me).view.clone();
-        let mut cmds = Vec::new();
-        if view
-            .nodes
-            .get(me)
-            .is_some_and(|n| n.state == NodeState::Down)
-        {
-            cmds.push(Command::SetNodeState {
-                name: me.to_string(),
-                state: NodeState::Up,
-            });
-        }
-        for n in view.nodes.values().filter(|n| n.name != me) {
-            let down = clock.is_down(&n.name, &cfg, now);
-            match (n.state, down) {
-                (NodeState::Up | NodeState::Paused, true) => {
-                    cmds.push(Command::SetNodeState {
-                        name: n.name.clone(),
-                        state: NodeState::Down,
-                    });
-                }
-                (NodeState::Down, false) if clock.contact_ms.contains_key(&n.name) => {
-                    cmds.push(Command::SetNodeState {
-                        name: n.name.clone(),
-                        state: NodeState::Up,
-                    });
-                }
-                _ => {}
-            }
-        }
+        let view = &self.agent(me).view;
+        let nodes = view.nodes.values().map(|n| (n.name.as_str(), n.state));
+        let cmds: Vec<Command> = clock
+            .node_records(me, &voters, nodes, &cfg, now)
+            .into_iter()
+            .map(|r| Command::SetNodeState {
+                name: r.node,
+                state: r.state,
+            })
+            .collect();
         if !cmds.is_empty() && self.write(me, cmds.clone()) {
             for c in &cmds {
                 if let Command::SetNodeState { name, state } = c {
