@@ -553,17 +553,9 @@ async fn move_group(
         .wait_for(MOVE_WAIT, move |s| {
             let db = s.state();
             db.groups.get(&g).is_none_or(|x| {
+                let arrived = x.owner.as_deref() == Some(target.as_str());
                 x.moving.is_none()
-                    && (x.owner.as_deref() != Some(target.as_str())
-                        || x.failure.is_some()
-                        || db.group_resources(&g).all(|r| {
-                            r.state
-                                == match r.persistent_state {
-                                    PersistentState::Online => ResourceState::Online,
-                                    PersistentState::Offline => ResourceState::Offline,
-                                }
-                                || r.state == ResourceState::Failed
-                        }))
+                    && (!arrived || x.failure.is_some() || db.group_resources(&g).all(at_rest))
             })
         })
         .await?;
@@ -594,6 +586,16 @@ async fn move_group(
         "group": name, "from": from, "to": to,
         "epoch": g.map_or(0, |g| g.epoch), "state": state_now,
     })))
+}
+
+/// A resource has come to rest: at its desired state, or Failed.
+fn at_rest(r: &vigil_core::model::Resource) -> bool {
+    matches!(
+        (r.persistent_state, r.state),
+        (PersistentState::Online, ResourceState::Online)
+            | (PersistentState::Offline, ResourceState::Offline)
+            | (_, ResourceState::Failed)
+    )
 }
 
 /// `vigil node drain`: Paused, and every group moved off in priority order. Answers once

@@ -288,6 +288,8 @@ async fn heartbeat(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) ->
         return false;
     };
     let sent = nm.now_ms();
+    // Until answered, this heartbeat may arrive as late as its timeout.
+    let in_flight = sent + limit.as_millis() as u64;
     let (other_leader_age_ms, before) = {
         let mut st = nm.lock();
         let other = st.last_sent_elsewhere(Some(&leader));
@@ -313,7 +315,7 @@ async fn heartbeat(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) ->
             if e.is_connect() {
                 // Surely never arrived: it does not count.
                 let mut st = nm.lock();
-                if st.sent_ms.get(&leader) == Some(&(sent + limit.as_millis() as u64)) {
+                if st.sent_ms.get(&leader) == Some(&in_flight) {
                     match before {
                         Some(t) => st.sent_ms.insert(leader.clone(), t),
                         None => st.sent_ms.remove(&leader),
@@ -327,7 +329,7 @@ async fn heartbeat(nm: &Nm, db: &Db, http: &reqwest::Client, limit: Duration) ->
         // Answered: it arrived by now (unless a later heartbeat is on its way).
         let now = nm.now_ms();
         let mut st = nm.lock();
-        if st.sent_ms.get(&leader) == Some(&(sent + limit.as_millis() as u64)) {
+        if st.sent_ms.get(&leader) == Some(&in_flight) {
             st.sent_ms.insert(leader.clone(), now);
         }
     }

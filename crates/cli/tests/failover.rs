@@ -25,12 +25,13 @@ fn three() -> Vec<Agent> {
     agents
 }
 
-/// Group `web` (preferred owners as given) with one process resource `app`, Online.
-fn web(on: &Agent, preferred: &str, extra: &[&str]) {
-    let mut args = vec!["group", "create", "web", "--preferred-owners", preferred];
-    args.extend_from_slice(extra);
-    on.ok(&args);
-    on.ok(&[
+/// Group `web` (preferred owners as given, then any other group flags) with one process
+/// resource `app` running `command` (then any other resource flags), Online.
+fn web(on: &Agent, preferred: &str, group: &[&str], command: &str, resource: &[&str]) {
+    let head = ["group", "create", "web", "--preferred-owners", preferred];
+    on.ok(&[&head[..], group].concat());
+    let param = format!("command={command}");
+    let head = [
         "resource",
         "create",
         "app",
@@ -39,11 +40,16 @@ fn web(on: &Agent, preferred: &str, extra: &[&str]) {
         "--type",
         "process",
         "--param",
-        "command=sleep 1000",
+        &param,
         "--restart-delay-ms",
         "100",
-        "--online",
-    ]);
+    ];
+    on.ok(&[&head[..], resource, &["--online"]].concat());
+}
+
+/// The usual `web`: a long sleep.
+fn sleeper(on: &Agent, preferred: &str) {
+    web(on, preferred, &[], "sleep 1000", &[]);
 }
 
 fn owner(a: &Agent) -> String {
@@ -64,7 +70,7 @@ fn settled_on(a: &Agent, node: &str) -> bool {
 #[test]
 fn killing_the_owner_fails_over_to_the_first_surviving_preferred_owner() {
     let mut agents = three();
-    web(&agents[0], "n2,n1,n3", &[]);
+    sleeper(&agents[0], "n2,n1,n3");
     wait_until("web Online on n2", || settled_on(&agents[0], "n2"));
     let epoch = agents[0].group("web")["epoch"].as_u64().unwrap();
     let pid = agents[1].pid_of("app").unwrap();
@@ -92,7 +98,7 @@ fn killing_the_owner_fails_over_to_the_first_surviving_preferred_owner() {
 #[test]
 fn a_move_stops_the_group_before_the_target_starts_it() {
     let agents = three();
-    web(&agents[0], "n1,n2,n3", &[]);
+    sleeper(&agents[0], "n1,n2,n3");
     wait_until("web Online on n1", || settled_on(&agents[0], "n1"));
     let old = agents[0].pid_of("app").unwrap();
     let out = agents[1].ok(&["group", "move", "web", "--to", "n3"]);
@@ -126,7 +132,7 @@ fn a_move_stops_the_group_before_the_target_starts_it() {
 #[test]
 fn drain_moves_everything_off_and_resume_fails_back() {
     let agents = three();
-    web(&agents[0], "n1,n2,n3", &[]);
+    sleeper(&agents[0], "n1,n2,n3");
     wait_until("web Online on n1", || settled_on(&agents[0], "n1"));
     let out = agents[2].ok(&["node", "drain", "n1"]);
     assert!(out.contains("drained"), "{out}");
@@ -148,31 +154,13 @@ fn drain_moves_everything_off_and_resume_fails_back() {
 fn exhausted_failovers_leave_the_group_failed_with_the_reason() {
     let agents = three();
     // Fails at once everywhere; one restart per node, at most one failover.
-    agents[0].ok(&[
-        "group",
-        "create",
-        "web",
-        "--preferred-owners",
+    web(
+        &agents[0],
         "n1,n2,n3",
-        "--failover-threshold",
-        "1",
-    ]);
-    agents[0].ok(&[
-        "resource",
-        "create",
-        "app",
-        "--group",
-        "web",
-        "--type",
-        "process",
-        "--param",
-        "command=sh -c 'sleep 0.3; exit 3'",
-        "--restart-threshold",
-        "1",
-        "--restart-delay-ms",
-        "100",
-        "--online",
-    ]);
+        &["--failover-threshold", "1"],
+        "sh -c 'sleep 0.3; exit 3'",
+        &["--restart-threshold", "1"],
+    );
     wait_until("web marked Failed", || {
         agents[0].group("web")["failure"].is_string()
     });
@@ -189,6 +177,7 @@ fn exhausted_failovers_leave_the_group_failed_with_the_reason() {
         .any(|r| r["component"] == "FM" && r["reason"] == failure);
     assert!(logged, "the reason is in the cluster log");
     // Nothing runs anywhere and nothing is restarted.
+    // A restart would come restart_delay_ms=100 after a failure; 1.5 s bounds it amply.
     std::thread::sleep(std::time::Duration::from_millis(1_500));
     for a in &agents {
         assert_eq!(a.state("app"), "Failed");

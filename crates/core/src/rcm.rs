@@ -186,6 +186,14 @@ impl Rcm {
         timers.chain(resends).min()
     }
 
+    /// Recorded Down, the failover manager may give this node's groups away at any moment
+    /// without a handover: it starts nothing until the leader has recorded it Up again.
+    fn recorded_down(&self, db: &ClusterState) -> bool {
+        db.nodes
+            .get(&self.node)
+            .is_some_and(|n| n.state == crate::model::NodeState::Down)
+    }
+
     /// Nothing of the group may start here: it failed, awaits the failover manager, or is
     /// being handed over.
     fn is_held(&self, db: &ClusterState, group: &str) -> bool {
@@ -577,12 +585,7 @@ impl Rcm {
         let db = out.db;
         let owned = db.groups.get(group).and_then(|g| g.owner.as_deref()) == Some(&self.node);
         let held = self.is_held(db, group);
-        // Recorded Down, the failover manager may give this node's groups away at any moment
-        // without a handover: start nothing until the leader has recorded it Up again.
-        let self_down = db
-            .nodes
-            .get(&self.node)
-            .is_some_and(|n| n.state == crate::model::NodeState::Down);
+        let self_down = self.recorded_down(db);
         let members = members.clone();
         if owned {
             for (name, r) in &members {
@@ -797,11 +800,7 @@ impl Rcm {
                 r.group,
                 owner.unwrap_or("no node")
             )
-        } else if db
-            .nodes
-            .get(&self.node)
-            .is_some_and(|n| n.state == crate::model::NodeState::Down)
-        {
+        } else if self.recorded_down(db) {
             format!("{} is recorded Down", self.node)
         } else if let Some(m) = g.and_then(|g| g.moving.as_ref()) {
             format!("group {} is moving to {} ({} move)", r.group, m.to, m.kind)

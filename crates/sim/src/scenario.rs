@@ -103,7 +103,8 @@ fn kv(word: &str) -> Result<(&str, &str), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {word:?}"))
 }
 
-fn group_prop(props: &mut GroupProps, key: &str, value: &str) -> Result<(), String> {
+/// Sets a group property, by its name or its scenario abbreviation.
+pub fn group_prop(props: &mut GroupProps, key: &str, value: &str) -> Result<(), String> {
     let name = match key {
         "preferred" => "preferred_owners",
         "possible" => "possible_owners",
@@ -344,12 +345,6 @@ impl Scenario {
 }
 
 fn parse_step(words: &[&str]) -> Result<Step, String> {
-    let arg = |i: usize| -> Result<String, String> {
-        words
-            .get(i)
-            .map(|s| s.to_string())
-            .ok_or_else(|| format!("missing argument {i} of {:?}", words.first()))
-    };
     Ok(match words {
         ["power", "off", n] => Step::PowerOff(n.to_string()),
         ["power", "on", n] => Step::PowerOn(n.to_string()),
@@ -409,11 +404,13 @@ fn parse_step(words: &[&str]) -> Result<Step, String> {
                 changes,
             }
         }
-        _ => return Err(format!("unknown step {:?} ({})", words.join(" "), arg(0)?)),
+        _ => {
+            return Err(format!(
+                "unknown step {:?}; steps are: power off|on N, partition A B | C, heal, fail R, \
+                 break R on N [COUNT], fix R on N, move G [to N], drain N, resume N [failback], \
+                 set G KEY=VALUE..., online G, offline G",
+                words.join(" ")
+            ));
+        }
     })
-}
-
-/// Group property names as scenario files abbreviate them.
-pub fn set_group_prop(props: &mut GroupProps, key: &str, value: &str) -> Result<(), String> {
-    group_prop(props, key, value)
 }

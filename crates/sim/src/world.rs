@@ -802,7 +802,7 @@ impl World {
                     return;
                 };
                 for (k, v) in &changes {
-                    if let Err(e) = crate::scenario::set_group_prop(&mut props, k, v) {
+                    if let Err(e) = crate::scenario::group_prop(&mut props, k, v) {
                         self.say("-", format!("operator: refused: {e}"));
                         return;
                     }
