@@ -118,12 +118,13 @@ impl LogStore {
         let first = cache.front()?.log_id.index;
         let last = cache.back()?.log_id.index;
         let end = end.unwrap_or(last + 1);
-        if start < first || end > last + 1 {
+        // Outside the cache, or past its end (an open range starting beyond the last entry):
+        // the database answers.
+        if start < first || end > last + 1 || start > end {
             return None;
         }
-        let from = (start - first) as usize;
-        let to = (end - first) as usize;
-        Some(cache.range(from..to.max(from)).cloned().collect())
+        let (from, to) = ((start - first) as usize, (end - first) as usize);
+        Some(cache.range(from..to).cloned().collect())
     }
 }
 
