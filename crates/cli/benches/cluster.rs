@@ -7,7 +7,7 @@
 //!   at the defaults), from the leader's cluster log against the moment of the kill;
 //! - write latency through the API (one writer, each write a new group), p50/p99;
 //! - write throughput through the API (16 and 64 concurrent writers, a connection each
-//!   per request).
+//!   per request). `VIGIL_BENCH_ONLY=throughput` runs only these.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -82,6 +82,14 @@ fn main() {
         ms(t0.elapsed())
     );
 
+    // `VIGIL_BENCH_ONLY=throughput` skips to the throughput runs (for profiling them).
+    let only_throughput = std::env::var("VIGIL_BENCH_ONLY").is_ok_and(|v| v == "throughput");
+    let (kills, writes) = if only_throughput {
+        (0, 0)
+    } else {
+        (kills, writes)
+    };
+
     // Node failures first, while the database is small (status and log stay cheap to poll).
     let mut down = Vec::new();
     for _ in 0..kills {
@@ -107,7 +115,9 @@ fn main() {
         n3.spawn(false);
         wait_until("n3 Up", || node_state(&n1, "n3").as_deref() == Some("Up"));
     }
-    report("kill -9 -> Down (lease 2 s + 0.4 s)", down);
+    if !down.is_empty() {
+        report("kill -9 -> Down (lease 2 s + 0.4 s)", down);
+    }
 
     let mut lat = Vec::new();
     for i in 0..writes {
@@ -115,14 +125,18 @@ fn main() {
         write(&n1, &format!("w{i}"));
         lat.push(ms(t.elapsed()));
     }
-    report("write latency (API, leader)", lat);
+    if !lat.is_empty() {
+        report("write latency (API, leader)", lat);
+    }
     let mut lat = Vec::new();
     for i in 0..writes / 4 {
         let t = Instant::now();
         write(&n2, &format!("f{i}"));
         lat.push(ms(t.elapsed()));
     }
-    report("write latency (API, via follower)", lat);
+    if !lat.is_empty() {
+        report("write latency (API, via follower)", lat);
+    }
 
     let cpu = |a: &Agent| {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", a.pid())).unwrap();

@@ -9,6 +9,7 @@
 //!
 //! Not here: deciding anything (the core), membership leases and node health (the agent).
 
+mod batch;
 pub mod network;
 pub mod store;
 pub mod types;
@@ -27,9 +28,10 @@ use thiserror::Error;
 use tokio::sync::watch;
 use vigil_core::command::{ApplyError, Command};
 
+use crate::batch::{Batcher, Failed};
 use crate::network::Network;
 use crate::store::{LogStore, SmData, StateMachine};
-use crate::types::{NodeId, Request, TypeConfig};
+use crate::types::{NodeId, TypeConfig};
 
 pub use crate::types::node_id;
 
@@ -94,6 +96,8 @@ pub struct Db {
     id: NodeId,
     name: String,
     raft: Raft<TypeConfig>,
+    /// Proposes writes on this node, several in one entry when they arrive together.
+    batcher: Batcher,
     sm: StateMachine,
     /// For forwarded writes (no connection reuse, see `open`).
     http: reqwest::Client,
@@ -150,6 +154,7 @@ impl Db {
         Ok(Self {
             id,
             name: name.to_string(),
+            batcher: Batcher::start(raft.clone()),
             raft,
             sm,
             http,
@@ -315,27 +320,23 @@ impl Db {
 
     /// Writes on this node if it is the leader; `Forward { leader }` names the leader otherwise.
     async fn write_here(&self, cmds: Vec<Command>, limit: Duration) -> Result<Written, WriteError> {
-        let result = tokio::time::timeout(limit, self.raft.client_write(Request { cmds })).await;
+        let result = tokio::time::timeout(limit, self.batcher.propose(cmds)).await;
         match result {
             Err(_) => Err(WriteError::NoQuorum {
                 node: self.name.clone(),
                 voters: self.voters_text(),
                 timeout_ms: self.timing.write_timeout_ms,
             }),
-            Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data.results)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                match f.leader_node {
-                    Some(n) => Err(WriteError::Forward {
-                        leader: n.addr,
-                        why: String::new(),
-                    }),
-                    None => Err(WriteError::NoLeader {
-                        node: self.name.clone(),
-                        voters: self.voters_text(),
-                    }),
-                }
-            }
-            Ok(Err(e)) => Err(WriteError::Fatal(e.to_string())),
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(Failed::NotLeader(Some(leader)))) => Err(WriteError::Forward {
+                leader,
+                why: String::new(),
+            }),
+            Ok(Err(Failed::NotLeader(None))) => Err(WriteError::NoLeader {
+                node: self.name.clone(),
+                voters: self.voters_text(),
+            }),
+            Ok(Err(Failed::Other(why))) => Err(WriteError::Fatal(why)),
         }
     }
 

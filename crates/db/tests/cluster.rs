@@ -91,7 +91,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 async fn form() -> Vec<Node> {
-    let mut nodes = vec![
+    let nodes = vec![
         Node::start("a").await,
         Node::start("b").await,
         Node::start("c").await,
@@ -110,7 +110,6 @@ async fn form() -> Vec<Node> {
         .voter_ids()
         .collect();
     assert_eq!(voters.len(), 3);
-    nodes.iter_mut().for_each(|_| {});
     nodes
 }
 
@@ -175,6 +174,53 @@ async fn three_replicas_agree_survive_the_leader_and_refuse_without_a_majority()
             ["g1", "g2", "g3", "g5"]
                 .iter()
                 .all(|x| g.contains(&x.to_string()))
+        })
+        .await;
+    }
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+/// Writes that arrive together share log entries (group commit), yet each writer gets the
+/// results of exactly its own commands, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_entries_and_each_gets_its_own_results() {
+    let mut nodes = form().await;
+    let db = nodes[0].db().clone();
+    let before = db.applied_index();
+    const WRITERS: usize = 32;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(vec![group(&format!("p{i}")), group("shared")])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut shared_created = 0;
+    for t in tasks {
+        let results = t.await.unwrap();
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert!(results[0].is_ok(), "{results:?}");
+        match &results[1] {
+            Ok(()) => shared_created += 1,
+            Err(e) => assert_eq!(e.to_string(), "group \"shared\" already exists"),
+        }
+    }
+    assert_eq!(shared_created, 1);
+    let groups = nodes[0].groups();
+    assert_eq!(groups.len(), WRITERS + 1, "{groups:?}");
+    let entries = db.applied_index() - before;
+    assert!(
+        entries < WRITERS as u64,
+        "{WRITERS} concurrent writes took {entries} log entries: none were shared"
+    );
+    for n in &nodes[1..] {
+        wait_until(&format!("{} has every group", n.name), || {
+            n.groups() == groups
         })
         .await;
     }
