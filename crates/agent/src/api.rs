@@ -124,7 +124,8 @@ pub fn router(
     };
     Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/types", get(list_types))
+        .route("/v1/types", get(list_types).post(register_type))
+        .route("/v1/types/{name}", get(show_type).delete(unregister_type))
         .route("/v1/log", get(read_log))
         .route("/v1/cluster/join", post(join))
         .route("/v1/nm/heartbeat", post(heartbeat))
@@ -292,12 +293,125 @@ async fn status(
     Ok(Json(serde_json::to_value(view).expect("status serializes")))
 }
 
-async fn list_types() -> Json<Value> {
-    let types: Vec<Value> = types::builtin()
+/// Built-in types, the OCF agents installed on this node, and the registered plugins.
+async fn list_types(State(api): State<Api>) -> Json<Value> {
+    let mut list: Vec<Value> = types::builtin()
         .iter()
-        .map(|t| json!({ "name": t.name(), "description": t.description(), "parameters": t.schema() }))
+        .map(|t| json!({ "name": t.name(), "kind": "builtin", "description": t.description() }))
         .collect();
-    Json(json!({ "types": types }))
+    // Describing an OCF agent runs its meta-data: `vigil type show` does that for one.
+    list.extend(
+        types::ocf::installed().into_iter().map(
+            |name| json!({ "name": name, "kind": "ocf", "description": "OCF resource agent" }),
+        ),
+    );
+    list.extend(api.db.state().plugins.values().map(|p| {
+        json!({ "name": p.name, "kind": "plugin", "description": p.description, "library": p.library })
+    }));
+    Json(json!({ "types": list }))
+}
+
+/// One type with its parameter schema (the seed's admin extension).
+async fn show_type(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    let registered = api.db.state().plugins.get(&name).cloned();
+    if let Some(p) = registered {
+        return Ok(Json(json!({
+            "name": p.name, "kind": "plugin", "description": p.description,
+            "library": p.library, "abi_version": p.abi_version, "parameters": p.schema,
+        })));
+    }
+    let n = name.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        types::find(&n, None).map(|t| (t.description().to_string(), t.schema()))
+    })
+    .await
+    .map_err(|e| ApiError::bad(e.to_string()))?;
+    let (description, schema) = found.map_err(|e| ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: e,
+    })?;
+    let kind = if name.starts_with("ocf:") {
+        "ocf"
+    } else {
+        "builtin"
+    };
+    Ok(Json(json!({
+        "name": name, "kind": kind, "description": description, "parameters": schema,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterType {
+    /// Absolute path of the plugin's shared library (the same on every node).
+    library: String,
+}
+
+/// How long loading a plugin to read its table may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(10);
+
+/// `vigil type register PATH`: the library is loaded in a throw-away `vigil plugin-probe`
+/// process (never in the agent), which checks the ABI and reads the name and schema.
+async fn register_type(
+    State(api): State<Api>,
+    body: Result<Json<RegisterType>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let plugin = probe_plugin(&req.library).await?;
+    if types::builtin().iter().any(|t| t.name() == plugin.name) {
+        return Err(ApiError::from(ApplyError::Conflict(format!(
+            "plugin {} is named {:?}, which is a built-in type",
+            req.library, plugin.name
+        ))));
+    }
+    let name = plugin.name.clone();
+    let log = db_log(format!(
+        "type {name} registered: plugin {} (ABI version {})",
+        plugin.library, plugin.abi_version
+    ));
+    let p = pending(vec![Command::RegisterPlugin { plugin }], vec![log])?;
+    api.commit(p).await?;
+    Ok(Json(json!({ "registered": name })))
+}
+
+async fn probe_plugin(library: &str) -> ApiResult<vigil_core::model::Plugin> {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe().map_err(|e| ApiError::bad(e.to_string()))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["plugin-probe", library])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(PROBE_LIMIT, cmd.output())
+        .await
+        .map_err(|_| {
+            ApiError::bad(format!(
+                "plugin {library}: loading it did not finish within {} s",
+                PROBE_LIMIT.as_secs()
+            ))
+        })?
+        .map_err(|e| ApiError::bad(format!("cannot run the plugin probe: {e}")))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let said = said.strip_prefix("error: ").unwrap_or(&said).to_string();
+        return Err(ApiError::bad(match out.status.signal() {
+            Some(sig) => {
+                format!("plugin {library}: loading it crashed the probe (signal {sig}) {said}")
+            }
+            None => said,
+        }));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| ApiError::bad(format!("plugin {library}: unreadable probe answer: {e}")))
+}
+
+async fn unregister_type(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    let log = db_log(format!("type {name} unregistered"));
+    let p = pending(
+        vec![Command::UnregisterPlugin { name: name.clone() }],
+        vec![log],
+    )?;
+    api.commit(p).await?;
+    Ok(Json(json!({ "unregistered": name })))
 }
 
 #[derive(Deserialize, serde::Serialize)]
@@ -852,12 +966,41 @@ fn apply_props(props: &mut ResourceProps, changes: &BTreeMap<String, Value>) -> 
     Ok(())
 }
 
-fn check_params(
+/// Checks parameters against the type (its schema, its own checks, the deadlock bound) and
+/// the type's unique parameters against the other resources. Finding an OCF type runs its
+/// meta-data, so this runs off the async threads and outside the main loop.
+async fn check_params(
+    api: &Api,
+    resource: &str,
     type_name: &str,
     p: &BTreeMap<String, String>,
     props: &ResourceProps,
 ) -> ApiResult<()> {
-    types::validate(type_name, p, props.deadlock_timeout_ms).map_err(ApiError::bad)
+    let plugin = api.db.state().plugins.get(type_name).cloned();
+    let (t, params, deadlock) = (type_name.to_string(), p.clone(), props.deadlock_timeout_ms);
+    let schema = tokio::task::spawn_blocking(move || {
+        types::validate(&t, &params, deadlock, plugin.as_ref())
+    })
+    .await
+    .map_err(|e| ApiError::bad(e.to_string()))?
+    .map_err(ApiError::bad)?;
+    let state = api.db.state();
+    for spec in schema.iter().filter(|s| s.unique) {
+        let Some(value) = p.get(&spec.name) else {
+            continue;
+        };
+        if let Some(other) = state.resources.values().find(|r| {
+            r.name != resource
+                && r.type_name == type_name
+                && r.params.get(&spec.name) == Some(value)
+        }) {
+            return Err(ApiError::from(ApplyError::Conflict(format!(
+                "parameter {} = {value:?} must be unique among {type_name} resources, and resource {:?} has it",
+                spec.name, other.name
+            ))));
+        }
+    }
+    Ok(())
 }
 
 async fn create_resource(
@@ -867,7 +1010,7 @@ async fn create_resource(
     let Json(req) = body?;
     let mut props = ResourceProps::default();
     apply_props(&mut props, &req.props)?;
-    check_params(&req.type_name, &req.params, &props)?;
+    check_params(&api, &req.name, &req.type_name, &req.params, &props).await?;
     let name = req.name.clone();
     let spec = ResourceSpec {
         name: req.name,
@@ -911,35 +1054,49 @@ async fn update_resource(
 ) -> ApiResult {
     let Json(req) = body?;
     let n = name.clone();
-    // Read, merge, check and write in one step of the main loop: nothing can change between.
-    let p = api
+    let read = api
         .call(move |s| {
-            let r = s.state().resources.get(&n).cloned().ok_or_else(|| {
+            s.state().resources.get(&n).cloned().ok_or_else(|| {
                 ApiError::from(ApplyError::NotFound {
                     kind: "resource".into(),
                     name: n.clone(),
                 })
-            })?;
-            let mut params = r.params.clone();
-            for (k, v) in &req.params {
-                match v {
-                    Some(v) => params.insert(k.clone(), v.clone()),
-                    None => params.remove(k),
-                };
+            })
+        })
+        .await??;
+    let mut params = read.params.clone();
+    for (k, v) in &req.params {
+        match v {
+            Some(v) => params.insert(k.clone(), v.clone()),
+            None => params.remove(k),
+        };
+    }
+    let mut props = read.props.clone();
+    apply_props(&mut props, &req.props)?;
+    // Checking may run an agent's meta-data: not inside the main loop.
+    check_params(&api, &name, &read.type_name, &params, &props).await?;
+    let n = name.clone();
+    let p = api
+        .call(move |s| {
+            let state = s.state();
+            let unchanged = state.resources.get(&n).is_some_and(|r| {
+                r.params == read.params && r.props == read.props && r.depends_on == read.depends_on
+            });
+            if !unchanged {
+                return Err(ApiError::from(ApplyError::Conflict(format!(
+                    "resource {n:?} changed while this update was being checked; try again"
+                ))));
             }
-            let mut props = r.props.clone();
-            apply_props(&mut props, &req.props)?;
-            check_params(&r.type_name, &params, &props)?;
             let cmd = Command::UpdateResource {
                 name: n.clone(),
                 params,
                 props,
-                depends_on: req.depends_on.unwrap_or(r.depends_on.clone()),
+                depends_on: req.depends_on.unwrap_or(read.depends_on.clone()),
             };
             let log = db_log(format!(
                 "resource {n} changed (parameters take effect at its next online)"
             ))
-            .group(&r.group, s.state().group_epoch(&r.group))
+            .group(&read.group, state.group_epoch(&read.group))
             .resource(&n);
             pending(vec![cmd], vec![log]).map_err(ApiError::from)
         })

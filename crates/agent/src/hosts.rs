@@ -135,6 +135,7 @@ impl Hosts {
             resource: resource.to_string(),
             instance,
             type_name: r.type_name.clone(),
+            library: db.plugins.get(&r.type_name).map(|p| p.library.clone()),
             params: r.params.clone(),
             checks: Checks {
                 looks_alive_ms: r.props.looks_alive_ms,

@@ -47,6 +47,10 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         host: String,
     },
+    /// Loads a plugin library, checks its ABI and prints its table as JSON; run by the agent
+    /// for `vigil type register`, so that a plugin is never loaded into the agent.
+    #[command(hide = true)]
+    PluginProbe { library: String },
     /// Nodes, groups and resources.
     Status {
         #[arg(long, short, value_enum, default_value = "table")]
@@ -295,8 +299,15 @@ enum ResourceCmd {
 
 #[derive(Subcommand)]
 enum TypeCmd {
+    /// Built-in types, the OCF agents installed here, and registered plugins.
     List,
+    /// A type's parameters.
     Show { name: String },
+    /// Register a plugin (a shared library with Vigil's C ABI, at the same absolute path on
+    /// every node); its name and parameters come from the library.
+    Register { library: String },
+    /// Unregister a plugin type (refused while a resource uses it).
+    Unregister { name: String },
 }
 
 #[derive(Args)]
@@ -319,6 +330,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Agent(a) => run_agent(a),
+        Cmd::PluginProbe { library } => probe_plugin(&library),
         Cmd::Rhs { fd, host } => {
             init_tracing();
             raise_fd_limit();
@@ -476,13 +488,22 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
             GroupCmd::Offline { name } => desired(c, "groups", &name, "offline").await?,
         },
         Cmd::Resource(r) => resource_command(c, r).await?,
-        Cmd::Type(t) => {
-            let types = c.get("/v1/types").await?;
-            match t {
-                TypeCmd::List => output::types(&types, None)?,
-                TypeCmd::Show { name } => output::types(&types, Some(&name))?,
+        Cmd::Type(t) => match t {
+            TypeCmd::List => output::types(&c.get("/v1/types").await?)?,
+            TypeCmd::Show { name } => {
+                output::type_show(&c.get(&format!("/v1/types/{name}")).await?)?
             }
-        }
+            TypeCmd::Register { library } => {
+                let library =
+                    std::path::absolute(&library).map_err(|e| anyhow::anyhow!("{library}: {e}"))?;
+                let r = c.post("/v1/types", json!({ "library": library })).await?;
+                println!("type {} registered", r["registered"].as_str().unwrap_or(""));
+            }
+            TypeCmd::Unregister { name } => {
+                c.delete(&format!("/v1/types/{name}")).await?;
+                println!("type {name} unregistered");
+            }
+        },
         Cmd::Log(l) => log_command(c, l).await?,
         Cmd::Node(NodeCmd::Remove { name }) => {
             c.delete(&format!("/v1/nodes/{name}")).await?;
@@ -519,7 +540,9 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Demo { keep } => demo::run(keep).await?,
-        Cmd::Agent(_) | Cmd::Rhs { .. } => unreachable!("handled in main"),
+        Cmd::Agent(_) | Cmd::Rhs { .. } | Cmd::PluginProbe { .. } => {
+            unreachable!("handled in main")
+        }
     }
     Ok(())
 }
@@ -613,4 +636,10 @@ async fn log_command(c: &Client, l: LogArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+fn probe_plugin(library: &str) -> anyhow::Result<()> {
+    let t = vigil_rhs::types::plugin::PluginType::load(library).map_err(anyhow::Error::msg)?;
+    println!("{}", serde_json::to_string(t.info())?);
+    Ok(())
 }

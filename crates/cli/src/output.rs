@@ -78,46 +78,49 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn types(v: &Value, name: Option<&str>) -> anyhow::Result<()> {
-    let all = v["types"].as_array().cloned().unwrap_or_default();
-    match name {
-        None => {
-            let mut t = table(&["TYPE", "DESCRIPTION"]);
-            for ty in &all {
-                t.add_row(vec![
-                    ty["name"].as_str().unwrap_or_default(),
-                    ty["description"].as_str().unwrap_or_default(),
-                ]);
-            }
-            println!("{t}");
-        }
-        Some(name) => {
-            let ty = all.iter().find(|t| t["name"] == name).ok_or_else(|| {
-                anyhow::anyhow!("no resource type {name:?}; `vigil type list` shows them")
-            })?;
-            println!(
-                "{}: {}",
-                name,
-                ty["description"].as_str().unwrap_or_default()
-            );
-            let mut t = table(&["PARAMETER", "KIND", "REQUIRED", "DEFAULT", "DESCRIPTION"]);
-            for p in ty["parameters"].as_array().cloned().unwrap_or_default() {
-                t.add_row(vec![
-                    p["name"].as_str().unwrap_or_default().to_string(),
-                    p["kind"].as_str().unwrap_or_default().to_string(),
-                    if p["required"].as_bool() == Some(true) {
-                        "yes"
-                    } else {
-                        ""
-                    }
-                    .to_string(),
-                    p["default"].as_str().unwrap_or_default().to_string(),
-                    p["description"].as_str().unwrap_or_default().to_string(),
-                ]);
-            }
-            println!("{t}");
-        }
+pub fn types(v: &Value) -> anyhow::Result<()> {
+    let mut t = table(&["TYPE", "KIND", "DESCRIPTION"]);
+    for ty in v["types"].as_array().cloned().unwrap_or_default() {
+        t.add_row(vec![
+            ty["name"].as_str().unwrap_or_default(),
+            ty["kind"].as_str().unwrap_or_default(),
+            ty["description"].as_str().unwrap_or_default(),
+        ]);
     }
+    println!("{t}");
+    Ok(())
+}
+
+pub fn type_show(ty: &Value) -> anyhow::Result<()> {
+    println!(
+        "{} ({}): {}",
+        ty["name"].as_str().unwrap_or_default(),
+        ty["kind"].as_str().unwrap_or_default(),
+        ty["description"].as_str().unwrap_or_default()
+    );
+    if let Some(lib) = ty["library"].as_str() {
+        println!("library {lib}, ABI version {}", ty["abi_version"]);
+    }
+    let mut t = table(&[
+        "PARAMETER",
+        "KIND",
+        "REQUIRED",
+        "UNIQUE",
+        "DEFAULT",
+        "DESCRIPTION",
+    ]);
+    let flag = |v: &Value| if v.as_bool() == Some(true) { "yes" } else { "" }.to_string();
+    for p in ty["parameters"].as_array().cloned().unwrap_or_default() {
+        t.add_row(vec![
+            p["name"].as_str().unwrap_or_default().to_string(),
+            p["kind"].as_str().unwrap_or_default().to_string(),
+            flag(&p["required"]),
+            flag(&p["unique"]),
+            p["default"].as_str().unwrap_or_default().to_string(),
+            p["description"].as_str().unwrap_or_default().to_string(),
+        ]);
+    }
+    println!("{t}");
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::deps;
 use crate::model::{
-    ClusterState, FailoverRecord, Group, Move, MoveKind, Node, NodeState, PersistentState,
+    ClusterState, FailoverRecord, Group, Move, MoveKind, Node, NodeState, PersistentState, Plugin,
     Resource, ResourceSpec, ResourceState, validate_name,
 };
 use crate::props::{GroupProps, ResourceProps};
@@ -117,6 +117,15 @@ pub enum Command {
     ResumeNode {
         name: String,
         failback: bool,
+    },
+    /// `vigil type register`: a plugin type every node knows by name. Refused when the name
+    /// is taken (unregister first).
+    RegisterPlugin {
+        plugin: Plugin,
+    },
+    /// `vigil type unregister`: refused while a resource has the type.
+    UnregisterPlugin {
+        name: String,
     },
     /// The owner's RCM records a resource's current state. Refused when `node` is given and
     /// no longer owns the resource's group: a node that was cut off must not overwrite what
@@ -294,6 +303,44 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             state.resources.retain(|_, r| &r.group != name);
         }
         Command::CreateResource { spec } => create_resource(state, spec)?,
+        Command::RegisterPlugin { plugin } => {
+            let name = &plugin.name;
+            if name.is_empty()
+                || name.starts_with("ocf:")
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            {
+                return Err(ApplyError::Invalid(format!(
+                    "plugin type name {name:?} is not valid: use lowercase letters, digits, '_' and '-'"
+                )));
+            }
+            if let Some(old) = state.plugins.get(name) {
+                return Err(ApplyError::Conflict(format!(
+                    "type {name:?} is already registered (from {}); unregister it first",
+                    old.library
+                )));
+            }
+            state.plugins.insert(name.clone(), plugin.clone());
+        }
+        Command::UnregisterPlugin { name } => {
+            if !state.plugins.contains_key(name) {
+                return Err(ApplyError::not_found("plugin type", name));
+            }
+            let users: Vec<&str> = state
+                .resources
+                .values()
+                .filter(|r| &r.type_name == name)
+                .map(|r| r.name.as_str())
+                .collect();
+            if !users.is_empty() {
+                return Err(ApplyError::Conflict(format!(
+                    "type {name:?} is used by resource(s) {}; delete them first",
+                    users.join(", ")
+                )));
+            }
+            state.plugins.remove(name);
+        }
         Command::UpdateResource {
             name,
             params,

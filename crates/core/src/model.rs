@@ -200,6 +200,17 @@ pub struct Resource {
     pub pid: Option<u32>,
 }
 
+/// A registered plugin type (`vigil type register`): a shared library with Vigil's C ABI,
+/// at the same path on every node that hosts its resources.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plugin {
+    pub name: String,
+    pub library: String,
+    pub description: String,
+    pub abi_version: u32,
+    pub schema: Vec<crate::params::ParamSpec>,
+}
+
 /// The whole cluster database.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -207,6 +218,9 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     pub groups: BTreeMap<String, Group>,
     pub resources: BTreeMap<String, Resource>,
+    /// Registered plugin types by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Plugin>,
 }
 
 impl ClusterState {

@@ -32,6 +32,9 @@ pub struct ParamSpec {
     pub name: String,
     pub kind: ParamKind,
     pub required: bool,
+    /// No two resources of the type may have the same value (OCF's `unique`).
+    #[serde(default)]
+    pub unique: bool,
     pub default: Option<String>,
     pub description: String,
 }
@@ -295,6 +298,7 @@ mod tests {
             name: name.into(),
             kind,
             required,
+            unique: false,
             default: None,
             description: format!("the {name}"),
         }

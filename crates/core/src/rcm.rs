@@ -34,6 +34,10 @@ pub enum Report {
     },
     /// The resource failed (a check said no, its process died with a failure, a call failed).
     Failed,
+    /// The resource's configuration is wrong on this node (an OCF agent's 2, 5 or 6, a
+    /// plugin's configuration error): restarting here cannot help, so it is not restarted
+    /// here; the group fails over if its restart action allows.
+    FailedHere,
     /// The resource was stopped outside the cluster (the operator used the service's own
     /// tools): the operator's intent wins, it is not restarted.
     StoppedOutOfBand,
@@ -47,6 +51,7 @@ impl Report {
             Report::Offline => "Offline",
             Report::OfflinePending { .. } => "OfflinePending",
             Report::Failed => "Failed",
+            Report::FailedHere => "FailedHere",
             Report::StoppedOutOfBand => "StoppedOutOfBand",
         }
     }
@@ -214,7 +219,7 @@ impl Rcm {
                         ResourceState::OfflinePending => {
                             self.transition(out, &name, ResourceState::Offline, &reason, None);
                         }
-                        s if s.may_run() => self.fail(out, &name, &reason, now),
+                        s if s.may_run() => self.fail(out, &name, &reason, now, false),
                         _ => {}
                     }
                 }
@@ -226,7 +231,7 @@ impl Rcm {
             Input::SimulateFailure { resource } => {
                 if self.state(&resource).may_run() {
                     let reason = "simulated failure (vigil resource fail)";
-                    self.fail(out, &resource, reason, now);
+                    self.fail(out, &resource, reason, now, false);
                 }
             }
             Input::Operator { resources } => {
@@ -314,7 +319,7 @@ impl Rcm {
             (Report::Offline | Report::StoppedOutOfBand, s) if s.may_run() => {
                 self.on_out_of_band_stop(out, name, &reason);
             }
-            (Report::Failed, ResourceState::OfflinePending) => {
+            (Report::Failed | Report::FailedHere, ResourceState::OfflinePending) => {
                 let why = format!("offline failed ({reason}); terminated");
                 out.push(Action::Terminate {
                     resource: name.to_string(),
@@ -322,7 +327,10 @@ impl Rcm {
                 self.transition(out, name, ResourceState::Offline, &why, None);
             }
             (Report::Failed, ResourceState::Online | ResourceState::OnlinePending) => {
-                self.fail(out, name, &reason, now);
+                self.fail(out, name, &reason, now, false);
+            }
+            (Report::FailedHere, ResourceState::Online | ResourceState::OnlinePending) => {
+                self.fail(out, name, &reason, now, true);
             }
             // Anything else is stale (a report about an instance already terminated).
             _ => {}
@@ -370,8 +378,9 @@ impl Rcm {
         out.push(Action::Log(entry));
     }
 
-    /// The resource failed: terminate it and apply the restart policy.
-    fn fail(&mut self, out: &mut Out, name: &str, reason: &str, now: u64) {
+    /// The resource failed: terminate it and apply the restart policy (`here_useless`: a
+    /// configuration error on this node, which no restart here can mend).
+    fn fail(&mut self, out: &mut Out, name: &str, reason: &str, now: u64, here_useless: bool) {
         let Some(r) = out.db.resources.get(name) else {
             return;
         };
@@ -384,7 +393,11 @@ impl Rcm {
             .resources
             .get_mut(name)
             .expect("transition keeps the entry");
-        let decision = local.history.on_failure(&r.props, now);
+        let decision = if here_useless {
+            local.history.on_failure_not_here(&r.props, now)
+        } else {
+            local.history.on_failure(&r.props, now)
+        };
         let log = |reason: String| {
             Action::Log(
                 LogEntry::new(Component::RCM, reason)
@@ -408,21 +421,33 @@ impl Rcm {
             Decision::StayFailed { retry_at_ms } => {
                 local.next_try_ms = Some(retry_at_ms);
                 local.gave_up = true;
+                let why = if here_useless {
+                    "misconfigured on this node, no restart here".to_string()
+                } else {
+                    format!(
+                        "restarts used up ({} within {} s)",
+                        r.props.restart_threshold, r.props.restart_period_s
+                    )
+                };
                 out.push(log(format!(
-                    "restart_action={:?}, restarts used up ({} within {} s): staying Failed, retry in {} s",
-                    r.props.restart_action,
-                    r.props.restart_threshold,
-                    r.props.restart_period_s,
-                    r.props.retry_period_on_failure_s
+                    "restart_action={:?}, {why}: staying Failed, retry in {} s",
+                    r.props.restart_action, r.props.retry_period_on_failure_s
                 )));
             }
             Decision::Failover => {
                 local.next_try_ms = None;
                 local.gave_up = true;
-                let reason = format!(
-                    "restarts of {name} exhausted ({} within restart_period_s={}) on {}",
-                    r.props.restart_threshold, r.props.restart_period_s, self.node
-                );
+                let reason = if here_useless {
+                    format!(
+                        "{name} is misconfigured on {} ({reason}); not restarted here",
+                        self.node
+                    )
+                } else {
+                    format!(
+                        "restarts of {name} exhausted ({} within restart_period_s={}) on {}",
+                        r.props.restart_threshold, r.props.restart_period_s, self.node
+                    )
+                };
                 out.push(log(format!(
                     "{reason}: stopping the group here and asking the failover manager where it goes"
                 )));
@@ -845,7 +870,7 @@ impl Rcm {
             local.state, r.props.pending_timeout_ms
         );
         if local.state == ResourceState::OnlinePending {
-            self.fail(out, &r.name, &reason, now);
+            self.fail(out, &r.name, &reason, now, false);
         } else {
             out.push(Action::Terminate {
                 resource: r.name.clone(),

@@ -58,6 +58,18 @@ impl History {
         }
     }
 
+    /// Records a failure that no restart on this node can mend (a configuration error
+    /// here): fail over when the restart action allows it, else stay Failed.
+    pub fn on_failure_not_here(&mut self, props: &ResourceProps, now_ms: u64) -> Decision {
+        self.failures_ms.push_back(now_ms);
+        match props.restart_action {
+            RestartAction::RestartThenFailover => Decision::Failover,
+            RestartAction::None | RestartAction::Restart => Decision::StayFailed {
+                retry_at_ms: now_ms + props.retry_period_on_failure_s.saturating_mul(1_000),
+            },
+        }
+    }
+
     /// Forgets past failures (a retry after `retry_period_on_failure_s`, an operator's online).
     pub fn reset(&mut self) {
         self.failures_ms.clear();

@@ -25,7 +25,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use vigil_core::rcm::Report;
 
 use crate::protocol::{self, Checks, FromHost, ToHost};
-use crate::types::{self, Health, OpenContext, Progress, Resource};
+use crate::types::{self, Fault, Health, OpenContext, Progress, Resource};
 
 /// How often a pending Online is polled for progress.
 const PENDING_POLL: Duration = Duration::from_millis(50);
@@ -142,6 +142,7 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                 resource,
                 instance,
                 type_name,
+                library,
                 params,
                 checks,
                 node,
@@ -173,6 +174,7 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                     ctx,
                     instance,
                     type_name,
+                    library,
                     checks,
                     previous,
                     done: done_tx,
@@ -231,6 +233,7 @@ struct Opening {
     ctx: OpenContext,
     instance: u64,
     type_name: String,
+    library: Option<String>,
     checks: Checks,
     /// The worker of the instance this one replaces; wait for it to end first.
     previous: Option<oneshot::Receiver<()>>,
@@ -287,6 +290,7 @@ impl Worker {
             ctx,
             instance,
             type_name,
+            library,
             checks,
             previous,
             done: _done,
@@ -306,15 +310,19 @@ impl Worker {
             event: None,
             out,
         };
-        match types::find(&type_name) {
-            None => w.open_error = Some(format!("unknown resource type {type_name:?}")),
-            Some(ty) => match w.guarded("Open", move || ty.open(ctx)).await {
-                Ok(Ok(instance)) => {
-                    w.inline_looks_alive = instance.looks_alive_never_blocks();
-                    w.instance = Some(Arc::new(Mutex::new(instance)));
-                }
-                Ok(Err(e)) | Err(e) => w.open_error = Some(e),
-            },
+        // Finding the type runs agent scripts (OCF meta-data) or loads a library (a plugin's
+        // initializers): under the watchdog like every call into a type.
+        let found = w
+            .guarded("Open", move || {
+                types::find(&type_name, library.as_deref()).and_then(|ty| ty.open(ctx))
+            })
+            .await;
+        match found {
+            Ok(Ok(instance)) => {
+                w.inline_looks_alive = instance.looks_alive_never_blocks();
+                w.instance = Some(Arc::new(Mutex::new(instance)));
+            }
+            Ok(Err(e)) | Err(e) => w.open_error = Some(e),
         }
         let mut looks = interval(w.checks.looks_alive_ms);
         let mut is = interval(w.checks.is_alive_ms);
@@ -439,7 +447,8 @@ impl Worker {
                 self.report(Report::OnlinePending { progress }, reason, None)
                     .await;
             }
-            Ok(Err(e)) | Err(e) => self.failed(format!("Online failed: {e}")).await,
+            Ok(Err(e)) => self.failed_with(e, "Online failed").await,
+            Err(e) => self.failed(format!("Online failed: {e}")).await,
         }
     }
 
@@ -451,7 +460,8 @@ impl Worker {
                     .await;
             }
             Ok(Ok(Progress::Pending(None))) => {}
-            Ok(Err(e)) | Err(e) => self.failed(format!("Online failed: {e}")).await,
+            Ok(Err(e)) => self.failed_with(e, "Online failed").await,
+            Err(e) => self.failed(format!("Online failed: {e}")).await,
         }
     }
 
@@ -493,6 +503,20 @@ impl Worker {
         self.report(Report::Failed, reason, None).await;
     }
 
+    async fn failed_with(&mut self, fault: Fault, context: &str) {
+        match fault {
+            Fault::Failed(why) => self.failed(format!("{context}: {why}")).await,
+            Fault::Misconfigured(why) => self.misconfigured(format!("{context}: {why}")).await,
+        }
+    }
+
+    /// A configuration error on this node: terminated, and not to be restarted here.
+    async fn misconfigured(&mut self, reason: String) {
+        self.stop_watching();
+        self.call("Terminate", |r| r.terminate()).await.ok();
+        self.report(Report::FailedHere, reason, None).await;
+    }
+
     /// LooksAlive (`quick`) or IsAlive; a LooksAlive "no" is confirmed by IsAlive at once.
     async fn check(&mut self, quick: bool) {
         let first = if quick && self.inline_looks_alive {
@@ -514,6 +538,7 @@ impl Worker {
         match health {
             Ok(Health::Alive) => {}
             Ok(Health::Failed(why)) | Err(why) => self.failed(format!("IsAlive: {why}")).await,
+            Ok(Health::Misconfigured(why)) => self.misconfigured(format!("IsAlive: {why}")).await,
             Ok(Health::StoppedOutOfBand(why)) => {
                 self.stop_watching();
                 self.call("Terminate", |r| r.terminate()).await.ok();

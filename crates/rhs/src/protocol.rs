@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_core::rcm::Report;
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// CLOCK_MONOTONIC now, in nanoseconds: comparable between processes on one machine.
 pub fn mono_ns() -> u64 {
@@ -40,6 +40,9 @@ pub enum ToHost {
         resource: String,
         instance: u64,
         type_name: String,
+        /// A plugin type's shared library (from its registration).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        library: Option<String>,
         params: BTreeMap<String, String>,
         checks: Checks,
         node: String,

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 use vigil_core::params::ParamSpec;
 
+pub mod ocf;
+pub mod plugin;
 pub mod process;
 
 /// What a resource is told when it is opened.
@@ -31,6 +33,32 @@ pub enum Health {
     Failed(String),
     /// Stopped by someone outside the cluster (the service's own tools): not a failure.
     StoppedOutOfBand(String),
+    /// The configuration is wrong on this node (OCF's 2, 5 and 6): not retried here.
+    Misconfigured(String),
+}
+
+/// Why Online failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Restarted by the restart policy.
+    Failed(String),
+    /// The configuration is wrong on this node: not retried here, the group fails over.
+    Misconfigured(String),
+}
+
+impl From<String> for Fault {
+    fn from(why: String) -> Self {
+        Fault::Failed(why)
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Failed(why) => f.write_str(why),
+            Fault::Misconfigured(why) => write!(f, "configuration error: {why}"),
+        }
+    }
 }
 
 /// The answer of a long-running Online.
@@ -50,8 +78,8 @@ pub struct CallBound {
 }
 
 pub trait ResourceType: Send + Sync {
-    fn name(&self) -> &'static str;
-    fn description(&self) -> &'static str;
+    fn name(&self) -> &str;
+    fn description(&self) -> &str;
     fn schema(&self) -> Vec<ParamSpec>;
     /// Checks parameters beyond their schema (ranges, combinations), as Open would, and says
     /// how long a call may take with them. Called where resources are created and changed.
@@ -62,10 +90,10 @@ pub trait ResourceType: Send + Sync {
 
 pub trait Resource: Send {
     /// Start it. `Pending` makes the host call [`Resource::online_progress`] until `Done`.
-    fn online(&mut self) -> Result<Progress, String> {
+    fn online(&mut self) -> Result<Progress, Fault> {
         Ok(Progress::Done)
     }
-    fn online_progress(&mut self) -> Result<Progress, String> {
+    fn online_progress(&mut self) -> Result<Progress, Fault> {
         Ok(Progress::Done)
     }
     /// Stop it gracefully (bounded by the type's own stop timeout).
@@ -104,20 +132,47 @@ pub fn builtin() -> Vec<Box<dyn ResourceType>> {
     vec![Box::new(process::ProcessType)]
 }
 
+/// A type by name: a built-in one, an OCF agent (`ocf:PROVIDER:AGENT`, from its meta-data),
+/// or a plugin loaded from `library` (in an RHS only: the agent never loads plugins).
+pub fn find(name: &str, library: Option<&str>) -> Result<Box<dyn ResourceType>, String> {
+    if let Some(t) = builtin().into_iter().find(|t| t.name() == name) {
+        return Ok(t);
+    }
+    if name.starts_with("ocf:") {
+        return Ok(Box::new(ocf::OcfType::load(name)?));
+    }
+    let Some(library) = library else {
+        let known: Vec<String> = builtin().iter().map(|t| t.name().to_string()).collect();
+        return Err(format!(
+            "unknown resource type {name:?}; known types: {}, ocf:PROVIDER:AGENT, and registered plugins (vigil type list)",
+            known.join(", ")
+        ));
+    };
+    let t = plugin::PluginType::load(library)?;
+    if t.name() != name {
+        return Err(format!(
+            "plugin {library} is now type {:?}, not {name:?}: register it again",
+            t.name()
+        ));
+    }
+    Ok(Box::new(t))
+}
+
 /// A type's parameters checked against its schema and by the type itself, and its calls'
-/// bound checked against `deadlock_timeout_ms`; the error names what is wrong.
+/// bound checked against `deadlock_timeout_ms`; the error names what is wrong. A registered
+/// plugin (`registered`) is checked against the schema it gave at registration. Returns the
+/// schema checked against.
 pub fn validate(
     type_name: &str,
     params: &BTreeMap<String, String>,
     deadlock_timeout_ms: u64,
-) -> Result<(), String> {
-    let ty = find(type_name).ok_or_else(|| {
-        let known: Vec<_> = builtin().iter().map(|t| t.name()).collect();
-        format!(
-            "unknown resource type {type_name:?}; known types: {}",
-            known.join(", ")
-        )
-    })?;
+    registered: Option<&vigil_core::model::Plugin>,
+) -> Result<Vec<ParamSpec>, String> {
+    if let Some(info) = registered.filter(|i| i.name == type_name) {
+        vigil_core::params::validate(type_name, &info.schema, params).map_err(|e| e.to_string())?;
+        return Ok(info.schema.clone());
+    }
+    let ty = find(type_name, None)?;
     vigil_core::params::validate(type_name, &ty.schema(), params).map_err(|e| e.to_string())?;
     let bound = ty.check(params)?;
     if bound.ms >= deadlock_timeout_ms {
@@ -126,10 +181,5 @@ pub fn validate(
             bound.why, bound.ms
         ));
     }
-    Ok(())
-}
-
-/// A built-in type by name.
-pub fn find(name: &str) -> Option<Box<dyn ResourceType>> {
-    builtin().into_iter().find(|t| t.name() == name)
+    Ok(ty.schema())
 }

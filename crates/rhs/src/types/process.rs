@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, PidfdFlags, Signal};
 use vigil_core::params::{self, ParamKind, ParamSpec};
 
-use super::{CallBound, Health, OpenContext, Progress, Resource, ResourceType};
+use super::{CallBound, Fault, Health, OpenContext, Progress, Resource, ResourceType};
 
 pub struct ProcessType;
 
@@ -56,13 +56,14 @@ fn spec(name: &str, kind: ParamKind, default: Option<&str>, description: &str) -
         name: name.to_string(),
         kind,
         required: false,
+        unique: false,
         default: default.map(str::to_string),
         description: description.to_string(),
     }
 }
 
 impl ResourceType for ProcessType {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "process"
     }
 
@@ -363,7 +364,7 @@ impl ProcessResource {
 }
 
 impl Resource for ProcessResource {
-    fn online(&mut self) -> Result<Progress, String> {
+    fn online(&mut self) -> Result<Progress, Fault> {
         if self.running() {
             return Ok(Progress::Done);
         }
@@ -377,9 +378,9 @@ impl Resource for ProcessResource {
         }
     }
 
-    fn online_progress(&mut self) -> Result<Progress, String> {
+    fn online_progress(&mut self) -> Result<Progress, Fault> {
         if let Some(status) = self.exit_status() {
-            return Err(format!("exited while coming online: {status}"));
+            return Err(format!("exited while coming online: {status}").into());
         }
         match self.checks() {
             Ok(()) => Ok(Progress::Done),
