@@ -4,13 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: python3, sh, sleep, mkfifo (a fresh machine has them) and
-# iproute2's `ip` for the partition tests (network namespaces; these need root, as CI is).
-declare -A pkg=([python3]=python3 [sh]=dash [sleep]=coreutils [mkfifo]=coreutils [ip]=iproute2)
+# Debian packages the tests use: python3, sh, sleep, mkfifo, cc (a fresh machine has them),
+# iproute2's `ip` for the partition tests (network namespaces; these need root, as CI is),
+# and resource-agents for the OCF tests (its agents under /usr/lib/ocf).
+declare -A pkg=([python3]=python3 [sh]=dash [sleep]=coreutils [mkfifo]=coreutils [ip]=iproute2 [cc]=gcc)
 need=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("${pkg[$cmd]}")
 done
+[ -x /usr/lib/ocf/resource.d/heartbeat/IPaddr2 ] || need+=(resource-agents)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   apt-get update -q && apt-get install -y -q "${need[@]}"
