@@ -144,6 +144,7 @@ pub fn router(
             "/v1/resources/{name}",
             axum::routing::delete(delete_resource).patch(update_resource),
         )
+        .route("/v1/resources/{name}/control", post(control_resource))
         .route("/v1/resources/{name}/{action}", post(resource_action))
         .fallback(|| async {
             ApiError {
@@ -451,24 +452,39 @@ impl Api {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "no leader is known right now (an election may be under way, or this node is cut off); try again".to_string(),
         })?;
-        let mut req = self.http.request(method, format!("http://{leader}{path}"));
+        self.forward(&leader, "the leader", method, path, body)
+            .await
+            .map(Some)
+    }
+
+    /// Sends the request to another node's API (`who` names it in errors) and passes its
+    /// answer on.
+    async fn forward(
+        &self,
+        addr: &str,
+        who: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> ApiResult<Json<Value>> {
+        let mut req = self.http.request(method, format!("http://{addr}{path}"));
         if let Some(body) = body {
             req = req.json(&body);
         }
         let resp = req.send().await.map_err(|e| ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!("cannot reach the leader at {leader}: {e}"),
+            message: format!("cannot reach {who} at {addr}: {e}"),
         })?;
         let status =
             StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let value: Value = resp.json().await.unwrap_or_default();
         if status.is_success() {
-            Ok(Some(Json(value)))
+            Ok(Json(value))
         } else {
             let message = value["error"]
                 .as_str()
-                .unwrap_or("the leader refused without a reason")
-                .to_string();
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{who} refused without a reason"));
             Err(ApiError { status, message })
         }
     }
@@ -1121,6 +1137,76 @@ async fn delete_resource(State(api): State<Api>, Path(name): Path<String>) -> Ap
     }
     stop_then_delete(&api, Target::Resource(name.clone())).await?;
     Ok(Json(json!({ "deleted": name })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlRequest {
+    request: String,
+}
+
+/// Longest wait for a control request's answer (the call itself is under the deadlock
+/// watchdog of its RHS).
+const CONTROL_WAIT: Duration = Duration::from_secs(60);
+
+/// `vigil resource control NAME REQUEST` (the seed's ResourceControl): answered by the
+/// resource's type on the node that owns its group; any node passes it there.
+async fn control_resource(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<ControlRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let owner = {
+        let state = api.db.state();
+        let r = state.resources.get(&name).ok_or_else(|| {
+            ApiError::from(ApplyError::NotFound {
+                kind: "resource".into(),
+                name: name.clone(),
+            })
+        })?;
+        let owner = state.groups.get(&r.group).and_then(|g| g.owner.clone());
+        owner.and_then(|o| state.nodes.get(&o).map(|n| (o, n.address.clone())))
+    };
+    let Some((owner, address)) = owner else {
+        return Err(ApiError::from(ApplyError::Conflict(format!(
+            "resource {name:?} has no owner to ask"
+        ))));
+    };
+    if owner != api.node {
+        let path = format!("/v1/resources/{name}/control");
+        let body = json!({ "request": req.request });
+        return api
+            .forward(
+                &address,
+                &format!("its owner {owner}"),
+                reqwest::Method::POST,
+                &path,
+                Some(body),
+            )
+            .await;
+    }
+    let (tx, rx) = oneshot::channel();
+    let (n, request) = (name.clone(), req.request.clone());
+    api.call(move |s| s.hosts.control(&n, request, tx)).await?;
+    let answer = tokio::time::timeout(CONTROL_WAIT, rx)
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!(
+                "no answer from {name}'s RHS within {} s",
+                CONTROL_WAIT.as_secs()
+            ),
+        })?
+        .map_err(|_| ApiError::unavailable())?;
+    match answer {
+        Ok(reply) => Ok(Json(
+            json!({ "resource": name, "node": owner, "reply": reply }),
+        )),
+        Err(why) => Err(ApiError::from(ApplyError::Conflict(format!(
+            "{name} on {owner}: {why}"
+        )))),
+    }
 }
 
 async fn resource_action(

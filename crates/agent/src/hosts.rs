@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use vigil_core::model::ClusterState;
 use vigil_core::props::ResourceProps;
 use vigil_rhs::protocol::{self, Checks, FromHost, ToHost};
@@ -59,6 +59,9 @@ pub struct Hosts {
     next_instance: u64,
     /// The node's lease as every RHS must know it (see `ToHost::Lease`).
     lease: Option<u64>,
+    /// Control requests waiting for their RHS's answer, by id, with the RHS asked.
+    controls: HashMap<u64, (String, oneshot::Sender<Result<String, String>>)>,
+    next_control: u64,
 }
 
 struct Placed {
@@ -94,6 +97,8 @@ impl Hosts {
             next_generation: 1,
             next_instance: 1,
             lease: None,
+            controls: HashMap::new(),
+            next_control: 1,
         }
     }
 
@@ -211,6 +216,17 @@ impl Hosts {
             return None;
         }
         let h = self.hosts.remove(host)?;
+        let unanswered: Vec<u64> = self
+            .controls
+            .iter()
+            .filter(|(_, (h, _))| h == host)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unanswered {
+            if let Some((_, reply)) = self.controls.remove(&id) {
+                let _ = reply.send(Err(format!("RHS {host} exited before it answered")));
+            }
+        }
         for r in &h.resources {
             self.placement.remove(r);
         }
@@ -252,6 +268,37 @@ impl Hosts {
             .join(format!("{resource}.log"))
             .display()
             .to_string()
+    }
+
+    /// Sends a control request to the RHS hosting `resource`; `reply` gets its answer.
+    pub fn control(
+        &mut self,
+        resource: &str,
+        request: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    ) {
+        let Some(host) = self.placement.get(resource).map(|p| p.host.clone()) else {
+            let _ = reply.send(Err(format!(
+                "{resource} is not open in any RHS on {}",
+                self.node
+            )));
+            return;
+        };
+        let id = self.next_control;
+        self.next_control += 1;
+        self.controls.insert(id, (host.clone(), reply));
+        let msg = ToHost::Control {
+            resource: resource.to_string(),
+            id,
+            request,
+        };
+        self.send(&host, msg);
+    }
+
+    pub fn control_reply(&mut self, id: u64, result: Result<String, String>) {
+        if let Some((_, reply)) = self.controls.remove(&id) {
+            let _ = reply.send(result);
+        }
     }
 
     fn forward(&mut self, resource: &str, msg: ToHost) -> bool {

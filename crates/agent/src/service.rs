@@ -280,6 +280,7 @@ impl Service {
                     pid,
                 });
             }
+            FromHost::ControlReply { id, result } => self.hosts.control_reply(id, result),
             FromHost::Deadlock {
                 resource,
                 entry_point,

@@ -295,6 +295,12 @@ enum ResourceCmd {
     Fail {
         name: String,
     },
+    /// Send a type-specific request to the resource on its owner (ResourceControl); prints
+    /// the type's answer.
+    Control {
+        name: String,
+        request: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -608,6 +614,15 @@ async fn resource_command(c: &Client, cmd: ResourceCmd) -> anyhow::Result<()> {
             c.post(&format!("/v1/resources/{name}/fail"), json!({}))
                 .await?;
             println!("resource {name}: failure simulated");
+        }
+        ResourceCmd::Control { name, request } => {
+            let r = c
+                .post(
+                    &format!("/v1/resources/{name}/control"),
+                    json!({ "request": request }),
+                )
+                .await?;
+            println!("{}", r["reply"].as_str().unwrap_or_default());
         }
     }
     Ok(())

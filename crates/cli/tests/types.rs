@@ -298,6 +298,12 @@ fn an_ocf_configuration_error_is_not_retried_on_that_node_and_the_group_moves() 
         !reasons.iter().any(|r| r.contains("restarting in place")),
         "a configuration error must not be restarted on the same node: {reasons:#?}"
     );
+    // A control request through n1 is answered by the owner, n2 (an OCF agent takes none).
+    let e = n1.err(&["resource", "control", "odd", "status"]);
+    assert!(
+        e.contains("odd on n2: this resource type takes no control requests"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -494,6 +500,13 @@ fn the_example_plugin_is_registered_brought_online_checked_failed_and_restarted(
         logged(&a, "m", "restarting in place") && a.state("m") == "Online"
     });
     assert_eq!(read(&marker), "m on n1 epoch 1\n");
+    // The control entry (ResourceControl), answered by the plugin in its RHS.
+    assert_eq!(
+        a.ok(&["resource", "control", "m", "path"]).trim(),
+        marker.display().to_string()
+    );
+    let e = a.err(&["resource", "control", "m", "colour"]);
+    assert!(e.contains("unknown request \"colour\"; known: path"), "{e}");
     a.ok(&["resource", "offline", "m"]);
     a.wait_state("m", "Offline");
     assert!(!marker.exists());

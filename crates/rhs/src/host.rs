@@ -197,6 +197,19 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                     let _ = out.send((status, None)).await;
                 }
             }
+            ToHost::Control {
+                ref resource, id, ..
+            } => {
+                if let Some(slot) = workers.get(resource) {
+                    let _ = slot.tx.send(msg.clone()).await;
+                } else {
+                    let reply = FromHost::ControlReply {
+                        id,
+                        result: Err(format!("{resource} is not open in this RHS")),
+                    };
+                    let _ = out.send((reply, None)).await;
+                }
+            }
             ToHost::Close { resource } => {
                 if let Some(slot) = workers.remove(&resource) {
                     let _ = slot.tx.send(ToHost::Close { resource }).await;
@@ -353,6 +366,16 @@ impl Worker {
                     w.stop_watching();
                     w.call("Close", |r| r.close()).await.ok();
                     return;
+                }
+                Wake::Cmd(Some(ToHost::Control { id, request, .. })) => {
+                    let result = w
+                        .call("Control", move |r| r.control(&request))
+                        .await
+                        .and_then(|r| r);
+                    let _ = w
+                        .out
+                        .send((FromHost::ControlReply { id, result }, None))
+                        .await;
                 }
                 Wake::Cmd(Some(_)) => {}
                 Wake::LooksAlive | Wake::Event => w.check(true).await,

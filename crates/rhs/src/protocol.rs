@@ -59,6 +59,12 @@ pub enum ToHost {
     Terminate {
         resource: String,
     },
+    /// A type-specific request (the seed's ResourceControl); answered by `ControlReply`.
+    Control {
+        resource: String,
+        id: u64,
+        request: String,
+    },
     Close {
         resource: String,
     },
@@ -91,6 +97,11 @@ pub enum FromHost {
         report: Report,
         reason: String,
         pid: Option<u32>,
+    },
+    /// The answer to `ToHost::Control` number `id`.
+    ControlReply {
+        id: u64,
+        result: Result<String, String>,
     },
     /// A call did not return within the deadlock timeout; the RHS exits right after this.
     Deadlock {

@@ -117,6 +117,12 @@ pub trait Resource: Send {
         Health::Alive
     }
     fn close(&mut self) {}
+    /// A type-specific request (the seed's ResourceControl), answered with text.
+    fn control(&mut self, request: &str) -> Result<String, String> {
+        Err(format!(
+            "this resource type takes no control requests (asked {request:?})"
+        ))
+    }
     /// A descriptor that becomes readable when the resource changes by itself (a pidfd):
     /// the host runs LooksAlive at once instead of waiting for the next interval.
     fn event_fd(&self) -> Option<OwnedFd> {

@@ -312,6 +312,39 @@ impl Resource for PluginResource {
         self.health("is_alive", self.table.is_alive)
     }
 
+    fn control(&mut self, request: &str) -> Result<String, String> {
+        let Some(f) = self.table.control else {
+            return Err("the plugin has no control entry".to_string());
+        };
+        let request = CString::new(request)
+            .map_err(|_| format!("request {request:?} contains a NUL byte"))?;
+        let mut msg = [0u8; MSG_BYTES];
+        // SAFETY: a live instance; the request lives for the call; msg has MSG_BYTES bytes.
+        let status = unsafe {
+            f(
+                self.instance.0,
+                request.as_ptr(),
+                msg.as_mut_ptr().cast(),
+                MSG_BYTES,
+            )
+        };
+        let said = reason(&msg);
+        match status {
+            abi::OK => Ok(said),
+            abi::FAILED | abi::STOPPED | abi::CONFIG_ERROR | abi::PENDING => {
+                Err(if said.is_empty() {
+                    format!("the plugin refused the request (status {status})")
+                } else {
+                    said
+                })
+            }
+            other => Err(format!(
+                "the plugin's control answered status {other}, which plugin ABI version {} does not define (0-4)",
+                abi::ABI_VERSION
+            )),
+        }
+    }
+
     fn close(&mut self) {
         if let Some(f) = self.table.close {
             // SAFETY: a live instance, closed once: the pointer is cleared right after.
