@@ -133,6 +133,30 @@ pub trait Resource: Send {
     }
 }
 
+/// Waits up to `limit` for `child` (the leader of its own process group) to exit; past that,
+/// kills its whole group, reaps it and returns `None`.
+pub(crate) fn wait_or_kill_group(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            _ => {
+                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
 /// The built-in resource types.
 pub fn builtin() -> Vec<Box<dyn ResourceType>> {
     vec![Box::new(process::ProcessType)]

@@ -22,12 +22,13 @@ use std::fs::OpenOptions;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::process::{Pid, Signal};
 use vigil_core::params::{ParamKind, ParamSpec};
 
-use super::{CallBound, Fault, Health, OpenContext, Progress, Resource, ResourceType};
+use super::{
+    CallBound, Fault, Health, OpenContext, Progress, Resource, ResourceType, wait_or_kill_group,
+};
 
 /// Where agents live unless `OCF_ROOT` says otherwise (Debian's `resource-agents`).
 pub const DEFAULT_OCF_ROOT: &str = "/usr/lib/ocf";
@@ -338,15 +339,9 @@ impl OcfResource {
             Ok(c) => c,
             Err(e) => return Ended::NotStarted(format!("cannot run {}: {e}", self.path.display())),
         };
-        match wait(&mut child, timeout) {
+        match wait_or_kill_group(&mut child, timeout) {
             Some(status) => ended(status),
-            None => {
-                if let Some(pid) = Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-                }
-                let _ = wait(&mut child, KILL_GRACE);
-                Ended::TimedOut(timeout)
-            }
+            None => Ended::TimedOut(timeout),
         }
     }
 
@@ -427,19 +422,6 @@ fn ended(status: ExitStatus) -> Ended {
     }
 }
 
-/// Waits up to `limit` for `child` to exit.
-fn wait(child: &mut std::process::Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() >= deadline => return None,
-            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            Err(_) => return None,
-        }
-    }
-}
-
 /// Runs `AGENT meta-data` and returns its output.
 fn meta_data(path: &Path, provider: &str, agent: &str) -> Result<String, String> {
     let mut child = Command::new(path)
@@ -468,11 +450,7 @@ fn meta_data(path: &Path, provider: &str, agent: &str) -> Result<String, String>
     };
     let out = read(Box::new(child.stdout.take().expect("piped")));
     let err = read(Box::new(child.stderr.take().expect("piped")));
-    let Some(status) = wait(&mut child, META_DATA_TIMEOUT) else {
-        if let Some(pid) = Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-        }
-        let _ = child.wait();
+    let Some(status) = wait_or_kill_group(&mut child, META_DATA_TIMEOUT) else {
         return Err(format!(
             "no answer within {} ms",
             META_DATA_TIMEOUT.as_millis()

@@ -505,24 +505,13 @@ fn run_check(argv: &[String], timeout: Duration) -> Result<(), String> {
         .stderr(Stdio::null())
         .process_group(0);
     let mut child = spawn(cmd).map_err(|e| format!("cannot start: {e}"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("{status}")),
-            Ok(None) if Instant::now() >= deadline => {
-                if let Some(pid) = Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-                }
-                let _ = child.wait();
-                return Err(format!(
-                    "no answer within check_timeout_ms={}",
-                    timeout.as_millis()
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(e.to_string()),
-        }
+    match super::wait_or_kill_group(&mut child, timeout) {
+        Some(status) if status.success() => Ok(()),
+        Some(status) => Err(format!("{status}")),
+        None => Err(format!(
+            "no answer within check_timeout_ms={}",
+            timeout.as_millis()
+        )),
     }
 }
 
