@@ -659,7 +659,7 @@ async fn move_group(
         let from = g.owner.clone().unwrap_or_default();
         let to = match req.to {
             Some(to) => to,
-            None => failover::choose_target(&state, &name, Some(&from), crate::fm::unix_ms())
+            None => failover::choose_target(&state, &name, Some(&from), true, crate::fm::unix_ms())
                 .ok_or_else(|| {
                     ApiError::from(ApplyError::Conflict(format!(
                         "no other node can take group {name:?} (none is Up, unpaused and a possible owner)"
@@ -984,24 +984,25 @@ fn apply_props(props: &mut ResourceProps, changes: &BTreeMap<String, Value>) -> 
 
 /// Checks parameters against the type (its schema, its own checks, the deadlock bound) and
 /// the type's unique parameters against the other resources. Finding an OCF type runs its
-/// meta-data, so this runs off the async threads and outside the main loop.
+/// meta-data, so this runs off the async threads and outside the main loop. Answers whether
+/// the type can migrate.
 async fn check_params(
     api: &Api,
     resource: &str,
     type_name: &str,
     p: &BTreeMap<String, String>,
     props: &ResourceProps,
-) -> ApiResult<()> {
+) -> ApiResult<bool> {
     let plugin = api.db.state().plugins.get(type_name).cloned();
     let (t, params, deadlock) = (type_name.to_string(), p.clone(), props.deadlock_timeout_ms);
-    let schema = tokio::task::spawn_blocking(move || {
+    let checked = tokio::task::spawn_blocking(move || {
         types::validate(&t, &params, deadlock, plugin.as_ref())
     })
     .await
     .map_err(|e| ApiError::bad(e.to_string()))?
     .map_err(ApiError::bad)?;
     let state = api.db.state();
-    for spec in schema.iter().filter(|s| s.unique) {
+    for spec in checked.schema.iter().filter(|s| s.unique) {
         let Some(value) = p.get(&spec.name) else {
             continue;
         };
@@ -1016,7 +1017,7 @@ async fn check_params(
             ))));
         }
     }
-    Ok(())
+    Ok(checked.can_migrate)
 }
 
 async fn create_resource(
@@ -1026,7 +1027,7 @@ async fn create_resource(
     let Json(req) = body?;
     let mut props = ResourceProps::default();
     apply_props(&mut props, &req.props)?;
-    check_params(&api, &req.name, &req.type_name, &req.params, &props).await?;
+    let migratable = check_params(&api, &req.name, &req.type_name, &req.params, &props).await?;
     let name = req.name.clone();
     let spec = ResourceSpec {
         name: req.name,
@@ -1035,6 +1036,7 @@ async fn create_resource(
         params: req.params,
         props,
         depends_on: req.depends_on,
+        migratable,
     };
     let p = api
         .call(move |s| {

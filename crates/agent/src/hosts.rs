@@ -125,6 +125,19 @@ impl Hosts {
     /// Opens the resource (with its current parameters) in the RHS it belongs in, starting
     /// that RHS if needed, and brings it online. An error means no RHS could be started.
     pub fn online(&mut self, db: &ClusterState, resource: &str) -> Result<(), String> {
+        self.open_for(db, resource)?;
+        self.forward(
+            resource,
+            ToHost::Online {
+                resource: resource.to_string(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Opens a new instance of `resource` in the RHS it belongs in (starting that RHS if
+    /// needed), replacing an earlier instance.
+    pub fn open_for(&mut self, db: &ClusterState, resource: &str) -> Result<(), String> {
         let r = db
             .resources
             .get(resource)
@@ -152,12 +165,6 @@ impl Hosts {
             log_path: self.resource_log(resource),
         };
         self.send(&host, open);
-        self.send(
-            &host,
-            ToHost::Online {
-                resource: resource.to_string(),
-            },
-        );
         let placed = Placed {
             host: host.clone(),
             instance,
@@ -268,6 +275,11 @@ impl Hosts {
             .join(format!("{resource}.log"))
             .display()
             .to_string()
+    }
+
+    /// Forwards a live-move step to the RHS hosting `resource`; false if none does.
+    pub fn migrate(&mut self, resource: &str, msg: ToHost) -> bool {
+        self.forward(resource, msg)
     }
 
     /// Sends a control request to the RHS hosting `resource`; `reply` gets its answer.

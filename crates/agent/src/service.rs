@@ -11,7 +11,7 @@ use vigil_core::command::Command;
 use vigil_core::event::{Component, LogEntry};
 use vigil_core::rcm::{Action, Input, Rcm, Report};
 use vigil_db::{Db, StateRef};
-use vigil_rhs::protocol::FromHost;
+use vigil_rhs::protocol::{FromHost, ToHost};
 
 use crate::AgentOptions;
 use crate::clusterlog::ClusterLog;
@@ -189,6 +189,62 @@ impl Service {
                         resource,
                         report: Report::Offline,
                         reason: "not running in any RHS".to_string(),
+                        pid: None,
+                    });
+                }
+            }
+            Action::MigrateTo { resource, target } => {
+                let msg = ToHost::MigrateTo {
+                    resource: resource.clone(),
+                    target,
+                };
+                if !self.hosts.migrate(&resource, msg) {
+                    followups.push_back(Input::Report {
+                        resource,
+                        report: Report::MigrateFailed,
+                        reason: "not running in any RHS".to_string(),
+                        pid: None,
+                    });
+                }
+            }
+            Action::MigratePrepare { resource, source } => {
+                let state = self.db.state();
+                let result = self.hosts.open_for(&state, &resource);
+                drop(state);
+                let msg = ToHost::MigratePrepare {
+                    resource: resource.clone(),
+                    source,
+                };
+                if result.is_err() || !self.hosts.migrate(&resource, msg) {
+                    followups.push_back(Input::Report {
+                        resource,
+                        report: Report::MigrateFailed,
+                        reason: result
+                            .err()
+                            .unwrap_or_else(|| "no RHS to host it".to_string()),
+                        pid: None,
+                    });
+                }
+            }
+            Action::MigrateFrom { resource, source } => {
+                let state = self.db.state();
+                let result = self.hosts.open_for(&state, &resource);
+                drop(state);
+                let sent = result.is_ok()
+                    && self.hosts.migrate(
+                        &resource,
+                        ToHost::MigrateFrom {
+                            resource: resource.clone(),
+                            source,
+                        },
+                    );
+                if !sent {
+                    followups.push_back(Input::Report {
+                        resource,
+                        report: Report::Failed,
+                        reason: result
+                            .err()
+                            .unwrap_or_else(|| "no RHS to host it".to_string()),
                         pid: None,
                     });
                 }

@@ -250,19 +250,7 @@ fn ocf_anything_supervises_a_real_process_and_restarts_it() {
 fn an_ocf_configuration_error_is_not_retried_on_that_node_and_the_group_moves() {
     let dir = tempfile::tempdir().unwrap();
     let root = test_ocf_root(dir.path());
-    let with_root = |a: &mut Agent, join: Option<&Agent>| {
-        let mut cmd = a.agent_command(join.is_none());
-        if let Some(seed) = join {
-            cmd.args(["--join", &seed.listen]);
-        }
-        cmd.env("OCF_ROOT", &root);
-        a.spawn_with(cmd);
-    };
-    let mut n1 = Agent::new("n1");
-    with_root(&mut n1, None);
-    let mut n2 = Agent::new("n2");
-    with_root(&mut n2, Some(&n1));
-    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    let (n1, _n2) = two_nodes_with_the_test_agent(&root);
     let state = dir.path().join("odd.state");
     n1.ok(&["group", "create", "g", "--preferred-owners", "n1,n2"]);
     n1.ok(&[
@@ -282,7 +270,10 @@ fn an_ocf_configuration_error_is_not_retried_on_that_node_and_the_group_moves() 
     wait_until("odd is Online on n2", || {
         n1.state("odd") == "Online" && n1.group("g")["owner"] == "n2"
     });
-    assert_eq!(read(&state).trim(), "n2");
+    assert_eq!(
+        read(&PathBuf::from(format!("{}.n2", state.display()))).trim(),
+        "n2"
+    );
     let reasons = n1.reasons("odd");
     assert!(
         reasons
@@ -303,6 +294,83 @@ fn an_ocf_configuration_error_is_not_retried_on_that_node_and_the_group_moves() 
     assert!(
         e.contains("odd on n2: this resource type takes no control requests"),
         "{e}"
+    );
+}
+
+/// Two agents whose OCF_ROOT holds only `ocf:vigiltest:Odd`.
+fn two_nodes_with_the_test_agent(root: &Path) -> (Agent, Agent) {
+    let with_root = |a: &mut Agent, join: Option<&Agent>| {
+        let mut cmd = a.agent_command(join.is_none());
+        if let Some(seed) = join {
+            cmd.args(["--join", &seed.listen]);
+        }
+        cmd.env("OCF_ROOT", root);
+        a.spawn_with(cmd);
+    };
+    let mut n1 = Agent::new("n1");
+    with_root(&mut n1, None);
+    let mut n2 = Agent::new("n2");
+    with_root(&mut n2, Some(&n1));
+    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    (n1, n2)
+}
+
+#[test]
+fn a_planned_move_of_a_migratable_ocf_resource_migrates_it_instead_of_restarting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = test_ocf_root(dir.path());
+    let (n1, n2) = two_nodes_with_the_test_agent(&root);
+    let state = dir.path().join("mig.state");
+    let journal = dir.path().join("journal");
+    n1.ok(&["group", "create", "g", "--preferred-owners", "n1,n2"]);
+    n1.ok(&[
+        "resource",
+        "create",
+        "mig",
+        "--group",
+        "g",
+        "--type",
+        "ocf:vigiltest:Odd",
+        "--param",
+        &format!("state={}", state.display()),
+        "--param",
+        &format!("journal={}", journal.display()),
+        "--online",
+    ]);
+    wait_until("mig is Online on n1", || n1.state("mig") == "Online");
+    let epoch = n1.group("g")["epoch"].as_u64().unwrap();
+    n1.ok(&["group", "move", "g", "--to", "n2"]);
+    wait_until("mig is Online on n2 and n1 stopped its part", || {
+        n1.state("mig") == "Online"
+            && n1.group("g")["owner"] == "n2"
+            && read(&journal).lines().count() == 4
+    });
+    let lines: Vec<String> = read(&journal).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "n1 start",
+            "n1 migrate_to n2",
+            "n2 migrate_from n1",
+            "n1 stop"
+        ],
+        "migrate_to on the source, migrate_from on the target, then the source's stop"
+    );
+    assert_eq!(n1.group("g")["epoch"].as_u64().unwrap(), epoch + 1);
+    // Each side's cluster log tells its part.
+    let source = n1.reasons("mig");
+    assert!(
+        source
+            .iter()
+            .any(|r| r.contains("migrate_to done: now running on n2")),
+        "{source:#?}"
+    );
+    let target = n2.reasons("mig");
+    assert!(
+        target
+            .iter()
+            .any(|r| r.contains("completing the live migration from n1")),
+        "{target:#?}"
     );
 }
 

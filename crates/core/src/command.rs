@@ -11,8 +11,8 @@ use thiserror::Error;
 
 use crate::deps;
 use crate::model::{
-    ClusterState, FailoverRecord, Group, Move, MoveKind, Node, NodeState, PersistentState, Plugin,
-    Resource, ResourceSpec, ResourceState, validate_name,
+    ClusterState, FailedMove, FailoverRecord, Group, Migration, Move, MoveKind, Node, NodeState,
+    PersistentState, Plugin, Resource, ResourceSpec, ResourceState, validate_name,
 };
 use crate::props::{GroupProps, ResourceProps};
 
@@ -78,6 +78,18 @@ pub enum Command {
         group: String,
         node: String,
     },
+    /// A live move's source migrated `resources` to `node`: ownership (and the epoch) moves
+    /// at this cutover, and the new owner completes each with migrate_from.
+    MigratedOwner {
+        group: String,
+        node: String,
+        resources: Vec<String>,
+    },
+    /// The new owner has completed (or given up on) every migrated resource: the old owner
+    /// may now stop what is left of them.
+    EndMigration {
+        group: String,
+    },
     /// Marks a group Failed with a reason and when to try it again, or clears the mark (and
     /// the failover count: a retry starts afresh).
     SetGroupFailure {
@@ -98,9 +110,12 @@ pub enum Command {
         to: String,
         kind: MoveKind,
     },
-    /// Abandons a handover (its target went away); the group stays with its owner.
+    /// Abandons a handover (its target went away, or its live migration failed: `failed`
+    /// says why); the group stays with its owner.
     CancelMove {
         group: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failed: Option<String>,
     },
     /// Counts one failover (pruning those older than `failover_period_s`).
     RecordFailover {
@@ -286,6 +301,8 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                     moving: None,
                     failovers: Vec::new(),
                     drained_from: None,
+                    migration: None,
+                    failed_moves: Vec::new(),
                 },
             );
         }
@@ -403,7 +420,36 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             }
             g.moving = None;
             g.failover_request = None;
+            g.migration = None;
+            g.failed_moves.clear();
         }
+        Command::MigratedOwner {
+            group,
+            node,
+            resources,
+        } => {
+            check_can_host(state, node)?;
+            let g = group_mut(state, group)?;
+            let Some(from) = g
+                .owner
+                .clone()
+                .filter(|_| g.moving.as_ref().is_some_and(|m| &m.to == node))
+            else {
+                return Err(ApplyError::Conflict(format!(
+                    "group {group:?} is not being moved to {node:?}"
+                )));
+            };
+            g.owner = Some(node.clone());
+            g.epoch += 1;
+            g.moving = None;
+            g.failover_request = None;
+            g.failed_moves.clear();
+            g.migration = Some(Migration {
+                from,
+                resources: resources.clone(),
+            });
+        }
+        Command::EndMigration { group } => group_mut(state, group)?.migration = None,
         Command::SetGroupFailure {
             group,
             failure,
@@ -431,7 +477,17 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             g.failover_request = Some(reason.clone());
         }
         Command::MoveGroup { group, to, kind } => move_group(state, group, to, *kind)?,
-        Command::CancelMove { group } => group_mut(state, group)?.moving = None,
+        Command::CancelMove { group, failed } => {
+            let g = group_mut(state, group)?;
+            if let (Some(m), Some(reason)) = (&g.moving, failed) {
+                g.failed_moves.retain(|f| f.to != m.to);
+                g.failed_moves.push(FailedMove {
+                    to: m.to.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            g.moving = None;
+        }
         Command::RecordFailover { group, record } => {
             let g = group_mut(state, group)?;
             let period_ms = g.props.failover_period_s.saturating_mul(1_000);
@@ -470,6 +526,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             n.state = NodeState::Up;
             n.draining = false;
             let witness = n.witness;
+            let live = live_groups(state);
             for g in state.groups.values_mut() {
                 if g.drained_from.as_ref() != Some(name) {
                     continue;
@@ -478,12 +535,14 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                 if *failback
                     && !witness
                     && g.moving.is_none()
+                    && g.migration.is_none()
                     && g.owner.as_ref() != Some(name)
                     && g.may_run_on(name)
                 {
                     g.moving = Some(Move {
                         to: name.clone(),
                         kind: MoveKind::Failback,
+                        live: live.contains(&g.name),
                     });
                 }
             }
@@ -564,12 +623,39 @@ fn move_group(state: &mut ClusterState, group: &str, to: &str, kind: MoveKind) -
         MoveKind::Failover => g.drained_from.take(),
         MoveKind::Operator | MoveKind::Failback => None,
     };
+    if let Some(m) = &g.migration {
+        return Err(ApplyError::Conflict(format!(
+            "group {group:?} is still completing its live migration from {:?}; try again",
+            m.from
+        )));
+    }
     g.failover_request = None;
+    if kind == MoveKind::Operator {
+        // An operator's move is a deliberate retry.
+        g.failed_moves.clear();
+    }
+    // A failover move follows a failure: the group stops, nothing is migrated.
+    let live = kind != MoveKind::Failover && live_groups(state).contains(group);
+    let g = group_mut(state, group)?;
     g.moving = Some(Move {
         to: to.to_string(),
         kind,
+        live,
     });
     Ok(())
+}
+
+/// Groups that can move live: they have resources, and every one of them can migrate.
+fn live_groups(state: &ClusterState) -> std::collections::BTreeSet<String> {
+    let mut live: BTreeMap<&str, bool> = BTreeMap::new();
+    for r in state.resources.values() {
+        let all = live.entry(r.group.as_str()).or_insert(true);
+        *all &= r.migratable;
+    }
+    live.into_iter()
+        .filter(|(_, all)| *all)
+        .map(|(g, _)| g.to_string())
+        .collect()
 }
 
 /// A group's owner must be a node that may host resources.
@@ -623,6 +709,7 @@ fn create_resource(state: &mut ClusterState, spec: &ResourceSpec) -> Result {
             state: ResourceState::Offline,
             state_reason: String::new(),
             pid: None,
+            migratable: spec.migratable,
         },
     );
     Ok(())

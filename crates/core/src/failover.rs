@@ -93,6 +93,7 @@ pub fn choose_target(
     state: &ClusterState,
     group: &str,
     leaving: Option<&str>,
+    planned: bool,
     now_ms: u64,
 ) -> Option<String> {
     let g = state.groups.get(group)?;
@@ -101,6 +102,8 @@ pub fn choose_target(
         .nodes
         .values()
         .filter(|n| Some(n.name.as_str()) != leaving && n.can_take_groups())
+        // A planned move does not go where a planned move of the group failed.
+        .filter(|n| !planned || !g.failed_moves.iter().any(|f| f.to == n.name))
         .filter(|n| g.may_run_on(&n.name) && !failed_on.contains(n.name.as_str()))
         .min_by_key(|n| {
             let preferred = g
@@ -261,9 +264,13 @@ impl Planner<'_> {
             .get(gone)
             .map_or("gone".to_string(), |n| n.state.to_string());
         let next = match kind {
-            MoveKind::Failover | MoveKind::Drain => {
-                choose_target(&self.s, &g.name, g.owner.as_deref(), self.now)
-            }
+            MoveKind::Failover | MoveKind::Drain => choose_target(
+                &self.s,
+                &g.name,
+                g.owner.as_deref(),
+                kind == MoveKind::Drain,
+                self.now,
+            ),
             MoveKind::Operator | MoveKind::Failback => None,
         };
         let reason = match &next {
@@ -286,6 +293,7 @@ impl Planner<'_> {
             None => {
                 self.emit(Command::CancelMove {
                     group: g.name.clone(),
+                    failed: None,
                 });
                 format!("{kind} move to {gone} abandoned: {gone} is {state}")
             }
@@ -323,6 +331,7 @@ impl Planner<'_> {
         if g.moving.is_some() {
             self.emit(Command::CancelMove {
                 group: g.name.clone(),
+                failed: None,
             });
         }
         self.wake(retry_at);
@@ -345,7 +354,7 @@ impl Planner<'_> {
             .map_or(hosts.saturating_sub(1), |t| t as usize);
         let retry = g.props.retry_period_on_failure_s;
         let from = g.owner.clone();
-        let target = choose_target(&self.s, &g.name, from.as_deref(), self.now);
+        let target = choose_target(&self.s, &g.name, from.as_deref(), false, self.now);
         if node_down {
             // Nothing runs on a Down node: say so, rather than keep its last records.
             self.mark_stopped(g, reason);
@@ -426,6 +435,7 @@ impl Planner<'_> {
                 self.s.nodes.get(*n).is_some_and(|n| n.can_take_groups())
                     && g.may_run_on(n)
                     && !failed_on.contains(n.as_str())
+                    && !g.failed_moves.iter().any(|f| &f.to == *n)
             })
             .cloned();
         let Some(best) = best else {
@@ -480,7 +490,7 @@ impl Planner<'_> {
             if wave.is_some_and(|w| w != priority) {
                 break;
             }
-            match choose_target(&self.s, name, Some(node), self.now) {
+            match choose_target(&self.s, name, Some(node), true, self.now) {
                 Some(target) => {
                     wave = Some(priority);
                     self.emit(Command::MoveGroup {

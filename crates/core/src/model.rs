@@ -111,6 +111,21 @@ display_as_debug!(MoveKind);
 pub struct Move {
     pub to: String,
     pub kind: MoveKind,
+    /// Live: the running resources migrate (the type's migrate_to on the source, then
+    /// migrate_from on the target) instead of stopping and starting. Set for planned moves
+    /// of groups whose resources can all migrate.
+    #[serde(default)]
+    pub live: bool,
+}
+
+/// A group that arrived by live migration: its new owner completes each resource with
+/// migrate_from (not a start); the old owner keeps its copies until this is cleared, then
+/// stops them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub from: String,
+    /// The resources that migrated (those running on the source).
+    pub resources: Vec<String>,
 }
 
 /// One failover of a group, for `failover_threshold` and for not going back to a node the
@@ -154,6 +169,20 @@ pub struct Group {
     /// The node a drain moved the group off (for `vigil node resume --failback`).
     #[serde(default)]
     pub drained_from: Option<String>,
+    /// A live migration being completed on the owner.
+    #[serde(default)]
+    pub migration: Option<Migration>,
+    /// Planned moves that failed (their live migration did), one per target: the failover
+    /// manager plans no other move to those nodes (failback, drain) until the group moves
+    /// or an operator moves it.
+    #[serde(default)]
+    pub failed_moves: Vec<FailedMove>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedMove {
+    pub to: String,
+    pub reason: String,
 }
 
 impl Group {
@@ -182,6 +211,9 @@ pub struct ResourceSpec {
     pub props: ResourceProps,
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Its type can migrate a running instance between nodes (see [`Move::live`]).
+    #[serde(default)]
+    pub migratable: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +230,9 @@ pub struct Resource {
     pub state: ResourceState,
     pub state_reason: String,
     pub pid: Option<u32>,
+    /// Its type can migrate a running instance between nodes.
+    #[serde(default)]
+    pub migratable: bool,
 }
 
 /// A registered plugin type (`vigil type register`): a shared library with Vigil's C ABI,

@@ -41,6 +41,10 @@ pub enum Report {
     /// The resource was stopped outside the cluster (the operator used the service's own
     /// tools): the operator's intent wins, it is not restarted.
     StoppedOutOfBand,
+    /// A live move's migrate_to finished: the instance now lives on the target.
+    Migrated,
+    /// A live move's migrate_to failed; the type left the resource running here.
+    MigrateFailed,
 }
 
 impl Report {
@@ -53,6 +57,8 @@ impl Report {
             Report::Failed => "Failed",
             Report::FailedHere => "FailedHere",
             Report::StoppedOutOfBand => "StoppedOutOfBand",
+            Report::Migrated => "Migrated",
+            Report::MigrateFailed => "MigrateFailed",
         }
     }
 }
@@ -101,6 +107,22 @@ pub enum Action {
     Close {
         resource: String,
     },
+    /// Live move, on the source: migrate the running instance to `target`.
+    MigrateTo {
+        resource: String,
+        target: String,
+    },
+    /// Live move, on the target, before the source migrates: get ready to receive the
+    /// instance from `source` (a VM: start QEMU waiting for the incoming migration).
+    MigratePrepare {
+        resource: String,
+        source: String,
+    },
+    /// Live move, on the target: complete the migration from `source` (instead of a start).
+    MigrateFrom {
+        resource: String,
+        source: String,
+    },
     Db(Command),
     Log(LogEntry),
 }
@@ -119,6 +141,21 @@ struct Local {
     /// Stopped out of band; do not start it while the database still says Online (our command
     /// setting it Offline is on its way).
     stopped_out_of_band: bool,
+    /// Its part in a live move, if any.
+    leg: Option<Leg>,
+}
+
+/// A resource's part in a live move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Leg {
+    /// Source: migrate_to (to this node) in flight.
+    Sending(String),
+    /// Source: migrated to this node; what is left here is stopped once it has completed.
+    Sent(String),
+    /// Target, before the cutover: prepared to receive the instance from this node.
+    Incoming(String),
+    /// Target: migrate_from issued (a later restart is a plain start).
+    Receiving,
 }
 
 /// How long a failover request may go unanswered (its write lost) before it is sent again.
@@ -134,6 +171,14 @@ pub struct Rcm {
     requested: BTreeMap<String, u64>,
     /// Groups this node handed over (wrote the new owner for), at the epoch it did so.
     handed: BTreeMap<String, u64>,
+    /// Groups whose live migration this node declared complete, at the epoch it did so.
+    completed: BTreeMap<String, u64>,
+    /// Live moves (group, epoch) in which a migrate_to failed after other resources of the
+    /// group had migrated: the rest of the group moves cold (stopped here, started there).
+    cold: BTreeMap<String, u64>,
+    /// Live moves (group → target) abandoned here after a failed migrate_to, until the
+    /// database shows the move cancelled: nothing is migrated again meanwhile.
+    abandoned: BTreeMap<String, String>,
     /// No lease: nothing may run here.
     fenced: bool,
 }
@@ -145,12 +190,29 @@ impl Rcm {
             resources: BTreeMap::new(),
             requested: BTreeMap::new(),
             handed: BTreeMap::new(),
+            completed: BTreeMap::new(),
+            cold: BTreeMap::new(),
+            abandoned: BTreeMap::new(),
             fenced: false,
         }
     }
 
     pub fn is_fenced(&self) -> bool {
         self.fenced
+    }
+
+    fn leg(&self, resource: &str) -> Option<&Leg> {
+        self.resources.get(resource).and_then(|l| l.leg.as_ref())
+    }
+
+    fn is_sent(&self, resource: &str) -> bool {
+        matches!(self.leg(resource), Some(Leg::Sent(_)))
+    }
+
+    fn set_leg(&mut self, resource: &str, leg: Option<Leg>) {
+        if let Some(l) = self.resources.get_mut(resource) {
+            l.leg = leg;
+        }
     }
 
     /// This node's view of a resource's state (Offline if it has none).
@@ -272,6 +334,16 @@ impl Rcm {
             }
             return;
         }
+        let incoming: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|(_, l)| matches!(l.leg, Some(Leg::Incoming(_))))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in incoming {
+            self.set_leg(&name, None);
+            out.push(Action::Terminate { resource: name });
+        }
         let running: Vec<String> = self
             .resources
             .iter()
@@ -329,11 +401,87 @@ impl Rcm {
             (Report::Failed, ResourceState::Online | ResourceState::OnlinePending) => {
                 self.fail(out, name, &reason, now, false);
             }
+            (Report::Migrated, ResourceState::Online)
+                if matches!(local.leg, Some(Leg::Sending(_))) =>
+            {
+                if let Some(Leg::Sending(to)) = local.leg.take() {
+                    local.leg = Some(Leg::Sent(to));
+                }
+                self.log_resource(out, name, format!("migrate_to done: {reason}"));
+            }
+            (Report::MigrateFailed, ResourceState::Offline)
+                if matches!(local.leg, Some(Leg::Incoming(_))) =>
+            {
+                // Not tried again for this move: the source's migrate_to will fail and cancel it.
+                self.log_resource(
+                    out,
+                    name,
+                    format!("preparing for a live migration failed: {reason}"),
+                );
+            }
+            (Report::MigrateFailed, ResourceState::Online)
+                if matches!(local.leg, Some(Leg::Sending(_))) =>
+            {
+                local.leg = None;
+                self.migration_failed(out, name, &reason);
+            }
             (Report::FailedHere, ResourceState::Online | ResourceState::OnlinePending) => {
                 self.fail(out, name, &reason, now, true);
             }
             // Anything else is stale (a report about an instance already terminated).
             _ => {}
+        }
+    }
+
+    fn log_resource(&self, out: &mut Out, name: &str, reason: String) {
+        let mut entry = LogEntry::new(Component::RCM, reason).resource(name);
+        if let Some(r) = out.db.resources.get(name) {
+            entry = entry.group(&r.group, out.db.group_epoch(&r.group));
+        }
+        out.push(Action::Log(entry));
+    }
+
+    /// A migrate_to failed (the type left the resource running here). If nothing of the
+    /// group has migrated yet, the move is abandoned and the group stays here; otherwise the
+    /// rest of the group follows cold (stopped here, started on the target), so that nothing
+    /// is left running without an owner.
+    fn migration_failed(&mut self, out: &mut Out, name: &str, reason: &str) {
+        let Some(group) = out.db.resources.get(name).map(|r| r.group.clone()) else {
+            return;
+        };
+        let Some(g) = out.db.groups.get(&group) else {
+            return;
+        };
+        let target = g.moving.as_ref().map_or("?", |m| m.to.as_str()).to_string();
+        let sent = out
+            .db
+            .group_resources(&group)
+            .any(|r| self.is_sent(&r.name));
+        if sent {
+            self.cold.insert(group.clone(), g.epoch);
+            self.log_resource(
+                out,
+                name,
+                format!(
+                    "live migration to {target} failed ({reason}); others already migrated: the rest of the group moves cold"
+                ),
+            );
+        } else {
+            self.log_resource(
+                out,
+                name,
+                format!(
+                    "live migration to {target} failed ({reason}): the group stays on {}",
+                    self.node
+                ),
+            );
+            if let Some(m) = &g.moving {
+                self.abandoned.insert(group.clone(), m.to.clone());
+                out.push(Action::Db(Command::CancelMove {
+                    group,
+                    failed: Some(format!("live migration of {name} failed: {reason}")),
+                }));
+            }
         }
     }
 
@@ -486,6 +634,16 @@ impl Rcm {
         }
         self.handed
             .retain(|group, epoch| db.group_epoch(group) == *epoch);
+        self.completed
+            .retain(|group, epoch| db.group_epoch(group) == *epoch);
+        self.cold
+            .retain(|group, epoch| db.group_epoch(group) == *epoch);
+        self.abandoned.retain(|group, to| {
+            db.groups
+                .get(group)
+                .and_then(|g| g.moving.as_ref())
+                .is_some_and(|m| &m.to == to)
+        });
     }
 
     fn transition(
@@ -500,6 +658,9 @@ impl Rcm {
         let from = local.state;
         local.state = to;
         local.pid = pid;
+        if matches!(to, ResourceState::Offline | ResourceState::Failed) {
+            local.leg = None;
+        }
         if to != ResourceState::Failed {
             local.next_try_ms = None;
         }
@@ -567,6 +728,77 @@ impl Rcm {
         for group in departed {
             self.reconcile_group(out, group, by_group.get(group).unwrap_or(&empty), now);
         }
+        self.prepare_incoming(out);
+    }
+
+    /// Live moves to this node: before the source migrates anything, get each resource ready
+    /// to receive its instance (tracked here, so that fencing ends it too); drop what was
+    /// prepared for a move that is over without arriving.
+    fn prepare_incoming(&mut self, out: &mut Out) {
+        let db = out.db;
+        for g in db.groups.values() {
+            if !g
+                .moving
+                .as_ref()
+                .is_some_and(|m| m.live && m.to == self.node)
+            {
+                continue;
+            }
+            let Some(source) = g.owner.clone() else {
+                continue;
+            };
+            for r in db.group_resources(&g.name) {
+                let local = self.resources.entry(r.name.clone()).or_default();
+                if local.leg.is_some() || local.state != ResourceState::Offline {
+                    continue;
+                }
+                local.leg = Some(Leg::Incoming(source.clone()));
+                out.push(Action::MigratePrepare {
+                    resource: r.name.clone(),
+                    source: source.clone(),
+                });
+            }
+        }
+        let stale: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|(name, l)| {
+                let Some(Leg::Incoming(source)) = &l.leg else {
+                    return false;
+                };
+                if l.state != ResourceState::Offline {
+                    return false;
+                }
+                let Some(g) = db
+                    .resources
+                    .get(*name)
+                    .and_then(|r| db.groups.get(&r.group))
+                else {
+                    return true;
+                };
+                let still_coming = g
+                    .moving
+                    .as_ref()
+                    .is_some_and(|m| m.live && m.to == self.node)
+                    && g.owner.as_ref() == Some(source);
+                let arrived = g.owner.as_deref() == Some(self.node.as_str())
+                    && g.migration.as_ref().is_some_and(|mi| &mi.from == source);
+                !still_coming && !arrived
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            self.set_leg(&name, None);
+            out.push(Action::Terminate {
+                resource: name.clone(),
+            });
+            if db.resources.get(&name).is_none_or(|r| {
+                db.groups.get(&r.group).and_then(|g| g.owner.as_deref()) != Some(&self.node)
+            }) {
+                self.resources.remove(&name);
+                out.push(Action::Close { resource: name });
+            }
+        }
     }
 
     /// Drops what this node no longer needs to know: resources deleted from the database
@@ -580,6 +812,7 @@ impl Rcm {
                 None => true,
                 Some(r) => {
                     !l.state.may_run()
+                        && l.leg.is_none()
                         && db.groups.get(&r.group).and_then(|g| g.owner.as_deref())
                             != Some(&self.node)
                 }
@@ -626,6 +859,26 @@ impl Rcm {
             }
         }
         let order = online_order(&members);
+        let g = db.groups.get(group);
+        if owned && !self_down {
+            if g.and_then(|g| g.moving.as_ref()).is_some_and(|m| m.live) {
+                self.live_move(out, group, &order, now);
+                for name in &order {
+                    self.check_pending(out, members[name.as_str()], now);
+                }
+                return;
+            }
+            // Migrated away, but the move is over and the group is still here (cancelled):
+            // the instance no longer runs here; recover it.
+            if g.is_some_and(|g| g.moving.is_none()) {
+                for name in &order {
+                    if self.is_sent(name) {
+                        let why = "migrated away, but the move was abandoned; recovering here";
+                        self.fail(out, name, why, now, false);
+                    }
+                }
+            }
+        }
         // Whether each resource should run, in dependency order (providers first).
         let mut want: BTreeMap<&str, bool> = BTreeMap::new();
         for name in &order {
@@ -655,7 +908,167 @@ impl Rcm {
         }
         if owned {
             self.hand_over(out, group, &order);
+            self.complete_migration(out, group, &order, &want);
         }
+    }
+
+    /// A live move, on the source: migrate the running resources to the target one at a time
+    /// (providers first), then write the new owner. Nothing is stopped here until the target
+    /// has completed the migration (see [`Rcm::take_offline`]).
+    fn live_move(&mut self, out: &mut Out, group: &str, order: &[String], now: u64) {
+        let db = out.db;
+        let Some(g) = db.groups.get(group) else {
+            return;
+        };
+        let Some(m) = &g.moving else {
+            return;
+        };
+        if self.abandoned.get(group) == Some(&m.to) {
+            // Our CancelMove is on its way.
+            return;
+        }
+        // The failover manager retargeted the move (its target went Down) after resources
+        // had migrated there: those instances died with it; recover them here.
+        let stranded: Vec<String> = order
+            .iter()
+            .filter(|n| matches!(self.leg(n), Some(Leg::Sent(to)) if *to != m.to))
+            .cloned()
+            .collect();
+        for name in stranded {
+            let why = format!(
+                "migrated to a node that went Down; the move now goes to {}: recovering here",
+                m.to
+            );
+            self.fail(out, &name, &why, now, false);
+        }
+        let settling = order.iter().any(|n| {
+            matches!(
+                self.state(n),
+                ResourceState::OnlinePending | ResourceState::OfflinePending
+            ) || matches!(self.leg(n), Some(Leg::Sending(_)))
+        });
+        if settling {
+            return;
+        }
+        if self.cold.get(group) == Some(&g.epoch) {
+            // Stop what did not migrate, dependents first, before handing over.
+            let unsent = |rcm: &Self, n: &str| !rcm.is_sent(n);
+            for name in order.iter().rev() {
+                if !self.state(name).may_run() || !unsent(self, name) {
+                    continue;
+                }
+                let dependents_stopped = db
+                    .group_resources(group)
+                    .filter(|d| d.depends_on.contains(name) && unsent(self, &d.name))
+                    .all(|d| !self.state(&d.name).may_run());
+                if dependents_stopped {
+                    let reason = format!("moving cold to {} (its live migration failed)", m.to);
+                    if let Some(l) = self.resources.get_mut(name) {
+                        l.progress_ms = now;
+                    }
+                    self.transition(out, name, ResourceState::OfflinePending, &reason, None);
+                    out.push(Action::Offline {
+                        resource: name.clone(),
+                    });
+                }
+            }
+            if order
+                .iter()
+                .any(|n| unsent(self, n) && self.state(n).may_run())
+            {
+                return;
+            }
+        } else if let Some(next) = order
+            .iter()
+            .find(|n| self.state(n) == ResourceState::Online && self.leg(n).is_none())
+        {
+            self.set_leg(next, Some(Leg::Sending(m.to.clone())));
+            self.log_resource(
+                out,
+                next,
+                format!(
+                    "live migration to {} ({} move): migrate_to started",
+                    m.to, m.kind
+                ),
+            );
+            out.push(Action::MigrateTo {
+                resource: next.clone(),
+                target: m.to.clone(),
+            });
+            return;
+        }
+        if self.handed.get(group) == Some(&g.epoch) {
+            return;
+        }
+        self.handed.insert(group.to_string(), g.epoch);
+        let migrated: Vec<String> = order.iter().filter(|n| self.is_sent(n)).cloned().collect();
+        out.push(Action::Db(Command::MigratedOwner {
+            group: group.to_string(),
+            node: m.to.clone(),
+            resources: migrated.clone(),
+        }));
+        let reason = format!(
+            "migrated {} to {}: ownership moves at the cutover ({} move)",
+            if migrated.is_empty() {
+                "nothing (nothing ran)".to_string()
+            } else {
+                migrated.join(", ")
+            },
+            m.to,
+            m.kind
+        );
+        out.push(Action::Log(
+            LogEntry::new(Component::RCM, reason)
+                .group(group, g.epoch)
+                .change(&self.node, &m.to),
+        ));
+    }
+
+    /// A live move, on the target: once every migrated resource has been completed (or has
+    /// failed, or is not wanted), say so, so that the source stops what is left there.
+    fn complete_migration(
+        &mut self,
+        out: &mut Out,
+        group: &str,
+        order: &[String],
+        want: &BTreeMap<&str, bool>,
+    ) {
+        let Some(g) = out.db.groups.get(group) else {
+            return;
+        };
+        let Some(mi) = &g.migration else {
+            // Completed: later restarts of these resources are plain starts.
+            for name in order {
+                if self.leg(name) == Some(&Leg::Receiving) {
+                    self.set_leg(name, None);
+                }
+            }
+            return;
+        };
+        if mi.from == self.node || self.completed.get(group) == Some(&g.epoch) {
+            return;
+        }
+        let done = mi.resources.iter().all(|n| {
+            let state = self.state(n);
+            state != ResourceState::OnlinePending
+                && (self.leg(n) == Some(&Leg::Receiving)
+                    || state == ResourceState::Failed
+                    || !want.get(n.as_str()).copied().unwrap_or(false))
+        });
+        if !done {
+            return;
+        }
+        self.completed.insert(group.to_string(), g.epoch);
+        out.push(Action::Db(Command::EndMigration {
+            group: group.to_string(),
+        }));
+        let reason = format!(
+            "live migration from {} complete on {}: {} may stop what is left there",
+            mi.from, self.node, mi.from
+        );
+        out.push(Action::Log(
+            LogEntry::new(Component::RCM, reason).group(group, g.epoch),
+        ));
     }
 
     /// A group being moved: once nothing of it runs here, write its new owner (the target
@@ -744,16 +1157,42 @@ impl Rcm {
             ResourceState::Failed => "restarting in place",
             _ => "desired state is Online",
         };
+        let arriving = out
+            .db
+            .groups
+            .get(&r.group)
+            .and_then(|g| g.migration.as_ref())
+            .filter(|m| m.from != self.node && m.resources.contains(&r.name))
+            .map(|m| m.from.clone())
+            .filter(|_| {
+                local.state == ResourceState::Offline
+                    && matches!(local.leg, None | Some(Leg::Incoming(_)))
+            });
         let local = self.resources.get_mut(&r.name).expect("checked above");
         if local.gave_up {
             local.history.reset();
             local.gave_up = false;
         }
         local.progress_ms = now;
-        self.transition(out, &r.name, ResourceState::OnlinePending, reason, None);
-        out.push(Action::Online {
-            resource: r.name.clone(),
-        });
+        match arriving {
+            Some(source) => {
+                let reason = format!("completing the live migration from {source}");
+                self.transition(out, &r.name, ResourceState::OnlinePending, &reason, None);
+                self.set_leg(&r.name, Some(Leg::Receiving));
+                out.push(Action::MigrateFrom {
+                    resource: r.name.clone(),
+                    source,
+                });
+            }
+            None => {
+                // A plain start replaces whatever was prepared for a migration.
+                self.set_leg(&r.name, None);
+                self.transition(out, &r.name, ResourceState::OnlinePending, reason, None);
+                out.push(Action::Online {
+                    resource: r.name.clone(),
+                });
+            }
+        }
     }
 
     fn take_offline(
@@ -767,6 +1206,16 @@ impl Rcm {
         let Some(local) = self.resources.get(&r.name) else {
             return;
         };
+        let completing = out
+            .db
+            .groups
+            .get(&r.group)
+            .and_then(|g| g.migration.as_ref())
+            .is_some_and(|m| m.from == self.node && m.resources.contains(&r.name));
+        if matches!(local.leg, Some(Leg::Sent(_))) && completing {
+            // The target is completing the migration: stop what is left here only after.
+            return;
+        }
         match local.state {
             // A pending Online is stopped too (the RHS takes the Offline after the call in
             // flight); waiting for it to finish could take until the pending timeout.
@@ -819,7 +1268,13 @@ impl Rcm {
     ) -> String {
         let g = db.groups.get(&r.group);
         let owner = g.and_then(|g| g.owner.as_deref());
-        if owner != Some(self.node.as_str()) {
+        if self.is_sent(&r.name) && owner != Some(self.node.as_str()) {
+            format!(
+                "migrated to {}: stopping what is left on {}",
+                owner.unwrap_or("no node"),
+                self.node
+            )
+        } else if owner != Some(self.node.as_str()) {
             format!(
                 "group {} is now owned by {}",
                 r.group,

@@ -2,7 +2,9 @@
 
 use vigil_core::command::{Command, Target, apply};
 use vigil_core::model::PersistentState::{Offline as Off, Online as On};
-use vigil_core::model::{ClusterState, NodeState, PersistentState, ResourceSpec, ResourceState};
+use vigil_core::model::{
+    ClusterState, MoveKind, NodeState, PersistentState, ResourceSpec, ResourceState,
+};
 use vigil_core::props::{GroupProps, ResourceProps};
 
 fn ok(state: &mut ClusterState, cmd: Command) {
@@ -28,6 +30,7 @@ fn spec(name: &str, group: &str, deps: &[&str]) -> ResourceSpec {
         params: [("command".to_string(), format!("/bin/{name}"))].into(),
         props: ResourceProps::default(),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        migratable: false,
     }
 }
 
@@ -633,4 +636,116 @@ fn set_group_failure_and_node_state_need_existing_targets() {
         state: NodeState::Down,
     };
     assert_eq!(refused(&mut s, cmd), r#"node "n9" does not exist"#);
+}
+
+fn move_to(state: &mut ClusterState, group: &str, to: &str, kind: MoveKind) {
+    let cmd = Command::MoveGroup {
+        group: group.into(),
+        to: to.into(),
+        kind,
+    };
+    ok(state, cmd);
+}
+
+#[test]
+fn a_planned_move_is_live_only_when_every_resource_can_migrate() {
+    let mut s = cluster();
+    let mut vm = spec("vm", "g", &[]);
+    vm.migratable = true;
+    ok(&mut s, Command::CreateResource { spec: vm });
+    move_to(&mut s, "g", "n2", MoveKind::Operator);
+    assert!(s.groups["g"].moving.as_ref().unwrap().live);
+    // A failover move follows a failure: never live.
+    ok(
+        &mut s,
+        Command::CancelMove {
+            group: "g".into(),
+            failed: None,
+        },
+    );
+    move_to(&mut s, "g", "n2", MoveKind::Failover);
+    assert!(!s.groups["g"].moving.as_ref().unwrap().live);
+    // One resource that cannot migrate makes the whole group move cold.
+    ok(
+        &mut s,
+        Command::CancelMove {
+            group: "g".into(),
+            failed: None,
+        },
+    );
+    create(&mut s, "disk", "g", &[]);
+    move_to(&mut s, "g", "n2", MoveKind::Drain);
+    assert!(!s.groups["g"].moving.as_ref().unwrap().live);
+}
+
+#[test]
+fn the_cutover_moves_ownership_and_the_migration_ends_explicitly() {
+    let mut s = cluster();
+    let mut vm = spec("vm", "g", &[]);
+    vm.migratable = true;
+    ok(&mut s, Command::CreateResource { spec: vm });
+    let epoch = s.groups["g"].epoch;
+    let cutover = |to: &str| Command::MigratedOwner {
+        group: "g".into(),
+        node: to.into(),
+        resources: vec!["vm".into()],
+    };
+    let e = refused(&mut s, cutover("n2"));
+    assert!(e.contains("not being moved to \"n2\""), "{e}");
+    move_to(&mut s, "g", "n2", MoveKind::Operator);
+    ok(&mut s, cutover("n2"));
+    let g = &s.groups["g"];
+    assert_eq!(g.owner.as_deref(), Some("n2"));
+    assert_eq!(g.epoch, epoch + 1);
+    assert!(g.moving.is_none());
+    let m = g.migration.as_ref().unwrap();
+    assert_eq!(
+        (m.from.as_str(), m.resources.clone()),
+        ("n1", vec!["vm".to_string()])
+    );
+    // No other move until the target has completed it.
+    let e = refused(
+        &mut s,
+        Command::MoveGroup {
+            group: "g".into(),
+            to: "n1".into(),
+            kind: MoveKind::Operator,
+        },
+    );
+    assert!(
+        e.contains("still completing its live migration from \"n1\""),
+        "{e}"
+    );
+    ok(&mut s, Command::EndMigration { group: "g".into() });
+    assert!(s.groups["g"].migration.is_none());
+}
+
+#[test]
+fn a_failed_live_move_is_remembered_until_an_operator_moves_the_group() {
+    let mut s = cluster();
+    move_to(&mut s, "g", "n2", MoveKind::Failback);
+    ok(
+        &mut s,
+        Command::CancelMove {
+            group: "g".into(),
+            failed: Some("live migration of vm failed: no route".into()),
+        },
+    );
+    let g = &s.groups["g"];
+    assert!(g.moving.is_none());
+    assert_eq!(g.failed_moves.len(), 1);
+    assert_eq!(g.failed_moves[0].to, "n2");
+    // A cancel without a failure (the target went away) records nothing.
+    move_to(&mut s, "g", "n2", MoveKind::Drain);
+    ok(
+        &mut s,
+        Command::CancelMove {
+            group: "g".into(),
+            failed: None,
+        },
+    );
+    assert_eq!(s.groups["g"].failed_moves.len(), 1);
+    // An operator's move is a deliberate retry.
+    move_to(&mut s, "g", "n2", MoveKind::Operator);
+    assert!(s.groups["g"].failed_moves.is_empty());
 }

@@ -78,6 +78,7 @@ impl Node {
                     params: [("command".to_string(), format!("/bin/{name}"))].into(),
                     props: props.clone(),
                     depends_on: deps.iter().map(|d| d.to_string()).collect(),
+                    migratable: false,
                 },
             });
         for cmd in setup.into_iter().chain(specs) {
@@ -190,6 +191,15 @@ fn calls(actions: &[Action]) -> Vec<String> {
             Action::Offline { resource } => Some(format!("offline {resource}")),
             Action::Terminate { resource } => Some(format!("terminate {resource}")),
             Action::Close { resource } => Some(format!("close {resource}")),
+            Action::MigratePrepare { resource, source } => {
+                Some(format!("prepare {resource} from {source}"))
+            }
+            Action::MigrateTo { resource, target } => {
+                Some(format!("migrate {resource} to {target}"))
+            }
+            Action::MigrateFrom { resource, source } => {
+                Some(format!("complete {resource} from {source}"))
+            }
             Action::Db(_) | Action::Log(_) => None,
         })
         .collect()
@@ -789,4 +799,97 @@ fn a_fenced_node_terminates_everything_and_starts_nothing_until_unfenced() {
     );
     assert_eq!(n.rcm.next_wakeup_ms(&n.db), None);
     assert_eq!(calls(&n.step(fence(false), 6_000)), ["online a"]);
+}
+
+fn add_n2(n: &mut Node) {
+    let cmd = Command::AddNode {
+        name: "n2".into(),
+        address: "n2:7000".into(),
+    };
+    apply(&mut n.db, &cmd).unwrap();
+}
+
+#[test]
+fn a_configuration_error_is_not_restarted_here_and_the_group_fails_over() {
+    let mut n = Node::with_props(
+        &[("web", &[])],
+        props_with(RestartAction::RestartThenFailover, 3),
+    );
+    add_n2(&mut n);
+    n.start(0);
+    // Three restarts are allowed, but none helps a configuration error on this node.
+    let actions = n.report("web", Report::FailedHere, 1_000);
+    assert_eq!(calls(&actions), ["terminate web", "close web"]);
+    let reasons: Vec<&str> = logs(&actions).iter().map(|l| l.reason.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("web is misconfigured on n1")),
+        "{reasons:?}"
+    );
+    assert_eq!(n.db.groups["g"].owner.as_deref(), Some("n2"));
+    assert_eq!(n.tick(10_000), []);
+}
+
+#[test]
+fn a_live_move_migrates_then_hands_over_then_stops_what_is_left() {
+    let mut n = Node::new(&[("vm", &[])]);
+    n.db.resources.get_mut("vm").unwrap().migratable = true;
+    add_n2(&mut n);
+    n.start(0);
+    let mv = Command::MoveGroup {
+        group: "g".into(),
+        to: "n2".into(),
+        kind: vigil_core::model::MoveKind::Operator,
+    };
+    apply(&mut n.db, &mv).unwrap();
+    assert!(n.db.groups["g"].moving.as_ref().unwrap().live);
+    let actions = n.tick(1_000);
+    assert_eq!(
+        calls(&actions),
+        ["migrate vm to n2"],
+        "no stop before migrating"
+    );
+    // Nothing more while migrate_to runs.
+    assert_eq!(calls(&n.tick(1_100)), Vec::<String>::new());
+    let actions = n.report("vm", Report::Migrated, 1_200);
+    assert!(
+        db_commands(&actions).contains(&&Command::MigratedOwner {
+            group: "g".into(),
+            node: "n2".into(),
+            resources: vec!["vm".into()],
+        }),
+        "{actions:?}"
+    );
+    assert_eq!(n.db.groups["g"].owner.as_deref(), Some("n2"));
+    // The target has not completed it yet: what is left here stays.
+    assert_eq!(calls(&n.tick(1_300)), Vec::<String>::new());
+    apply(&mut n.db, &Command::EndMigration { group: "g".into() }).unwrap();
+    assert_eq!(calls(&n.tick(1_400)), ["offline vm"]);
+}
+
+#[test]
+fn a_failed_live_migration_leaves_the_group_running_here() {
+    let mut n = Node::new(&[("vm", &[])]);
+    n.db.resources.get_mut("vm").unwrap().migratable = true;
+    add_n2(&mut n);
+    n.start(0);
+    let mv = Command::MoveGroup {
+        group: "g".into(),
+        to: "n2".into(),
+        kind: vigil_core::model::MoveKind::Operator,
+    };
+    apply(&mut n.db, &mv).unwrap();
+    assert_eq!(calls(&n.tick(1_000)), ["migrate vm to n2"]);
+    let actions = n.report("vm", Report::MigrateFailed, 1_200);
+    assert_eq!(
+        calls(&actions),
+        Vec::<String>::new(),
+        "nothing stopped or restarted"
+    );
+    let g = &n.db.groups["g"];
+    assert_eq!(g.owner.as_deref(), Some("n1"));
+    assert!(g.moving.is_none());
+    assert_eq!(g.failed_moves[0].to, "n2");
+    assert_eq!(n.db_state("vm"), ResourceState::Online);
 }

@@ -197,6 +197,27 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                     let _ = out.send((status, None)).await;
                 }
             }
+            ToHost::MigrateTo { ref resource, .. }
+            | ToHost::MigratePrepare { ref resource, .. }
+            | ToHost::MigrateFrom { ref resource, .. } => {
+                if let Some(slot) = workers.get(resource) {
+                    let _ = slot.tx.send(msg.clone()).await;
+                } else {
+                    let report = if !matches!(msg, ToHost::MigrateFrom { .. }) {
+                        Report::MigrateFailed
+                    } else {
+                        Report::Failed
+                    };
+                    let status = FromHost::Status {
+                        resource: resource.clone(),
+                        instance: 0,
+                        report,
+                        reason: "not open in this RHS".to_string(),
+                        pid: None,
+                    };
+                    let _ = out.send((status, None)).await;
+                }
+            }
             ToHost::Control {
                 ref resource, id, ..
             } => {
@@ -271,6 +292,8 @@ enum Phase {
     Offline,
     Pending,
     Online,
+    /// Migrated to another node: no checks; what is left waits for Offline.
+    Migrated,
 }
 
 enum Wake {
@@ -358,6 +381,20 @@ impl Worker {
                     is = interval(w.checks.is_alive_ms);
                 }
                 Wake::Cmd(Some(ToHost::Offline { .. })) => w.offline().await,
+                Wake::Cmd(Some(ToHost::MigrateTo { target, .. })) => w.migrate_to(target).await,
+                Wake::Cmd(Some(ToHost::MigratePrepare { source, .. })) => {
+                    let result = w
+                        .call("MigratePrepare", move |r| r.migrate_prepare(&source))
+                        .await;
+                    if let Ok(Err(e)) | Err(e) = result {
+                        w.report(Report::MigrateFailed, e, None).await;
+                    }
+                }
+                Wake::Cmd(Some(ToHost::MigrateFrom { source, .. })) => {
+                    w.migrate_from(source).await;
+                    looks = interval(w.checks.looks_alive_ms);
+                    is = interval(w.checks.is_alive_ms);
+                }
                 Wake::Cmd(Some(ToHost::Terminate { .. })) => {
                     w.stop_watching();
                     w.call("Terminate", |r| r.terminate()).await.ok();
@@ -472,6 +509,48 @@ impl Worker {
             }
             Ok(Err(e)) => self.failed_with(e, "Online failed").await,
             Err(e) => self.failed(format!("Online failed: {e}")).await,
+        }
+    }
+
+    async fn migrate_to(&mut self, target: String) {
+        if self.phase != Phase::Online {
+            let reason = "it is not online here".to_string();
+            self.report(Report::MigrateFailed, reason, None).await;
+            return;
+        }
+        let to = target.clone();
+        match self.call("MigrateTo", move |r| r.migrate_to(&to)).await {
+            Ok(Ok(())) => {
+                self.stop_watching();
+                self.phase = Phase::Migrated;
+                let reason = format!("now running on {target}");
+                self.report(Report::Migrated, reason, None).await;
+            }
+            Ok(Err(e)) | Err(e) => self.report(Report::MigrateFailed, e, None).await,
+        }
+    }
+
+    async fn migrate_from(&mut self, source: String) {
+        if let Some(e) = &self.open_error {
+            let reason = format!("Open failed: {e}");
+            self.report(Report::Failed, reason, None).await;
+            return;
+        }
+        self.phase = Phase::Pending;
+        match self
+            .call("MigrateFrom", move |r| r.migrate_from(&source))
+            .await
+        {
+            Ok(Ok(Progress::Done)) => self.became_online().await,
+            Ok(Ok(Progress::Pending(msg))) => {
+                self.watch().await;
+                let progress = msg.is_some();
+                let reason = msg.unwrap_or_else(|| "completing the migration".to_string());
+                self.report(Report::OnlinePending { progress }, reason, None)
+                    .await;
+            }
+            Ok(Err(e)) => self.failed_with(e, "MigrateFrom failed").await,
+            Err(e) => self.failed(format!("MigrateFrom failed: {e}")).await,
         }
     }
 

@@ -59,6 +59,23 @@ pub enum ToHost {
     Terminate {
         resource: String,
     },
+    /// Live move, on the source: migrate the running instance to node `target`. Answered
+    /// with a `Migrated` or `MigrateFailed` status.
+    MigrateTo {
+        resource: String,
+        target: String,
+    },
+    /// Live move, on the target, before the source migrates: get ready to receive the
+    /// instance from `source`. Answered only on failure (a `MigrateFailed` status).
+    MigratePrepare {
+        resource: String,
+        source: String,
+    },
+    /// Live move, on the target: complete the migration from `source`; answered like Online.
+    MigrateFrom {
+        resource: String,
+        source: String,
+    },
     /// A type-specific request (the seed's ResourceControl); answered by `ControlReply`.
     Control {
         resource: String,

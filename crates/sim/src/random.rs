@@ -92,6 +92,7 @@ fn setup(rng: &mut Rng) -> (ClusterState, BTreeMap<String, ResourceSim>, Vec<Str
             },
         );
         let count = 1 + rng.below(3);
+        let migratable = rng.below(3) == 0;
         for ri in 0..count {
             let r = format!("{g}r{ri}");
             let depends_on = if ri > 0 && rng.below(2) == 0 {
@@ -112,6 +113,7 @@ fn setup(rng: &mut Rng) -> (ClusterState, BTreeMap<String, ResourceSim>, Vec<Str
                 params: BTreeMap::new(),
                 props,
                 depends_on,
+                migratable,
             };
             ok(&mut db, Command::CreateResource { spec });
             sims.insert(
@@ -119,6 +121,8 @@ fn setup(rng: &mut Rng) -> (ClusterState, BTreeMap<String, ResourceSim>, Vec<Str
                 ResourceSim {
                     start_ms: 20 + rng.below(500),
                     stop_ms: 10 + rng.below(300),
+                    migrate_ms: 20 + rng.below(500),
+                    migrate_fails: migratable && rng.below(4) == 0,
                 },
             );
         }
@@ -197,6 +201,11 @@ pub fn run(seed: u64) -> Result<(), String> {
         );
     }
     w.run_until(CHAOS_MS + SETTLE_MS);
+    if std::env::var("DUMP").is_ok() {
+        for (t, line) in &w.log {
+            eprintln!("{:>9.3}s {line}", *t as f64 / 1000.0);
+        }
+    }
     let mut problems: Vec<String> = w.violations.clone();
     if problems.is_empty() {
         for g in w.db.groups.values() {

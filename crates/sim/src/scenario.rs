@@ -213,12 +213,16 @@ impl Scenario {
                     };
                     let mut sim = ResourceSim::default();
                     let mut depends_on = Vec::new();
+                    let mut migratable = false;
                     for w in &words[2..] {
                         let (k, v) = kv(w).map_err(err)?;
                         let num = || v.parse::<u64>().map_err(|_| err(format!("bad {k}")));
                         match k {
                             "start" => sim.start_ms = num()?,
                             "stop" => sim.stop_ms = num()?,
+                            "migrate" => sim.migrate_ms = num()?,
+                            "migrate_fails" => sim.migrate_fails = v == "yes",
+                            "migratable" => migratable = v == "yes",
                             "depends" => depends_on = v.split(',').map(String::from).collect(),
                             _ => {
                                 let name = match k {
@@ -241,6 +245,7 @@ impl Scenario {
                         params: BTreeMap::new(),
                         props,
                         depends_on,
+                        migratable,
                     };
                     setup(&mut s.db, Command::CreateResource { spec }).map_err(err)?;
                 }

@@ -23,6 +23,9 @@ use vigil_core::rcm::{Action, Input, Rcm, Report};
 pub const EPOCH_BASE_MS: u64 = 1_767_225_600_000;
 /// How long an election takes once the leader is lost.
 const ELECTION_MS: u64 = 400;
+/// How long the agent's write loop keeps trying an RCM record while there is no leader (the
+/// database's write timeout).
+const RCM_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// A runaway guard: no run handles more events than this.
 const MAX_EVENTS: u64 = 20_000_000;
 
@@ -31,6 +34,10 @@ const MAX_EVENTS: u64 = 20_000_000;
 pub struct ResourceSim {
     pub start_ms: u64,
     pub stop_ms: u64,
+    /// How long a migrate_to takes (the instance moves to the target when it ends).
+    pub migrate_ms: u64,
+    /// Every migrate_to fails (the instance stays where it was).
+    pub migrate_fails: bool,
 }
 
 impl Default for ResourceSim {
@@ -38,6 +45,8 @@ impl Default for ResourceSim {
         Self {
             start_ms: 100,
             stop_ms: 50,
+            migrate_ms: 200,
+            migrate_fails: false,
         }
     }
 }
@@ -62,11 +71,17 @@ enum Ev {
     Script(usize),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum ReportKind {
     Online,
     StartFailed,
     Offline,
+    /// migrate_to ended: `target` gets the instance unless it fails or the target is off.
+    Migrated {
+        target: String,
+    },
+    /// migrate_from found no instance arrived on this node.
+    ArrivalMissing,
 }
 
 struct Agent {
@@ -157,6 +172,10 @@ pub struct World {
     pub log: Vec<(u64, String)>,
     pub violations: Vec<String>,
     fm_wake: Option<u64>,
+    /// (resource, node): the node is ready to receive the resource by live migration.
+    prepared: BTreeSet<(String, String)>,
+    /// RCM records waiting for a leader, per node, in order (see [`World::write_rcm`]).
+    rcm_queue: BTreeMap<String, std::collections::VecDeque<(u64, Vec<Command>)>>,
     epochs: BTreeMap<String, u64>,
     events: u64,
     pulses: u64,
@@ -183,6 +202,8 @@ impl World {
             log: Vec::new(),
             violations: Vec::new(),
             fm_wake: None,
+            rcm_queue: BTreeMap::new(),
+            prepared: BTreeSet::new(),
             epochs: BTreeMap::new(),
             events: 0,
             pulses: 0,
@@ -355,6 +376,37 @@ impl World {
         }
         self.say(leader, "elected leader".to_string());
         self.push(now, Ev::FmWake);
+        self.flush_rcm_all();
+    }
+
+    /// RCM records, as the agent's write loop sends them: in order, and a write that finds
+    /// no leader keeps trying (through elections) for up to [`RCM_WRITE_TIMEOUT_MS`].
+    fn write_rcm(&mut self, n: &str, cmds: Vec<Command>) {
+        let deadline = self.now + RCM_WRITE_TIMEOUT_MS;
+        self.rcm_queue
+            .entry(n.to_string())
+            .or_default()
+            .push_back((deadline, cmds));
+        self.flush_rcm(n);
+    }
+
+    fn flush_rcm(&mut self, n: &str) {
+        while let Some((deadline, cmds)) = self.rcm_queue.get(n).and_then(|q| q.front()).cloned() {
+            if !self.powered(n) || self.now > deadline || self.write(n, cmds) {
+                if let Some(q) = self.rcm_queue.get_mut(n) {
+                    q.pop_front();
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn flush_rcm_all(&mut self) {
+        let waiting: Vec<String> = self.rcm_queue.keys().cloned().collect();
+        for n in waiting {
+            self.flush_rcm(&n);
+        }
     }
 
     /// After a power or network change: keep the leader if it still has a majority, else
@@ -379,6 +431,7 @@ impl World {
                 }
                 self.sync_view(&n);
             }
+            self.flush_rcm_all();
         } else if self.leader.take().is_some() || majority.is_some() {
             self.push(self.now + ELECTION_MS, Ev::Election);
         }
@@ -611,13 +664,20 @@ impl World {
                 Action::Online { resource } => self.rhs_online(n, &resource),
                 Action::Offline { resource } => self.rhs_offline(n, &resource),
                 Action::Terminate { resource } => self.rhs_terminate(n, &resource),
+                Action::MigrateTo { resource, target } => {
+                    self.rhs_migrate_to(n, &resource, &target)
+                }
+                Action::MigrateFrom { resource, .. } => self.rhs_migrate_from(n, &resource),
+                Action::MigratePrepare { resource, .. } => {
+                    self.prepared.insert((resource, n.to_string()));
+                }
                 Action::Close { .. } => {}
                 Action::Db(c) => cmds.push(c),
                 Action::Log(e) => self.note(n, &e),
             }
         }
         if !cmds.is_empty() {
-            self.write(n, cmds);
+            self.write_rcm(n, cmds);
         }
         if let Some(t) = wake {
             let t = t.max(now + 1);
@@ -688,7 +748,44 @@ impl World {
         );
     }
 
+    fn rhs_migrate_to(&mut self, n: &str, r: &str, target: &str) {
+        let inst = self.running.get(r).and_then(|m| m.get(n)).copied();
+        let at = self.now + self.sim(r).migrate_ms;
+        self.push(
+            at,
+            Ev::Report {
+                node: n.to_string(),
+                resource: r.to_string(),
+                instance: inst.unwrap_or(0),
+                report: ReportKind::Migrated {
+                    target: target.to_string(),
+                },
+            },
+        );
+    }
+
+    /// The instance arrived with migrate_to; completing it takes a start's time.
+    fn rhs_migrate_from(&mut self, n: &str, r: &str) {
+        let inst = self.running.get(r).and_then(|m| m.get(n)).copied();
+        let at = self.now + self.sim(r).start_ms;
+        let report = if inst.is_some() {
+            ReportKind::Online
+        } else {
+            ReportKind::ArrivalMissing
+        };
+        self.push(
+            at,
+            Ev::Report {
+                node: n.to_string(),
+                resource: r.to_string(),
+                instance: inst.unwrap_or(0),
+                report,
+            },
+        );
+    }
+
     fn rhs_terminate(&mut self, n: &str, r: &str) {
+        self.prepared.remove(&(r.to_string(), n.to_string()));
         if let Some(m) = self.running.get_mut(r) {
             m.remove(n);
         }
@@ -711,6 +808,31 @@ impl World {
                 self.rhs_terminate(n, r);
                 (Report::Offline, "stopped".to_string())
             }
+            ReportKind::Migrated { target } if current == Some(instance) && instance != 0 => {
+                // The target must be reachable, prepared, and hold its lease.
+                let ready = self.powered(&target)
+                    && self.prepared.contains(&(r.to_string(), target.clone()))
+                    && self.connected(n, &target)
+                    && self
+                        .nodes
+                        .get(&target)
+                        .and_then(|x| x.agent.as_ref())
+                        .is_some_and(|a| a.lease.valid(self.now));
+                if self.sim(r).migrate_fails || !ready {
+                    (Report::MigrateFailed, "migration failed".to_string())
+                } else {
+                    self.rhs_terminate(n, r);
+                    self.prepared.remove(&(r.to_string(), target.clone()));
+                    self.instance += 1;
+                    let inst = self.instance;
+                    self.running
+                        .entry(r.to_string())
+                        .or_default()
+                        .insert(target.clone(), inst);
+                    (Report::Migrated, format!("now running on {target}"))
+                }
+            }
+            ReportKind::ArrivalMissing => (Report::Failed, "nothing arrived".to_string()),
             // A stale report about an instance already gone.
             _ => return,
         };
@@ -735,6 +857,7 @@ impl World {
                 for m in self.running.values_mut() {
                     m.remove(&n);
                 }
+                self.prepared.retain(|(_, on)| on != &n);
                 let node = self.nodes.get_mut(&n).expect("known");
                 node.powered = false;
                 node.agent = None;
@@ -816,6 +939,7 @@ impl World {
                         &self.db,
                         &group,
                         from.as_deref(),
+                        true,
                         self.base_ms + self.now,
                     )
                 });

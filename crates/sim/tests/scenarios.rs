@@ -50,7 +50,11 @@ fn random_seeds_keep_the_invariants() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     let mut failed = Vec::new();
-    for seed in 0..seeds {
+    let first: u64 = std::env::var("SEED_FROM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    for seed in first..first + seeds {
         if let Err(report) = vigil_sim::random::run(seed) {
             if failed.is_empty() {
                 eprintln!("{report}");

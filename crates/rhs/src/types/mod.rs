@@ -86,6 +86,11 @@ pub trait ResourceType: Send + Sync {
     fn check(&self, params: &BTreeMap<String, String>) -> Result<CallBound, String>;
     /// Open: parse the parameters and make an instance; no side effects yet.
     fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, String>;
+    /// Whether a running instance can migrate between nodes (a live move calls
+    /// [`Resource::migrate_to`] on the source, then [`Resource::migrate_from`] on the target).
+    fn can_migrate(&self) -> bool {
+        false
+    }
 }
 
 pub trait Resource: Send {
@@ -95,6 +100,23 @@ pub trait Resource: Send {
     }
     fn online_progress(&mut self) -> Result<Progress, Fault> {
         Ok(Progress::Done)
+    }
+    /// Live move, on the source: move the running instance to node `target`. An error must
+    /// leave it running here.
+    fn migrate_to(&mut self, target: &str) -> Result<(), String> {
+        Err(format!("this resource type cannot migrate (to {target})"))
+    }
+    /// Live move, on the target, before the source migrates: get ready to receive the
+    /// instance from node `source` (a VM: start QEMU waiting for the incoming migration).
+    fn migrate_prepare(&mut self, source: &str) -> Result<(), String> {
+        let _ = source;
+        Ok(())
+    }
+    /// Live move, on the target: complete the migration from node `source`; then it runs here.
+    fn migrate_from(&mut self, source: &str) -> Result<Progress, Fault> {
+        Err(Fault::Failed(format!(
+            "this resource type cannot migrate (from {source})"
+        )))
     }
     /// Stop it gracefully (bounded by the type's own stop timeout).
     fn offline(&mut self) -> Result<(), String> {
@@ -190,17 +212,19 @@ pub fn find(name: &str, library: Option<&str>) -> Result<Box<dyn ResourceType>, 
 
 /// A type's parameters checked against its schema and by the type itself, and its calls'
 /// bound checked against `deadlock_timeout_ms`; the error names what is wrong. A registered
-/// plugin (`registered`) is checked against the schema it gave at registration. Returns the
-/// schema checked against.
+/// plugin (`registered`) is checked against the schema it gave at registration.
 pub fn validate(
     type_name: &str,
     params: &BTreeMap<String, String>,
     deadlock_timeout_ms: u64,
     registered: Option<&vigil_core::model::Plugin>,
-) -> Result<Vec<ParamSpec>, String> {
+) -> Result<Checked, String> {
     if let Some(info) = registered.filter(|i| i.name == type_name) {
         vigil_core::params::validate(type_name, &info.schema, params).map_err(|e| e.to_string())?;
-        return Ok(info.schema.clone());
+        return Ok(Checked {
+            schema: info.schema.clone(),
+            can_migrate: false,
+        });
     }
     let ty = find(type_name, None)?;
     vigil_core::params::validate(type_name, &ty.schema(), params).map_err(|e| e.to_string())?;
@@ -211,5 +235,16 @@ pub fn validate(
             bound.why, bound.ms
         ));
     }
-    Ok(ty.schema())
+    Ok(Checked {
+        schema: ty.schema(),
+        can_migrate: ty.can_migrate(),
+    })
+}
+
+/// What [`validate`] learned about the type.
+pub struct Checked {
+    /// The schema the parameters were checked against.
+    pub schema: Vec<ParamSpec>,
+    /// See [`ResourceType::can_migrate`]; plugins (ABI version 1) cannot.
+    pub can_migrate: bool,
 }

@@ -170,6 +170,8 @@ impl OcfType {
             start: ms(START_TIMEOUT, self.timeout("start"))?,
             stop: ms(STOP_TIMEOUT, self.timeout("stop"))?,
             monitor: ms(MONITOR_TIMEOUT, self.timeout("monitor"))?,
+            migrate_to: self.timeout("migrate_to"),
+            migrate_from: self.timeout("migrate_from"),
             depth,
         })
     }
@@ -179,6 +181,8 @@ struct Config {
     start: Duration,
     stop: Duration,
     monitor: Duration,
+    migrate_to: Duration,
+    migrate_from: Duration,
     depth: u32,
 }
 
@@ -225,10 +229,17 @@ impl ResourceType for OcfType {
 
     fn check(&self, params: &BTreeMap<String, String>) -> Result<CallBound, String> {
         let c = self.config(params)?;
-        let (action, longest) = [("start", c.start), ("stop", c.stop), ("monitor", c.monitor)]
+        let actions = [
+            ("start", c.start),
+            ("stop", c.stop),
+            ("monitor", c.monitor),
+            ("migrate_to", c.migrate_to),
+            ("migrate_from", c.migrate_from),
+        ];
+        let (action, longest) = actions
             .into_iter()
             .max_by_key(|(_, d)| *d)
-            .expect("three actions");
+            .expect("five actions");
         Ok(CallBound {
             ms: (longest + KILL_GRACE).as_millis() as u64,
             why: format!(
@@ -238,6 +249,11 @@ impl ResourceType for OcfType {
                 KILL_GRACE.as_millis()
             ),
         })
+    }
+
+    /// OCF agents that advertise both migrate_to and migrate_from in their meta-data.
+    fn can_migrate(&self) -> bool {
+        self.has_action("migrate_to") && self.has_action("migrate_from")
     }
 
     fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, String> {
@@ -261,6 +277,7 @@ impl ResourceType for OcfType {
         }
         Ok(Box::new(OcfResource {
             type_name: self.name.clone(),
+            node: ctx.node.clone(),
             path: self.path.clone(),
             env,
             config,
@@ -271,6 +288,7 @@ impl ResourceType for OcfType {
 
 struct OcfResource {
     type_name: String,
+    node: String,
     path: PathBuf,
     env: Vec<(String, String)>,
     config: Config,
@@ -304,6 +322,16 @@ fn code_name(code: i32) -> &'static str {
 
 impl OcfResource {
     fn run(&self, action: &str, timeout: Duration, depth: Option<u32>) -> Ended {
+        self.run_with(action, timeout, depth, &[])
+    }
+
+    fn run_with(
+        &self,
+        action: &str,
+        timeout: Duration,
+        depth: Option<u32>,
+        extra: &[(&str, &str)],
+    ) -> Ended {
         let mut cmd = Command::new(&self.path);
         cmd.arg(action)
             .env_clear()
@@ -319,6 +347,7 @@ impl OcfResource {
         if let Some(depth) = depth {
             cmd.env("OCF_CHECK_LEVEL", depth.to_string());
         }
+        cmd.envs(extra.iter().copied());
         match OpenOptions::new()
             .create(true)
             .append(true)
@@ -386,6 +415,31 @@ impl Resource for OcfResource {
             Ended::Exit(0 | 3) => Ok(Progress::Done),
             how @ Ended::Exit(2 | 5 | 6) => Err(Fault::Misconfigured(self.describe("start", &how))),
             how => Err(Fault::Failed(self.describe("start", &how))),
+        }
+    }
+
+    fn migrate_to(&mut self, target: &str) -> Result<(), String> {
+        let env = [
+            ("OCF_RESKEY_CRM_meta_migrate_source", self.node.as_str()),
+            ("OCF_RESKEY_CRM_meta_migrate_target", target),
+        ];
+        match self.run_with("migrate_to", self.config.migrate_to, None, &env) {
+            Ended::Exit(0) => Ok(()),
+            how => Err(self.describe("migrate_to", &how)),
+        }
+    }
+
+    fn migrate_from(&mut self, source: &str) -> Result<Progress, Fault> {
+        let env = [
+            ("OCF_RESKEY_CRM_meta_migrate_source", source),
+            ("OCF_RESKEY_CRM_meta_migrate_target", self.node.as_str()),
+        ];
+        match self.run_with("migrate_from", self.config.migrate_from, None, &env) {
+            Ended::Exit(0) => Ok(Progress::Done),
+            how @ Ended::Exit(2 | 5 | 6) => {
+                Err(Fault::Misconfigured(self.describe("migrate_from", &how)))
+            }
+            how => Err(Fault::Failed(self.describe("migrate_from", &how))),
         }
     }
 
