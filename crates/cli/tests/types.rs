@@ -431,6 +431,35 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
     a.wait_state("hang", "Online");
     std::fs::write(format!("{}.hang", hang.display()), "").unwrap();
     wait_until("hang failed", || a.state("hang") == "Failed");
+    // validate-all runs before start: OCF_ERR_ARGS is a configuration error, not restarted.
+    a.ok(&["group", "create", "v"]);
+    let invalid = dir.path().join("invalid.state");
+    a.ok(&[
+        "resource",
+        "create",
+        "invalid",
+        "--group",
+        "v",
+        "--type",
+        "ocf:vigiltest:Odd",
+        "--param",
+        &format!("state={}", invalid.display()),
+        "--param",
+        "mode=bogus",
+        "--online",
+    ]);
+    wait_until("invalid failed", || a.state("invalid") == "Failed");
+    let reasons = a.reasons("invalid");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("validate-all exited with 2 (OCF_ERR_ARGS)")),
+        "{reasons:#?}"
+    );
+    assert!(
+        !reasons.iter().any(|r| r.contains("restarting in place")),
+        "{reasons:#?}"
+    );
     assert!(logged(&a, "hang", "did not finish within 300 ms; killed"));
     // The agent process itself never noticed a thing.
     assert!(alive(a.pid()));

@@ -8,7 +8,8 @@
 //!   monitor depth of IsAlive (10 by default). Every other parameter reaches the agent as
 //!   `OCF_RESKEY_name`, with `OCF_ROOT`, `OCF_RESOURCE_INSTANCE`, `OCF_RESOURCE_TYPE`,
 //!   `OCF_RESOURCE_PROVIDER`, `OCF_RA_VERSION_MAJOR/MINOR` and `OCF_RESKEY_CRM_meta_timeout`.
-//! - Online = `start`, Offline and Terminate = `stop`, LooksAlive = `monitor` with
+//! - Online = `validate-all` (when the agent has it) then `start`, Offline and Terminate =
+//!   `stop`, LooksAlive = `monitor` with
 //!   `OCF_CHECK_LEVEL=0`, IsAlive = `monitor` at `vigil_is_alive_depth`.
 //! - Exit codes: 0 success (monitor: running), 7 not running, 3 unimplemented (a no-op),
 //!   2/5/6 a configuration error on this node (not retried here), 8 running as promoted;
@@ -278,6 +279,9 @@ impl ResourceType for OcfType {
         Ok(Box::new(OcfResource {
             type_name: self.name.clone(),
             node: ctx.node.clone(),
+            validate: self
+                .has_action("validate-all")
+                .then(|| self.timeout("validate-all")),
             path: self.path.clone(),
             env,
             config,
@@ -289,6 +293,9 @@ impl ResourceType for OcfType {
 struct OcfResource {
     type_name: String,
     node: String,
+    /// `validate-all`'s timeout, when the agent has it: run before every start, on the node
+    /// that is about to start it.
+    validate: Option<Duration>,
     path: PathBuf,
     env: Vec<(String, String)>,
     config: Config,
@@ -411,6 +418,15 @@ impl OcfResource {
 
 impl Resource for OcfResource {
     fn online(&mut self) -> Result<Progress, Fault> {
+        if let Some(timeout) = self.validate {
+            match self.run("validate-all", timeout, None) {
+                Ended::Exit(0 | 3) => {}
+                how @ Ended::Exit(2 | 5 | 6) => {
+                    return Err(Fault::Misconfigured(self.describe("validate-all", &how)));
+                }
+                how => return Err(Fault::Failed(self.describe("validate-all", &how))),
+            }
+        }
         match self.run("start", self.config.start, None) {
             Ended::Exit(0 | 3) => Ok(Progress::Done),
             how @ Ended::Exit(2 | 5 | 6) => Err(Fault::Misconfigured(self.describe("start", &how))),
