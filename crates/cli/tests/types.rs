@@ -63,6 +63,16 @@ fn test_ocf_root(dir: &Path) -> PathBuf {
     root
 }
 
+/// `vigil resource create NAME --group GROUP --type TYPE --param P … EXTRA…` on `a`.
+fn create(a: &Agent, name: &str, group: &str, ty: &str, params: &[String], extra: &[&str]) {
+    let mut args = vec!["resource", "create", name, "--group", group, "--type", ty];
+    for p in params {
+        args.extend(["--param", p.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    a.ok(&args);
+}
+
 fn resource_count(a: &Agent) -> usize {
     a.status()["groups"]
         .as_array()
@@ -83,22 +93,20 @@ fn ocf_dummy_comes_online_is_monitored_and_goes_offline() {
     let state = a.dir.path().join("d.state");
     let state_param = format!("state={}", state.display());
     a.ok(&["group", "create", "g"]);
-    a.ok(&[
-        "resource",
-        "create",
+    create(
+        &a,
         "d",
-        "--group",
         "g",
-        "--type",
         "ocf:heartbeat:Dummy",
-        "--param",
-        &state_param,
-        "--looks-alive-ms",
-        "200",
-        "--is-alive-ms",
-        "400",
-        "--online",
-    ]);
+        std::slice::from_ref(&state_param),
+        &[
+            "--looks-alive-ms",
+            "200",
+            "--is-alive-ms",
+            "400",
+            "--online",
+        ],
+    );
     a.wait_state("d", "Online");
     assert!(state.exists(), "start made the state file");
     // Someone removes what the agent tracks: monitor says 7 (not running), and it restarts.
@@ -202,26 +210,19 @@ fn ocf_anything_supervises_a_real_process_and_restarts_it() {
     let pidfile = a.dir.path().join("sleeper.pid");
     let logfile = a.dir.path().join("sleeper.log");
     a.ok(&["group", "create", "g"]);
-    a.ok(&[
-        "resource",
-        "create",
+    create(
+        &a,
         "sleeper",
-        "--group",
         "g",
-        "--type",
         "ocf:heartbeat:anything",
-        "--param",
-        "binfile=/bin/sleep",
-        "--param",
-        "cmdline_options=1000",
-        "--param",
-        &format!("pidfile={}", pidfile.display()),
-        "--param",
-        &format!("logfile={}", logfile.display()),
-        "--looks-alive-ms",
-        "200",
-        "--online",
-    ]);
+        &[
+            "binfile=/bin/sleep".into(),
+            "cmdline_options=1000".into(),
+            format!("pidfile={}", pidfile.display()),
+            format!("logfile={}", logfile.display()),
+        ],
+        &["--looks-alive-ms", "200", "--online"],
+    );
     a.wait_state("sleeper", "Online");
     let pid_of = || read(&pidfile).trim().parse::<u32>().ok();
     let first = pid_of().expect("anything wrote its pid file");
@@ -253,20 +254,14 @@ fn an_ocf_configuration_error_is_not_retried_on_that_node_and_the_group_moves() 
     let (n1, _n2) = two_nodes_with_the_test_agent(&root);
     let state = dir.path().join("odd.state");
     n1.ok(&["group", "create", "g", "--preferred-owners", "n1,n2"]);
-    n1.ok(&[
-        "resource",
-        "create",
+    create(
+        &n1,
         "odd",
-        "--group",
         "g",
-        "--type",
         "ocf:vigiltest:Odd",
-        "--param",
-        &format!("state={}", state.display()),
-        "--param",
-        "bad_on=n1",
-        "--online",
-    ]);
+        &[format!("state={}", state.display()), "bad_on=n1".into()],
+        &["--online"],
+    );
     wait_until("odd is Online on n2", || {
         n1.state("odd") == "Online" && n1.group("g")["owner"] == "n2"
     });
@@ -323,20 +318,17 @@ fn a_planned_move_of_a_migratable_ocf_resource_migrates_it_instead_of_restarting
     let state = dir.path().join("mig.state");
     let journal = dir.path().join("journal");
     n1.ok(&["group", "create", "g", "--preferred-owners", "n1,n2"]);
-    n1.ok(&[
-        "resource",
-        "create",
+    create(
+        &n1,
         "mig",
-        "--group",
         "g",
-        "--type",
         "ocf:vigiltest:Odd",
-        "--param",
-        &format!("state={}", state.display()),
-        "--param",
-        &format!("journal={}", journal.display()),
-        "--online",
-    ]);
+        &[
+            format!("state={}", state.display()),
+            format!("journal={}", journal.display()),
+        ],
+        &["--online"],
+    );
     wait_until("mig is Online on n1", || n1.state("mig") == "Online");
     let epoch = n1.group("g")["epoch"].as_u64().unwrap();
     n1.ok(&["group", "move", "g", "--to", "n2"]);
@@ -384,24 +376,23 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
     a.spawn_with(cmd);
     a.ok(&["group", "create", "g"]);
     let garbage = dir.path().join("garbage.state");
-    a.ok(&[
-        "resource",
-        "create",
+    create(
+        &a,
         "garbage",
-        "--group",
         "g",
-        "--type",
         "ocf:vigiltest:Odd",
-        "--param",
-        &format!("state={}", garbage.display()),
-        "--param",
-        "mode=garbage",
-        "--looks-alive-ms",
-        "200",
-        "--restart-action",
-        "none",
-        "--online",
-    ]);
+        &[
+            format!("state={}", garbage.display()),
+            "mode=garbage".into(),
+        ],
+        &[
+            "--looks-alive-ms",
+            "200",
+            "--restart-action",
+            "none",
+            "--online",
+        ],
+    );
     wait_until("garbage failed", || a.state("garbage") == "Failed");
     assert!(logged(
         &a,
@@ -410,44 +401,37 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
     ));
     a.ok(&["group", "create", "h"]);
     let hang = dir.path().join("hang.state");
-    a.ok(&[
-        "resource",
-        "create",
+    create(
+        &a,
         "hang",
-        "--group",
         "h",
-        "--type",
         "ocf:vigiltest:Odd",
-        "--param",
-        &format!("state={}", hang.display()),
-        "--param",
-        "vigil_monitor_timeout_ms=300",
-        "--looks-alive-ms",
-        "200",
-        "--restart-action",
-        "none",
-        "--online",
-    ]);
+        &[
+            format!("state={}", hang.display()),
+            "vigil_monitor_timeout_ms=300".into(),
+        ],
+        &[
+            "--looks-alive-ms",
+            "200",
+            "--restart-action",
+            "none",
+            "--online",
+        ],
+    );
     a.wait_state("hang", "Online");
     std::fs::write(format!("{}.hang", hang.display()), "").unwrap();
     wait_until("hang failed", || a.state("hang") == "Failed");
     // validate-all runs before start: OCF_ERR_ARGS is a configuration error, not restarted.
     a.ok(&["group", "create", "v"]);
     let invalid = dir.path().join("invalid.state");
-    a.ok(&[
-        "resource",
-        "create",
+    create(
+        &a,
         "invalid",
-        "--group",
         "v",
-        "--type",
         "ocf:vigiltest:Odd",
-        "--param",
-        &format!("state={}", invalid.display()),
-        "--param",
-        "mode=bogus",
-        "--online",
-    ]);
+        &[format!("state={}", invalid.display()), "mode=bogus".into()],
+        &["--online"],
+    );
     wait_until("invalid failed", || a.state("invalid") == "Failed");
     let reasons = a.reasons("invalid");
     assert!(
@@ -475,21 +459,18 @@ fn a_floating_ip_moves_with_its_group_between_two_namespaces() {
     wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
     let vip = net.addr(100);
     n1.ok(&["group", "create", "web", "--preferred-owners", "n1,n2"]);
-    n1.ok(&[
-        "resource",
-        "create",
+    create(
+        &n1,
         "ip",
-        "--group",
         "web",
-        "--type",
         "ocf:heartbeat:IPaddr2",
-        "--param",
-        &format!("ip={vip}"),
-        "--param",
-        "cidr_netmask=24",
-        "--param",
-        "nic=eth0",
-    ]);
+        &[
+            format!("ip={vip}"),
+            "cidr_netmask=24".into(),
+            "nic=eth0".into(),
+        ],
+        &[],
+    );
     // A service on every address of its node that answers with the node's name.
     let script = n1.dir.path().join("server.py");
     std::fs::write(
@@ -507,21 +488,17 @@ fn a_floating_ip_moves_with_its_group_between_two_namespaces() {
          http.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n",
     )
     .unwrap();
-    n1.ok(&[
-        "resource",
-        "create",
+    create(
+        &n1,
         "http",
-        "--group",
         "web",
-        "--type",
         "process",
-        "--param",
-        &format!("command=python3 {}", script.display()),
-        "--param",
-        "check_tcp=127.0.0.1:8080",
-        "--depends-on",
-        "ip",
-    ]);
+        &[
+            format!("command=python3 {}", script.display()),
+            "check_tcp=127.0.0.1:8080".into(),
+        ],
+        &["--depends-on", "ip"],
+    );
     n1.ok(&["group", "online", "web"]);
     let answer = || {
         use std::io::{Read, Write};
@@ -572,20 +549,14 @@ fn the_example_plugin_is_registered_brought_online_checked_failed_and_restarted(
     );
     let marker = a.dir.path().join("marker");
     a.ok(&["group", "create", "g"]);
-    a.ok(&[
-        "resource",
-        "create",
+    create(
+        &a,
         "m",
-        "--group",
         "g",
-        "--type",
         "marker",
-        "--param",
-        &format!("path={}", marker.display()),
-        "--looks-alive-ms",
-        "200",
-        "--online",
-    ]);
+        &[format!("path={}", marker.display())],
+        &["--looks-alive-ms", "200", "--online"],
+    );
     a.wait_state("m", "Online");
     assert_eq!(read(&marker), "m on n1 epoch 1\n");
     // IsAlive notices a marker that is not ours; LooksAlive one that is gone.
@@ -660,20 +631,20 @@ fn a_plugin_that_answers_garbage_fails_with_a_clear_log_line() {
     let odd = c_plugin(dir.path(), None);
     a.ok(&["type", "register", odd.to_str().unwrap()]);
     a.ok(&["group", "create", "g"]);
-    a.ok(&[
-        "resource",
-        "create",
+    create(
+        &a,
         "o",
-        "--group",
         "g",
-        "--type",
         "odd",
-        "--is-alive-ms",
-        "200",
-        "--restart-action",
-        "none",
-        "--online",
-    ]);
+        &[],
+        &[
+            "--is-alive-ms",
+            "200",
+            "--restart-action",
+            "none",
+            "--online",
+        ],
+    );
     wait_until("o failed", || a.state("o") == "Failed");
     assert!(logged(
         &a,
@@ -697,25 +668,24 @@ fn a_crashing_or_hanging_plugin_takes_down_only_its_own_rhs() {
 
     let crash = a.dir.path().join("crash");
     a.ok(&["group", "create", "c"]);
-    a.ok(&[
-        "resource",
-        "create",
+    create(
+        &a,
         "crash",
-        "--group",
         "c",
-        "--type",
         "marker",
-        "--param",
-        &format!("path={}", crash.display()),
-        "--param",
-        "fault=segv_on_online",
-        "--separate-monitor",
-        "--restart-threshold",
-        "1",
-        "--restart-action",
-        "restart",
-        "--online",
-    ]);
+        &[
+            format!("path={}", crash.display()),
+            "fault=segv_on_online".into(),
+        ],
+        &[
+            "--separate-monitor",
+            "--restart-threshold",
+            "1",
+            "--restart-action",
+            "restart",
+            "--online",
+        ],
+    );
     wait_until("crash gave up", || {
         a.state("crash") == "Failed" && logged(&a, "crash", "staying Failed")
     });
@@ -728,27 +698,26 @@ fn a_crashing_or_hanging_plugin_takes_down_only_its_own_rhs() {
 
     let hang = a.dir.path().join("hang");
     a.ok(&["group", "create", "h"]);
-    a.ok(&[
-        "resource",
-        "create",
+    create(
+        &a,
         "hang",
-        "--group",
         "h",
-        "--type",
         "marker",
-        "--param",
-        &format!("path={}", hang.display()),
-        "--param",
-        "fault=hang_on_is_alive",
-        "--separate-monitor",
-        "--is-alive-ms",
-        "200",
-        "--deadlock-timeout-ms",
-        "1000",
-        "--restart-action",
-        "none",
-        "--online",
-    ]);
+        &[
+            format!("path={}", hang.display()),
+            "fault=hang_on_is_alive".into(),
+        ],
+        &[
+            "--separate-monitor",
+            "--is-alive-ms",
+            "200",
+            "--deadlock-timeout-ms",
+            "1000",
+            "--restart-action",
+            "none",
+            "--online",
+        ],
+    );
     wait_until("the hang is caught", || {
         logged(
             &a,

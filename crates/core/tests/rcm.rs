@@ -831,8 +831,8 @@ fn a_configuration_error_is_not_restarted_here_and_the_group_fails_over() {
     assert_eq!(n.tick(10_000), []);
 }
 
-#[test]
-fn a_live_move_migrates_then_hands_over_then_stops_what_is_left() {
+/// n1 runs `vm` (which can migrate) in g, and an operator has asked for g on n2.
+fn moving_live() -> Node {
     let mut n = Node::new(&[("vm", &[])]);
     n.db.resources.get_mut("vm").unwrap().migratable = true;
     add_n2(&mut n);
@@ -843,6 +843,12 @@ fn a_live_move_migrates_then_hands_over_then_stops_what_is_left() {
         kind: vigil_core::model::MoveKind::Operator,
     };
     apply(&mut n.db, &mv).unwrap();
+    n
+}
+
+#[test]
+fn a_live_move_migrates_then_hands_over_then_stops_what_is_left() {
+    let mut n = moving_live();
     assert!(n.db.groups["g"].moving.as_ref().unwrap().live);
     let actions = n.tick(1_000);
     assert_eq!(
@@ -870,16 +876,7 @@ fn a_live_move_migrates_then_hands_over_then_stops_what_is_left() {
 
 #[test]
 fn a_failed_live_migration_leaves_the_group_running_here() {
-    let mut n = Node::new(&[("vm", &[])]);
-    n.db.resources.get_mut("vm").unwrap().migratable = true;
-    add_n2(&mut n);
-    n.start(0);
-    let mv = Command::MoveGroup {
-        group: "g".into(),
-        to: "n2".into(),
-        kind: vigil_core::model::MoveKind::Operator,
-    };
-    apply(&mut n.db, &mv).unwrap();
+    let mut n = moving_live();
     assert_eq!(calls(&n.tick(1_000)), ["migrate vm to n2"]);
     let actions = n.report("vm", Report::MigrateFailed, 1_200);
     assert_eq!(
