@@ -554,12 +554,17 @@ fn the_example_plugin_is_registered_brought_online_checked_failed_and_restarted(
         "m",
         "g",
         "marker",
-        &[format!("path={}", marker.display())],
+        &[
+            format!("path={}", marker.display()),
+            "pending_polls=3".into(),
+        ],
         &["--looks-alive-ms", "200", "--online"],
     );
     a.wait_state("m", "Online");
     assert_eq!(read(&marker), "m on n1 epoch 1\n");
-    // IsAlive notices a marker that is not ours; LooksAlive one that is gone.
+    // Its Online said "pending" three times first; the host kept asking.
+    assert!(logged(&a, "m", "OnlinePending: coming online"));
+    // LooksAlive notices the marker is gone, IsAlive confirms; restarted in place.
     std::fs::remove_file(&marker).unwrap();
     wait_until("the plugin's check failed", || {
         logged(&a, "m", &format!("IsAlive: marker {}", marker.display()))

@@ -3,6 +3,7 @@
 //! - Online writes `path` with the resource, node and epoch; Offline and Terminate remove it.
 //! - LooksAlive: the file exists. IsAlive: it still holds what Online wrote.
 //! - A `path` whose directory does not exist is a configuration error (not retried here).
+//! - `pending_polls=N`: Online answers "pending" N times first (a long Online).
 //! - `fault` makes it misbehave on purpose, for the isolation tests: `segv_on_online`
 //!   (a segmentation fault), `hang_on_is_alive` (never returns), `panic_on_online`.
 //!   (A plugin answering garbage is tested with a C plugin: the SDK cannot produce garbage.)
@@ -15,6 +16,8 @@ pub struct Marker {
     path: PathBuf,
     content: String,
     fault: Fault,
+    /// Online answers "pending" this many more times before it does its work.
+    pending_polls: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,7 +45,14 @@ impl Plugin for Marker {
                 ));
             }
         };
+        let pending_polls = match ctx.params.get("pending_polls") {
+            None => 0,
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("pending_polls {v:?} is not a whole number"))?,
+        };
         Ok(Marker {
+            pending_polls,
             path: PathBuf::from(path),
             content: format!("{} on {} epoch {}\n", ctx.resource, ctx.node, ctx.epoch),
             fault,
@@ -57,6 +67,11 @@ impl Plugin for Marker {
             }
             Fault::PanicOnOnline => panic!("asked to panic"),
             _ => {}
+        }
+        if self.pending_polls > 0 {
+            // A long Online: the host calls again until it is done.
+            self.pending_polls -= 1;
+            return Status::Pending;
         }
         let dir = self.path.parent().unwrap_or(std::path::Path::new("/"));
         if !dir.is_dir() {
@@ -127,6 +142,8 @@ vigil_plugin::export_plugin!(
     schema = r#"[
   {"name": "path", "kind": "string", "required": true, "default": null,
    "description": "absolute path of the marker file"},
+  {"name": "pending_polls", "kind": "integer", "required": false, "default": "0",
+   "description": "answer pending this many times before coming online (a long Online)"},
   {"name": "fault", "kind": "string", "required": false, "default": "none",
    "description": "misbehave on purpose: none, segv_on_online, hang_on_is_alive, panic_on_online"}
 ]"#
