@@ -17,6 +17,20 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   apt-get update -q && apt-get install -y -q "${need[@]}"
 fi
+# QEMU for the VM tests. Bookworm's own qemu-system-x86 conflicts with the qemu-utils these
+# machines have from bookworm-backports, so it comes from backports too, through a private
+# sources list (the machine's apt configuration is left alone).
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  echo "installing: qemu-system-x86 (bookworm-backports)" >&2
+  uri=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  list=$(mktemp)
+  printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb %s bookworm-backports main\n' \
+    "${uri:-http://deb.debian.org/debian}" "${uri:-http://deb.debian.org/debian}" "${uri:-http://deb.debian.org/debian}" >"$list"
+  apt_private=(-o Dir::Etc::SourceList="$list" -o Dir::Etc::SourceParts=/dev/null)
+  apt-get -q "${apt_private[@]}" update
+  apt-get install -y -q --no-install-recommends "${apt_private[@]}" -t bookworm-backports qemu-system-x86
+  rm -f "$list"
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

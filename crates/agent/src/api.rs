@@ -703,10 +703,13 @@ async fn move_group(
         });
     }
     if owner.as_deref() != Some(to.as_str()) {
+        let why = g
+            .and_then(|g| g.failed_moves.iter().find(|f| f.to == to))
+            .map_or(String::new(), |f| format!(" ({})", f.reason));
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             message: format!(
-                "group {name:?} did not move to {to}: owner is {} (see `vigil log --group {name}`)",
+                "group {name:?} did not move to {to}{why}: owner is {} (see `vigil log --group {name}`)",
                 owner.as_deref().unwrap_or("none")
             ),
         });

@@ -161,6 +161,11 @@ impl Hosts {
                 deadlock_timeout_ms: r.props.deadlock_timeout_ms,
             },
             node: self.node.clone(),
+            node_address: db
+                .nodes
+                .get(&self.node)
+                .map(|n| n.address.clone())
+                .unwrap_or_default(),
             epoch: db.group_epoch(&r.group),
             log_path: self.resource_log(resource),
         };

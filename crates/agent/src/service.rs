@@ -194,9 +194,17 @@ impl Service {
                 }
             }
             Action::MigrateTo { resource, target } => {
+                let target_address = self
+                    .db
+                    .state()
+                    .nodes
+                    .get(&target)
+                    .map(|n| n.address.clone())
+                    .unwrap_or_default();
                 let msg = ToHost::MigrateTo {
                     resource: resource.clone(),
                     target,
+                    target_address,
                 };
                 if !self.hosts.migrate(&resource, msg) {
                     followups.push_back(Input::Report {

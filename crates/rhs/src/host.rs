@@ -146,6 +146,7 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                 params,
                 checks,
                 node,
+                node_address,
                 epoch,
                 log_path,
             } => {
@@ -164,6 +165,7 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                     resource: resource.clone(),
                     params,
                     node,
+                    node_address,
                     epoch,
                     log_path: log_path.into(),
                 };
@@ -296,6 +298,8 @@ enum Phase {
     Migrated,
 }
 
+// One value per turn of a worker's loop, on its stack: boxing the command would allocate.
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Cmd(Option<ToHost>),
     LooksAlive,
@@ -381,7 +385,11 @@ impl Worker {
                     is = interval(w.checks.is_alive_ms);
                 }
                 Wake::Cmd(Some(ToHost::Offline { .. })) => w.offline().await,
-                Wake::Cmd(Some(ToHost::MigrateTo { target, .. })) => w.migrate_to(target).await,
+                Wake::Cmd(Some(ToHost::MigrateTo {
+                    target,
+                    target_address,
+                    ..
+                })) => w.migrate_to(target, target_address).await,
                 Wake::Cmd(Some(ToHost::MigratePrepare { source, .. })) => {
                     let result = w
                         .call("MigratePrepare", move |r| r.migrate_prepare(&source))
@@ -512,18 +520,21 @@ impl Worker {
         }
     }
 
-    async fn migrate_to(&mut self, target: String) {
+    async fn migrate_to(&mut self, target: String, target_address: String) {
         if self.phase != Phase::Online {
             let reason = "it is not online here".to_string();
             self.report(Report::MigrateFailed, reason, None).await;
             return;
         }
         let to = target.clone();
-        match self.call("MigrateTo", move |r| r.migrate_to(&to)).await {
-            Ok(Ok(())) => {
+        let result = self
+            .call("MigrateTo", move |r| r.migrate_to(&to, &target_address))
+            .await;
+        match result {
+            Ok(Ok(done)) => {
                 self.stop_watching();
                 self.phase = Phase::Migrated;
-                let reason = format!("now running on {target}");
+                let reason = format!("now running on {target}: {done}");
                 self.report(Report::Migrated, reason, None).await;
             }
             Ok(Err(e)) | Err(e) => self.report(Report::MigrateFailed, e, None).await,
@@ -568,13 +579,14 @@ impl Worker {
     }
 
     async fn became_online(&mut self) {
-        let (fd, pid) = self
-            .call("Online", |r| (r.event_fd(), r.pid()))
+        let (fd, pid, how) = self
+            .call("Online", |r| (r.event_fd(), r.pid(), r.describe()))
             .await
-            .unwrap_or((None, None));
+            .unwrap_or((None, None, None));
         self.watch_fd(fd);
         self.phase = Phase::Online;
-        self.report(Report::Online, "online", pid).await;
+        let reason = how.map_or_else(|| "online".to_string(), |h| format!("online: {h}"));
+        self.report(Report::Online, reason, pid).await;
     }
 
     /// Starts watching the resource's event descriptor, if its type has one.

@@ -46,6 +46,9 @@ pub enum ToHost {
         params: BTreeMap<String, String>,
         checks: Checks,
         node: String,
+        /// This node's API address (`HOST:PORT`).
+        #[serde(default)]
+        node_address: String,
         epoch: u64,
         /// Where the resource's own output goes.
         log_path: String,
@@ -64,6 +67,9 @@ pub enum ToHost {
     MigrateTo {
         resource: String,
         target: String,
+        /// The target's API address (`HOST:PORT`).
+        #[serde(default)]
+        target_address: String,
     },
     /// Live move, on the target, before the source migrates: get ready to receive the
     /// instance from `source`. Answered only on failure (a `MigrateFailed` status).

@@ -48,6 +48,12 @@ impl Agent {
         Agent::at(name, format!("127.0.0.1:{}", free_port()), None)
     }
 
+    /// An agent named `name` listening on `ip` (a 127.0.0.x address of its own: what it
+    /// binds for its resources then never collides with another agent's).
+    pub fn on(name: &str, ip: &str) -> Agent {
+        Agent::at(name, format!("{ip}:{}", free_port()), None)
+    }
+
     fn at(name: &str, listen: String, netns: Option<String>) -> Agent {
         Agent {
             name: name.into(),

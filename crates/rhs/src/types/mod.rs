@@ -15,6 +15,8 @@ use vigil_core::params::ParamSpec;
 pub mod ocf;
 pub mod plugin;
 pub mod process;
+mod qmp;
+pub mod vm;
 
 /// What a resource is told when it is opened.
 #[derive(Clone, Debug)]
@@ -22,6 +24,9 @@ pub struct OpenContext {
     pub resource: String,
     pub params: BTreeMap<String, String>,
     pub node: String,
+    /// This node's API address (`HOST:PORT`); types that listen (a VM's incoming
+    /// migration, its forwarded ports) use its host.
+    pub node_address: String,
     pub epoch: u64,
     pub log_path: PathBuf,
 }
@@ -103,7 +108,10 @@ pub trait Resource: Send {
     }
     /// Live move, on the source: move the running instance to node `target`. An error must
     /// leave it running here.
-    fn migrate_to(&mut self, target: &str) -> Result<(), String> {
+    /// `target_address` is the target node's API address (`HOST:PORT`). Answers what
+    /// happened (for the cluster log).
+    fn migrate_to(&mut self, target: &str, target_address: &str) -> Result<String, String> {
+        let _ = target_address;
         Err(format!("this resource type cannot migrate (to {target})"))
     }
     /// Live move, on the target, before the source migrates: get ready to receive the
@@ -153,6 +161,20 @@ pub trait Resource: Send {
     fn pid(&self) -> Option<u32> {
         None
     }
+    /// How it runs, for the Online record (e.g. which accelerator a VM got).
+    fn describe(&self) -> Option<String> {
+        None
+    }
+}
+
+/// 64-bit FNV-1a of `text`: stable across processes and builds.
+pub(crate) fn fnv(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// Waits up to `limit` for `child` (the leader of its own process group) to exit; past that,
@@ -181,7 +203,7 @@ pub(crate) fn wait_or_kill_group(
 
 /// The built-in resource types.
 pub fn builtin() -> Vec<Box<dyn ResourceType>> {
-    vec![Box::new(process::ProcessType)]
+    vec![Box::new(process::ProcessType), Box::new(vm::VmType)]
 }
 
 /// A type by name: a built-in one, an OCF agent (`ocf:PROVIDER:AGENT`, from its meta-data),

@@ -434,13 +434,13 @@ impl Resource for OcfResource {
         }
     }
 
-    fn migrate_to(&mut self, target: &str) -> Result<(), String> {
+    fn migrate_to(&mut self, target: &str, _target_address: &str) -> Result<String, String> {
         let env = [
             ("OCF_RESKEY_CRM_meta_migrate_source", self.node.as_str()),
             ("OCF_RESKEY_CRM_meta_migrate_target", target),
         ];
         match self.run_with("migrate_to", self.config.migrate_to, None, &env) {
-            Ended::Exit(0) => Ok(()),
+            Ended::Exit(0) => Ok(format!("{} migrate_to {target} done", self.type_name)),
             how => Err(self.describe("migrate_to", &how)),
         }
     }

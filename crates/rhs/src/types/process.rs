@@ -515,6 +515,19 @@ fn run_check(argv: &[String], timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// Spawns `cmd` (which must lead a process group of its own) like a `process` resource: with
+/// a parent-death signal, its group killed by [`kill_all_groups`] until [`forget_group`].
+pub(crate) fn spawn_in_group(cmd: Command) -> std::io::Result<Child> {
+    let child = spawn(cmd)?;
+    groups().insert(child.id() as i32);
+    Ok(child)
+}
+
+/// The group of `pid` is gone (reaped and cleaned up).
+pub(crate) fn forget_group(pid: u32) {
+    groups().remove(&(pid as i32));
+}
+
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawner threads. A spawn blocks its thread until the child has exec'd, so several threads
@@ -576,6 +589,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             node: "n1".into(),
+            node_address: "127.0.0.1:7440".into(),
             epoch: 4,
             log_path: dir.join(format!("vigil-process-test-{}.log", std::process::id())),
         };
@@ -654,6 +668,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             node: "n".into(),
+            node_address: "127.0.0.1:7440".into(),
             epoch: 1,
             log_path: "/dev/null".into(),
         };

@@ -1,0 +1,285 @@
+//! VM resources on real QEMU, with firmware-only guests (no disk, no kernel: the VM sits in
+//! its firmware, ignores ACPI power-down, answers QMP and migrates; the cheapest fixture).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use support::{Agent, alive, kill9, wait_until};
+
+fn qemu_installed() {
+    assert!(
+        std::process::Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "qemu-system-x86_64 is missing: run the README's test command"
+    );
+}
+
+/// A firmware-only VM resource `name` in group `group`, brought online.
+fn firmware_vm(a: &Agent, group: &str, name: &str, extra: &[&str]) {
+    a.ok(&["group", "create", group, "--preferred-owners", &a.name]);
+    let mut args = vec![
+        "resource",
+        "create",
+        name,
+        "--group",
+        group,
+        "--type",
+        "vm",
+        "--param",
+        "stop_timeout_ms=1000",
+        "--looks-alive-ms",
+        "200",
+    ];
+    if !extra.iter().any(|e| e.starts_with("memory_mb=")) {
+        args.extend(["--param", "memory_mb=64"]);
+    }
+    args.extend_from_slice(extra);
+    args.push("--online");
+    a.ok(&args);
+}
+
+fn logged(a: &Agent, resource: &str, text: &str) -> bool {
+    a.reasons(resource).iter().any(|r| r.contains(text))
+}
+
+/// Sends one QMP command on the operators' monitor socket of `resource` on `a`.
+fn outside_qmp(a: &Agent, resource: &str, command: &str) {
+    let path: PathBuf = a
+        .data_dir()
+        .join("resources")
+        .join(format!("{resource}.monitor"));
+    let s = UnixStream::connect(&path).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("QMP"), "{line}");
+    for cmd in ["qmp_capabilities", command] {
+        writeln!(w, "{{\"execute\": \"{cmd}\"}}").unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+    }
+}
+
+#[test]
+fn a_firmware_vm_runs_restarts_after_kill_and_stops_by_force_after_its_timeout() {
+    qemu_installed();
+    let a = Agent::start();
+    firmware_vm(&a, "g", "vm1", &[]);
+    a.wait_state("vm1", "Online");
+    let reason = a.resource("vm1")["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason == "online: QEMU running under KVM" || reason == "online: QEMU running under TCG",
+        "the Online record says which accelerator: {reason}"
+    );
+    let first = a.pid_of("vm1").expect("QEMU's pid");
+    a.seen_pid(first);
+    // QEMU vanishing without a shutdown event is a failure: restarted in place.
+    kill9(first);
+    wait_until("a new QEMU", || {
+        a.state("vm1") == "Online" && a.pid_of("vm1").is_some_and(|p| p != first)
+    });
+    let second = a.pid_of("vm1").unwrap();
+    a.seen_pid(second);
+    assert!(
+        logged(&a, "vm1", "QEMU exited without a shutdown event"),
+        "{:#?}",
+        a.reasons("vm1")
+    );
+    // The firmware ignores ACPI power-down: forced off after stop_timeout_ms.
+    a.ok(&["resource", "offline", "vm1"]);
+    a.wait_state("vm1", "Offline");
+    wait_until("QEMU ended", || !alive(second));
+}
+
+#[test]
+fn a_quit_from_outside_the_cluster_is_an_out_of_band_stop() {
+    qemu_installed();
+    let a = Agent::start();
+    firmware_vm(&a, "g", "vm1", &[]);
+    a.wait_state("vm1", "Online");
+    let pid = a.pid_of("vm1").unwrap();
+    a.seen_pid(pid);
+    outside_qmp(&a, "vm1", "quit");
+    wait_until("vm1 is Offline", || a.state("vm1") == "Offline");
+    assert_eq!(a.resource("vm1")["persistent_state"], "Offline");
+    assert!(
+        logged(&a, "vm1", "host-qmp-quit"),
+        "{:#?}",
+        a.reasons("vm1")
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(a.state("vm1"), "Offline", "not restarted");
+}
+
+#[test]
+fn bad_vm_parameters_are_refused_before_anything_starts() {
+    let a = Agent::start();
+    a.ok(&["group", "create", "g"]);
+    let e = a.err(&[
+        "resource",
+        "create",
+        "v",
+        "--group",
+        "g",
+        "--type",
+        "vm",
+        "--param",
+        "memory_mb=lots",
+    ]);
+    assert!(e.contains("memory_mb = \"lots\""), "{e}");
+    let e = a.err(&[
+        "resource",
+        "create",
+        "v",
+        "--group",
+        "g",
+        "--type",
+        "vm",
+        "--param",
+        "disks=/nonexistent/disk.img",
+    ]);
+    assert!(
+        e.contains("disk image /nonexistent/disk.img does not exist"),
+        "{e}"
+    );
+    let e = a.err(&[
+        "resource",
+        "create",
+        "v",
+        "--group",
+        "g",
+        "--type",
+        "vm",
+        "--param",
+        "offline_action=save",
+    ]);
+    assert!(e.contains("needs state_dir"), "{e}");
+    let e = a.err(&[
+        "resource",
+        "create",
+        "v",
+        "--group",
+        "g",
+        "--type",
+        "vm",
+        "--param",
+        "accel=fast",
+    ]);
+    assert!(e.contains("accel = \"fast\""), "{e}");
+    assert!(
+        a.status()["groups"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_planned_move_migrates_the_vm_live_and_a_failed_one_leaves_it_running() {
+    qemu_installed();
+    let mut n1 = Agent::on("n1", "127.0.0.2");
+    n1.spawn(true);
+    let n2 = Agent::on("n2", "127.0.0.3").start_joining(&n1);
+    // A witness keeps a majority when n1 is killed below.
+    let mut w = Agent::on("w", "127.0.0.4");
+    let mut cmd = w.agent_command(false);
+    cmd.args(["--join", &n1.listen, "--witness"]);
+    w.spawn_with(cmd);
+    wait_until("n2 and w are Up", || {
+        n1.node_state("n2").as_deref() == Some("Up") && n1.node_state("w").as_deref() == Some("Up")
+    });
+    // 2 GiB that the firmware never touches: cheap to run, slow to migrate at 1 MiB/s.
+    a_vm_group(&n1);
+    n1.wait_state("vm1", "Online");
+    let source = n1.pid_of("vm1").unwrap();
+    n1.seen_pid(source);
+    let epoch = n1.group("g")["epoch"].as_u64().unwrap();
+    // Instances opened from now on (n2's) migrate slowly; n1's keeps the default.
+    n1.ok(&[
+        "resource",
+        "set",
+        "vm1",
+        "--param",
+        "migration_bandwidth_mbps=1",
+    ]);
+
+    n1.ok(&["group", "move", "g", "--to", "n2"]);
+    wait_until("vm1 runs on n2", || {
+        n1.group("g")["owner"] == "n2"
+            && n1.state("vm1") == "Online"
+            && n1.pid_of("vm1").is_some_and(|p| p != source)
+    });
+    let target = n1.pid_of("vm1").unwrap();
+    n2.seen_pid(target);
+    assert_eq!(n1.group("g")["epoch"].as_u64().unwrap(), epoch + 1);
+    wait_until("the source's QEMU ended", || !alive(source));
+    let done = n1
+        .reasons("vm1")
+        .into_iter()
+        .find(|r| r.contains("live migration to n2 done in"))
+        .expect("the source logs the migration");
+    assert!(
+        done.contains("downtime") && done.contains("limit 300 ms"),
+        "{done}"
+    );
+    assert!(
+        n2.reasons("vm1")
+            .iter()
+            .any(|r| r.contains("completing the live migration from n1")),
+        "{:#?}",
+        n2.reasons("vm1")
+    );
+
+    // The way back fails: n1 (the target) is killed while the migration runs. The VM keeps
+    // running on n2, the same QEMU, and the group stays there.
+    let mut back = std::process::Command::new(support::VIGIL)
+        .args([
+            "--endpoint",
+            &n2.endpoint,
+            "group",
+            "move",
+            "g",
+            "--to",
+            "n1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the migration back is under way", || {
+        n2.reasons("vm1")
+            .iter()
+            .any(|r| r.contains("live migration to n1 (Operator move): migrate_to started"))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    n1.kill();
+    wait_until("n2 gave the migration up", || {
+        n2.reasons("vm1")
+            .iter()
+            .any(|r| r.contains("live migration to n1 failed"))
+    });
+    let _ = back.kill();
+    let _ = back.wait();
+    wait_until("the move is cancelled", || {
+        n2.group("g")["owner"] == "n2" && n2.group("g")["moving"].is_null()
+    });
+    assert_eq!(n2.state("vm1"), "Online");
+    assert_eq!(
+        n2.pid_of("vm1"),
+        Some(target),
+        "the same QEMU, never restarted"
+    );
+    assert!(alive(target));
+    drop((w, n2));
+}
+
+/// Group g on `a` with a firmware VM of 2 GiB, online.
+fn a_vm_group(a: &Agent) {
+    firmware_vm(a, "g", "vm1", &["--param", "memory_mb=2048"]);
+}
