@@ -9,6 +9,93 @@ use std::path::PathBuf;
 
 use support::{Agent, alive, kill9, wait_until};
 
+/// The Linux test guest (`scripts/make-test-guest.py`), built once into target/test-guest.
+fn guest() -> (String, String) {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = root.join("target/test-guest");
+        let out = std::process::Command::new("python3")
+            .arg(root.join("scripts/make-test-guest.py"))
+            .arg(&dir)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "building the test guest: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    });
+    (
+        dir.join("vmlinux").display().to_string(),
+        dir.join("initrd").display().to_string(),
+    )
+}
+
+/// A Linux guest VM `name` in group `group` on `a` (TCG: this machine's KVM cannot boot
+/// Linux in useful time), its HTTP port 80 forwarded to `{node_ip}:port`; Online once the
+/// guest answers there.
+fn linux_vm(a: &Agent, group: &str, name: &str, port: u16, extra: &[&str]) {
+    let (kernel, initrd) = guest();
+    a.ok(&["group", "create", group, "--preferred-owners", &a.name]);
+    let kernel = format!("kernel={kernel}");
+    let initrd = format!("initrd={initrd}");
+    let net = format!("net=user,hostfwd=tcp:{{node_ip}}:{port}-:80");
+    let check = format!("guest_check_http=http://{{node_ip}}:{port}/count");
+    let mut args = vec![
+        "resource",
+        "create",
+        name,
+        "--group",
+        group,
+        "--type",
+        "vm",
+        "--param",
+        "accel=tcg",
+        "--param",
+        "memory_mb=256",
+        "--param",
+        &kernel,
+        "--param",
+        &initrd,
+        "--param",
+        "append=console=ttyS0 quiet",
+        "--param",
+        &net,
+        "--param",
+        &check,
+        "--param",
+        "stop_timeout_ms=10000",
+        "--looks-alive-ms",
+        "500",
+    ];
+    args.extend_from_slice(extra);
+    args.push("--online");
+    a.ok(&args);
+}
+
+/// GET http://addr/path, the body.
+fn get(addr: &str, path: &str) -> Option<String> {
+    use std::io::Read;
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    if !body.starts_with("HTTP/1.") || !body.contains(" 200 ") {
+        return None;
+    }
+    body.split("\r\n\r\n").nth(1).map(|b| b.trim().to_string())
+}
+
+fn count(addr: &str) -> Option<u64> {
+    get(addr, "/count")?.parse().ok()
+}
+
 fn qemu_installed() {
     assert!(
         std::process::Command::new("qemu-system-x86_64")
@@ -282,4 +369,80 @@ fn a_planned_move_migrates_the_vm_live_and_a_failed_one_leaves_it_running() {
 /// Group g on `a` with a firmware VM of 2 GiB, online.
 fn a_vm_group(a: &Agent) {
     firmware_vm(a, "g", "vm1", &["--param", "memory_mb=2048"]);
+}
+
+#[test]
+fn a_linux_guest_answers_powers_off_by_acpi_and_its_own_power_off_is_out_of_band() {
+    qemu_installed();
+    let mut a = Agent::on("n1", "127.0.0.5");
+    a.spawn(true);
+    linux_vm(&a, "g", "linux", 18085, &[]);
+    a.wait_state("linux", "Online");
+    let addr = "127.0.0.5:18085";
+    wait_until("the guest serves its counter", || count(addr).is_some());
+    let first = count(addr).unwrap();
+    wait_until("the counter moves", || {
+        count(addr).is_some_and(|c| c > first)
+    });
+    a.seen_pid(a.pid_of("linux").unwrap());
+    // Offline: ACPI power-down, which this guest honours (well before stop_timeout_ms).
+    a.ok(&["resource", "offline", "linux"]);
+    a.wait_state("linux", "Offline");
+    assert!(!a.reasons("linux").iter().any(|r| r.contains("turned off")));
+    // The guest powers itself off: the operator's intent, not a failure.
+    a.ok(&["resource", "online", "linux"]);
+    a.wait_state("linux", "Online");
+    a.seen_pid(a.pid_of("linux").unwrap());
+    assert_eq!(
+        get(addr, "/cgi-bin/poweroff").as_deref(),
+        Some("powering off"),
+        "the guest takes the request"
+    );
+    wait_until("linux is Offline", || a.state("linux") == "Offline");
+    assert_eq!(a.resource("linux")["persistent_state"], "Offline");
+    assert!(
+        logged(&a, "linux", "the guest powered itself off"),
+        "{:#?}",
+        a.reasons("linux")
+    );
+    a.kill();
+}
+
+#[test]
+fn a_live_migration_keeps_the_guest_answering_and_its_memory() {
+    qemu_installed();
+    let mut n1 = Agent::on("n1", "127.0.0.6");
+    n1.spawn(true);
+    let n2 = Agent::on("n2", "127.0.0.7").start_joining(&n1);
+    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    linux_vm(
+        &n1,
+        "g",
+        "linux",
+        18086,
+        &["--param", "migration_port=47216"],
+    );
+    n1.wait_state("linux", "Online");
+    n1.seen_pid(n1.pid_of("linux").unwrap());
+    let before = count("127.0.0.6:18086").expect("the guest answers on n1");
+    n1.ok(&["group", "move", "g", "--to", "n2"]);
+    wait_until("the guest answers on n2", || {
+        count("127.0.0.7:18086").is_some()
+    });
+    n2.seen_pid(n1.pid_of("linux").unwrap());
+    let after = count("127.0.0.7:18086").unwrap();
+    assert!(
+        after > before,
+        "the counter continued ({before} -> {after}): the guest's memory came along"
+    );
+    assert!(
+        count("127.0.0.6:18086").is_none(),
+        "nothing answers on n1 any more"
+    );
+    let done = n1
+        .reasons("linux")
+        .into_iter()
+        .find(|r| r.contains("live migration to n2 done in"))
+        .expect("the migration is logged with its downtime");
+    assert!(done.contains("downtime"), "{done}");
 }

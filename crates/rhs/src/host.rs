@@ -669,11 +669,14 @@ fn interval(ms: u64) -> Interval {
     i
 }
 
+/// Resolves when the resource's event descriptor has something new. The readiness is
+/// cleared: the check it triggers consumes the event (a VM's QMP events) or sees the
+/// change for good (a pidfd of an exited process); only a new event wakes us again.
 async fn readable(fd: &Option<AsyncFd<OwnedFd>>) {
     match fd {
         Some(fd) => {
             if let Ok(mut guard) = fd.readable().await {
-                guard.retain_ready();
+                guard.clear_ready();
             }
         }
         None => std::future::pending().await,

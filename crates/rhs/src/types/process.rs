@@ -468,7 +468,7 @@ fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
 }
 
 /// A minimal HTTP/1.0 GET; success is a 2xx status line.
-fn http_get(authority: &str, path: &str, timeout: Duration) -> Result<(), String> {
+pub(crate) fn http_get(authority: &str, path: &str, timeout: Duration) -> Result<(), String> {
     let mut s = connect(authority, timeout)?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;

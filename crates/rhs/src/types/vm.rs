@@ -1,8 +1,8 @@
 //! The `vm` type: a QEMU/KVM virtual machine driven through QMP (the seed's VMCLUSRES).
 //!
 //! - Online starts `qemu-system-x86_64` (its own process group, a parent-death signal) with
-//!   a QMP socket, and waits until `query-status` says running; with `guest_check_tcp` it
-//!   stays pending until the guest answers. A state saved by `offline_action=save` is
+//!   a QMP socket, and waits until `query-status` says running; with `guest_check_http` (or
+//!   `guest_check_tcp`) it stays pending until the guest answers. A state saved by `offline_action=save` is
 //!   restored instead of booting.
 //! - Offline: `shutdown` (ACPI power-down, forced after `stop_timeout_ms`), `save` (the
 //!   memory state to `state_dir`, then quit) or `turn_off`. Terminate kills QEMU.
@@ -46,6 +46,8 @@ const QMP_START: Duration = Duration::from_secs(10);
 const QMP_CHECK: Duration = Duration::from_secs(2);
 /// How long a check of the guest (TCP) or of a disk may take.
 const PROBE: Duration = Duration::from_secs(2);
+/// A guest connection still open this long after connecting is the guest's own.
+const GUEST_SETTLE: Duration = Duration::from_millis(300);
 
 fn spec(name: &str, kind: ParamKind, default: Option<&str>, description: &str) -> ParamSpec {
     ParamSpec {
@@ -81,6 +83,8 @@ struct Config {
     state_dir: Option<PathBuf>,
     accel: String,
     guest_check_tcp: Option<String>,
+    /// `HOST:PORT/path` (from an `http://` URL), `{node_ip}` not yet replaced.
+    guest_check_http: Option<String>,
     migration_port: u16,
     migration_downtime_ms: u64,
     migration_bandwidth_mbps: u64,
@@ -211,6 +215,16 @@ impl Config {
             state_dir,
             accel,
             guest_check_tcp: params.get("guest_check_tcp").cloned(),
+            guest_check_http: match params.get("guest_check_http") {
+                None => None,
+                Some(url) => {
+                    // Checked with a stand-in address; the node's own replaces it at run time.
+                    params::parse_http_url(&url.replace("{node_ip}", "127.0.0.1")).map_err(
+                        |e| format!("parameter guest_check_http = {url:?} is not valid: {e}"),
+                    )?;
+                    Some(url.clone())
+                }
+            },
             migration_port: int(
                 params,
                 "migration_port",
@@ -288,9 +302,15 @@ impl ResourceType for VmType {
             ),
             spec(
                 "guest_check_tcp",
-                HostPort,
+                String,
                 None,
-                "IsAlive: connect to HOST:PORT ({node_ip} allowed)",
+                "IsAlive: connect to HOST:PORT ({node_ip} allowed); through user networking prefer guest_check_http",
+            ),
+            spec(
+                "guest_check_http",
+                String,
+                None,
+                "IsAlive: GET this http:// URL, expect 2xx ({node_ip} allowed)",
             ),
             spec(
                 "migration_port",
@@ -612,6 +632,12 @@ impl Vm {
     }
 
     fn guest_check(&self) -> Result<(), String> {
+        if let Some(url) = &self.cfg.guest_check_http {
+            let url = self.substitute(url);
+            let (authority, path) = params::parse_http_url(&url)?;
+            super::process::http_get(&authority, &path, PROBE)
+                .map_err(|e| format!("guest_check_http {url}: {e}"))?;
+        }
         let Some(addr) = &self.cfg.guest_check_tcp else {
             return Ok(());
         };
@@ -621,9 +647,29 @@ impl Vm {
             .map_err(|e| format!("guest_check_tcp {addr}: {e}"))?
             .next()
             .ok_or_else(|| format!("guest_check_tcp {addr}: no address"))?;
-        TcpStream::connect_timeout(&sa, PROBE)
-            .map(|_| ())
-            .map_err(|e| format!("guest_check_tcp {addr}: {e}"))
+        let mut conn = TcpStream::connect_timeout(&sa, PROBE)
+            .map_err(|e| format!("guest_check_tcp {addr}: {e}"))?;
+        // Through QEMU's user networking the host side accepts at once, then closes when
+        // nothing listens in the guest: a connection that stays open (or speaks) is the
+        // guest's.
+        conn.set_read_timeout(Some(GUEST_SETTLE))
+            .map_err(|e| e.to_string())?;
+        let mut byte = [0u8; 1];
+        match std::io::Read::read(&mut conn, &mut byte) {
+            Ok(0) => Err(format!(
+                "guest_check_tcp {addr}: closed at once (nothing listens in the guest)"
+            )),
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!("guest_check_tcp {addr}: {e}")),
+        }
     }
 
     /// Waits until QEMU has exited, up to `limit`.
@@ -707,7 +753,7 @@ impl Vm {
     }
 
     fn started(&mut self) -> Result<Progress, Fault> {
-        if self.cfg.guest_check_tcp.is_some() {
+        if self.cfg.guest_check_tcp.is_some() || self.cfg.guest_check_http.is_some() {
             Ok(Progress::Pending(Some(format!(
                 "QEMU running ({}); waiting for the guest",
                 self.accel
