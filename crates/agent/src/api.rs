@@ -638,6 +638,9 @@ struct MoveRequest {
     /// Target node; by default the failover manager's choice.
     #[serde(default)]
     to: Option<String>,
+    /// `live` (the default for groups that can migrate) or `quick` (save, move, restore).
+    #[serde(default)]
+    migration: Option<String>,
 }
 
 /// `vigil group move`: a planned handover (the owner stops the group, then the target starts
@@ -648,6 +651,15 @@ async fn move_group(
     body: Option<Json<MoveRequest>>,
 ) -> ApiResult {
     let req = body.map(|Json(b)| b).unwrap_or_default();
+    let quick = match req.migration.as_deref() {
+        None | Some("live") => false,
+        Some("quick") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "migration {other:?} is not valid: expected live or quick"
+            )));
+        }
+    };
     let (cmd, from, to) = {
         let state = api.db.state();
         let g = state.groups.get(&name).ok_or_else(|| {
@@ -670,6 +682,7 @@ async fn move_group(
             group: name.clone(),
             to: to.clone(),
             kind: vigil_core::model::MoveKind::Operator,
+            quick,
         };
         (cmd, from, to)
     };

@@ -282,6 +282,11 @@ impl Hosts {
             .to_string()
     }
 
+    /// Whether `resource` is open in an RHS.
+    pub fn is_open(&self, resource: &str) -> bool {
+        self.placement.contains_key(resource)
+    }
+
     /// Forwards a live-move step to the RHS hosting `resource`; false if none does.
     pub fn migrate(&mut self, resource: &str, msg: ToHost) -> bool {
         self.forward(resource, msg)

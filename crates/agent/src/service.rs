@@ -193,7 +193,11 @@ impl Service {
                     });
                 }
             }
-            Action::MigrateTo { resource, target } => {
+            Action::MigrateTo {
+                resource,
+                target,
+                quick,
+            } => {
                 let target_address = self
                     .db
                     .state()
@@ -205,6 +209,7 @@ impl Service {
                     resource: resource.clone(),
                     target,
                     target_address,
+                    quick,
                 };
                 if !self.hosts.migrate(&resource, msg) {
                     followups.push_back(Input::Report {
@@ -215,13 +220,18 @@ impl Service {
                     });
                 }
             }
-            Action::MigratePrepare { resource, source } => {
+            Action::MigratePrepare {
+                resource,
+                source,
+                quick,
+            } => {
                 let state = self.db.state();
                 let result = self.hosts.open_for(&state, &resource);
                 drop(state);
                 let msg = ToHost::MigratePrepare {
                     resource: resource.clone(),
                     source,
+                    quick,
                 };
                 if result.is_err() || !self.hosts.migrate(&resource, msg) {
                     followups.push_back(Input::Report {
@@ -234,16 +244,26 @@ impl Service {
                     });
                 }
             }
-            Action::MigrateFrom { resource, source } => {
-                let state = self.db.state();
-                let result = self.hosts.open_for(&state, &resource);
-                drop(state);
+            Action::MigrateFrom {
+                resource,
+                source,
+                quick,
+            } => {
+                // The instance prepared for the migration receives it; open one only if none is
+                // (a quick migration prepares nothing).
+                let result = if self.hosts.is_open(&resource) {
+                    Ok(())
+                } else {
+                    let state = self.db.state();
+                    self.hosts.open_for(&state, &resource)
+                };
                 let sent = result.is_ok()
                     && self.hosts.migrate(
                         &resource,
                         ToHost::MigrateFrom {
                             resource: resource.clone(),
                             source,
+                            quick,
                         },
                     );
                 if !sent {

@@ -204,6 +204,10 @@ enum GroupCmd {
         /// Target node (default: the failover manager's choice).
         #[arg(long)]
         to: Option<String>,
+        /// For groups that can migrate (VMs): live (the default) or quick (save, move,
+        /// restore).
+        #[arg(long)]
+        migration: Option<String>,
     },
     /// Take every resource offline, then delete the group and its resources.
     Delete {
@@ -472,11 +476,18 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
                     .await?;
                 println!("group {name} updated");
             }
-            GroupCmd::Move { name, to } => {
-                let body = match to {
-                    Some(to) => json!({ "to": to }),
-                    None => json!({}),
-                };
+            GroupCmd::Move {
+                name,
+                to,
+                migration,
+            } => {
+                let mut body = json!({});
+                if let Some(to) = to {
+                    body["to"] = json!(to);
+                }
+                if let Some(m) = migration {
+                    body["migration"] = json!(m);
+                }
                 let r = c.post(&format!("/v1/groups/{name}/move"), body).await?;
                 println!(
                     "group {name} moved from {} to {} (epoch {}), {}",

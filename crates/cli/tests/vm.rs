@@ -322,6 +322,11 @@ fn a_planned_move_migrates_the_vm_live_and_a_failed_one_leaves_it_running() {
         "{:#?}",
         n2.reasons("vm1")
     );
+    assert!(
+        !n2.reasons("vm1").iter().any(|r| r.contains("Failed")),
+        "completed, not restarted: {:#?}",
+        n2.reasons("vm1")
+    );
 
     // The way back fails: n1 (the target) is killed while the migration runs. The VM keeps
     // running on n2, the same QEMU, and the group stays there.
@@ -426,14 +431,19 @@ fn a_live_migration_keeps_the_guest_answering_and_its_memory() {
     n1.seen_pid(n1.pid_of("linux").unwrap());
     let before = count("127.0.0.6:18086").expect("the guest answers on n1");
     n1.ok(&["group", "move", "g", "--to", "n2"]);
-    wait_until("the guest answers on n2", || {
+    wait_until("the guest answers on n2, which records it Online", || {
         count("127.0.0.7:18086").is_some()
+            && n1.group("g")["owner"] == "n2"
+            && n1.state("linux") == "Online"
+            && n1.pid_of("linux").is_some()
     });
     n2.seen_pid(n1.pid_of("linux").unwrap());
     let after = count("127.0.0.7:18086").unwrap();
     assert!(
         after > before,
-        "the counter continued ({before} -> {after}): the guest's memory came along"
+        "the counter continued ({before} -> {after}): the guest's memory came along\n{:#?}\n{:#?}",
+        n1.reasons("linux"),
+        n2.reasons("linux")
     );
     assert!(
         count("127.0.0.6:18086").is_none(),
@@ -444,5 +454,57 @@ fn a_live_migration_keeps_the_guest_answering_and_its_memory() {
         .into_iter()
         .find(|r| r.contains("live migration to n2 done in"))
         .expect("the migration is logged with its downtime");
+    assert!(
+        !n2.reasons("linux").iter().any(|r| r.contains("Failed")),
+        "completed, not restarted: {:#?}",
+        n2.reasons("linux")
+    );
     assert!(done.contains("downtime"), "{done}");
+}
+
+#[test]
+fn a_quick_migration_saves_moves_and_restores_the_guest_with_its_memory() {
+    qemu_installed();
+    let state = tempfile::tempdir().unwrap();
+    let mut n1 = Agent::on("n1", "127.0.0.8");
+    n1.spawn(true);
+    let n2 = Agent::on("n2", "127.0.0.9").start_joining(&n1);
+    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    let state_dir = format!("state_dir={}", state.path().display());
+    linux_vm(&n1, "g", "linux", 18088, &["--param", &state_dir]);
+    n1.wait_state("linux", "Online");
+    n1.seen_pid(n1.pid_of("linux").unwrap());
+    wait_until("the guest answers on n1", || {
+        count("127.0.0.8:18088").is_some()
+    });
+    let before = count("127.0.0.8:18088").unwrap();
+    n1.ok(&["group", "move", "g", "--to", "n2", "--migration", "quick"]);
+    wait_until("the guest answers on n2, which records it Online", || {
+        count("127.0.0.9:18088").is_some()
+            && n1.group("g")["owner"] == "n2"
+            && n1.state("linux") == "Online"
+            && n1.pid_of("linux").is_some()
+    });
+    n2.seen_pid(n1.pid_of("linux").unwrap());
+    let after = count("127.0.0.9:18088").unwrap();
+    assert!(
+        after > before,
+        "the counter continued ({before} -> {after}): the saved memory was restored"
+    );
+    let arrived = n2
+        .reasons("linux")
+        .into_iter()
+        .find(|r| r.contains("quick migration from n1: downtime"))
+        .expect("the target logs the downtime");
+    assert!(arrived.contains(" ms"), "{arrived}");
+    let e = n1.err(&[
+        "group",
+        "move",
+        "g",
+        "--to",
+        "n1",
+        "--migration",
+        "sideways",
+    ]);
+    assert!(e.contains("migration \"sideways\" is not valid"), "{e}");
 }

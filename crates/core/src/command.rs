@@ -109,6 +109,10 @@ pub enum Command {
         group: String,
         to: String,
         kind: MoveKind,
+        /// A quick migration (save, move, restore) instead of a live one, for groups that
+        /// can migrate.
+        #[serde(default)]
+        quick: bool,
     },
     /// Abandons a handover (its target went away, or its live migration failed: `failed`
     /// says why); the group stays with its owner.
@@ -430,6 +434,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
         } => {
             check_can_host(state, node)?;
             let g = group_mut(state, group)?;
+            let quick = g.moving.as_ref().is_some_and(|m| m.quick);
             let Some(from) = g
                 .owner
                 .clone()
@@ -447,6 +452,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             g.migration = Some(Migration {
                 from,
                 resources: resources.clone(),
+                quick,
             });
         }
         Command::EndMigration { group } => group_mut(state, group)?.migration = None,
@@ -476,7 +482,12 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             }
             g.failover_request = Some(reason.clone());
         }
-        Command::MoveGroup { group, to, kind } => move_group(state, group, to, *kind)?,
+        Command::MoveGroup {
+            group,
+            to,
+            kind,
+            quick,
+        } => move_group(state, group, to, *kind, *quick)?,
         Command::CancelMove { group, failed } => {
             let g = group_mut(state, group)?;
             if let (Some(m), Some(reason)) = (&g.moving, failed) {
@@ -543,6 +554,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                         to: name.clone(),
                         kind: MoveKind::Failback,
                         live: live.contains(&g.name),
+                        quick: false,
                     });
                 }
             }
@@ -597,7 +609,13 @@ fn check_group_props(state: &ClusterState, group: &str, props: &GroupProps) -> R
     )
 }
 
-fn move_group(state: &mut ClusterState, group: &str, to: &str, kind: MoveKind) -> Result {
+fn move_group(
+    state: &mut ClusterState,
+    group: &str,
+    to: &str,
+    kind: MoveKind,
+    quick: bool,
+) -> Result {
     check_can_host(state, to)?;
     let node = &state.nodes[to];
     if node.state != NodeState::Up {
@@ -636,11 +654,17 @@ fn move_group(state: &mut ClusterState, group: &str, to: &str, kind: MoveKind) -
     }
     // A failover move follows a failure: the group stops, nothing is migrated.
     let live = kind != MoveKind::Failover && live_groups(state).contains(group);
+    if quick && !live {
+        return Err(ApplyError::Invalid(format!(
+            "group {group:?} cannot be quick-migrated: not every resource of it can migrate"
+        )));
+    }
     let g = group_mut(state, group)?;
     g.moving = Some(Move {
         to: to.to_string(),
         kind,
         live,
+        quick,
     });
     Ok(())
 }

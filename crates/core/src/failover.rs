@@ -279,6 +279,7 @@ impl Planner<'_> {
                     group: g.name.clone(),
                     to: t.clone(),
                     kind,
+                    quick: false,
                 });
                 format!("{kind} move target {gone} is {state}: moving to {t} instead")
             }
@@ -399,6 +400,7 @@ impl Planner<'_> {
                 group: g.name.clone(),
                 to: target.clone(),
                 kind: MoveKind::Failover,
+                quick: false,
             });
             what.push_str(" once it has stopped here");
         }
@@ -451,6 +453,7 @@ impl Planner<'_> {
             group: g.name.clone(),
             to: best.clone(),
             kind: MoveKind::Failback,
+            quick: false,
         });
         let reason = format!(
             "auto_failback={}: moving back to preferred owner {best}",
@@ -497,6 +500,7 @@ impl Planner<'_> {
                         group: name.clone(),
                         to: target.clone(),
                         kind: MoveKind::Drain,
+                        quick: false,
                     });
                     let reason = format!("draining {node}: moving to {target}");
                     self.log(

@@ -116,6 +116,10 @@ pub struct Move {
     /// of groups whose resources can all migrate.
     #[serde(default)]
     pub live: bool,
+    /// With `live`: migrate by saving the state and restoring it on the target (quick
+    /// migration), not while running.
+    #[serde(default)]
+    pub quick: bool,
 }
 
 /// A group that arrived by live migration: its new owner completes each resource with
@@ -126,6 +130,9 @@ pub struct Migration {
     pub from: String,
     /// The resources that migrated (those running on the source).
     pub resources: Vec<String>,
+    /// By save and restore (see [`Move::quick`]).
+    #[serde(default)]
+    pub quick: bool,
 }
 
 /// One failover of a group, for `failover_threshold` and for not going back to a node the

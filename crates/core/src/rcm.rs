@@ -111,17 +111,21 @@ pub enum Action {
     MigrateTo {
         resource: String,
         target: String,
+        /// Save and restore rather than live (see `Move::quick`).
+        quick: bool,
     },
     /// Live move, on the target, before the source migrates: get ready to receive the
     /// instance from `source` (a VM: start QEMU waiting for the incoming migration).
     MigratePrepare {
         resource: String,
         source: String,
+        quick: bool,
     },
     /// Live move, on the target: complete the migration from `source` (instead of a start).
     MigrateFrom {
         resource: String,
         source: String,
+        quick: bool,
     },
     Db(Command),
     Log(LogEntry),
@@ -737,13 +741,9 @@ impl Rcm {
     fn prepare_incoming(&mut self, out: &mut Out) {
         let db = out.db;
         for g in db.groups.values() {
-            if !g
-                .moving
-                .as_ref()
-                .is_some_and(|m| m.live && m.to == self.node)
-            {
+            let Some(m) = g.moving.as_ref().filter(|m| m.live && m.to == self.node) else {
                 continue;
-            }
+            };
             let Some(source) = g.owner.clone() else {
                 continue;
             };
@@ -756,6 +756,7 @@ impl Rcm {
                 out.push(Action::MigratePrepare {
                     resource: r.name.clone(),
                     source: source.clone(),
+                    quick: m.quick,
                 });
             }
         }
@@ -987,13 +988,16 @@ impl Rcm {
                 out,
                 next,
                 format!(
-                    "live migration to {} ({} move): migrate_to started",
-                    m.to, m.kind
+                    "{} migration to {} ({} move): migrate_to started",
+                    if m.quick { "quick" } else { "live" },
+                    m.to,
+                    m.kind
                 ),
             );
             out.push(Action::MigrateTo {
                 resource: next.clone(),
                 target: m.to.clone(),
+                quick: m.quick,
             });
             return;
         }
@@ -1163,7 +1167,7 @@ impl Rcm {
             .get(&r.group)
             .and_then(|g| g.migration.as_ref())
             .filter(|m| m.from != self.node && m.resources.contains(&r.name))
-            .map(|m| m.from.clone())
+            .map(|m| (m.from.clone(), m.quick))
             .filter(|_| {
                 local.state == ResourceState::Offline
                     && matches!(local.leg, None | Some(Leg::Incoming(_)))
@@ -1175,13 +1179,15 @@ impl Rcm {
         }
         local.progress_ms = now;
         match arriving {
-            Some(source) => {
-                let reason = format!("completing the live migration from {source}");
+            Some((source, quick)) => {
+                let how = if quick { "quick" } else { "live" };
+                let reason = format!("completing the {how} migration from {source}");
                 self.transition(out, &r.name, ResourceState::OnlinePending, &reason, None);
                 self.set_leg(&r.name, Some(Leg::Receiving));
                 out.push(Action::MigrateFrom {
                     resource: r.name.clone(),
                     source,
+                    quick,
                 });
             }
             None => {

@@ -643,6 +643,7 @@ fn move_to(state: &mut ClusterState, group: &str, to: &str, kind: MoveKind) {
         group: group.into(),
         to: to.into(),
         kind,
+        quick: false,
     };
     ok(state, cmd);
 }
@@ -710,6 +711,7 @@ fn the_cutover_moves_ownership_and_the_migration_ends_explicitly() {
             group: "g".into(),
             to: "n1".into(),
             kind: MoveKind::Operator,
+            quick: false,
         },
     );
     assert!(

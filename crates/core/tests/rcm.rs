@@ -191,15 +191,15 @@ fn calls(actions: &[Action]) -> Vec<String> {
             Action::Offline { resource } => Some(format!("offline {resource}")),
             Action::Terminate { resource } => Some(format!("terminate {resource}")),
             Action::Close { resource } => Some(format!("close {resource}")),
-            Action::MigratePrepare { resource, source } => {
-                Some(format!("prepare {resource} from {source}"))
-            }
-            Action::MigrateTo { resource, target } => {
-                Some(format!("migrate {resource} to {target}"))
-            }
-            Action::MigrateFrom { resource, source } => {
-                Some(format!("complete {resource} from {source}"))
-            }
+            Action::MigratePrepare {
+                resource, source, ..
+            } => Some(format!("prepare {resource} from {source}")),
+            Action::MigrateTo {
+                resource, target, ..
+            } => Some(format!("migrate {resource} to {target}")),
+            Action::MigrateFrom {
+                resource, source, ..
+            } => Some(format!("complete {resource} from {source}")),
             Action::Db(_) | Action::Log(_) => None,
         })
         .collect()
@@ -404,6 +404,7 @@ fn exhausted_restarts_fail_the_group_over_to_another_node() {
         group: "g".into(),
         to: "n2".into(),
         kind: vigil_core::model::MoveKind::Failover,
+        quick: false,
     })
     .expect("the failover manager chose n2");
     let owner = position(&Command::SetOwner {
@@ -841,6 +842,7 @@ fn moving_live() -> Node {
         group: "g".into(),
         to: "n2".into(),
         kind: vigil_core::model::MoveKind::Operator,
+        quick: false,
     };
     apply(&mut n.db, &mv).unwrap();
     n

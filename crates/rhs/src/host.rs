@@ -388,18 +388,19 @@ impl Worker {
                 Wake::Cmd(Some(ToHost::MigrateTo {
                     target,
                     target_address,
+                    quick,
                     ..
-                })) => w.migrate_to(target, target_address).await,
-                Wake::Cmd(Some(ToHost::MigratePrepare { source, .. })) => {
+                })) => w.migrate_to(target, target_address, quick).await,
+                Wake::Cmd(Some(ToHost::MigratePrepare { source, quick, .. })) => {
                     let result = w
-                        .call("MigratePrepare", move |r| r.migrate_prepare(&source))
+                        .call("MigratePrepare", move |r| r.migrate_prepare(&source, quick))
                         .await;
                     if let Ok(Err(e)) | Err(e) = result {
                         w.report(Report::MigrateFailed, e, None).await;
                     }
                 }
-                Wake::Cmd(Some(ToHost::MigrateFrom { source, .. })) => {
-                    w.migrate_from(source).await;
+                Wake::Cmd(Some(ToHost::MigrateFrom { source, quick, .. })) => {
+                    w.migrate_from(source, quick).await;
                     looks = interval(w.checks.looks_alive_ms);
                     is = interval(w.checks.is_alive_ms);
                 }
@@ -520,7 +521,7 @@ impl Worker {
         }
     }
 
-    async fn migrate_to(&mut self, target: String, target_address: String) {
+    async fn migrate_to(&mut self, target: String, target_address: String, quick: bool) {
         if self.phase != Phase::Online {
             let reason = "it is not online here".to_string();
             self.report(Report::MigrateFailed, reason, None).await;
@@ -528,7 +529,9 @@ impl Worker {
         }
         let to = target.clone();
         let result = self
-            .call("MigrateTo", move |r| r.migrate_to(&to, &target_address))
+            .call("MigrateTo", move |r| {
+                r.migrate_to(&to, &target_address, quick)
+            })
             .await;
         match result {
             Ok(Ok(done)) => {
@@ -541,7 +544,7 @@ impl Worker {
         }
     }
 
-    async fn migrate_from(&mut self, source: String) {
+    async fn migrate_from(&mut self, source: String, quick: bool) {
         if let Some(e) = &self.open_error {
             let reason = format!("Open failed: {e}");
             self.report(Report::Failed, reason, None).await;
@@ -549,7 +552,7 @@ impl Worker {
         }
         self.phase = Phase::Pending;
         match self
-            .call("MigrateFrom", move |r| r.migrate_from(&source))
+            .call("MigrateFrom", move |r| r.migrate_from(&source, quick))
             .await
         {
             Ok(Ok(Progress::Done)) => self.became_online().await,

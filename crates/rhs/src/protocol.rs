@@ -70,17 +70,24 @@ pub enum ToHost {
         /// The target's API address (`HOST:PORT`).
         #[serde(default)]
         target_address: String,
+        /// Save and restore rather than live.
+        #[serde(default)]
+        quick: bool,
     },
     /// Live move, on the target, before the source migrates: get ready to receive the
     /// instance from `source`. Answered only on failure (a `MigrateFailed` status).
     MigratePrepare {
         resource: String,
         source: String,
+        #[serde(default)]
+        quick: bool,
     },
     /// Live move, on the target: complete the migration from `source`; answered like Online.
     MigrateFrom {
         resource: String,
         source: String,
+        #[serde(default)]
+        quick: bool,
     },
     /// A type-specific request (the seed's ResourceControl); answered by `ControlReply`.
     Control {

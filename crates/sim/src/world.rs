@@ -664,9 +664,9 @@ impl World {
                 Action::Online { resource } => self.rhs_online(n, &resource),
                 Action::Offline { resource } => self.rhs_offline(n, &resource),
                 Action::Terminate { resource } => self.rhs_terminate(n, &resource),
-                Action::MigrateTo { resource, target } => {
-                    self.rhs_migrate_to(n, &resource, &target)
-                }
+                Action::MigrateTo {
+                    resource, target, ..
+                } => self.rhs_migrate_to(n, &resource, &target),
                 Action::MigrateFrom { resource, .. } => self.rhs_migrate_from(n, &resource),
                 Action::MigratePrepare { resource, .. } => {
                     self.prepared.insert((resource, n.to_string()));
@@ -948,6 +948,7 @@ impl World {
                         group,
                         to,
                         kind: vigil_core::model::MoveKind::Operator,
+                        quick: false,
                     }]),
                     None => self.say("-", format!("operator: no node can take {group}")),
                 }

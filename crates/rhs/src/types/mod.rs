@@ -106,22 +106,29 @@ pub trait Resource: Send {
     fn online_progress(&mut self) -> Result<Progress, Fault> {
         Ok(Progress::Done)
     }
-    /// Live move, on the source: move the running instance to node `target`. An error must
-    /// leave it running here.
+    /// Live move, on the source: move the running instance to node `target` (`quick`: by
+    /// saving its state for the target to restore, rather than while it runs). An error
+    /// must leave it running here.
     /// `target_address` is the target node's API address (`HOST:PORT`). Answers what
     /// happened (for the cluster log).
-    fn migrate_to(&mut self, target: &str, target_address: &str) -> Result<String, String> {
-        let _ = target_address;
+    fn migrate_to(
+        &mut self,
+        target: &str,
+        target_address: &str,
+        quick: bool,
+    ) -> Result<String, String> {
+        let _ = (target_address, quick);
         Err(format!("this resource type cannot migrate (to {target})"))
     }
     /// Live move, on the target, before the source migrates: get ready to receive the
     /// instance from node `source` (a VM: start QEMU waiting for the incoming migration).
-    fn migrate_prepare(&mut self, source: &str) -> Result<(), String> {
-        let _ = source;
+    fn migrate_prepare(&mut self, source: &str, quick: bool) -> Result<(), String> {
+        let _ = (source, quick);
         Ok(())
     }
     /// Live move, on the target: complete the migration from node `source`; then it runs here.
-    fn migrate_from(&mut self, source: &str) -> Result<Progress, Fault> {
+    fn migrate_from(&mut self, source: &str, quick: bool) -> Result<Progress, Fault> {
+        let _ = quick;
         Err(Fault::Failed(format!(
             "this resource type cannot migrate (from {source})"
         )))

@@ -434,7 +434,13 @@ impl Resource for OcfResource {
         }
     }
 
-    fn migrate_to(&mut self, target: &str, _target_address: &str) -> Result<String, String> {
+    /// OCF knows one way to migrate; a quick move uses it too.
+    fn migrate_to(
+        &mut self,
+        target: &str,
+        _target_address: &str,
+        _quick: bool,
+    ) -> Result<String, String> {
         let env = [
             ("OCF_RESKEY_CRM_meta_migrate_source", self.node.as_str()),
             ("OCF_RESKEY_CRM_meta_migrate_target", target),
@@ -445,7 +451,7 @@ impl Resource for OcfResource {
         }
     }
 
-    fn migrate_from(&mut self, source: &str) -> Result<Progress, Fault> {
+    fn migrate_from(&mut self, source: &str, _quick: bool) -> Result<Progress, Fault> {
         let env = [
             ("OCF_RESKEY_CRM_meta_migrate_source", source),
             ("OCF_RESKEY_CRM_meta_migrate_target", self.node.as_str()),

@@ -375,6 +375,7 @@ impl ResourceType for VmType {
             migrated_away: false,
             paused: None,
             shutdown: None,
+            arrival: None,
         }))
     }
 }
@@ -396,6 +397,8 @@ struct Vm {
     paused: Option<String>,
     /// What a SHUTDOWN event said, kept for the checks that follow it.
     shutdown: Option<Health>,
+    /// How the last arrival went (a quick migration's downtime), for the Online record.
+    arrival: Option<String>,
 }
 
 /// Whether `/dev/kvm` can be used.
@@ -505,6 +508,7 @@ impl Vm {
         self.migrated_away = false;
         self.paused = None;
         self.shutdown = None;
+        self.arrival = None;
         match Qmp::connect(&self.qmp_path, QMP_START) {
             Ok(q) => {
                 self.qmp = Some(q);
@@ -764,6 +768,77 @@ impl Vm {
     }
 }
 
+impl Vm {
+    fn quick_file(&self) -> Result<PathBuf, String> {
+        self.cfg
+            .state_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.migration", self.ctx.resource)))
+            .ok_or_else(|| "a quick migration needs state_dir (shared by both nodes)".to_string())
+    }
+
+    /// Quick migration, source side: pause, save the state to `state_dir`, note when the
+    /// guest stopped (the target measures the downtime from it).
+    fn save_for(&mut self, target: &str) -> Result<String, String> {
+        let file = self.quick_file()?;
+        let stopped_ms = unix_ms();
+        self.qmp("stop", None, QMP_CHECK)?;
+        let saved = (|| {
+            self.set_migration_parameters()?;
+            let uri = format!("file:{}", file.display());
+            self.qmp("migrate", Some(json!({ "uri": uri })), QMP_CHECK)?;
+            self.wait_migration("saving the state")
+        })();
+        if let Err(e) = saved {
+            // Not moved: the guest runs on here.
+            let _ = self.qmp("cont", None, QMP_CHECK);
+            return Err(e);
+        }
+        std::fs::write(file.with_extension("stopped"), stopped_ms.to_string())
+            .map_err(|e| format!("cannot write next to {}: {e}", file.display()))?;
+        self.migrated_away = true;
+        Ok(format!(
+            "quick migration to {target}: state saved to {} in {} ms",
+            file.display(),
+            unix_ms().saturating_sub(stopped_ms)
+        ))
+    }
+
+    /// Quick migration, target side: start QEMU waiting for the saved state, load it, run.
+    fn restore_from(&mut self, source: &str) -> Result<(), String> {
+        let file = self.quick_file()?;
+        if !file.exists() {
+            return Err(format!("no state from {source} at {}", file.display()));
+        }
+        self.launch(Some("defer".into()))?;
+        self.set_migration_parameters()?;
+        let uri = format!("file:{}", file.display());
+        self.qmp("migrate-incoming", Some(json!({ "uri": uri })), QMP_CHECK)?;
+        self.wait_migration("restoring the state")?;
+        self.qmp("cont", None, QMP_CHECK)?;
+        self.wait_running(QMP_START)?;
+        let stopped = std::fs::read_to_string(file.with_extension("stopped"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let _ = std::fs::remove_file(file.with_extension("stopped"));
+        let _ = std::fs::remove_file(&file);
+        self.arrival = Some(match stopped {
+            Some(t) => format!(
+                "quick migration from {source}: downtime {} ms",
+                unix_ms().saturating_sub(t)
+            ),
+            None => format!("quick migration from {source}"),
+        });
+        Ok(())
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A disk image's format, as `qemu-img info` sees it (also: it is readable).
 fn disk_format(disk: &Path) -> Result<String, String> {
     let out = Command::new("qemu-img")
@@ -906,15 +981,32 @@ impl Resource for Vm {
     }
 
     fn describe(&self) -> Option<String> {
-        Some(format!("QEMU running under {}", self.accel.to_uppercase()))
+        let mut d = format!("QEMU running under {}", self.accel.to_uppercase());
+        if let Some(a) = &self.arrival {
+            d.push_str("; ");
+            d.push_str(a);
+        }
+        Some(d)
     }
 
-    fn migrate_prepare(&mut self, _source: &str) -> Result<(), String> {
+    fn migrate_prepare(&mut self, _source: &str, quick: bool) -> Result<(), String> {
+        if quick {
+            // The state arrives as a file; QEMU starts when it is there (MigrateFrom).
+            return Ok(());
+        }
         let uri = format!("tcp:{}:{}", self.node_ip(), self.cfg.migration_port);
         self.launch(Some(uri))
     }
 
-    fn migrate_to(&mut self, target: &str, target_address: &str) -> Result<String, String> {
+    fn migrate_to(
+        &mut self,
+        target: &str,
+        target_address: &str,
+        quick: bool,
+    ) -> Result<String, String> {
+        if quick {
+            return self.save_for(target);
+        }
         let host = target_address
             .rsplit_once(':')
             .map_or(target_address, |(h, _)| h);
@@ -944,7 +1036,11 @@ impl Resource for Vm {
         ))
     }
 
-    fn migrate_from(&mut self, source: &str) -> Result<Progress, Fault> {
+    fn migrate_from(&mut self, source: &str, quick: bool) -> Result<Progress, Fault> {
+        if quick {
+            self.restore_from(source)?;
+            return self.started();
+        }
         if self.qmp.is_none() {
             return Err(Fault::Failed(format!(
                 "nothing was prepared to receive the VM from {source}"
