@@ -513,3 +513,90 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, 
         .unwrap_or(0);
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
+
+/// The Linux test guest (`scripts/make-test-guest.py`), built once into target/test-guest.
+pub fn guest() -> (String, String) {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = root.join("target/test-guest");
+        let out = std::process::Command::new("python3")
+            .arg(root.join("scripts/make-test-guest.py"))
+            .arg(&dir)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "building the test guest: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    });
+    (
+        dir.join("vmlinux").display().to_string(),
+        dir.join("initrd").display().to_string(),
+    )
+}
+
+/// A Linux guest VM `name` in group `group` on `a` (TCG: this machine's KVM cannot boot
+/// Linux in useful time), its HTTP port 80 forwarded to `{node_ip}:port`; Online once the
+/// guest answers there.
+pub fn linux_vm(a: &Agent, group: &str, name: &str, port: u16, extra: &[&str]) {
+    let (kernel, initrd) = guest();
+    a.ok(&["group", "create", group, "--preferred-owners", &a.name]);
+    let kernel = format!("kernel={kernel}");
+    let initrd = format!("initrd={initrd}");
+    let net = format!("net=user,hostfwd=tcp:{{node_ip}}:{port}-:80");
+    let check = format!("guest_check_http=http://{{node_ip}}:{port}/count");
+    let mut args = vec![
+        "resource",
+        "create",
+        name,
+        "--group",
+        group,
+        "--type",
+        "vm",
+        "--param",
+        "accel=tcg",
+        "--param",
+        "memory_mb=256",
+        "--param",
+        &kernel,
+        "--param",
+        &initrd,
+        "--param",
+        "append=console=ttyS0 quiet",
+        "--param",
+        &net,
+        "--param",
+        &check,
+        "--param",
+        "stop_timeout_ms=10000",
+        "--looks-alive-ms",
+        "500",
+    ];
+    args.extend_from_slice(extra);
+    args.push("--online");
+    a.ok(&args);
+}
+
+/// GET http://addr/path, the body.
+pub fn get(addr: &str, path: &str) -> Option<String> {
+    use std::io::Read;
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    std::io::Write::write_all(&mut s, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    if !body.starts_with("HTTP/1.") || !body.contains(" 200 ") {
+        return None;
+    }
+    body.split("\r\n\r\n").nth(1).map(|b| b.trim().to_string())
+}
+
+pub fn count(addr: &str) -> Option<u64> {
+    get(addr, "/count")?.parse().ok()
+}
