@@ -697,7 +697,9 @@ async fn move_group(
             let db = s.state();
             db.groups.get(&g).is_none_or(|x| {
                 let arrived = x.owner.as_deref() == Some(target.as_str());
+                // A migration is over when the target has completed it, not at the cutover.
                 x.moving.is_none()
+                    && x.migration.is_none()
                     && (!arrived || x.failure.is_some() || db.group_resources(&g).all(at_rest))
             })
         })

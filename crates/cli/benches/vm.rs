@@ -8,7 +8,7 @@
 //! - live migration: QEMU's total time and downtime from the source's log, and the cluster's
 //!   cutover (source's "migrate_to done" record to the target's Online record);
 //! - quick migration: the downtime the target logs (guest paused on the source until it runs
-//!   on the target).
+//!   on the target), and how long `vigil group move --migration quick` takes to answer.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -117,12 +117,12 @@ fn main() {
             args.extend(["--migration", "quick"]);
         }
         n1.ok(&args);
+        let elapsed = t.elapsed().as_secs_f64() * 1e3;
         wait_until("the guest answers on the target", || {
             count(&format!("{}:18090", ip(to))).is_some()
                 && n1.group("g")["owner"] == to
                 && n1.state("vm") == "Online"
         });
-        let elapsed = t.elapsed().as_secs_f64() * 1e3;
         let src_log: Vec<Value> = src
             .log()
             .into_iter()
@@ -159,6 +159,6 @@ fn main() {
     report("live migration: QEMU downtime (limit 300 ms)", down);
     report("live migration: cutover to target Online", cutover);
     report("quick migration: downtime (paused to running)", qdown);
-    report("quick migration: move command, end to end", qtotal);
+    report("quick migration: `vigil group move` answers", qtotal);
     drop((n2, n1));
 }
