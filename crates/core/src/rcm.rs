@@ -45,6 +45,9 @@ pub enum Report {
     Migrated,
     /// A live move's migrate_to failed; the type left the resource running here.
     MigrateFailed,
+    /// Running, with news for status and the log (a VM paused, or running again); the
+    /// state does not change.
+    Notice,
 }
 
 impl Report {
@@ -59,6 +62,7 @@ impl Report {
             Report::StoppedOutOfBand => "StoppedOutOfBand",
             Report::Migrated => "Migrated",
             Report::MigrateFailed => "MigrateFailed",
+            Report::Notice => "Notice",
         }
     }
 }
@@ -404,6 +408,15 @@ impl Rcm {
             }
             (Report::Failed, ResourceState::Online | ResourceState::OnlinePending) => {
                 self.fail(out, name, &reason, now, false);
+            }
+            (Report::Notice, ResourceState::Online) => {
+                out.push(Action::Db(Command::RecordState {
+                    resource: name.to_string(),
+                    state: ResourceState::Online,
+                    reason,
+                    pid: local.pid,
+                    node: Some(self.node.clone()),
+                }));
             }
             (Report::Migrated, ResourceState::Online)
                 if matches!(local.leg, Some(Leg::Sending(_))) =>

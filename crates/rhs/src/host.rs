@@ -649,11 +649,14 @@ impl Worker {
         };
         let health = match first {
             Ok(Health::Alive) => return,
+            // Running, with something to say: no need to confirm.
+            Ok(Health::Notice(_)) => first,
             Ok(_) if quick => self.call("IsAlive", |r| r.is_alive()).await,
             other => other,
         };
         match health {
             Ok(Health::Alive) => {}
+            Ok(Health::Notice(what)) => self.report(Report::Notice, what, None).await,
             Ok(Health::Failed(why)) | Err(why) => self.failed(format!("IsAlive: {why}")).await,
             Ok(Health::Misconfigured(why)) => self.misconfigured(format!("IsAlive: {why}")).await,
             Ok(Health::StoppedOutOfBand(why)) => {

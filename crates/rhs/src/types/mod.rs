@@ -40,6 +40,9 @@ pub enum Health {
     StoppedOutOfBand(String),
     /// The configuration is wrong on this node (OCF's 2, 5 and 6): not retried here.
     Misconfigured(String),
+    /// Still there, but something changed that status and the log should show (a VM paused
+    /// by an I/O error or from outside, and running again): not a failure.
+    Notice(String),
 }
 
 /// Why Online failed.

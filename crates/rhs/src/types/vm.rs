@@ -13,7 +13,8 @@
 //! - QMP events are watched continuously (the QMP socket is the event descriptor): a guest
 //!   power-off, an outside `quit` or a SIGTERM is an operator's out-of-band stop (not
 //!   restarted); QEMU vanishing without such an event is a failure; a pause (I/O error or an
-//!   outside `stop`) is a failure to report, not to hide.
+//!   outside `stop`) is reported in status and the log (and again when it runs on), not
+//!   treated as a failure.
 //! - Live migration: the target starts QEMU with `-incoming tcp:ADDR:PORT` (prepare); the
 //!   source migrates with `downtime-limit` and `max-bandwidth` and waits for completion
 //!   (a failure or timeout cancels it and leaves the VM running there); the target then
@@ -376,6 +377,7 @@ impl ResourceType for VmType {
             paused: None,
             shutdown: None,
             arrival: None,
+            reported_pause: None,
         }))
     }
 }
@@ -399,6 +401,8 @@ struct Vm {
     shutdown: Option<Health>,
     /// How the last arrival went (a quick migration's downtime), for the Online record.
     arrival: Option<String>,
+    /// The pause that was last reported (not a failure: status and the log show it).
+    reported_pause: Option<String>,
 }
 
 /// Whether `/dev/kvm` can be used.
@@ -509,6 +513,7 @@ impl Vm {
         self.paused = None;
         self.shutdown = None;
         self.arrival = None;
+        self.reported_pause = None;
         match Qmp::connect(&self.qmp_path, QMP_START) {
             Ok(q) => {
                 self.qmp = Some(q);
@@ -613,13 +618,27 @@ impl Vm {
             return Health::Failed(format!("QEMU exited without a shutdown event: {status}"));
         }
         match self.status() {
-            Ok(s) if s == "running" => Health::Alive,
-            Ok(s) => Health::Failed(format!(
-                "the VM is {s}{}",
-                self.paused
-                    .as_ref()
-                    .map_or(String::new(), |p| format!(" ({p})"))
-            )),
+            Ok(s) if s == "running" => match self.reported_pause.take() {
+                Some(was) => Health::Notice(format!("running again (was {was})")),
+                None => Health::Alive,
+            },
+            // Paused by an I/O error or from outside: QEMU and the guest are there; say so
+            // (once) rather than restart what someone may be looking at.
+            Ok(s) if s == "paused" || s == "io-error" => {
+                let why = format!(
+                    "the VM is {s}{}",
+                    self.paused
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(" ({p})"))
+                );
+                if self.reported_pause.as_deref() == Some(why.as_str()) {
+                    Health::Alive
+                } else {
+                    self.reported_pause = Some(why.clone());
+                    Health::Notice(why)
+                }
+            }
+            Ok(s) => Health::Failed(format!("the VM is {s}")),
             Err(e) => {
                 // QMP broke: QEMU is going away; its events and exit decide.
                 let gone = self.wait_exit(Duration::from_secs(1));
