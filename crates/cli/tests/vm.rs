@@ -447,3 +447,81 @@ fn a_quick_migration_saves_moves_and_restores_the_guest_with_its_memory() {
     ]);
     assert!(e.contains("migration \"sideways\" is not valid"), "{e}");
 }
+
+#[test]
+fn offline_action_save_keeps_the_guest_memory_until_the_next_online() {
+    qemu_installed();
+    let state = tempfile::tempdir().unwrap();
+    let mut a = Agent::on("n1", "127.0.0.12");
+    a.spawn(true);
+    let state_dir = format!("state_dir={}", state.path().display());
+    linux_vm(
+        &a,
+        "g",
+        "linux",
+        18092,
+        &["--param", &state_dir, "--param", "offline_action=save"],
+    );
+    a.wait_state("linux", "Online");
+    a.seen_pid(a.pid_of("linux").unwrap());
+    wait_until("the guest answers", || count("127.0.0.12:18092").is_some());
+    let before = count("127.0.0.12:18092").unwrap();
+    a.ok(&["resource", "offline", "linux"]);
+    a.wait_state("linux", "Offline");
+    assert!(
+        state.path().join("linux.state").exists(),
+        "the state was saved"
+    );
+    a.ok(&["resource", "online", "linux"]);
+    a.wait_state("linux", "Online");
+    a.seen_pid(a.pid_of("linux").unwrap());
+    let after = count("127.0.0.12:18092").expect("the restored guest answers at once");
+    assert!(
+        after >= before,
+        "restored, not rebooted ({before} -> {after})"
+    );
+    assert!(
+        !state.path().join("linux.state").exists(),
+        "the state was used up"
+    );
+    a.kill();
+}
+
+#[test]
+fn a_disk_that_goes_away_fails_the_thorough_check_naming_it() {
+    qemu_installed();
+    let a = Agent::start();
+    let disk = a.dir.path().join("disk.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let disks = format!("disks={}", disk.display());
+    firmware_vm(
+        &a,
+        "g",
+        "vm1",
+        &[
+            "--param",
+            &disks,
+            "--is-alive-ms",
+            "300",
+            "--restart-action",
+            "none",
+        ],
+    );
+    a.wait_state("vm1", "Online");
+    a.seen_pid(a.pid_of("vm1").unwrap());
+    std::fs::remove_file(&disk).unwrap();
+    wait_until("vm1 failed", || a.state("vm1") == "Failed");
+    let reasons = a.reasons("vm1");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&format!("disk {}", disk.display()))),
+        "{reasons:#?}"
+    );
+}
