@@ -177,6 +177,46 @@ pub trait Resource: Send {
     }
 }
 
+/// An optional parameter's schema entry.
+pub(crate) fn optional(
+    name: &str,
+    kind: vigil_core::params::ParamKind,
+    default: Option<&str>,
+    description: &str,
+) -> ParamSpec {
+    ParamSpec {
+        name: name.to_string(),
+        kind,
+        required: false,
+        unique: false,
+        default: default.map(str::to_string),
+        description: description.to_string(),
+    }
+}
+
+/// A whole-number parameter in `min..=max` (`default` when absent); the error names it.
+pub(crate) fn int_param(
+    params: &BTreeMap<String, String>,
+    key: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, String> {
+    match params.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "parameter {key} = {v:?} is not valid: expected a whole number from {min} to {max}"
+                )
+            }),
+    }
+}
+
 /// 64-bit FNV-1a of `text`: stable across processes and builds.
 pub(crate) fn fnv(text: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

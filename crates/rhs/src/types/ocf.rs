@@ -148,25 +148,10 @@ impl OcfType {
 
     fn config(&self, params: &BTreeMap<String, String>) -> Result<Config, String> {
         let ms = |key: &str, default: Duration| -> Result<Duration, String> {
-            match params.get(key) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(Duration::from_millis)
-                    .ok_or_else(|| {
-                        format!("parameter {key} = {v:?} is not valid: expected milliseconds > 0")
-                    }),
-            }
+            let default = default.as_millis() as u64;
+            super::int_param(params, key, default, 1, 24 * 3_600_000).map(Duration::from_millis)
         };
-        let depth = match params.get(IS_ALIVE_DEPTH) {
-            None => 10,
-            Some(v) => v.trim().parse::<u32>().map_err(|_| {
-                format!("parameter {IS_ALIVE_DEPTH} = {v:?} is not valid: expected a monitor depth such as 0, 10 or 20")
-            })?,
-        };
+        let depth = super::int_param(params, IS_ALIVE_DEPTH, 10, 0, 1000)? as u32;
         Ok(Config {
             start: ms(START_TIMEOUT, self.timeout("start"))?,
             stop: ms(STOP_TIMEOUT, self.timeout("stop"))?,
@@ -188,14 +173,7 @@ struct Config {
 }
 
 fn vigil_param(name: &str, description: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.to_string(),
-        kind: ParamKind::Integer,
-        required: false,
-        unique: false,
-        default: None,
-        description: description.to_string(),
-    }
+    super::optional(name, ParamKind::Integer, None, description)
 }
 
 impl ResourceType for OcfType {

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, PidfdFlags, Signal};
 use vigil_core::params::{self, ParamKind, ParamSpec};
 
-use super::{CallBound, Fault, Health, OpenContext, Progress, Resource, ResourceType};
+use super::{
+    CallBound, Fault, Health, OpenContext, Progress, Resource, ResourceType, optional as spec,
+};
 
 pub struct ProcessType;
 
@@ -48,17 +50,6 @@ pub fn kill_all_groups() {
         if let Some(pid) = Pid::from_raw(pgid) {
             let _ = rustix::process::kill_process_group(pid, Signal::KILL);
         }
-    }
-}
-
-fn spec(name: &str, kind: ParamKind, default: Option<&str>, description: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.to_string(),
-        kind,
-        required: false,
-        unique: false,
-        default: default.map(str::to_string),
-        description: description.to_string(),
     }
 }
 

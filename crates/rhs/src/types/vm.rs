@@ -35,7 +35,10 @@ use serde_json::{Value, json};
 use vigil_core::params::{self, ParamKind, ParamSpec};
 
 use super::qmp::Qmp;
-use super::{CallBound, Fault, Health, OpenContext, Progress, Resource, ResourceType};
+use super::{
+    CallBound, Fault, Health, OpenContext, Progress, Resource, ResourceType, int_param as int,
+    optional as spec,
+};
 
 pub struct VmType;
 
@@ -49,17 +52,6 @@ const QMP_CHECK: Duration = Duration::from_secs(2);
 const PROBE: Duration = Duration::from_secs(2);
 /// A guest connection still open this long after connecting is the guest's own.
 const GUEST_SETTLE: Duration = Duration::from_millis(300);
-
-fn spec(name: &str, kind: ParamKind, default: Option<&str>, description: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.to_string(),
-        kind,
-        required: false,
-        unique: false,
-        default: default.map(str::to_string),
-        description: description.to_string(),
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum OfflineAction {
@@ -90,26 +82,6 @@ struct Config {
     migration_downtime_ms: u64,
     migration_bandwidth_mbps: u64,
     migration_timeout: Duration,
-}
-
-fn int(
-    params: &BTreeMap<String, String>,
-    key: &str,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<u64, String> {
-    match params.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| {
-                format!("parameter {key} = {v:?} is not valid: expected a whole number from {min} to {max}")
-            }),
-    }
 }
 
 fn path(params: &BTreeMap<String, String>, key: &str) -> Result<Option<PathBuf>, String> {
