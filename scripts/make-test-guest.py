@@ -44,9 +44,12 @@ INIT = """#!/bin/busybox sh
 /bin/busybox mount -t sysfs sys /sys
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox --install -s /bin
-for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \\
-         failover net_failover virtio_net evdev button; do
-    insmod /lib/modules/$m.ko 2>/dev/null
+# Kernels differ in which module needs which: load in passes until all are in.
+for pass in 1 2 3 4 5; do
+    for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \\
+             failover net_failover virtio_net evdev button; do
+        [ -e /sys/module/$m ] || insmod /lib/modules/$m.ko 2>/dev/null
+    done
 done
 ip link set lo up
 ip link set eth0 up
