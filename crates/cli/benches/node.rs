@@ -15,7 +15,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use support::{Agent, kill9};
+use support::{Agent, kill9, wait_until};
 
 fn http(a: &Agent, method: &str, path: &str, body: Option<Value>) -> Value {
     let (status, v) = support::http(&a.listen, method, path, body);
@@ -95,6 +95,10 @@ fn crash_recovery(a: &Agent, crashes: usize) {
     a.wait_state("victim", "Online");
     let (mut detected, mut online) = (Vec::new(), Vec::new());
     for _ in 0..crashes {
+        // The log records the RCM's decision before its record reaches the database.
+        wait_until("victim is recorded Online with its pid", || {
+            a.state("victim") == "Online" && a.pid_of("victim").is_some()
+        });
         let pid = a.pid_of("victim").unwrap();
         let after = last_seq(a);
         let t0 = SystemTime::now();
