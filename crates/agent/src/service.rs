@@ -346,7 +346,8 @@ impl Service {
                     );
                     return;
                 }
-                if !matches!(report, Report::Online | Report::Offline) {
+                // Online, Offline and Migrated are logged by the RCM with the state change.
+                if !matches!(report, Report::Online | Report::Offline | Report::Migrated) {
                     let mut entry =
                         LogEntry::new(Component::RHS, format!("{}: {reason}", report.name()))
                             .resource(&resource);
