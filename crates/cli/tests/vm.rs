@@ -525,3 +525,37 @@ fn a_disk_that_goes_away_fails_the_thorough_check_naming_it() {
         "{reasons:#?}"
     );
 }
+
+#[test]
+fn a_drain_moves_a_vm_off_live() {
+    qemu_installed();
+    let mut n1 = Agent::on("n1", "127.0.0.13");
+    n1.spawn(true);
+    let n2 = Agent::on("n2", "127.0.0.14").start_joining(&n1);
+    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    firmware_vm(&n1, "g", "vm1", &["--param", "migration_port=47218"]);
+    n1.wait_state("vm1", "Online");
+    let source = n1.pid_of("vm1").unwrap();
+    n1.seen_pid(source);
+    n1.ok(&["node", "drain", "n1"]);
+    wait_until("vm1 runs on n2", || {
+        n1.group("g")["owner"] == "n2"
+            && n1.state("vm1") == "Online"
+            && n1.pid_of("vm1").is_some_and(|p| p != source)
+    });
+    n2.seen_pid(n1.pid_of("vm1").unwrap());
+    assert!(
+        logged(
+            &n1,
+            "vm1",
+            "live migration to n2 (Drain move): migrate_to started"
+        ),
+        "{:#?}",
+        n1.reasons("vm1")
+    );
+    assert!(
+        !n2.reasons("vm1").iter().any(|r| r.contains("Failed")),
+        "completed, not restarted: {:#?}",
+        n2.reasons("vm1")
+    );
+}
