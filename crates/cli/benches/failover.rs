@@ -119,18 +119,13 @@ fn cluster(agents: &mut [Agent], tuned: bool, group_flags: &[&str], expect: &str
     }
     wait_until("three nodes Up", || all_up(&agents[0], 3));
     agents[0].ok(&[&["group", "create", "web"], group_flags].concat());
-    agents[0].ok(&[
-        "resource",
-        "create",
+    agents[0].create(
         "app",
-        "--group",
         "web",
-        "--type",
         "process",
-        "--param",
-        "command=sleep 100000",
-        "--online",
-    ]);
+        &["command=sleep 100000"],
+        &["--online"],
+    );
     wait_until("web Online where expected", || {
         group(&agents[0]) == Some((expect.into(), "Online".into()))
     });

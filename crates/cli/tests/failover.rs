@@ -30,21 +30,9 @@ fn three() -> Vec<Agent> {
 fn web(on: &Agent, preferred: &str, group: &[&str], command: &str, resource: &[&str]) {
     let head = ["group", "create", "web", "--preferred-owners", preferred];
     on.ok(&[&head[..], group].concat());
-    let param = format!("command={command}");
-    let head = [
-        "resource",
-        "create",
-        "app",
-        "--group",
-        "web",
-        "--type",
-        "process",
-        "--param",
-        &param,
-        "--restart-delay-ms",
-        "100",
-    ];
-    on.ok(&[&head[..], resource, &["--online"]].concat());
+    let params = [format!("command={command}")];
+    let flags = [&["--restart-delay-ms", "100"][..], resource, &["--online"]].concat();
+    on.create("app", "web", "process", &params, &flags);
 }
 
 /// The usual `web`: a long sleep.

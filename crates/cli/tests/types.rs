@@ -63,16 +63,6 @@ fn test_ocf_root(dir: &Path) -> PathBuf {
     root
 }
 
-/// `vigil resource create NAME --group GROUP --type TYPE --param P … EXTRA…` on `a`.
-fn create(a: &Agent, name: &str, group: &str, ty: &str, params: &[String], extra: &[&str]) {
-    let mut args = vec!["resource", "create", name, "--group", group, "--type", ty];
-    for p in params {
-        args.extend(["--param", p.as_str()]);
-    }
-    args.extend_from_slice(extra);
-    a.ok(&args);
-}
-
 fn resource_count(a: &Agent) -> usize {
     a.status()["groups"]
         .as_array()
@@ -93,8 +83,7 @@ fn ocf_dummy_comes_online_is_monitored_and_goes_offline() {
     let state = a.dir.path().join("d.state");
     let state_param = format!("state={}", state.display());
     a.ok(&["group", "create", "g"]);
-    create(
-        &a,
+    a.create(
         "d",
         "g",
         "ocf:heartbeat:Dummy",
@@ -124,61 +113,25 @@ fn ocf_dummy_comes_online_is_monitored_and_goes_offline() {
 
     // Bad input: a clear error naming the problem, nothing stored changes.
     let before = resource_count(&a);
-    let e = a.err(&[
-        "resource",
-        "create",
-        "d2",
-        "--group",
-        "g",
-        "--type",
-        "ocf:heartbeat:Dummy",
-        "--param",
-        "nope=1",
-    ]);
+    let e = a.create_refused("d2", "g", "ocf:heartbeat:Dummy", &["nope=1"]);
     assert!(e.contains("no parameter \"nope\""), "{e}");
-    let e = a.err(&[
-        "resource",
-        "create",
+    let e = a.create_refused(
         "d2",
-        "--group",
         "g",
-        "--type",
         "ocf:heartbeat:Dummy",
-        "--param",
-        &state_param,
-    ]);
+        std::slice::from_ref(&state_param),
+    );
     assert!(e.contains("must be unique") && e.contains("\"d\""), "{e}");
-    let e = a.err(&[
-        "resource",
-        "create",
-        "d2",
-        "--group",
-        "g",
-        "--type",
-        "ocf:heartbeat:NoSuchAgent",
-    ]);
+    let e = a.create_refused("d2", "g", "ocf:heartbeat:NoSuchAgent", support::NO_PARAMS);
     assert!(e.contains("ocf:heartbeat:NoSuchAgent not found"), "{e}");
-    let e = a.err(&[
-        "resource",
-        "create",
-        "d2",
-        "--group",
-        "g",
-        "--type",
-        "ocf:heartbeat:IPaddr2",
-    ]);
+    let e = a.create_refused("d2", "g", "ocf:heartbeat:IPaddr2", support::NO_PARAMS);
     assert!(e.contains("needs parameter \"ip\""), "{e}");
-    let e = a.err(&[
-        "resource",
-        "create",
+    let e = a.create_refused(
         "d2",
-        "--group",
         "g",
-        "--type",
         "ocf:heartbeat:Dummy",
-        "--param",
-        "vigil_start_timeout_ms=soon",
-    ]);
+        &["vigil_start_timeout_ms=soon"],
+    );
     assert!(
         e.contains("vigil_start_timeout_ms") && e.contains("\"soon\""),
         "{e}"
@@ -210,8 +163,7 @@ fn ocf_anything_supervises_a_real_process_and_restarts_it() {
     let pidfile = a.dir.path().join("sleeper.pid");
     let logfile = a.dir.path().join("sleeper.log");
     a.ok(&["group", "create", "g"]);
-    create(
-        &a,
+    a.create(
         "sleeper",
         "g",
         "ocf:heartbeat:anything",
@@ -254,8 +206,7 @@ fn an_ocf_configuration_error_is_not_retried_on_that_node_and_the_group_moves() 
     let (n1, _n2) = two_nodes_with_the_test_agent(&root);
     let state = dir.path().join("odd.state");
     n1.ok(&["group", "create", "g", "--preferred-owners", "n1,n2"]);
-    create(
-        &n1,
+    n1.create(
         "odd",
         "g",
         "ocf:vigiltest:Odd",
@@ -318,8 +269,7 @@ fn a_planned_move_of_a_migratable_ocf_resource_migrates_it_instead_of_restarting
     let state = dir.path().join("mig.state");
     let journal = dir.path().join("journal");
     n1.ok(&["group", "create", "g", "--preferred-owners", "n1,n2"]);
-    create(
-        &n1,
+    n1.create(
         "mig",
         "g",
         "ocf:vigiltest:Odd",
@@ -376,8 +326,7 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
     a.spawn_with(cmd);
     a.ok(&["group", "create", "g"]);
     let garbage = dir.path().join("garbage.state");
-    create(
-        &a,
+    a.create(
         "garbage",
         "g",
         "ocf:vigiltest:Odd",
@@ -401,8 +350,7 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
     ));
     a.ok(&["group", "create", "h"]);
     let hang = dir.path().join("hang.state");
-    create(
-        &a,
+    a.create(
         "hang",
         "h",
         "ocf:vigiltest:Odd",
@@ -424,8 +372,7 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
     // validate-all runs before start: OCF_ERR_ARGS is a configuration error, not restarted.
     a.ok(&["group", "create", "v"]);
     let invalid = dir.path().join("invalid.state");
-    create(
-        &a,
+    a.create(
         "invalid",
         "v",
         "ocf:vigiltest:Odd",
@@ -459,8 +406,7 @@ fn a_floating_ip_moves_with_its_group_between_two_namespaces() {
     wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
     let vip = net.addr(100);
     n1.ok(&["group", "create", "web", "--preferred-owners", "n1,n2"]);
-    create(
-        &n1,
+    n1.create(
         "ip",
         "web",
         "ocf:heartbeat:IPaddr2",
@@ -488,8 +434,7 @@ fn a_floating_ip_moves_with_its_group_between_two_namespaces() {
          http.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n",
     )
     .unwrap();
-    create(
-        &n1,
+    n1.create(
         "http",
         "web",
         "process",
@@ -549,8 +494,7 @@ fn the_example_plugin_is_registered_brought_online_checked_failed_and_restarted(
     );
     let marker = a.dir.path().join("marker");
     a.ok(&["group", "create", "g"]);
-    create(
-        &a,
+    a.create(
         "m",
         "g",
         "marker",
@@ -605,17 +549,7 @@ fn the_example_plugin_is_registered_brought_online_checked_failed_and_restarted(
     .expect("libc");
     let e = a.err(&["type", "register", libc]);
     assert!(e.contains("no vigil_plugin_entry symbol"), "{e}");
-    let e = a.err(&[
-        "resource",
-        "create",
-        "m2",
-        "--group",
-        "g",
-        "--type",
-        "marker",
-        "--param",
-        "colour=red",
-    ]);
+    let e = a.create_refused("m2", "g", "marker", &["colour=red"]);
     assert!(e.contains("no parameter \"colour\""), "{e}");
     let e = a.err(&["type", "unregister", "marker"]);
     assert!(e.contains("used by resource(s) m"), "{e}");
@@ -636,12 +570,11 @@ fn a_plugin_that_answers_garbage_fails_with_a_clear_log_line() {
     let odd = c_plugin(dir.path(), None);
     a.ok(&["type", "register", odd.to_str().unwrap()]);
     a.ok(&["group", "create", "g"]);
-    create(
-        &a,
+    a.create(
         "o",
         "g",
         "odd",
-        &[],
+        support::NO_PARAMS,
         &[
             "--is-alive-ms",
             "200",
@@ -673,8 +606,7 @@ fn a_crashing_or_hanging_plugin_takes_down_only_its_own_rhs() {
 
     let crash = a.dir.path().join("crash");
     a.ok(&["group", "create", "c"]);
-    create(
-        &a,
+    a.create(
         "crash",
         "c",
         "marker",
@@ -703,8 +635,7 @@ fn a_crashing_or_hanging_plugin_takes_down_only_its_own_rhs() {
 
     let hang = a.dir.path().join("hang");
     a.ok(&["group", "create", "h"]);
-    create(
-        &a,
+    a.create(
         "hang",
         "h",
         "marker",

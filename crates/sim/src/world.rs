@@ -723,65 +723,52 @@ impl World {
             ReportKind::Online
         };
         let at = now + self.sim(r).start_ms;
-        self.push(
-            at,
-            Ev::Report {
-                node: n.to_string(),
-                resource: r.to_string(),
-                instance: inst,
-                report,
-            },
-        );
+        self.report_at(at, n, r, inst, report);
+    }
+
+    /// The instance of `r` running on `n` (0: none).
+    fn instance_on(&self, r: &str, n: &str) -> u64 {
+        self.running
+            .get(r)
+            .and_then(|m| m.get(n))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The RHS of `n` reports `kind` about instance `instance` of `r` at `at`.
+    fn report_at(&mut self, at: u64, n: &str, r: &str, instance: u64, report: ReportKind) {
+        let ev = Ev::Report {
+            node: n.to_string(),
+            resource: r.to_string(),
+            instance,
+            report,
+        };
+        self.push(at, ev);
     }
 
     fn rhs_offline(&mut self, n: &str, r: &str) {
-        let inst = self.running.get(r).and_then(|m| m.get(n)).copied();
-        let at = self.now + inst.map_or(0, |_| self.sim(r).stop_ms);
-        self.push(
-            at,
-            Ev::Report {
-                node: n.to_string(),
-                resource: r.to_string(),
-                instance: inst.unwrap_or(0),
-                report: ReportKind::Offline,
-            },
-        );
+        let inst = self.instance_on(r, n);
+        let at = self.now + if inst == 0 { 0 } else { self.sim(r).stop_ms };
+        self.report_at(at, n, r, inst, ReportKind::Offline);
     }
 
     fn rhs_migrate_to(&mut self, n: &str, r: &str, target: &str) {
-        let inst = self.running.get(r).and_then(|m| m.get(n)).copied();
         let at = self.now + self.sim(r).migrate_ms;
-        self.push(
-            at,
-            Ev::Report {
-                node: n.to_string(),
-                resource: r.to_string(),
-                instance: inst.unwrap_or(0),
-                report: ReportKind::Migrated {
-                    target: target.to_string(),
-                },
-            },
-        );
+        let target = target.to_string();
+        let inst = self.instance_on(r, n);
+        self.report_at(at, n, r, inst, ReportKind::Migrated { target });
     }
 
     /// The instance arrived with migrate_to; completing it takes a start's time.
     fn rhs_migrate_from(&mut self, n: &str, r: &str) {
-        let inst = self.running.get(r).and_then(|m| m.get(n)).copied();
+        let inst = self.instance_on(r, n);
         let at = self.now + self.sim(r).start_ms;
-        let report = if inst.is_some() {
-            ReportKind::Online
-        } else {
+        let report = if inst == 0 {
             ReportKind::ArrivalMissing
+        } else {
+            ReportKind::Online
         };
-        self.push(
-            at,
-            Ev::Report {
-                node: n.to_string(),
-                resource: r.to_string(),
-                instance: inst.unwrap_or(0),
-                report,
-            },
-        );
+        self.report_at(at, n, r, inst, report);
     }
 
     fn rhs_terminate(&mut self, n: &str, r: &str) {

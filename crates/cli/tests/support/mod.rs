@@ -287,6 +287,29 @@ impl Agent {
             .collect()
     }
 
+    /// `vigil resource create NAME --group GROUP --type TYPE --param P … EXTRA…`.
+    pub fn create<P: AsRef<str>>(
+        &self,
+        name: &str,
+        group: &str,
+        ty: &str,
+        params: &[P],
+        extra: &[&str],
+    ) {
+        self.ok(&create_args(name, group, ty, params, extra));
+    }
+
+    /// The same, refused: the error message.
+    pub fn create_refused<P: AsRef<str>>(
+        &self,
+        name: &str,
+        group: &str,
+        ty: &str,
+        params: &[P],
+    ) -> String {
+        self.err(&create_args(name, group, ty, params, &[]))
+    }
+
     /// Creates group `group` with one process resource running `command` plus extra args.
     pub fn process(&self, group: &str, name: &str, command: &str, extra: &[&str]) {
         if self.status()["groups"]
@@ -314,6 +337,24 @@ impl Drop for Agent {
             kill9(*pid);
         }
     }
+}
+
+/// A resource created without parameters (`Agent::create`).
+pub const NO_PARAMS: &[&str] = &[];
+
+fn create_args<'a, P: AsRef<str>>(
+    name: &'a str,
+    group: &'a str,
+    ty: &'a str,
+    params: &'a [P],
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["resource", "create", name, "--group", group, "--type", ty];
+    for p in params {
+        args.extend(["--param", p.as_ref()]);
+    }
+    args.extend_from_slice(extra);
+    args
 }
 
 pub fn kill9(pid: u32) {
@@ -544,40 +585,19 @@ pub fn guest() -> (String, String) {
 pub fn linux_vm(a: &Agent, group: &str, name: &str, port: u16, extra: &[&str]) {
     let (kernel, initrd) = guest();
     a.ok(&["group", "create", group, "--preferred-owners", &a.name]);
-    let kernel = format!("kernel={kernel}");
-    let initrd = format!("initrd={initrd}");
-    let net = format!("net=user,hostfwd=tcp:{{node_ip}}:{port}-:80");
-    let check = format!("guest_check_http=http://{{node_ip}}:{port}/count");
-    let mut args = vec![
-        "resource",
-        "create",
-        name,
-        "--group",
-        group,
-        "--type",
-        "vm",
-        "--param",
-        "accel=tcg",
-        "--param",
-        "memory_mb=256",
-        "--param",
-        &kernel,
-        "--param",
-        &initrd,
-        "--param",
-        "append=console=ttyS0 quiet",
-        "--param",
-        &net,
-        "--param",
-        &check,
-        "--param",
-        "stop_timeout_ms=10000",
-        "--looks-alive-ms",
-        "500",
+    let params = [
+        "accel=tcg".to_string(),
+        "memory_mb=256".to_string(),
+        format!("kernel={kernel}"),
+        format!("initrd={initrd}"),
+        "append=console=ttyS0 quiet".to_string(),
+        format!("net=user,hostfwd=tcp:{{node_ip}}:{port}-:80"),
+        format!("guest_check_http=http://{{node_ip}}:{port}/count"),
+        "stop_timeout_ms=10000".to_string(),
     ];
-    args.extend_from_slice(extra);
-    args.push("--online");
-    a.ok(&args);
+    let mut extra = extra.to_vec();
+    extra.extend(["--looks-alive-ms", "500", "--online"]);
+    a.create(name, group, "vm", &params, &extra);
 }
 
 /// GET http://addr/path, the body.

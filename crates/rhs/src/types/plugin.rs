@@ -28,7 +28,7 @@ pub struct PluginType {
     info: Plugin,
     table: &'static abi::PluginTable,
     /// Kept loaded while the type or any instance lives (`table` points into it).
-    _library: Arc<libloading::Library>,
+    library: Arc<libloading::Library>,
 }
 
 fn text(p: *const c_char, what: &str) -> Result<String, String> {
@@ -110,7 +110,7 @@ impl PluginType {
                 schema,
             },
             table,
-            _library: Arc::new(library),
+            library: Arc::new(library),
         })
     }
 
@@ -187,7 +187,7 @@ impl ResourceType for PluginType {
         Ok(Box::new(PluginResource {
             table: self.table,
             instance: Instance(instance),
-            _library: self._library.clone(),
+            _library: self.library.clone(),
         }))
     }
 }
@@ -201,6 +201,7 @@ unsafe impl Send for Instance {}
 struct PluginResource {
     table: &'static abi::PluginTable,
     instance: Instance,
+    /// Keeps the library loaded while this instance lives.
     _library: Arc<libloading::Library>,
 }
 

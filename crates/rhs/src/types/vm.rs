@@ -543,10 +543,8 @@ impl Vm {
             return Some(h.clone());
         }
         let q = self.qmp.as_mut()?;
-        if let Err(e) = q.poll() {
-            // The connection is gone: QEMU exited (or closed it); the exit status decides.
-            let _ = e;
-        }
+        // An error means the connection is gone (QEMU exited); its exit status decides.
+        let _ = q.poll();
         for ev in q.take_events() {
             let name = ev["event"].as_str().unwrap_or("");
             let data = &ev["data"];
@@ -768,11 +766,8 @@ impl Vm {
             .ok_or_else(|| "a quick migration needs state_dir (shared by both nodes)".to_string())
     }
 
-    /// Quick migration, source side: pause, save the state to `state_dir`, note when the
-    /// guest stopped (the target measures the downtime from it).
-    fn save_for(&mut self, target: &str) -> Result<String, String> {
-        let file = self.quick_file()?;
-        let stopped_ms = unix_ms();
+    /// Pauses the VM and saves its state to `file`; if that fails, the VM runs on.
+    fn save_state(&mut self, file: &Path) -> Result<(), String> {
         self.qmp("stop", None, QMP_CHECK)?;
         let saved = (|| {
             self.set_migration_parameters()?;
@@ -780,11 +775,32 @@ impl Vm {
             self.qmp("migrate", Some(json!({ "uri": uri })), QMP_CHECK)?;
             self.wait_migration("saving the state")
         })();
-        if let Err(e) = saved {
-            // Not moved: the guest runs on here.
+        if saved.is_err() {
             let _ = self.qmp("cont", None, QMP_CHECK);
-            return Err(e);
         }
+        saved.map(|_| ())
+    }
+
+    /// Starts QEMU waiting for the state saved in `file`, loads it and runs the VM; the file
+    /// is used up.
+    fn restore_state(&mut self, file: &Path) -> Result<(), String> {
+        self.launch(Some("defer".into()))?;
+        self.set_migration_parameters()?;
+        let uri = format!("file:{}", file.display());
+        self.qmp("migrate-incoming", Some(json!({ "uri": uri })), QMP_CHECK)?;
+        self.wait_migration("restoring the saved state")?;
+        self.qmp("cont", None, QMP_CHECK)?;
+        self.wait_running(QMP_START)?;
+        let _ = std::fs::remove_file(file);
+        Ok(())
+    }
+
+    /// Quick migration, source side: pause, save the state to `state_dir`, note when the
+    /// guest stopped (the target measures the downtime from it).
+    fn save_for(&mut self, target: &str) -> Result<String, String> {
+        let file = self.quick_file()?;
+        let stopped_ms = unix_ms();
+        self.save_state(&file)?;
         std::fs::write(file.with_extension("stopped"), stopped_ms.to_string())
             .map_err(|e| format!("cannot write next to {}: {e}", file.display()))?;
         self.migrated_away = true;
@@ -801,18 +817,11 @@ impl Vm {
         if !file.exists() {
             return Err(format!("no state from {source} at {}", file.display()));
         }
-        self.launch(Some("defer".into()))?;
-        self.set_migration_parameters()?;
-        let uri = format!("file:{}", file.display());
-        self.qmp("migrate-incoming", Some(json!({ "uri": uri })), QMP_CHECK)?;
-        self.wait_migration("restoring the state")?;
-        self.qmp("cont", None, QMP_CHECK)?;
-        self.wait_running(QMP_START)?;
+        self.restore_state(&file)?;
         let stopped = std::fs::read_to_string(file.with_extension("stopped"))
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok());
         let _ = std::fs::remove_file(file.with_extension("stopped"));
-        let _ = std::fs::remove_file(&file);
         self.arrival = Some(match stopped {
             Some(t) => format!(
                 "quick migration from {source}: downtime {} ms",
@@ -864,16 +873,7 @@ impl Resource for Vm {
         }
         let saved = self.state_file().filter(|f| f.exists());
         match saved {
-            Some(file) => {
-                self.launch(Some("defer".into()))?;
-                self.set_migration_parameters()?;
-                let uri = format!("file:{}", file.display());
-                self.qmp("migrate-incoming", Some(json!({ "uri": uri })), QMP_CHECK)?;
-                self.wait_migration("restoring the saved state")?;
-                self.qmp("cont", None, QMP_CHECK)?;
-                self.wait_running(QMP_START)?;
-                let _ = std::fs::remove_file(&file);
-            }
+            Some(file) => self.restore_state(&file)?,
             None => {
                 self.launch(None)?;
                 self.wait_running(QMP_START)?;
@@ -920,11 +920,7 @@ impl Resource for Vm {
             }
             OfflineAction::Save => {
                 let file = self.state_file().expect("checked at parse");
-                self.qmp("stop", None, QMP_CHECK)?;
-                self.set_migration_parameters()?;
-                let uri = format!("file:{}", file.display());
-                self.qmp("migrate", Some(json!({ "uri": uri })), QMP_CHECK)?;
-                self.wait_migration("saving the state")?;
+                self.save_state(&file)?;
                 let _ = self.qmp("quit", None, QMP_CHECK);
                 self.wait_exit(Duration::from_secs(5));
             }
@@ -1034,7 +1030,7 @@ impl Resource for Vm {
         }
         if self.qmp.is_none() {
             return Err(Fault::Failed(format!(
-                "nothing was prepared to receive the VM from {source}"
+                "nothing was prepared here to receive the VM from {source} (see this node's log for its prepare step); it starts afresh"
             )));
         }
         self.wait_running(self.cfg.migration_timeout)?;
