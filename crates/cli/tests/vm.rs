@@ -304,6 +304,19 @@ fn a_linux_guest_answers_powers_off_by_acpi_and_its_own_power_off_is_out_of_band
     a.kill();
 }
 
+/// Waits until the guest of `linux` (group g) answers at `addr` on n2 and the database
+/// records it Online there; its QEMU is n2's to clean up. Returns the guest's counter.
+fn arrived_on_n2(n1: &Agent, n2: &Agent, addr: &str) -> u64 {
+    wait_until("the guest answers on n2, which records it Online", || {
+        count(addr).is_some()
+            && n1.group("g")["owner"] == "n2"
+            && n1.state("linux") == "Online"
+            && n1.pid_of("linux").is_some()
+    });
+    n2.seen_pid(n1.pid_of("linux").unwrap());
+    count(addr).unwrap()
+}
+
 #[test]
 fn a_live_migration_keeps_the_guest_answering_and_its_memory() {
     qemu_installed();
@@ -322,14 +335,7 @@ fn a_live_migration_keeps_the_guest_answering_and_its_memory() {
     n1.seen_pid(n1.pid_of("linux").unwrap());
     let before = count("127.0.0.6:18086").expect("the guest answers on n1");
     n1.ok(&["group", "move", "g", "--to", "n2"]);
-    wait_until("the guest answers on n2, which records it Online", || {
-        count("127.0.0.7:18086").is_some()
-            && n1.group("g")["owner"] == "n2"
-            && n1.state("linux") == "Online"
-            && n1.pid_of("linux").is_some()
-    });
-    n2.seen_pid(n1.pid_of("linux").unwrap());
-    let after = count("127.0.0.7:18086").unwrap();
+    let after = arrived_on_n2(&n1, &n2, "127.0.0.7:18086");
     assert!(
         after > before,
         "the counter continued ({before} -> {after}): the guest's memory came along\n{:#?}\n{:#?}",
@@ -370,14 +376,7 @@ fn a_quick_migration_saves_moves_and_restores_the_guest_with_its_memory() {
     });
     let before = count("127.0.0.8:18088").unwrap();
     n1.ok(&["group", "move", "g", "--to", "n2", "--migration", "quick"]);
-    wait_until("the guest answers on n2, which records it Online", || {
-        count("127.0.0.9:18088").is_some()
-            && n1.group("g")["owner"] == "n2"
-            && n1.state("linux") == "Online"
-            && n1.pid_of("linux").is_some()
-    });
-    n2.seen_pid(n1.pid_of("linux").unwrap());
-    let after = count("127.0.0.9:18088").unwrap();
+    let after = arrived_on_n2(&n1, &n2, "127.0.0.9:18088");
     assert!(
         after > before,
         "the counter continued ({before} -> {after}): the saved memory was restored"
