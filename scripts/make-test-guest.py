@@ -9,14 +9,20 @@ target/test-guest):
                    - brings eth0 up as QEMU user networking expects (10.0.2.15/24),
                    - keeps a counter in memory, +1 every 100 ms, served by httpd on port 80
                      at /count: it continues across a migration and restarts at 1 on a boot,
+                   - serves the kernel's boot id at /boot: the same across a migration or a
+                     save and restore, new on every boot,
                    - serves /cgi-bin/poweroff (the guest powers itself off),
                    - prints VIGIL-GUEST-READY on the serial console.
 
-Needs apt-get (packages are downloaded, not installed) and an `apt-get update` done. Run it
-again to rebuild; it does nothing when DIR already holds both files.
+  DIR/stamp      the sha256 of /init, so that a guest built from an older /init is rebuilt
+
+Needs apt-get (packages are downloaded, not installed) and an `apt-get update` done. It does
+nothing when DIR already holds a guest built from this /init. With --current it only says
+whether it does (exit 0) or not (exit 1).
 """
 
 import glob
+import hashlib
 import io
 import lzma
 import os
@@ -67,7 +73,8 @@ printf 'Content-Type: text/plain\r\n\r\npowering off\n'
 (sleep 0.2; poweroff -f) >/dev/null 2>&1 </dev/null &
 CGI
 chmod +x /www/cgi-bin/poweroff
-# The counter lives in this guest's memory: it survives a migration, not a reboot.
+# The counter and the boot id live in this guest's memory: they survive a migration, not a boot.
+cat /proc/sys/kernel/random/boot_id > /www/boot
 (n=0; while true; do n=$((n+1)); echo $n > /www/count.tmp; mv /www/count.tmp /www/count; sleep 0.1; done) &
 httpd -p 80 -h /www
 echo VIGIL-GUEST-READY > /dev/ttyS0
@@ -119,9 +126,22 @@ def cpio_newc(entries):
     return out.getvalue()
 
 
+def current(dest):
+    stamp = os.path.join(dest, "stamp")
+    return (os.path.exists(os.path.join(dest, "vmlinux"))
+            and os.path.exists(os.path.join(dest, "initrd"))
+            and os.path.exists(stamp)
+            and open(stamp).read().strip() == hashlib.sha256(INIT.encode()).hexdigest())
+
+
 def main():
-    dest = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/test-guest")
-    if os.path.exists(os.path.join(dest, "vmlinux")) and os.path.exists(os.path.join(dest, "initrd")):
+    args = sys.argv[1:]
+    check = "--current" in args
+    args = [a for a in args if a != "--current"]
+    dest = os.path.abspath(args[0] if args else "target/test-guest")
+    if check:
+        sys.exit(0 if current(dest) else 1)
+    if current(dest):
         print(dest)
         return
     os.makedirs(dest, exist_ok=True)
@@ -150,6 +170,8 @@ def main():
             f.write(cpio_newc(entries))
         shutil.move(os.path.join(tmp, "vmlinux"), os.path.join(dest, "vmlinux"))
         shutil.move(os.path.join(tmp, "initrd"), os.path.join(dest, "initrd"))
+    with open(os.path.join(dest, "stamp"), "w") as f:
+        f.write(hashlib.sha256(INIT.encode()).hexdigest() + "\n")
     print(dest)
 
 

@@ -33,7 +33,7 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
 fi
 
 # The Linux test guest of the VM tests: a Debian kernel and busybox, downloaded, not installed.
-if [ ! -f target/test-guest/initrd ]; then
+if ! python3 scripts/make-test-guest.py --current target/test-guest; then
   apt-cache show busybox-static >/dev/null 2>&1 || apt-get update -q
   python3 scripts/make-test-guest.py target/test-guest
 fi

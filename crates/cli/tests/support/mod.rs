@@ -620,3 +620,37 @@ pub fn get(addr: &str, path: &str) -> Option<String> {
 pub fn count(addr: &str) -> Option<u64> {
     get(addr, "/count")?.parse().ok()
 }
+
+/// What the test guest at `addr` holds in memory: its kernel's boot id (new on every boot)
+/// and its counter (+1 every 100 ms of guest time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestMemory {
+    pub boot: String,
+    pub count: u64,
+}
+
+pub fn guest_memory(addr: &str) -> Option<GuestMemory> {
+    Some(GuestMemory {
+        boot: get(addr, "/boot")?,
+        count: count(addr)?,
+    })
+}
+
+/// The guest now answering at `addr` is the one `before` saw, memory and all: the same boot
+/// id, a counter that did not go back, and that then goes on counting. (A counter read right
+/// after a restore may not have ticked yet: guest time stands still while it is moved.)
+pub fn assert_same_guest_continues(before: &GuestMemory, addr: &str) -> GuestMemory {
+    let after = guest_memory(addr).expect("the guest answers");
+    assert_eq!(
+        after.boot, before.boot,
+        "the same boot, not a new one ({before:?} -> {after:?})"
+    );
+    assert!(
+        after.count >= before.count,
+        "the counter did not go back ({before:?} -> {after:?})"
+    );
+    wait_until("the guest's counter goes on", || {
+        count(addr).is_some_and(|c| c > after.count)
+    });
+    after
+}
