@@ -370,7 +370,13 @@ impl Db {
             .json()
             .await
             .map_err(|e| fail(format!("unreadable answer: {e}")))?;
-        answer.map_err(Retry::No)
+        answer.map_err(|e| match e {
+            // It is no longer the leader (an election under way): it proposed nothing.
+            WriteError::Forward { .. } | WriteError::NoLeader { .. } => {
+                Retry::NotSent(format!("it is no longer the leader: {e}"))
+            }
+            e => Retry::No(e),
+        })
     }
 
     /// Adds a node (as a learner, caught up before this returns), then makes it a voter while
@@ -481,7 +487,8 @@ impl std::ops::Deref for StateRef<'_> {
 
 /// Whether a failed forward may be tried again.
 enum Retry {
-    /// The request surely did not reach the leader (no connection).
+    /// The request surely did not reach the leader: no connection, or the node it reached
+    /// was no longer the leader.
     NotSent(String),
     No(WriteError),
 }
