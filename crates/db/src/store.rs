@@ -30,6 +30,8 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
 const SNAPSHOT: &str = "snapshot";
+/// The last log id of the stored snapshot, kept apart so that it is cheap to compare.
+const SNAPSHOT_AT: &str = "snapshot_at";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -86,6 +88,42 @@ fn put_meta_with<T: Serialize>(
         .insert(key, bytes.as_slice())
         .map_err(write_err)?;
     txn.commit().map_err(write_err)
+}
+
+/// Stores `snap` unless the stored snapshot is as new or newer; says whether it did. A build
+/// (a task of its own in openraft) can finish after an install of a newer snapshot: it must
+/// not put the older one back, whose log is already purged.
+fn put_snapshot(db: &redb::Database, snap: &StoredSnapshot) -> StorageResult<bool> {
+    let err = |e: String| {
+        StorageError::from(StorageIOError::write_snapshot(
+            Some(snap.meta.signature()),
+            AnyError::error(e),
+        ))
+    };
+    let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
+    let stored = {
+        let mut table = txn.open_table(META).map_err(|e| err(e.to_string()))?;
+        let at: Option<Option<LogId<NodeId>>> = match table.get(SNAPSHOT_AT) {
+            Ok(Some(v)) => Some(serde_json::from_slice(v.value()).map_err(|e| err(e.to_string()))?),
+            Ok(None) => None,
+            Err(e) => return Err(err(e.to_string())),
+        };
+        if at.is_some_and(|at| at >= snap.meta.last_log_id) {
+            false
+        } else {
+            let bytes = serde_json::to_vec(snap).map_err(|e| err(e.to_string()))?;
+            let at = serde_json::to_vec(&snap.meta.last_log_id).map_err(|e| err(e.to_string()))?;
+            table
+                .insert(SNAPSHOT, bytes.as_slice())
+                .map_err(|e| err(e.to_string()))?;
+            table
+                .insert(SNAPSHOT_AT, at.as_slice())
+                .map_err(|e| err(e.to_string()))?;
+            true
+        }
+    };
+    txn.commit().map_err(|e| err(e.to_string()))?;
+    Ok(stored)
 }
 
 /// Most recent log entries kept in memory, decoded, for replication to read.
@@ -340,12 +378,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: data.clone(),
         };
-        put_meta(&self.db, SNAPSHOT, &stored).map_err(|e| {
-            StorageError::from(StorageIOError::write_snapshot(
-                Some(meta.signature()),
-                AnyError::error(e),
-            ))
-        })?;
+        put_snapshot(&self.db, &stored)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -418,12 +451,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: bytes,
         };
-        put_meta(&self.db, SNAPSHOT, &stored).map_err(|e| {
-            StorageError::from(StorageIOError::write_snapshot(
-                Some(meta.signature()),
-                AnyError::error(e),
-            ))
-        })?;
+        put_snapshot(&self.db, &stored)?;
         let index = new.last_applied.map_or(0, |l| l.index);
         *self.data.write().unwrap_or_else(|p| p.into_inner()) = new;
         self.applied.send_replace(index);
