@@ -29,9 +29,14 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
-const SNAPSHOT: &str = "snapshot";
-/// The last log id of the stored snapshot, kept apart so that it is cheap to compare.
-const SNAPSHOT_AT: &str = "snapshot_at";
+/// The last snapshot, in a table of its own: redb keeps values inline in their leaf page, and
+/// a snapshot of megabytes beside the vote and the committed index made every one of their
+/// updates rewrite (and fsync) it. Keys [`SNAPSHOT_META`] (JSON) and [`SNAPSHOT_DATA`] (raw).
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+const SNAPSHOT_META: &str = "meta";
+const SNAPSHOT_DATA: &str = "data";
+/// Where data dirs written before [`SNAPSHOTS`] keep their snapshot (in META, as JSON).
+const OLD_SNAPSHOT: &str = "snapshot";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -48,10 +53,11 @@ pub fn open_db(path: &std::path::Path) -> Result<Arc<redb::Database>, redb::Erro
     let db = redb::Database::builder()
         .set_cache_size(8 << 20)
         .create(path)?;
-    // Make sure both tables exist, so readers never see "table does not exist".
+    // Make sure the tables exist, so readers never see "table does not exist".
     let txn = db.begin_write()?;
     txn.open_table(LOG)?;
     txn.open_table(META)?;
+    txn.open_table(SNAPSHOTS)?;
     txn.commit()?;
     Ok(Arc::new(db))
 }
@@ -102,28 +108,45 @@ fn put_snapshot(db: &redb::Database, snap: &StoredSnapshot) -> StorageResult<boo
     };
     let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
     let stored = {
-        let mut table = txn.open_table(META).map_err(|e| err(e.to_string()))?;
-        let at: Option<Option<LogId<NodeId>>> = match table.get(SNAPSHOT_AT) {
-            Ok(Some(v)) => Some(serde_json::from_slice(v.value()).map_err(|e| err(e.to_string()))?),
-            Ok(None) => None,
-            Err(e) => return Err(err(e.to_string())),
+        let mut table = txn.open_table(SNAPSHOTS).map_err(|e| err(e.to_string()))?;
+        let at = match table.get(SNAPSHOT_META).map_err(|e| err(e.to_string()))? {
+            Some(v) => {
+                serde_json::from_slice::<SnapshotMeta<NodeId, openraft::BasicNode>>(v.value())
+                    .map_err(|e| err(e.to_string()))?
+                    .last_log_id
+            }
+            None => None,
         };
-        if at.is_some_and(|at| at >= snap.meta.last_log_id) {
+        if at.is_some() && at >= snap.meta.last_log_id {
             false
         } else {
-            let bytes = serde_json::to_vec(snap).map_err(|e| err(e.to_string()))?;
-            let at = serde_json::to_vec(&snap.meta.last_log_id).map_err(|e| err(e.to_string()))?;
+            let meta = serde_json::to_vec(&snap.meta).map_err(|e| err(e.to_string()))?;
             table
-                .insert(SNAPSHOT, bytes.as_slice())
+                .insert(SNAPSHOT_META, meta.as_slice())
                 .map_err(|e| err(e.to_string()))?;
             table
-                .insert(SNAPSHOT_AT, at.as_slice())
+                .insert(SNAPSHOT_DATA, snap.data.as_slice())
                 .map_err(|e| err(e.to_string()))?;
             true
         }
     };
     txn.commit().map_err(|e| err(e.to_string()))?;
     Ok(stored)
+}
+
+/// The stored snapshot, if any (from META in a data dir written before [`SNAPSHOTS`]).
+fn get_snapshot(db: &redb::Database) -> StorageResult<Option<StoredSnapshot>> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(SNAPSHOTS).map_err(read_err)?;
+    let meta = table.get(SNAPSHOT_META).map_err(read_err)?;
+    let data = table.get(SNAPSHOT_DATA).map_err(read_err)?;
+    match (meta, data) {
+        (Some(meta), Some(data)) => Ok(Some(StoredSnapshot {
+            meta: serde_json::from_slice(meta.value()).map_err(read_err)?,
+            data: data.value().to_vec(),
+        })),
+        _ => get_meta(db, OLD_SNAPSHOT),
+    }
 }
 
 /// Most recent log entries kept in memory, decoded, for replication to read.
@@ -316,7 +339,8 @@ pub struct SmData {
     pub state: ClusterState,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A snapshot as stored; Deserialize for the JSON form of data dirs before [`SNAPSHOTS`].
+#[derive(Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
     data: Vec<u8>,
@@ -333,7 +357,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Loads the last snapshot, if any.
     pub fn open(db: Arc<redb::Database>) -> StorageResult<Self> {
-        let snap: Option<StoredSnapshot> = get_meta(&db, SNAPSHOT)?;
+        let snap = get_snapshot(&db)?;
         let data = match snap {
             Some(s) => serde_json::from_slice(&s.data).map_err(|e| {
                 StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)))
@@ -459,7 +483,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let snap: Option<StoredSnapshot> = get_meta(&self.db, SNAPSHOT)?;
+        let snap = get_snapshot(&self.db)?;
         Ok(snap.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),

@@ -64,3 +64,33 @@ async fn an_older_snapshot_built_late_does_not_replace_a_newer_installed_one() {
     let (applied, _) = reopened.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index, 10);
 }
+
+/// A data dir written before snapshots had a table of their own keeps its snapshot as JSON in
+/// the meta table: it still loads.
+#[tokio::test]
+async fn a_snapshot_stored_the_old_way_still_loads() {
+    use openraft::RaftSnapshotBuilder;
+    use openraft::storage::RaftStateMachine;
+    let other = tempfile::tempdir().unwrap();
+    let mut leader = StateMachine::open(open_db(&other.path().join("raft.redb")).unwrap()).unwrap();
+    apply_blanks(&mut leader, 7).await;
+    let snap = leader.build_snapshot().await.unwrap();
+    let old = serde_json::to_vec(&serde_json::json!({
+        "meta": snap.meta,
+        "data": snap.snapshot.into_inner(),
+    }))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&dir.path().join("raft.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("raft_meta"))
+        .unwrap()
+        .insert("snapshot", old.as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    let mut sm = StateMachine::open(db).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 7);
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id.unwrap().index, 7);
+}
