@@ -71,7 +71,12 @@ impl Conn {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() || e.is_timeout() {
+                // Only a refused connection is Unreachable, after which openraft sends the peer
+                // nothing for 500 ms, longer than an election timeout. A slow answer (an append
+                // outlives its heartbeat-long deadline when the peer's disk or CPU is busy) is
+                // tried again at the next heartbeat instead, so that a live peer does not go
+                // half a second without one and start an election.
+                if e.is_connect() && !e.is_timeout() {
                     RPCError::Unreachable(Unreachable::new(&e))
                 } else {
                     RPCError::Network(NetworkError::new(&e))
