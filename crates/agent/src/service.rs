@@ -466,8 +466,9 @@ async fn write_loop(db: Db, mut queue: mpsc::Receiver<Vec<Command>>) {
                     tracing::debug!("RCM command refused: {e}");
                 }
             }
-            // This node cannot reach a majority; its records are lost, and the RCM keeps
-            // acting on its own state. (Leases decide whether it may keep running things.)
+            // This node cannot reach a majority; its records are lost (or, if already
+            // proposed, committed later), and the RCM keeps acting on its own state. (Leases
+            // decide whether it may keep running things.)
             Err(e) => tracing::warn!("RCM records not written: {e}"),
         }
     }

@@ -74,16 +74,24 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        let mut count = batch[0].cmds.len();
+        // A writer that stopped waiting (its write timed out, e.g. while there was no quorum)
+        // was told its write failed: it must not be proposed afterwards.
+        let mut batch: Vec<Waiting> = std::iter::once(first)
+            .filter(|w| !w.reply.is_closed())
+            .collect();
+        let mut count: usize = batch.iter().map(|w| w.cmds.len()).sum();
         while count < MAX_COMMANDS {
             match rx.try_recv() {
+                Ok(w) if w.reply.is_closed() => {}
                 Ok(w) => {
                     count += w.cmds.len();
                     batch.push(w);
                 }
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let raft = raft.clone();
         tokio::spawn(async move {

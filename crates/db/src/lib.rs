@@ -50,7 +50,7 @@ pub enum DbError {
 #[derive(Clone, Debug, Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WriteError {
     #[error(
-        "no quorum: the write was not committed within {timeout_ms} ms; this node ({node}) cannot reach a majority of the voters ({voters})"
+        "no quorum: the write was not committed within {timeout_ms} ms; this node ({node}) cannot reach a majority of the voters ({voters}); if it was already proposed, it may still be committed once a majority is back"
     )]
     NoQuorum {
         node: String,

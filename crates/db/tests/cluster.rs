@@ -256,3 +256,50 @@ async fn a_node_that_was_away_catches_up_from_a_snapshot() {
         n.stop().await;
     }
 }
+
+/// A write whose writer gave up (its timeout passed while there was no quorum) was reported
+/// as failed: if it had not been proposed yet, it never is. (Writes already proposed may
+/// still commit once the majority is back; the error says so.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_timed_out_before_being_proposed_are_never_committed() {
+    let mut nodes = form().await;
+    nodes[1].stop().await;
+    nodes[2].stop().await;
+    let db = nodes[0].db().clone();
+    let mut writers = Vec::new();
+    // w0 and w1 take both proposal slots (and hang without a quorum); w2 and w3 queue.
+    for i in 0..4 {
+        let db = db.clone();
+        writers.push(tokio::spawn(async move {
+            db.write(vec![group(&format!("w{i}"))]).await
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for w in writers {
+        let err = w.await.unwrap().unwrap_err();
+        assert!(matches!(err, WriteError::NoQuorum { .. }), "{err}");
+        assert!(err.to_string().contains("may still be committed"), "{err}");
+    }
+    nodes[1].restart().await;
+    nodes[2].restart().await;
+    wait_until("a leader again", || {
+        nodes.iter().any(|n| n.db().is_leader())
+    })
+    .await;
+    nodes[1].db().write(vec![group("after")]).await.unwrap();
+    for n in &nodes {
+        wait_until(&format!("{} has the write after", n.name), || {
+            n.groups().contains(&"after".to_string())
+        })
+        .await;
+        let groups = n.groups();
+        assert!(
+            !groups.contains(&"w2".to_string()) && !groups.contains(&"w3".to_string()),
+            "{}: {groups:?}",
+            n.name
+        );
+    }
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
