@@ -16,7 +16,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use support::{Agent, count, linux_vm, wait_until};
+use support::{count, linux_vm, two_nodes, wait_until};
 
 fn report(name: &str, mut v: Vec<f64>) {
     v.sort_by(f64::total_cmp);
@@ -48,10 +48,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let runs = if quick { 2 } else { 6 };
     let state = tempfile::tempdir().unwrap();
-    let mut n1 = Agent::on("n1", "127.0.0.10");
-    n1.spawn(true);
-    let n2 = Agent::on("n2", "127.0.0.11").start_joining(&n1);
-    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    let (n1, n2) = two_nodes("127.0.0.10", "127.0.0.11");
     let state_dir = format!("state_dir={}", state.path().display());
     linux_vm(&n1, "g", "vm", 18090, &["--param", &state_dir]);
     n1.wait_state("vm", "Online");

@@ -599,9 +599,7 @@ fn a_crashing_or_hanging_plugin_takes_down_only_its_own_rhs() {
     a.ok(&["type", "register", &example_plugin()]);
     // A bystander in the shared RHS: it must not notice anything.
     a.process("keep", "keeper", "sleep 1000", &["--online"]);
-    a.wait_state("keeper", "Online");
-    let keeper = a.pid_of("keeper").unwrap();
-    a.seen_pid(keeper);
+    let keeper = a.wait_online("keeper");
     let shared = a.rhs_pid("default").unwrap();
 
     let crash = a.dir.path().join("crash");

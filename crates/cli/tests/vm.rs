@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use support::{
     Agent, alive, assert_same_guest_continues, count, get, guest_memory, kill9, linux_vm,
-    wait_until,
+    two_nodes, wait_until,
 };
 
 fn qemu_installed() {
@@ -38,8 +38,9 @@ fn logged(a: &Agent, resource: &str, text: &str) -> bool {
     a.reasons(resource).iter().any(|r| r.contains(text))
 }
 
-/// Sends one QMP command on the operators' monitor socket of `resource` on `a`.
-fn outside_qmp(a: &Agent, resource: &str, command: &str) {
+/// Sends one QMP command on the operators' monitor socket of `resource` on `a`; its answer
+/// (empty when QEMU closed the socket first).
+fn outside_qmp(a: &Agent, resource: &str, command: &str) -> String {
     let path: PathBuf = a
         .data_dir()
         .join("resources")
@@ -56,6 +57,7 @@ fn outside_qmp(a: &Agent, resource: &str, command: &str) {
         // After `quit`, QEMU may close the socket before it answers.
         let _ = r.read_line(&mut line);
     }
+    line
 }
 
 #[test]
@@ -94,9 +96,7 @@ fn a_quit_from_outside_the_cluster_is_an_out_of_band_stop() {
     qemu_installed();
     let a = Agent::start();
     firmware_vm(&a, "g", "vm1", &[]);
-    a.wait_state("vm1", "Online");
-    let pid = a.pid_of("vm1").unwrap();
-    a.seen_pid(pid);
+    a.wait_online("vm1");
     outside_qmp(&a, "vm1", "quit");
     wait_until("vm1 is Offline", || a.state("vm1") == "Offline");
     assert_eq!(a.resource("vm1")["persistent_state"], "Offline");
@@ -117,9 +117,7 @@ fn a_pause_from_outside_is_reported_not_restarted() {
     qemu_installed();
     let a = Agent::start();
     firmware_vm(&a, "g", "vm1", &[]);
-    a.wait_state("vm1", "Online");
-    let pid = a.pid_of("vm1").unwrap();
-    a.seen_pid(pid);
+    let pid = a.wait_online("vm1");
     outside_qmp(&a, "vm1", "stop");
     wait_until("status shows the pause", || {
         a.resource("vm1")["reason"]
@@ -176,9 +174,7 @@ fn a_planned_move_migrates_the_vm_live_and_a_failed_one_leaves_it_running() {
     });
     // 2 GiB that the firmware never touches: cheap to run, slow to migrate at 1 MiB/s.
     a_vm_group(&n1);
-    n1.wait_state("vm1", "Online");
-    let source = n1.pid_of("vm1").unwrap();
-    n1.seen_pid(source);
+    let source = n1.wait_online("vm1");
     let epoch = n1.group("g")["epoch"].as_u64().unwrap();
     // Instances opened from now on (n2's) migrate slowly; n1's keeps the default.
     n1.ok(&[
@@ -242,8 +238,15 @@ fn a_planned_move_migrates_the_vm_live_and_a_failed_one_leaves_it_running() {
             .iter()
             .any(|r| r.contains("live migration to n1 (Operator move): migrate_to started"))
     });
-    // Inside the ~5 s the 2 GiB take at 1 MiB/s: the migration is surely streaming.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The 2 GiB take ~5 s at 1 MiB/s: kill the target once QEMU says RAM is on its way.
+    wait_until("the migration streams", || {
+        let answer: serde_json::Value =
+            serde_json::from_str(&outside_qmp(&n2, "vm1", "query-migrate")).unwrap_or_default();
+        answer["return"]["status"] == "active"
+            && answer["return"]["ram"]["transferred"]
+                .as_u64()
+                .is_some_and(|b| b > 0)
+    });
     n1.kill();
     wait_until("n2 gave the migration up", || {
         n2.reasons("vm1")
@@ -290,8 +293,7 @@ fn a_linux_guest_answers_powers_off_by_acpi_and_its_own_power_off_is_out_of_band
     assert!(!a.reasons("linux").iter().any(|r| r.contains("turned off")));
     // The guest powers itself off: the operator's intent, not a failure.
     a.ok(&["resource", "online", "linux"]);
-    a.wait_state("linux", "Online");
-    a.seen_pid(a.pid_of("linux").unwrap());
+    a.wait_online("linux");
     let booted = guest_memory(addr).expect("the guest answers again");
     assert_ne!(
         booted.boot, first.boot,
@@ -327,10 +329,7 @@ fn arrived_on_n2(n1: &Agent, n2: &Agent, addr: &str) {
 #[test]
 fn a_live_migration_keeps_the_guest_answering_and_its_memory() {
     qemu_installed();
-    let mut n1 = Agent::on("n1", "127.0.0.6");
-    n1.spawn(true);
-    let n2 = Agent::on("n2", "127.0.0.7").start_joining(&n1);
-    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    let (n1, n2) = two_nodes("127.0.0.6", "127.0.0.7");
     linux_vm(
         &n1,
         "g",
@@ -338,8 +337,7 @@ fn a_live_migration_keeps_the_guest_answering_and_its_memory() {
         18086,
         &["--param", "migration_port=47216"],
     );
-    n1.wait_state("linux", "Online");
-    n1.seen_pid(n1.pid_of("linux").unwrap());
+    n1.wait_online("linux");
     let before = guest_memory("127.0.0.6:18086").expect("the guest answers on n1");
     n1.ok(&["group", "move", "g", "--to", "n2"]);
     arrived_on_n2(&n1, &n2, "127.0.0.7:18086");
@@ -365,14 +363,10 @@ fn a_live_migration_keeps_the_guest_answering_and_its_memory() {
 fn a_quick_migration_saves_moves_and_restores_the_guest_with_its_memory() {
     qemu_installed();
     let state = tempfile::tempdir().unwrap();
-    let mut n1 = Agent::on("n1", "127.0.0.8");
-    n1.spawn(true);
-    let n2 = Agent::on("n2", "127.0.0.9").start_joining(&n1);
-    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    let (n1, n2) = two_nodes("127.0.0.8", "127.0.0.9");
     let state_dir = format!("state_dir={}", state.path().display());
     linux_vm(&n1, "g", "linux", 18088, &["--param", &state_dir]);
-    n1.wait_state("linux", "Online");
-    n1.seen_pid(n1.pid_of("linux").unwrap());
+    n1.wait_online("linux");
     wait_until("the guest answers on n1", || {
         guest_memory("127.0.0.8:18088").is_some()
     });
@@ -412,8 +406,7 @@ fn offline_action_save_keeps_the_guest_memory_until_the_next_online() {
         18092,
         &["--param", &state_dir, "--param", "offline_action=save"],
     );
-    a.wait_state("linux", "Online");
-    a.seen_pid(a.pid_of("linux").unwrap());
+    a.wait_online("linux");
     wait_until("the guest answers", || {
         guest_memory("127.0.0.12:18092").is_some()
     });
@@ -425,8 +418,7 @@ fn offline_action_save_keeps_the_guest_memory_until_the_next_online() {
         "the state was saved"
     );
     a.ok(&["resource", "online", "linux"]);
-    a.wait_state("linux", "Online");
-    a.seen_pid(a.pid_of("linux").unwrap());
+    a.wait_online("linux");
     assert_same_guest_continues(&before, "127.0.0.12:18092");
     assert!(
         !state.path().join("linux.state").exists(),
@@ -461,8 +453,7 @@ fn a_disk_that_goes_away_fails_the_thorough_check_naming_it() {
             "none",
         ],
     );
-    a.wait_state("vm1", "Online");
-    a.seen_pid(a.pid_of("vm1").unwrap());
+    a.wait_online("vm1");
     std::fs::remove_file(&disk).unwrap();
     wait_until("vm1 failed", || a.state("vm1") == "Failed");
     let reasons = a.reasons("vm1");
@@ -477,14 +468,9 @@ fn a_disk_that_goes_away_fails_the_thorough_check_naming_it() {
 #[test]
 fn a_drain_moves_a_vm_off_live() {
     qemu_installed();
-    let mut n1 = Agent::on("n1", "127.0.0.13");
-    n1.spawn(true);
-    let n2 = Agent::on("n2", "127.0.0.14").start_joining(&n1);
-    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    let (n1, n2) = two_nodes("127.0.0.13", "127.0.0.14");
     firmware_vm(&n1, "g", "vm1", &["--param", "migration_port=47218"]);
-    n1.wait_state("vm1", "Online");
-    let source = n1.pid_of("vm1").unwrap();
-    n1.seen_pid(source);
+    let source = n1.wait_online("vm1");
     n1.ok(&["node", "drain", "n1"]);
     wait_until("vm1 runs on n2", || {
         n1.group("g")["owner"] == "n2"

@@ -270,6 +270,16 @@ impl Agent {
         });
     }
 
+    /// Waits until `resource` is Online; its pid, remembered to be killed on drop.
+    pub fn wait_online(&self, resource: &str) -> u32 {
+        self.wait_state(resource, "Online");
+        let pid = self
+            .pid_of(resource)
+            .unwrap_or_else(|| panic!("{resource} is Online without a pid"));
+        self.seen_pid(pid);
+        pid
+    }
+
     /// The cluster log as JSON records.
     pub fn log(&self) -> Vec<Value> {
         self.ok(&["log", "--output", "json"])
@@ -598,6 +608,15 @@ pub fn linux_vm(a: &Agent, group: &str, name: &str, port: u16, extra: &[&str]) {
     let mut extra = extra.to_vec();
     extra.extend(["--looks-alive-ms", "500", "--online"]);
     a.create(name, group, "vm", &params, &extra);
+}
+
+/// A two-node cluster: n1 bootstrapped on `ip1`, n2 joined on `ip2` and Up.
+pub fn two_nodes(ip1: &str, ip2: &str) -> (Agent, Agent) {
+    let mut n1 = Agent::on("n1", ip1);
+    n1.spawn(true);
+    let n2 = Agent::on("n2", ip2).start_joining(&n1);
+    wait_until("n2 is Up", || n1.node_state("n2").as_deref() == Some("Up"));
+    (n1, n2)
 }
 
 /// GET http://addr/path, the body.
