@@ -226,23 +226,14 @@ impl Service {
                 quick,
             } => {
                 let state = self.db.state();
-                let result = self.hosts.open_for(&state, &resource);
+                let opened = self.hosts.open_for(&state, &resource);
                 drop(state);
                 let msg = ToHost::MigratePrepare {
                     resource: resource.clone(),
                     source,
                     quick,
                 };
-                if result.is_err() || !self.hosts.migrate(&resource, msg) {
-                    followups.push_back(Input::Report {
-                        resource,
-                        report: Report::MigrateFailed,
-                        reason: result
-                            .err()
-                            .unwrap_or_else(|| "no RHS to host it".to_string()),
-                        pid: None,
-                    });
-                }
+                self.migrate_or_report(followups, resource, opened, msg, Report::MigrateFailed);
             }
             Action::MigrateFrom {
                 resource,
@@ -251,36 +242,46 @@ impl Service {
             } => {
                 // The instance prepared for the migration receives it; open one only if none is
                 // (a quick migration prepares nothing).
-                let result = if self.hosts.is_open(&resource) {
+                let opened = if self.hosts.is_open(&resource) {
                     Ok(())
                 } else {
                     let state = self.db.state();
                     self.hosts.open_for(&state, &resource)
                 };
-                let sent = result.is_ok()
-                    && self.hosts.migrate(
-                        &resource,
-                        ToHost::MigrateFrom {
-                            resource: resource.clone(),
-                            source,
-                            quick,
-                        },
-                    );
-                if !sent {
-                    followups.push_back(Input::Report {
-                        resource,
-                        report: Report::Failed,
-                        reason: result
-                            .err()
-                            .unwrap_or_else(|| "no RHS to host it".to_string()),
-                        pid: None,
-                    });
-                }
+                let msg = ToHost::MigrateFrom {
+                    resource: resource.clone(),
+                    source,
+                    quick,
+                };
+                self.migrate_or_report(followups, resource, opened, msg, Report::Failed);
             }
             Action::Terminate { resource } => self.hosts.terminate(&resource),
             Action::Close { resource } => self.hosts.close(&resource),
             Action::Db(_) | Action::Log(_) => unreachable!("handled by execute"),
         }
+    }
+
+    /// Sends a migration step to the RHS that `opened` put `resource` in; when it could not
+    /// be opened or has no RHS, the RCM hears `report` with the reason.
+    fn migrate_or_report(
+        &mut self,
+        followups: &mut VecDeque<Input>,
+        resource: String,
+        opened: Result<(), String>,
+        msg: ToHost,
+        report: Report,
+    ) {
+        let reason = match opened {
+            Err(e) => e,
+            Ok(()) if self.hosts.migrate(&resource, msg) => return,
+            Ok(()) => format!("{resource} has no resource host process (RHS) on this node"),
+        };
+        followups.push_back(Input::Report {
+            resource,
+            report,
+            reason,
+            pid: None,
+        });
     }
 
     fn on_host_event(&mut self, event: HostEvent) {

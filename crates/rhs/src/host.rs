@@ -501,23 +501,35 @@ impl Worker {
     }
 
     async fn online(&mut self) {
+        self.come_online("Online", "coming online", |r| r.online())
+            .await;
+    }
+
+    /// Online, or MigrateFrom: brings the instance up through `entry` (`pending`: what status
+    /// says while it answers Pending without a message of its own).
+    async fn come_online(
+        &mut self,
+        entry: &'static str,
+        pending: &str,
+        f: impl FnOnce(&mut dyn Resource) -> Result<Progress, Fault> + Send + 'static,
+    ) {
         if let Some(e) = &self.open_error {
             let reason = format!("Open failed: {e}");
             self.report(Report::Failed, reason, None).await;
             return;
         }
         self.phase = Phase::Pending;
-        match self.call("Online", |r| r.online()).await {
+        match self.call(entry, f).await {
             Ok(Ok(Progress::Done)) => self.became_online().await,
             Ok(Ok(Progress::Pending(msg))) => {
                 self.watch().await;
                 let progress = msg.is_some();
-                let reason = msg.unwrap_or_else(|| "coming online".to_string());
+                let reason = msg.unwrap_or_else(|| pending.to_string());
                 self.report(Report::OnlinePending { progress }, reason, None)
                     .await;
             }
-            Ok(Err(e)) => self.failed_with(e, "Online failed").await,
-            Err(e) => self.failed(format!("Online failed: {e}")).await,
+            Ok(Err(e)) => self.failed_with(e, &format!("{entry} failed")).await,
+            Err(e) => self.failed(format!("{entry} failed: {e}")).await,
         }
     }
 
@@ -545,27 +557,10 @@ impl Worker {
     }
 
     async fn migrate_from(&mut self, source: String, quick: bool) {
-        if let Some(e) = &self.open_error {
-            let reason = format!("Open failed: {e}");
-            self.report(Report::Failed, reason, None).await;
-            return;
-        }
-        self.phase = Phase::Pending;
-        match self
-            .call("MigrateFrom", move |r| r.migrate_from(&source, quick))
-            .await
-        {
-            Ok(Ok(Progress::Done)) => self.became_online().await,
-            Ok(Ok(Progress::Pending(msg))) => {
-                self.watch().await;
-                let progress = msg.is_some();
-                let reason = msg.unwrap_or_else(|| "completing the migration".to_string());
-                self.report(Report::OnlinePending { progress }, reason, None)
-                    .await;
-            }
-            Ok(Err(e)) => self.failed_with(e, "MigrateFrom failed").await,
-            Err(e) => self.failed(format!("MigrateFrom failed: {e}")).await,
-        }
+        self.come_online("MigrateFrom", "completing the migration", move |r| {
+            r.migrate_from(&source, quick)
+        })
+        .await;
     }
 
     async fn progress(&mut self) {
