@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
-use vigil_core::command::{ApplyError, Command, Target};
+use vigil_core::command::{ApplyError, Command, Target, check_unique};
 use vigil_core::event::{Component, LogEntry};
 use vigil_core::failover;
 use vigil_core::model::{PersistentState, ResourceSpec, ResourceState};
@@ -1020,21 +1020,7 @@ async fn check_params(
     .map_err(|e| ApiError::bad(e.to_string()))?
     .map_err(ApiError::bad)?;
     let state = api.db.state();
-    for spec in checked.schema.iter().filter(|s| s.unique) {
-        let Some(value) = p.get(&spec.name) else {
-            continue;
-        };
-        if let Some(other) = state.resources.values().find(|r| {
-            r.name != resource
-                && r.type_name == type_name
-                && r.params.get(&spec.name) == Some(value)
-        }) {
-            return Err(ApiError::from(ApplyError::Conflict(format!(
-                "parameter {} = {value:?} must be unique among {type_name} resources, and resource {:?} has it",
-                spec.name, other.name
-            ))));
-        }
-    }
+    check_unique(&state, resource, type_name, &checked.schema, p)?;
     Ok(checked.can_migrate)
 }
 

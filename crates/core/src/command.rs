@@ -196,6 +196,33 @@ impl ApplyError {
 type Result<T = ()> = std::result::Result<T, ApplyError>;
 
 /// Applies one command. On error the state is unchanged.
+/// Refuses `params` for `resource` (of `type_name`) when a parameter the schema marks unique
+/// has a value that another resource of the type already has (OCF's `unique`).
+pub fn check_unique(
+    state: &ClusterState,
+    resource: &str,
+    type_name: &str,
+    schema: &[crate::params::ParamSpec],
+    params: &BTreeMap<String, String>,
+) -> Result {
+    for spec in schema.iter().filter(|s| s.unique) {
+        let Some(value) = params.get(&spec.name) else {
+            continue;
+        };
+        if let Some(other) = state.resources.values().find(|r| {
+            r.name != resource
+                && r.type_name == type_name
+                && r.params.get(&spec.name) == Some(value)
+        }) {
+            return Err(ApplyError::Conflict(format!(
+                "parameter {} = {value:?} must be unique among {type_name} resources, and resource {:?} has it",
+                spec.name, other.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
     match cmd {
         Command::Bootstrap { cluster_name } => {

@@ -751,3 +751,32 @@ fn a_failed_live_move_is_remembered_until_an_operator_moves_the_group() {
     move_to(&mut s, "g", "n2", MoveKind::Operator);
     assert!(s.groups["g"].failed_moves.is_empty());
 }
+
+#[test]
+fn a_unique_parameter_value_is_refused_naming_the_resource_that_has_it() {
+    use vigil_core::command::check_unique;
+    use vigil_core::params::{ParamKind, ParamSpec};
+    let mut s = cluster();
+    create(&mut s, "a", "g", &[]);
+    let param = |name: &str, unique| ParamSpec {
+        name: name.into(),
+        kind: ParamKind::String,
+        required: false,
+        unique,
+        default: None,
+        description: String::new(),
+    };
+    let schema = [param("command", true)];
+    let same = [("command".to_string(), "/bin/a".to_string())].into();
+    let err = check_unique(&s, "b", "process", &schema, &same).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "parameter command = \"/bin/a\" must be unique among process resources, and resource \"a\" has it"
+    );
+    // The resource itself (a `set`), another type, or a parameter that need not be unique.
+    check_unique(&s, "a", "process", &schema, &same).unwrap();
+    check_unique(&s, "b", "ocf:heartbeat:Dummy", &schema, &same).unwrap();
+    check_unique(&s, "b", "process", &[param("command", false)], &same).unwrap();
+    let unshared = [("command".to_string(), "/bin/b".to_string())].into();
+    check_unique(&s, "b", "process", &schema, &unshared).unwrap();
+}
