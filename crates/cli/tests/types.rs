@@ -72,10 +72,6 @@ fn resource_count(a: &Agent) -> usize {
         .sum()
 }
 
-fn logged(a: &Agent, resource: &str, text: &str) -> bool {
-    a.reasons(resource).iter().any(|r| r.contains(text))
-}
-
 #[test]
 fn ocf_dummy_comes_online_is_monitored_and_goes_offline() {
     heartbeat_agents_installed();
@@ -101,10 +97,10 @@ fn ocf_dummy_comes_online_is_monitored_and_goes_offline() {
     // Someone removes what the agent tracks: monitor says 7 (not running), and it restarts.
     std::fs::remove_file(&state).unwrap();
     wait_until("monitor saw it stopped", || {
-        logged(&a, "d", "exited with 7 (OCF_NOT_RUNNING)")
+        a.logged("d", "exited with 7 (OCF_NOT_RUNNING)")
     });
     wait_until("restarted in place", || {
-        logged(&a, "d", "restarting in place") && a.state("d") == "Online"
+        a.logged("d", "restarting in place") && a.state("d") == "Online"
     });
     assert!(state.exists());
     a.ok(&["resource", "offline", "d"]);
@@ -193,7 +189,7 @@ fn ocf_anything_supervises_a_real_process_and_restarts_it() {
             .any(|r| r.contains("ocf:heartbeat:anything monitor")),
         "{reasons:#?}"
     );
-    assert!(logged(&a, "sleeper", "restart 1 of"));
+    assert!(a.logged("sleeper", "restart 1 of"));
     a.ok(&["resource", "offline", "sleeper"]);
     a.wait_state("sleeper", "Offline");
     wait_until("stop ended the sleeper", || !alive(second));
@@ -343,8 +339,7 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
         ],
     );
     wait_until("garbage failed", || a.state("garbage") == "Failed");
-    assert!(logged(
-        &a,
+    assert!(a.logged(
         "garbage",
         "ocf:vigiltest:Odd monitor (depth 10) exited with 99 (not defined by OCF)"
     ));
@@ -391,7 +386,7 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
         !reasons.iter().any(|r| r.contains("restarting in place")),
         "{reasons:#?}"
     );
-    assert!(logged(&a, "hang", "did not finish within 300 ms; killed"));
+    assert!(a.logged("hang", "did not finish within 300 ms; killed"));
     // The agent process itself never noticed a thing.
     assert!(alive(a.pid()));
 }
@@ -507,14 +502,14 @@ fn the_example_plugin_is_registered_brought_online_checked_failed_and_restarted(
     a.wait_state("m", "Online");
     assert_eq!(read(&marker), "m on n1 epoch 1\n");
     // Its Online said "pending" three times first; the host kept asking.
-    assert!(logged(&a, "m", "OnlinePending: coming online"));
+    assert!(a.logged("m", "OnlinePending: coming online"));
     // LooksAlive notices the marker is gone, IsAlive confirms; restarted in place.
     std::fs::remove_file(&marker).unwrap();
     wait_until("the plugin's check failed", || {
-        logged(&a, "m", &format!("IsAlive: marker {}", marker.display()))
+        a.logged("m", &format!("IsAlive: marker {}", marker.display()))
     });
     wait_until("restarted by the plugin's online", || {
-        logged(&a, "m", "restarting in place") && a.state("m") == "Online"
+        a.logged("m", "restarting in place") && a.state("m") == "Online"
     });
     assert_eq!(read(&marker), "m on n1 epoch 1\n");
     // The control entry (ResourceControl), answered by the plugin in its RHS.
@@ -584,12 +579,11 @@ fn a_plugin_that_answers_garbage_fails_with_a_clear_log_line() {
         ],
     );
     wait_until("o failed", || a.state("o") == "Failed");
-    assert!(logged(
-        &a,
+    assert!(a.logged(
         "o",
         "the plugin's is_alive answered status 42, which plugin ABI version 1 does not define"
     ));
-    assert!(logged(&a, "o", "garbage"));
+    assert!(a.logged("o", "garbage"));
     assert!(alive(a.pid()));
 }
 
@@ -622,7 +616,7 @@ fn a_crashing_or_hanging_plugin_takes_down_only_its_own_rhs() {
         ],
     );
     wait_until("crash gave up", || {
-        a.state("crash") == "Failed" && logged(&a, "crash", "staying Failed")
+        a.state("crash") == "Failed" && a.logged("crash", "staying Failed")
     });
     let segv = a
         .log()
@@ -653,8 +647,7 @@ fn a_crashing_or_hanging_plugin_takes_down_only_its_own_rhs() {
         ],
     );
     wait_until("the hang is caught", || {
-        logged(
-            &a,
+        a.logged(
             "hang",
             "IsAlive did not return within deadlock_timeout_ms=1000",
         )

@@ -34,10 +34,6 @@ fn firmware_vm(a: &Agent, group: &str, name: &str, extra: &[&str]) {
     a.create(name, group, "vm", &params, &extra);
 }
 
-fn logged(a: &Agent, resource: &str, text: &str) -> bool {
-    a.reasons(resource).iter().any(|r| r.contains(text))
-}
-
 /// Sends one QMP command on the operators' monitor socket of `resource` on `a`; its answer
 /// (empty when QEMU closed the socket first).
 fn outside_qmp(a: &Agent, resource: &str, command: &str) -> String {
@@ -81,7 +77,7 @@ fn a_firmware_vm_runs_restarts_after_kill_and_stops_by_force_after_its_timeout()
     let second = a.pid_of("vm1").unwrap();
     a.seen_pid(second);
     assert!(
-        logged(&a, "vm1", "QEMU exited without a shutdown event"),
+        a.logged("vm1", "QEMU exited without a shutdown event"),
         "{:#?}",
         a.reasons("vm1")
     );
@@ -100,14 +96,10 @@ fn a_quit_from_outside_the_cluster_is_an_out_of_band_stop() {
     outside_qmp(&a, "vm1", "quit");
     wait_until("vm1 is Offline", || a.state("vm1") == "Offline");
     assert_eq!(a.resource("vm1")["persistent_state"], "Offline");
-    assert!(
-        logged(&a, "vm1", "host-qmp-quit"),
-        "{:#?}",
-        a.reasons("vm1")
-    );
+    assert!(a.logged("vm1", "host-qmp-quit"), "{:#?}", a.reasons("vm1"));
     // The RCM's decision, not a pause, says it will not come back.
     wait_until("the RCM decided not to restart", || {
-        logged(&a, "vm1", "not restarting")
+        a.logged("vm1", "not restarting")
     });
     assert_eq!(a.state("vm1"), "Offline", "not restarted");
 }
@@ -132,7 +124,7 @@ fn a_pause_from_outside_is_reported_not_restarted() {
             .is_some_and(|r| r.starts_with("running again"))
     });
     assert_eq!(a.pid_of("vm1"), Some(pid), "never restarted");
-    assert!(logged(&a, "vm1", "Notice: the VM is paused"));
+    assert!(a.logged("vm1", "Notice: the VM is paused"));
 }
 
 #[test]
@@ -307,7 +299,7 @@ fn a_linux_guest_answers_powers_off_by_acpi_and_its_own_power_off_is_out_of_band
     wait_until("linux is Offline", || a.state("linux") == "Offline");
     assert_eq!(a.resource("linux")["persistent_state"], "Offline");
     assert!(
-        logged(&a, "linux", "the guest powered itself off"),
+        a.logged("linux", "the guest powered itself off"),
         "{:#?}",
         a.reasons("linux")
     );
@@ -479,8 +471,7 @@ fn a_drain_moves_a_vm_off_live() {
     });
     n2.seen_pid(n1.pid_of("vm1").unwrap());
     assert!(
-        logged(
-            &n1,
+        n1.logged(
             "vm1",
             "live migration to n2 (Drain move): migrate_to started"
         ),

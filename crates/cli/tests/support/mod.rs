@@ -298,6 +298,11 @@ impl Agent {
     }
 
     /// `vigil resource create NAME --group GROUP --type TYPE --param P … EXTRA…`.
+    /// Whether some cluster log reason of `resource` contains `text`.
+    pub fn logged(&self, resource: &str, text: &str) -> bool {
+        self.reasons(resource).iter().any(|r| r.contains(text))
+    }
+
     pub fn create<P: AsRef<str>>(
         &self,
         name: &str,
