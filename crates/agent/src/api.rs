@@ -398,6 +398,10 @@ async fn probe_plugin(library: &str) -> ApiResult<vigil_core::model::Plugin> {
             Some(sig) => {
                 format!("plugin {library}: loading it crashed the probe (signal {sig}) {said}")
             }
+            None if said.is_empty() => format!(
+                "plugin {library}: the probe exited with {} and said nothing",
+                out.status
+            ),
             None => said,
         }));
     }

@@ -96,6 +96,30 @@ fn an_exit_listed_in_stop_exit_codes_is_an_operator_stop() {
 }
 
 #[test]
+fn a_process_that_ignores_its_stop_signal_is_killed_and_the_log_says_so() {
+    let a = Agent::start();
+    a.process(
+        "g",
+        "stubborn",
+        "sh -c 'trap \"\" TERM; while true; do sleep 0.1; done'",
+        &["--param", "stop_timeout_ms=300"],
+    );
+    a.ok(&["resource", "online", "stubborn"]);
+    let pid = a.wait_online("stubborn");
+    a.ok(&["resource", "offline", "stubborn"]);
+    a.wait_state("stubborn", "Offline");
+    assert!(!alive(pid));
+    assert!(
+        a.logged(
+            "stubborn",
+            "stopped: still running stop_timeout_ms=300 after signal 15; killed"
+        ),
+        "{:#?}",
+        a.reasons("stubborn")
+    );
+}
+
+#[test]
 fn a_hanging_call_is_a_deadlock_and_only_its_rhs_pays() {
     let a = Agent::start();
     a.process("g", "steady", "sleep 1000", &["--separate-monitor"]);

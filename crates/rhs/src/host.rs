@@ -601,7 +601,11 @@ impl Worker {
     async fn offline(&mut self) {
         self.stop_watching();
         match self.call("Offline", |r| r.offline()).await {
-            Ok(Ok(())) => self.report(Report::Offline, "stopped", None).await,
+            Ok(Ok(None)) => self.report(Report::Offline, "stopped", None).await,
+            Ok(Ok(Some(note))) => {
+                self.report(Report::Offline, format!("stopped: {note}"), None)
+                    .await
+            }
             Ok(Err(e)) | Err(e) => {
                 self.report(Report::Failed, format!("Offline failed: {e}"), None)
                     .await

@@ -136,9 +136,10 @@ pub trait Resource: Send {
             "this resource type cannot migrate (from {source})"
         )))
     }
-    /// Stop it gracefully (bounded by the type's own stop timeout).
-    fn offline(&mut self) -> Result<(), String> {
-        Ok(())
+    /// Stop it gracefully (bounded by the type's own stop timeout). `Some(note)` when it
+    /// stopped otherwise than asked (e.g. forced after the stop timeout), for the cluster log.
+    fn offline(&mut self) -> Result<Option<String>, String> {
+        Ok(None)
     }
     /// Stop it now, whatever it takes.
     fn terminate(&mut self) {}

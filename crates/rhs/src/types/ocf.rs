@@ -443,8 +443,8 @@ impl Resource for OcfResource {
         }
     }
 
-    fn offline(&mut self) -> Result<(), String> {
-        self.stop()
+    fn offline(&mut self) -> Result<Option<String>, String> {
+        self.stop().map(|()| None)
     }
 
     fn terminate(&mut self) {
@@ -612,8 +612,10 @@ pub fn parse_meta_data(xml: &str) -> Result<MetaData, String> {
             timeouts.entry(name.to_string()).or_insert(t);
         }
     }
-    if !timeouts.contains_key("start") || !timeouts.contains_key("stop") {
-        return Err("it lists no start or no stop action".to_string());
+    for needed in ["start", "stop"] {
+        if !timeouts.contains_key(needed) {
+            return Err(format!("it lists no {needed} action"));
+        }
     }
     Ok(MetaData {
         description: desc(root),

@@ -241,7 +241,9 @@ impl PluginResource {
             abi::PENDING => Answer::Pending,
             abi::FAILED => Answer::Failed(or(&format!("{entry} failed (no reason given)"))),
             abi::STOPPED => Answer::Stopped(or("stopped outside the cluster")),
-            abi::CONFIG_ERROR => Answer::Misconfigured(or("configuration error")),
+            abi::CONFIG_ERROR => Answer::Misconfigured(or(&format!(
+                "{entry}: configuration error (no reason given)"
+            ))),
             other => Answer::Failed(format!(
                 "the plugin's {entry} answered status {other}, which plugin ABI version {} does not define (0-4){}",
                 abi::ABI_VERSION,
@@ -285,10 +287,10 @@ impl Resource for PluginResource {
         self.progress()
     }
 
-    fn offline(&mut self) -> Result<(), String> {
+    fn offline(&mut self) -> Result<Option<String>, String> {
         loop {
             match self.call("offline", self.table.offline) {
-                Answer::Ok => return Ok(()),
+                Answer::Ok => return Ok(None),
                 // Bounded by the host's watchdog, like every call.
                 Answer::Pending => std::thread::sleep(std::time::Duration::from_millis(50)),
                 Answer::Failed(w) | Answer::Stopped(w) | Answer::Misconfigured(w) => {

@@ -379,11 +379,12 @@ impl Resource for ProcessResource {
         }
     }
 
-    fn offline(&mut self) -> Result<(), String> {
+    fn offline(&mut self) -> Result<Option<String>, String> {
         if !self.running() {
-            return Ok(());
+            return Ok(None);
         }
         self.signal_group(self.cfg.stop_signal);
+        let mut note = None;
         if !self.wait_exit(self.cfg.stop_timeout) {
             self.signal_group(9);
             if !self.wait_exit(KILL_WAIT) {
@@ -392,10 +393,15 @@ impl Resource for ProcessResource {
                     KILL_WAIT.as_millis()
                 ));
             }
+            note = Some(format!(
+                "still running stop_timeout_ms={} after signal {}; killed",
+                self.cfg.stop_timeout.as_millis(),
+                self.cfg.stop_signal
+            ));
         }
         // Whatever the leader left behind in its group goes too.
         self.clean_group();
-        Ok(())
+        Ok(note)
     }
 
     fn terminate(&mut self) {

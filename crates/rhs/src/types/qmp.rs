@@ -48,7 +48,9 @@ impl Qmp {
             next_id: 1,
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        let greeting = q.read_line(left.max(Duration::from_millis(100)))?;
+        let greeting = q
+            .read_line(left.max(Duration::from_millis(100)))
+            .map_err(|e| format!("QMP socket {}: no greeting: {e}", path.display()))?;
         if greeting.get("QMP").is_none() {
             return Err(format!("expected the QMP greeting, got {greeting}"));
         }

@@ -497,7 +497,10 @@ impl Vm {
                         "QEMU exited at start ({status}); see {}",
                         self.ctx.log_path.display()
                     ),
-                    None => e,
+                    None => format!(
+                        "QEMU runs but its QMP socket does not answer: {e}; see {}",
+                        self.ctx.log_path.display()
+                    ),
                 };
                 self.kill();
                 Err(why)
@@ -730,14 +733,22 @@ impl Vm {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.exited() {
-                return Err(format!("QEMU exited: {status}"));
+                return Err(format!(
+                    "QEMU exited: {status}; see {}",
+                    self.ctx.log_path.display()
+                ));
             }
             match self.status() {
                 Ok(s) if s == "running" => return Ok(()),
-                Ok(_) | Err(_) if Instant::now() >= deadline => {
+                status if Instant::now() >= deadline => {
+                    let said = match status {
+                        Ok(s) => format!("QEMU reports status {s:?}"),
+                        Err(e) => format!("QEMU does not answer: {e}"),
+                    };
                     return Err(format!(
-                        "the VM is not running after {} ms",
-                        limit.as_millis()
+                        "the VM is not running after {} ms ({said}); see {}",
+                        limit.as_millis(),
+                        self.ctx.log_path.display()
                     ));
                 }
                 _ => std::thread::sleep(Duration::from_millis(10)),
@@ -892,17 +903,18 @@ impl Resource for Vm {
         }
     }
 
-    fn offline(&mut self) -> Result<(), String> {
+    fn offline(&mut self) -> Result<Option<String>, String> {
         if self.child.is_none() || self.exited().is_some() {
             self.kill();
-            return Ok(());
+            return Ok(None);
         }
         if self.migrated_away {
             let _ = self.qmp("quit", None, QMP_CHECK);
             self.wait_exit(Duration::from_secs(5));
             self.kill();
-            return Ok(());
+            return Ok(None);
         }
+        let mut note = None;
         match self.cfg.offline_action {
             OfflineAction::TurnOff => {
                 let _ = self.qmp("quit", None, QMP_CHECK);
@@ -911,11 +923,10 @@ impl Resource for Vm {
             OfflineAction::Shutdown => {
                 let _ = self.qmp("system_powerdown", None, QMP_CHECK);
                 if !self.wait_exit(self.cfg.stop_timeout) {
-                    tracing::warn!(
-                        "{}: no power-off within stop_timeout_ms={}; turned off",
-                        self.ctx.resource,
+                    note = Some(format!(
+                        "no power-off within stop_timeout_ms={}; turned off",
                         self.cfg.stop_timeout.as_millis()
-                    );
+                    ));
                 }
             }
             OfflineAction::Save => {
@@ -926,7 +937,7 @@ impl Resource for Vm {
             }
         }
         self.kill();
-        Ok(())
+        Ok(note)
     }
 
     fn terminate(&mut self) {
@@ -1015,10 +1026,10 @@ impl Resource for Vm {
         };
         self.migrated_away = true;
         Ok(format!(
-            "live migration to {target} done in {} ms (QEMU: total {} ms, downtime {} ms, limit {} ms)",
+            "live migration to {target} done in {} ms (QEMU: total {}, downtime {}, limit {} ms)",
             started.elapsed().as_millis(),
-            m["total-time"].as_u64().unwrap_or(0),
-            m["downtime"].as_u64().unwrap_or(0),
+            reported_ms(&m["total-time"]),
+            reported_ms(&m["downtime"]),
             self.cfg.migration_downtime_ms
         ))
     }
@@ -1036,4 +1047,9 @@ impl Resource for Vm {
         self.wait_running(self.cfg.migration_timeout)?;
         self.started()
     }
+}
+/// A duration QEMU reports in ms ("4 ms"), or that it did not.
+fn reported_ms(v: &serde_json::Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "not reported".to_string(), |ms| format!("{ms} ms"))
 }
