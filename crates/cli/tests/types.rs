@@ -146,10 +146,21 @@ fn ocf_dummy_comes_online_is_monitored_and_goes_offline() {
     // Discovery: the agent is listed, and its schema comes from its meta-data.
     assert!(a.ok(&["type", "list"]).contains("ocf:heartbeat:IPaddr2"));
     let show = a.ok(&["type", "show", "ocf:heartbeat:Dummy"]);
-    assert!(
-        show.contains("state") && show.contains("vigil_is_alive_depth"),
-        "{show}"
-    );
+    assert!(show.contains("vigil_is_alive_depth"), "{show}");
+    let (code, t) = support::http(&a.listen, "GET", "/v1/types/ocf:heartbeat:Dummy", None);
+    assert_eq!(code, 200, "{t}");
+    let param = |name: &str| {
+        t["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no parameter {name} in {t}"))
+    };
+    // From Dummy's meta-data: `state` is unique, `fake` has a default.
+    assert_eq!(param("state")["unique"], true, "{t}");
+    assert_eq!(param("fake")["default"], "dummy", "{t}");
 }
 
 #[test]
@@ -227,8 +238,9 @@ fn an_ocf_configuration_error_is_not_retried_on_that_node_and_the_group_moves() 
         reasons.iter().any(|r| r.contains("misconfigured on n1")),
         "{reasons:#?}"
     );
+    // The RCM's decision is logged with the failure: a restart would be "restart 1 of …".
     assert!(
-        !reasons.iter().any(|r| r.contains("restarting in place")),
+        !reasons.iter().any(|r| r.contains("restart 1 of")),
         "a configuration error must not be restarted on the same node: {reasons:#?}"
     );
     // A control request through n1 is answered by the owner, n2 (an OCF agent takes none).
@@ -374,7 +386,9 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
         &[format!("state={}", invalid.display()), "mode=bogus".into()],
         &["--online"],
     );
-    wait_until("invalid failed", || a.state("invalid") == "Failed");
+    wait_until("invalid failed and the RCM decided", || {
+        a.state("invalid") == "Failed" && a.logged("invalid", "misconfigured on")
+    });
     let reasons = a.reasons("invalid");
     assert!(
         reasons
@@ -383,7 +397,7 @@ fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason()
         "{reasons:#?}"
     );
     assert!(
-        !reasons.iter().any(|r| r.contains("restarting in place")),
+        !reasons.iter().any(|r| r.contains("restart 1 of")),
         "{reasons:#?}"
     );
     assert!(a.logged("hang", "did not finish within 300 ms; killed"));

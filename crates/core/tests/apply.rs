@@ -654,29 +654,25 @@ fn a_planned_move_is_live_only_when_every_resource_can_migrate() {
     let mut vm = spec("vm", "g", &[]);
     vm.migratable = true;
     ok(&mut s, Command::CreateResource { spec: vm });
-    move_to(&mut s, "g", "n2", MoveKind::Operator);
-    assert!(s.groups["g"].moving.as_ref().unwrap().live);
+    let live = |s: &mut ClusterState, kind: MoveKind| {
+        move_to(s, "g", "n2", kind);
+        let live = s.groups["g"].moving.as_ref().unwrap().live;
+        let cancel = Command::CancelMove {
+            group: "g".into(),
+            failed: None,
+        };
+        ok(s, cancel);
+        live
+    };
+    // Planned moves: an operator's and a drain's.
+    assert!(live(&mut s, MoveKind::Operator));
+    assert!(live(&mut s, MoveKind::Drain));
     // A failover move follows a failure: never live.
-    ok(
-        &mut s,
-        Command::CancelMove {
-            group: "g".into(),
-            failed: None,
-        },
-    );
-    move_to(&mut s, "g", "n2", MoveKind::Failover);
-    assert!(!s.groups["g"].moving.as_ref().unwrap().live);
+    assert!(!live(&mut s, MoveKind::Failover));
     // One resource that cannot migrate makes the whole group move cold.
-    ok(
-        &mut s,
-        Command::CancelMove {
-            group: "g".into(),
-            failed: None,
-        },
-    );
     create(&mut s, "disk", "g", &[]);
-    move_to(&mut s, "g", "n2", MoveKind::Drain);
-    assert!(!s.groups["g"].moving.as_ref().unwrap().live);
+    assert!(!live(&mut s, MoveKind::Operator));
+    assert!(!live(&mut s, MoveKind::Drain));
 }
 
 #[test]

@@ -269,11 +269,18 @@ async fn writes_that_timed_out_before_being_proposed_are_never_committed() {
     let mut writers = Vec::new();
     // w0 and w1 take both proposal slots (and hang without a quorum); w2 and w3 queue.
     for i in 0..4 {
-        let db = db.clone();
+        let appended = db.metrics().last_log_index;
+        let writer = db.clone();
         writers.push(tokio::spawn(async move {
-            db.write(vec![group(&format!("w{i}"))]).await
+            writer.write(vec![group(&format!("w{i}"))]).await
         }));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if i < 2 {
+            // The leader appends a proposal to its own log even without a quorum.
+            wait_until(&format!("w{i} is proposed alone"), || {
+                db.metrics().last_log_index > appended
+            })
+            .await;
+        }
     }
     for w in writers {
         let err = w.await.unwrap().unwrap_err();
