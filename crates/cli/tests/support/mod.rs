@@ -678,3 +678,120 @@ pub fn assert_same_guest_continues(before: &GuestMemory, addr: &str) -> GuestMem
     });
     after
 }
+
+/// A service every copy of which appends `NODE EPOCH NANOSECONDS` to one shared file every
+/// 20 ms (the nodes of a test share the filesystem, also across network namespaces): the
+/// file shows which node ran it when, and with which epoch.
+pub struct Beats {
+    pub path: PathBuf,
+}
+
+/// One copy's life as its beats show it: from its first beat to its last, on one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub node: String,
+    pub epoch: u64,
+    pub from_ns: u128,
+    pub to_ns: u128,
+}
+
+impl Beats {
+    pub fn new(dir: &Path) -> Beats {
+        Beats {
+            path: dir.join("beats"),
+        }
+    }
+
+    /// The `process` resource parameter that runs the service.
+    pub fn command(&self) -> String {
+        format!(
+            "command=sh -c 'while :; do echo \"$VIGIL_NODE $VIGIL_EPOCH $(date +%s%N)\" >> {}; sleep 0.02; done'",
+            self.path.display()
+        )
+    }
+
+    /// (ns, node, epoch) of every beat, in time order.
+    pub fn all(&self) -> Vec<(u128, String, u64)> {
+        let mut beats: Vec<(u128, String, u64)> = read(&self.path)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.get(2)?.parse().ok()?,
+                    f[0].to_string(),
+                    f[1].parse().ok()?,
+                ))
+            })
+            .collect();
+        beats.sort();
+        beats
+    }
+
+    /// Beats written by `node`.
+    pub fn count(&self, node: &str) -> usize {
+        self.all().iter().filter(|b| b.1 == node).count()
+    }
+
+    /// The copies that ran: beats of one node and epoch less than `gap_ms` apart belong to
+    /// one copy.
+    pub fn runs(&self, gap_ms: u64) -> Vec<Run> {
+        let gap = u128::from(gap_ms) * 1_000_000;
+        let mut open: Vec<Run> = Vec::new();
+        for (t, node, epoch) in self.all() {
+            match open
+                .iter_mut()
+                .rev()
+                .find(|r| r.node == node && r.epoch == epoch && t - r.to_ns <= gap)
+            {
+                Some(r) => r.to_ns = t,
+                None => open.push(Run {
+                    node,
+                    epoch,
+                    from_ns: t,
+                    to_ns: t,
+                }),
+            }
+        }
+        open.sort_by_key(|r| r.from_ns);
+        open
+    }
+
+    /// Pairs of copies on different nodes that ran at the same time for longer than
+    /// `tolerance_ms` (a copy's last beat can be up to one beat period old when it dies).
+    pub fn overlaps(&self, tolerance_ms: u64) -> Vec<(Run, Run, u64)> {
+        let runs = self.runs(200);
+        let tol = u128::from(tolerance_ms) * 1_000_000;
+        let mut out = Vec::new();
+        for (i, a) in runs.iter().enumerate() {
+            for b in &runs[i + 1..] {
+                if a.node == b.node {
+                    continue;
+                }
+                let overlap = a
+                    .to_ns
+                    .min(b.to_ns)
+                    .saturating_sub(a.from_ns.max(b.from_ns));
+                if overlap > tol {
+                    out.push((a.clone(), b.clone(), (overlap / 1_000_000) as u64));
+                }
+            }
+        }
+        out
+    }
+
+    /// Fails the test if two copies ran at once (beyond one beat period), naming them.
+    pub fn assert_never_two(&self) {
+        let o = self.overlaps(40);
+        assert!(
+            o.is_empty(),
+            "two copies ran at once: {}",
+            o.iter()
+                .map(|(a, b, ms)| format!(
+                    "{} (epoch {}) and {} (epoch {}) for {ms} ms",
+                    a.node, a.epoch, b.node, b.epoch
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! "Never two copies, nothing lost, status that never lies", tried with faults from outside on
+//! real agents: restarts on an old data dir, link cuts and SIGSTOP. Every copy of the service
+//! under test writes timestamped beats (see `support::Beats`), so the tests see from the
+//! service's own output who ran it when. The network tests need root (CI runs as root).
+
+mod support;
+
+use support::{Agent, Beats, Net, alive, wait_until};
+
+/// Sends `sig` to process `pid`.
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// n1 (bootstrap), n2 and n3 on 127.0.0.x addresses of their own.
+fn three_on_loopback() -> (Agent, Agent, Agent) {
+    let mut n1 = Agent::on("n1", "127.0.0.21");
+    n1.spawn(true);
+    let n2 = Agent::on("n2", "127.0.0.22").start_joining(&n1);
+    let n3 = Agent::on("n3", "127.0.0.23").start_joining(&n1);
+    wait_until("three nodes Up", || {
+        ["n1", "n2", "n3"]
+            .iter()
+            .all(|n| n1.node_state(n).as_deref() == Some("Up"))
+            && n3.node_state("n3").as_deref() == Some("Up")
+    });
+    (n1, n2, n3)
+}
+
+/// Group `web` owned by `owner` (preferred: `preferred`), running the beat service.
+fn beating(owner: &Agent, preferred: &str, beats: &Beats) {
+    owner.ok(&["group", "create", "web", "--preferred-owners", preferred]);
+    owner.ok(&[
+        "resource",
+        "create",
+        "beat",
+        "--group",
+        "web",
+        "--type",
+        "process",
+        "--param",
+        &beats.command(),
+        "--online",
+    ]);
+    owner.wait_online("beat");
+    wait_until("the owner writes beats", || beats.count(&owner.name) > 5);
+}
+
+/// Waits until `web` is Online on `node` and that copy writes beats.
+fn runs_on(observer: &Agent, node: &str, beats: &Beats) {
+    wait_until(&format!("web Online on {node}"), || {
+        let g = observer.group("web");
+        g["state"] == "Online" && g["owner"] == node
+    });
+    let before = beats.count(node);
+    wait_until(&format!("{node} writes beats"), || {
+        beats.count(node) > before + 5
+    });
+}
+
+/// Stops the group and checks, from the beats, that no two copies ever ran at once and
+/// that the epoch only grew from one copy to the next.
+fn stop_and_check(a: &Agent, beats: &Beats) {
+    a.ok(&["group", "offline", "web"]);
+    a.wait_state("beat", "Offline");
+    beats.assert_never_two();
+    let runs = beats.runs(200);
+    for w in runs.windows(2) {
+        assert!(
+            w[1].epoch >= w[0].epoch,
+            "the epoch went back from {} on {} to {} on {}",
+            w[0].epoch,
+            w[0].node,
+            w[1].epoch,
+            w[1].node
+        );
+    }
+}
+
+#[test]
+fn a_node_restarted_on_its_old_data_dir_does_not_start_what_it_no_longer_owns() {
+    let (n1, n2, mut n3) = three_on_loopback();
+    let beats = Beats::new(n1.dir.path());
+    beating(&n3, "n3,n2", &beats);
+    n3.kill();
+    runs_on(&n1, "n2", &beats);
+    let before = beats.count("n3");
+    // Its database copy still says n3 owns web.
+    n3.spawn(false);
+    wait_until("n3 is Up again and knows the new owner", || {
+        n1.node_state("n3").as_deref() == Some("Up")
+            && n3.try_status_value().is_some_and(|v| {
+                v["groups"][0]["owner"] == "n2"
+                    && v["nodes"].as_array().is_some_and(|ns| {
+                        ns.iter().any(|n| n["name"] == "n3" && n["state"] == "Up")
+                    })
+            })
+    });
+    runs_on(&n1, "n2", &beats);
+    assert_eq!(
+        beats.count("n3"),
+        before,
+        "n3 ran the service again after its restart"
+    );
+    stop_and_check(&n1, &beats);
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn a_node_back_from_a_short_cut_does_not_run_its_old_groups() {
+    let net = Net::new();
+    let mut n1 = Agent::in_net(&net, 1, "n1");
+    n1.spawn(true);
+    let n2 = Agent::in_net(&net, 2, "n2").start_joining(&n1);
+    let n3 = Agent::in_net(&net, 3, "n3").start_joining(&n1);
+    wait_until("n3 is Up with a lease", || {
+        n3.node_state("n3").as_deref() == Some("Up") && n1.node_state("n3").as_deref() == Some("Up")
+    });
+    let beats = Beats::new(n1.dir.path());
+    beating(&n3, "n3,n1,n2", &beats);
+    net.cut(3);
+    runs_on(&n1, "n1", &beats);
+    // Back at once: its copy has not yet heard that web moved.
+    net.heal(3);
+    wait_until("n3 is Up again", || {
+        n1.node_state("n3").as_deref() == Some("Up") && n3.group("web")["owner"] == "n1"
+    });
+    runs_on(&n1, "n1", &beats);
+    stop_and_check(&n1, &beats);
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn an_agent_stopped_for_three_seconds_does_not_run_its_old_groups() {
+    let (n1, n2, n3) = three_on_loopback();
+    let beats = Beats::new(n1.dir.path());
+    beating(&n3, "n3,n2", &beats);
+    // The agent only: its RHS fences on its own when the lease runs out.
+    signal(n3.pid(), rustix::process::Signal::STOP);
+    runs_on(&n1, "n2", &beats);
+    signal(n3.pid(), rustix::process::Signal::CONT);
+    wait_until("n3 is Up again and knows the new owner", || {
+        n1.node_state("n3").as_deref() == Some("Up") && n3.group("web")["owner"] == "n2"
+    });
+    runs_on(&n1, "n2", &beats);
+    stop_and_check(&n1, &beats);
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn an_rhs_that_was_stopped_past_its_lease_deadline_reports_what_it_ended() {
+    // One node: its lease is renewed all along; only the RHS is stopped, for longer than a
+    // lease, so the deadline it last heard of passes while newer ones wait on its socket.
+    let a = Agent::start();
+    a.process("g", "svc", "sleep 1000", &["--online"]);
+    let pid = a.wait_online("svc");
+    let rhs = a.rhs_pid("default").expect("the default RHS runs");
+    signal(rhs, rustix::process::Signal::STOP);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    signal(rhs, rustix::process::Signal::CONT);
+    // Whatever the RHS did, status must end up true: Online with a live process.
+    wait_until("svc Online with a process that lives", || {
+        a.state("svc") == "Online" && a.pid_of("svc").is_some_and(alive)
+    });
+    let now = a.pid_of("svc").unwrap();
+    a.seen_pid(now);
+    if now != pid {
+        // It was ended: that must have been reported and logged, then restarted.
+        assert!(
+            a.logged("svc", "lease"),
+            "svc was ended and restarted without a word: {:?}",
+            a.reasons("svc")
+        );
+    }
+}
