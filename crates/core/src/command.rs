@@ -78,6 +78,21 @@ pub enum Command {
         group: String,
         node: String,
     },
+    /// The failover manager gives a group whose owner is Down (or gone, or a witness) to
+    /// `to`: the resources are recorded stopped (`reason`), the failover is counted (at
+    /// `at_ms`, leader's Unix ms), and owner and epoch change; `left_offline` also sets the
+    /// desired state Offline (priority no_auto_start). Refused unless `from` still owns the
+    /// group and is still Down, gone or a witness: a plan made before the node was recorded Up
+    /// again must not take its group away.
+    FailOver {
+        group: String,
+        from: Option<String>,
+        to: String,
+        reason: String,
+        at_ms: u64,
+        #[serde(default)]
+        left_offline: bool,
+    },
     /// A live move's source migrated `resources` to `node`: ownership (and the epoch) moves
     /// at this cutover, and the new owner completes each with migrate_from.
     MigratedOwner {
@@ -195,34 +210,32 @@ impl ApplyError {
 
 type Result<T = ()> = std::result::Result<T, ApplyError>;
 
-/// Applies one command. On error the state is unchanged.
-/// Refuses `params` for `resource` (of `type_name`) when a parameter the schema marks unique
-/// has a value that another resource of the type already has (OCF's `unique`).
+/// Refuses `params` for `resource` (of `type_name`) when a parameter named in `unique` has a
+/// value that another resource of the type already has (OCF's `unique`).
 pub fn check_unique(
     state: &ClusterState,
     resource: &str,
     type_name: &str,
-    schema: &[crate::params::ParamSpec],
+    unique: &[String],
     params: &BTreeMap<String, String>,
 ) -> Result {
-    for spec in schema.iter().filter(|s| s.unique) {
-        let Some(value) = params.get(&spec.name) else {
+    for name in unique {
+        let Some(value) = params.get(name) else {
             continue;
         };
         if let Some(other) = state.resources.values().find(|r| {
-            r.name != resource
-                && r.type_name == type_name
-                && r.params.get(&spec.name) == Some(value)
+            r.name != resource && r.type_name == type_name && r.params.get(name) == Some(value)
         }) {
             return Err(ApplyError::Conflict(format!(
-                "parameter {} = {value:?} must be unique among {type_name} resources, and resource {:?} has it",
-                spec.name, other.name
+                "parameter {name} = {value:?} must be unique among {type_name} resources, and resource {:?} has it",
+                other.name
             )));
         }
     }
     Ok(())
 }
 
+/// Applies one command. On error the state is unchanged.
 pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
     match cmd {
         Command::Bootstrap { cluster_name } => {
@@ -334,6 +347,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                     drained_from: None,
                     migration: None,
                     failed_moves: Vec::new(),
+                    operator_placed: false,
                 },
             );
         }
@@ -403,6 +417,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                 .validate()
                 .map_err(|e| ApplyError::Invalid(format!("resource {name:?}: {e}")))?;
             let group = r.group.clone();
+            check_unique(state, name, &r.type_name, &r.unique, params)?;
             check_dependencies(state, name, &group, depends_on)?;
             let r = state.resources.get_mut(name).expect("checked above");
             r.params = params.clone();
@@ -445,15 +460,36 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
         Command::SetOwner { group, node } => {
             check_can_host(state, node)?;
             let g = group_mut(state, group)?;
+            let by_operator = g
+                .moving
+                .as_ref()
+                .is_some_and(|m| m.kind == MoveKind::Operator && &m.to == node);
             if g.owner.as_ref() != Some(node) {
                 g.owner = Some(node.clone());
                 g.epoch += 1;
+                g.operator_placed = by_operator;
             }
             g.moving = None;
             g.failover_request = None;
             g.migration = None;
             g.failed_moves.clear();
         }
+        Command::FailOver {
+            group,
+            from,
+            to,
+            reason,
+            at_ms,
+            left_offline,
+        } => fail_over(
+            state,
+            group,
+            from.as_deref(),
+            to,
+            reason,
+            *at_ms,
+            *left_offline,
+        )?,
         Command::MigratedOwner {
             group,
             node,
@@ -471,6 +507,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
                     "group {group:?} is not being moved to {node:?}"
                 )));
             };
+            g.operator_placed = g
+                .moving
+                .as_ref()
+                .is_some_and(|m| m.kind == MoveKind::Operator);
             g.owner = Some(node.clone());
             g.epoch += 1;
             g.moving = None;
@@ -527,13 +567,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             g.moving = None;
         }
         Command::RecordFailover { group, record } => {
-            let g = group_mut(state, group)?;
-            let period_ms = g.props.failover_period_s.saturating_mul(1_000);
-            g.failovers
-                .retain(|f| f.at_ms.saturating_add(period_ms) > record.at_ms);
-            g.failovers.push(record.clone());
-            let excess = g.failovers.len().saturating_sub(MAX_FAILOVER_RECORDS);
-            g.failovers.drain(..excess);
+            record_failover(group_mut(state, group)?, record.clone());
         }
         Command::SetDraining { name, draining } => {
             let n = state
@@ -619,6 +653,16 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
 /// Most failovers a group remembers.
 const MAX_FAILOVER_RECORDS: usize = 64;
 
+/// Counts one failover, forgetting those older than `failover_period_s`.
+fn record_failover(g: &mut Group, record: FailoverRecord) {
+    let period_ms = g.props.failover_period_s.saturating_mul(1_000);
+    g.failovers
+        .retain(|f| f.at_ms.saturating_add(period_ms) > record.at_ms);
+    g.failovers.push(record);
+    let excess = g.failovers.len().saturating_sub(MAX_FAILOVER_RECORDS);
+    g.failovers.drain(..excess);
+}
+
 fn group_mut<'a>(state: &'a mut ClusterState, group: &str) -> Result<&'a mut Group> {
     state
         .groups
@@ -696,6 +740,66 @@ fn move_group(
     Ok(())
 }
 
+/// See [`Command::FailOver`].
+fn fail_over(
+    state: &mut ClusterState,
+    group: &str,
+    from: Option<&str>,
+    to: &str,
+    reason: &str,
+    at_ms: u64,
+    left_offline: bool,
+) -> Result {
+    check_can_host(state, to)?;
+    let g = state
+        .groups
+        .get(group)
+        .ok_or_else(|| ApplyError::not_found("group", group))?;
+    if g.owner.as_deref() != from {
+        return Err(ApplyError::Conflict(format!(
+            "group {group:?} is owned by {}, not {}: the failover was planned on an older state",
+            g.owner.as_deref().unwrap_or("no node"),
+            from.unwrap_or("no node")
+        )));
+    }
+    if let Some(n) = from.and_then(|f| state.nodes.get(f))
+        && n.state != NodeState::Down
+        && !n.witness
+    {
+        return Err(ApplyError::Conflict(format!(
+            "node {:?} is {} again: its group {group:?} stays with it",
+            n.name, n.state
+        )));
+    }
+    for r in state.resources.values_mut().filter(|r| r.group == group) {
+        if r.state.may_run() {
+            r.state = ResourceState::Offline;
+            r.state_reason = format!("{reason}: not running");
+            r.pid = None;
+        }
+        if left_offline {
+            r.persistent_state = PersistentState::Offline;
+        }
+    }
+    let g = group_mut(state, group)?;
+    if let Some(node) = from {
+        let record = FailoverRecord {
+            node: node.to_string(),
+            at_ms,
+            node_down: true,
+        };
+        record_failover(g, record);
+    }
+    g.owner = Some(to.to_string());
+    g.epoch += 1;
+    g.moving = None;
+    g.failover_request = None;
+    g.migration = None;
+    g.failed_moves.clear();
+    g.operator_placed = false;
+    Ok(())
+}
+
 /// Groups that can move live: they have resources, and every one of them can migrate.
 fn live_groups(state: &ClusterState) -> std::collections::BTreeSet<String> {
     let mut live: BTreeMap<&str, bool> = BTreeMap::new();
@@ -747,6 +851,13 @@ fn create_resource(state: &mut ClusterState, spec: &ResourceSpec) -> Result {
         .validate()
         .map_err(|e| ApplyError::Invalid(format!("resource {:?}: {e}", spec.name)))?;
     check_dependencies(state, &spec.name, &spec.group, &spec.depends_on)?;
+    check_unique(
+        state,
+        &spec.name,
+        &spec.type_name,
+        &spec.unique,
+        &spec.params,
+    )?;
     state.resources.insert(
         spec.name.clone(),
         Resource {
@@ -761,6 +872,7 @@ fn create_resource(state: &mut ClusterState, spec: &ResourceSpec) -> Result {
             state_reason: String::new(),
             pid: None,
             migratable: spec.migratable,
+            unique: spec.unique.clone(),
         },
     );
     Ok(())

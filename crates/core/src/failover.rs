@@ -32,13 +32,19 @@ pub struct Plan {
     pub log: Vec<LogEntry>,
     /// When to plan again if nothing else changes (a retry, a failback window).
     pub wake_at_ms: Option<u64>,
+    /// A group's owner is recorded Down, but this leader's own lease arithmetic does not yet
+    /// confirm it: plan again at the next lease check.
+    pub awaiting_leases: bool,
 }
 
 /// The failover manager's decisions for the database `db` at `now_ms` (Unix ms).
-pub fn plan(db: &ClusterState, now_ms: u64) -> Plan {
+/// `lease_gone` names the nodes that, by the current leader's own clock, surely hold no lease
+/// (see [`crate::nm::NodeManager::surely_down`]): only their groups are given away as Down.
+pub fn plan(db: &ClusterState, now_ms: u64, lease_gone: &BTreeSet<String>) -> Plan {
     let mut p = Planner {
         s: Cow::Borrowed(db),
         now: now_ms,
+        lease_gone,
         plan: Plan::default(),
     };
     // Most groups need nothing: find those that might without cloning anything.
@@ -179,6 +185,7 @@ struct Planner<'a> {
     /// The database with this plan's commands applied so far.
     s: Cow<'a, ClusterState>,
     now: u64,
+    lease_gone: &'a BTreeSet<String>,
     plan: Plan,
 }
 
@@ -233,6 +240,12 @@ impl Planner<'_> {
                 return self.fail_over(&g, true, &reason);
             }
             Some(n) if n.state == NodeState::Down => {
+                if !self.lease_gone.contains(&n.name) {
+                    // Recorded Down (perhaps by an earlier leader), but this leader cannot
+                    // yet vouch that its lease is gone: wait.
+                    self.plan.awaiting_leases = true;
+                    return;
+                }
                 let reason = format!("owner {} is Down", n.name);
                 return self.fail_over(&g, true, &reason);
             }
@@ -356,46 +369,56 @@ impl Planner<'_> {
         let retry = g.props.retry_period_on_failure_s;
         let from = g.owner.clone();
         let target = choose_target(&self.s, &g.name, from.as_deref(), false, self.now);
-        if node_down {
-            // Nothing runs on a Down node: say so, rather than keep its last records.
-            self.mark_stopped(g, reason);
-        }
-        let Some(target) = target else {
-            let failure =
-                format!("{reason}; no other node can host the group: Failed, retry in {retry} s");
-            return self.fail(g, failure);
-        };
-        if recent >= threshold {
-            let failure = format!(
+        let stuck = match &target {
+            None => Some(format!(
+                "{reason}; no other node can host the group: Failed, retry in {retry} s"
+            )),
+            Some(_) if recent >= threshold => Some(format!(
                 "{reason}; failover_threshold={threshold} reached ({recent} failovers within failover_period_s={}): Failed, retry in {retry} s",
                 g.props.failover_period_s
-            );
+            )),
+            Some(_) => None,
+        };
+        if let Some(failure) = stuck {
+            if node_down {
+                // Nothing runs on a Down node: say so, rather than keep its last records.
+                self.mark_stopped(g, reason);
+            }
             return self.fail(g, failure);
         }
-        if let Some(node) = &from {
-            self.emit(Command::RecordFailover {
-                group: g.name.clone(),
-                record: FailoverRecord {
-                    node: node.clone(),
-                    at_ms: self.now,
-                    node_down,
-                },
-            });
-        }
+        let target = target.expect("checked above");
         let mut what = format!("{reason}: failing over to {target}");
-        if g.props.priority == Priority::NoAutoStart {
-            self.emit(Command::SetPersistentState {
-                target: Target::Group(g.name.clone()),
-                state: PersistentState::Offline,
-            });
+        let left_offline = g.props.priority == Priority::NoAutoStart;
+        if left_offline {
             what.push_str(" (priority no_auto_start: left offline there)");
         }
         if node_down {
-            self.emit(Command::SetOwner {
+            // One command, refused if the owner is recorded Up again before it is applied.
+            self.emit(Command::FailOver {
                 group: g.name.clone(),
-                node: target.clone(),
+                from: from.clone(),
+                to: target.clone(),
+                reason: reason.to_string(),
+                at_ms: self.now,
+                left_offline,
             });
         } else {
+            if let Some(node) = &from {
+                self.emit(Command::RecordFailover {
+                    group: g.name.clone(),
+                    record: FailoverRecord {
+                        node: node.clone(),
+                        at_ms: self.now,
+                        node_down,
+                    },
+                });
+            }
+            if left_offline {
+                self.emit(Command::SetPersistentState {
+                    target: Target::Group(g.name.clone()),
+                    state: PersistentState::Offline,
+                });
+            }
             self.emit(Command::MoveGroup {
                 group: g.name.clone(),
                 to: target.clone(),
@@ -414,7 +437,9 @@ impl Planner<'_> {
     /// `auto_failback`: back to a more preferred owner that can take the group, once the
     /// group is Online where it is (and only within the failback window).
     fn failback(&mut self, g: &Group) {
-        if g.props.auto_failback == Failback::Never || g.drained_from.is_some() {
+        // An operator put it where it is: that is not a failover to undo.
+        if g.props.auto_failback == Failback::Never || g.drained_from.is_some() || g.operator_placed
+        {
             return;
         }
         let Some(owner) = &g.owner else {

@@ -1,24 +1,86 @@
 //! Leases: how a node knows it may still run its resources, and how the leader knows when a
 //! silent node surely stopped running them. Pure arithmetic over monotonic milliseconds;
-//! durations cross the network, instants never do (clocks are not shared).
+//! durations cross the network, instants never do (clocks are not shared). The protocol that
+//! uses it is [`crate::nm`].
 //!
-//! - Every node sends a heartbeat to the leader every `interval_ms`. The leader notes when each
-//!   voter's last heartbeat arrived; its *quorum time* `T_q` is the latest instant by which a
-//!   majority of voters (itself included) had been in contact.
-//! - The leader answers each heartbeat with `age = now - T_q`. The sender, which sent at `t0`,
-//!   takes `t0 - age` as the start of its lease. Since `t0` precedes the answer, `t0 - age`
-//!   precedes `T_q`: a lease never starts after the quorum contact that backs it. A leader cut
-//!   off with a minority keeps answering, but its `T_q` stops moving, so the leases it hands
-//!   out stop growing and run out.
-//! - A lease lasts `lease_ms` (`interval_ms × threshold`). A node whose lease has run out stops
-//!   its resources (self-fencing) and calls itself Isolated.
-//! - The leader declares a node Down only once `lease_ms + margin_ms` have passed since that
-//!   node's last heartbeat arrived (or since the leader took office, whichever is later). The
-//!   node's lease started no later than that arrival, so by then it has expired, and the
-//!   margin covers clock-rate drift between the two machines, scheduling delay and the time
-//!   fencing takes.
+//! # The protocol
+//!
+//! - **Quorum time.** The Raft leader sends appends (heartbeats included) to every voter. Its
+//!   *quorum time* `T_q` is the latest instant `s` (its clock) such that, in every voter
+//!   configuration in force, a majority acknowledged an append it sent at `s` or later, the
+//!   leader itself counting as acknowledging now ([`quorum_time`]). The database layer
+//!   measures this from its own appends and their answers; openraft's figure is not used,
+//!   because its metrics can be older than they look.
+//! - **Leases.** Every node sends a heartbeat to the leader every `interval_ms`. The leader
+//!   answers with `age = now - T_q` and its last log index. The sender, which sent at `t0`,
+//!   holds a lease from `t0 - age` for `lease_ms`; the leader holds one from `T_q`. A lease may
+//!   be used only once the node's copy of the database has applied the index that came with it
+//!   ([`Lease`]): a node never acts on a copy older than what the leader had when it vouched
+//!   for it. A node without a usable lease is fenced: it stops everything it runs.
+//! - **Down.** The leader records a silent node Down once [`LeaderClock::is_down`] holds, and
+//!   the failover manager gives a Down node's groups away only while the *current* leader's
+//!   own clock still says so (a Down record can be committed late, by a later leader, after the
+//!   node got a new lease).
+//!
+//! # Why no node's lease outlives the moment it is declared Down
+//!
+//! Write `L(N)` for the start of any lease node `N` holds. We show `L(N) <= last_known(N)`,
+//! with [`LeaderClock::last_known`]; Down comes `lease_ms + margin_ms` later, so every lease of
+//! `N` has run out by then, with `margin_ms` to spare for clock-rate drift (below 0.01 %),
+//! scheduling delay and the time fencing takes. All instants below are real time; each clock
+//! measures durations faithfully within that drift.
+//!
+//! 1. *Every lease starts no later than its leader's quorum time when it answered.* A
+//!    follower's starts at `t0 - age`; `t0` is before the answer, which the leader made at
+//!    `T_q + age`. The leader's own starts at `T_q`.
+//! 2. *A leader's quorum time comes before every later leader took office.* Let `L1` lead term
+//!    `T1` with quorum time `s`: a majority `M` acknowledged appends of term `T1` sent at `s` or
+//!    later (every configuration of `L1` is considered; see 5 for changes). `L2` leads a later
+//!    term `T2 > T1` only after a majority `V` voted for it, and two majorities share a voter
+//!    `v`. If `v != L1`, `v` acknowledged an append of `T1` sent at `s` or later, and did so
+//!    before it voted in `T2` (once in `T2`, Raft refuses appends of `T1`), and `L2` took
+//!    office after that vote. If `v = L1`, `L1` itself had moved to `T2` by then, and sends no
+//!    append of `T1` afterwards (a replication task that already held one can still send it
+//!    within a scheduling delay, which the margin covers). Either way `s < since(L2)`, the
+//!    instant `L2`'s Node Manager saw itself lead.
+//! 3. *Heard from.* When `L2` processed `N`'s heartbeat at `c`, the lease that heartbeat
+//!    granted started at `t0 - age <= t0 <= c` (1). `c >= since(L2)` bounds by 2 every lease
+//!    that earlier leaders granted. So `L(N) <= c` for the latest such `c`: its contact time.
+//! 4. *Not heard from since `L2` took office:* `L2` granted `N` nothing, and by 1 and 2 every
+//!    other lease of `N` started before `since(L2)`. A tighter bound, the *former floor*, lets
+//!    `L2` record its dead predecessor Down a lease after it died rather than a lease after the
+//!    election: every voter `v` reports `former(v)`, the latest instant at which
+//!    - it began handling an append from the leader of a term earlier than `T2` (every append
+//!      that counted for an earlier leader's quorum time was sent before that), or
+//!    - it last granted a lease as the leader of an earlier term.
+//!
+//!    It reports the age of that instant when it sends its heartbeat, and `L2` dates it back
+//!    from the arrival, which can only make it later than it was (safe). Once it is reported,
+//!    `v` adds nothing older: appends of earlier terms that arrive afterwards are refused by
+//!    Raft, since `v` already follows `T2`. Now take any earlier leader `L` and its quorum time
+//!    `s`, with a majority `M` (of a configuration of `L`) behind it. If `L` reported, its own
+//!    `former(L) >= s`. Otherwise `M \ {L}` has at least `majority - 1` voters, and if at most
+//!    `majority - 1` voters did not report at all (`L` among them), at least one voter of
+//!    `M \ {L}` did, and its report is `>= s`. So with reports from all but `majority - 1`
+//!    voters of every configuration, `floor = max(former)` bounds every earlier lease, and
+//!    `min(since, floor)` does too ([`LeaderClock::former_floor`]).
+//! 5. *Membership changes* go through a joint configuration. A leader of the old configuration
+//!    only is followed, before any leader of the new one only, by a leader of the joint
+//!    configuration whose quorum time is later than the old one's took office (2), and whose
+//!    quorum spans a majority of the new configuration too; so the floor, checked against the
+//!    configuration in force, bounds the old leader's leases through it.
+//!
+//! # Why a node never acts on a stale copy
+//!
+//! Groups leave a node without its help only through Down: a node that is leased keeps its
+//! groups until it hands them over itself. The leader answers a heartbeat with no lease while
+//! its copy says the sender is Down, or while it is writing that record, and otherwise with its
+//! last log index. Every record committed before the answer is at or below that index (the
+//! leader's log holds every committed entry), and the sender uses the lease only once its copy
+//! has applied that far: the records that moved its groups away are in its copy before it may
+//! act. A freshly started agent is no different: it has no lease until its first answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::NodeState;
 
@@ -44,116 +106,214 @@ impl LeaseConfig {
     }
 }
 
-/// The leader's record of heartbeats, in its own monotonic milliseconds.
+/// `T_q` of a leader: the latest instant such that, in every configuration of `configs`, a
+/// majority of its voters had acknowledged an append sent then or later. `acked(voter)` is the
+/// send time of the latest append the voter acknowledged in this term (the leader counts as
+/// acknowledging now). `None` while some configuration has no majority yet.
+pub fn quorum_time<'a>(
+    configs: &'a [Vec<String>],
+    acked: impl Fn(&'a str) -> Option<u64>,
+) -> Option<u64> {
+    let mut result: Option<u64> = None;
+    for config in configs {
+        let mut times: Vec<u64> = config.iter().filter_map(|v| acked(v)).collect();
+        let majority = config.len() / 2 + 1;
+        if config.is_empty() || times.len() < majority {
+            return None;
+        }
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        let t = times[majority - 1];
+        result = Some(result.map_or(t, |r| r.min(t)));
+    }
+    result
+}
+
+/// A grant waiting for the node's copy of the database to apply its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Grant {
+    index: u64,
+    expires_ms: u64,
+}
+
+/// Most grants waiting at once; an older one that a newer one covers is dropped first.
+const MAX_WAITING_GRANTS: usize = 8;
+
+/// A node's own lease, in its own monotonic milliseconds. A grant becomes usable once the
+/// node's copy has applied the log index that came with it (see the module's proof).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// When the usable lease runs out; `None`: never had one.
+    pub expires_ms: Option<u64>,
+    /// Grants whose index the copy has not reached yet, lowest index first.
+    waiting: Vec<Grant>,
+}
+
+impl Lease {
+    /// The leader answered a heartbeat sent at `sent_ms` with quorum age `age_ms` and its last
+    /// log index `index`.
+    pub fn grant(&mut self, sent_ms: u64, age_ms: u64, index: u64, cfg: &LeaseConfig) {
+        let expires_ms = sent_ms.saturating_sub(age_ms) + cfg.lease_ms();
+        if self.expires_ms.is_some_and(|e| e >= expires_ms) {
+            return;
+        }
+        // A waiting grant with a higher index and an earlier end is of no more use.
+        self.waiting
+            .retain(|g| g.index < index || g.expires_ms > expires_ms);
+        if self
+            .waiting
+            .iter()
+            .any(|g| g.index <= index && g.expires_ms >= expires_ms)
+        {
+            return;
+        }
+        let at = self.waiting.partition_point(|g| g.index <= index);
+        self.waiting.insert(at, Grant { index, expires_ms });
+        if self.waiting.len() > MAX_WAITING_GRANTS {
+            self.waiting.remove(0);
+        }
+    }
+
+    /// The leader's own lease, from its quorum time and its last log index.
+    pub fn grant_as_leader(&mut self, quorum_ms: u64, index: u64, cfg: &LeaseConfig) {
+        self.grant(quorum_ms, 0, index, cfg);
+    }
+
+    /// The copy has applied `applied_index`: grants up to it become usable.
+    pub fn applied(&mut self, applied_index: u64) {
+        let ready = self.waiting.partition_point(|g| g.index <= applied_index);
+        for g in self.waiting.drain(..ready) {
+            if self.expires_ms.is_none_or(|e| g.expires_ms > e) {
+                self.expires_ms = Some(g.expires_ms);
+            }
+        }
+    }
+
+    /// The lowest index a waiting grant needs, if the copy is behind one that would extend
+    /// the lease.
+    pub fn waiting_for(&self, now_ms: u64) -> Option<u64> {
+        self.waiting
+            .iter()
+            .find(|g| g.expires_ms > now_ms)
+            .map(|g| g.index)
+    }
+
+    pub fn valid(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| now_ms < e)
+    }
+
+    /// Forgets every grant (the copy can no longer be trusted to keep up).
+    pub fn revoke(&mut self) {
+        *self = Lease::default();
+    }
+}
+
+/// The leader's record of one term, in its own monotonic milliseconds.
 #[derive(Clone, Debug, Default)]
 pub struct LeaderClock {
-    /// When this node became leader.
+    /// The Raft term this record is for.
+    pub term: u64,
+    /// When this node saw itself lead the term.
     pub since_ms: u64,
-    /// Arrival of each node's last heartbeat.
+    /// When each node's last heartbeat was processed.
     pub contact_ms: BTreeMap<String, u64>,
-    /// For each voter, in this clock: no earlier than the arrival of the last heartbeat it
-    /// sent to any other leader; 0 if it never did. See [`LeaderClock::former_bound`].
+    /// Each voter's former instant (see the module's proof, step 4), in this clock.
     pub former_ms: BTreeMap<String, u64>,
-    /// The bound in force, set by [`LeaderClock::settle_former`].
-    floor_ms: Option<u64>,
 }
 
 impl LeaderClock {
-    pub fn new(since_ms: u64) -> Self {
+    pub fn new(term: u64, since_ms: u64) -> Self {
         Self {
+            term,
             since_ms,
             ..Self::default()
         }
-    }
-
-    /// A voter told how long before sending this heartbeat its last heartbeat to another
-    /// leader had surely arrived, if ever (`None`: never): when it was answered, or, if the
-    /// answer never came, when its request timed out. This one arrived now, so that was
-    /// before `now - age`.
-    pub fn heard_former(&mut self, node: &str, age_ms: Option<u64>, now_ms: u64) {
-        let at = age_ms.map_or(0, |a| now_ms.saturating_sub(a));
-        self.former_ms.insert(node.to_string(), at);
-    }
-
-    /// A time by which every lease any earlier leader granted has surely started, or `None`
-    /// while too few voters have reported.
-    ///
-    /// Every lease starts no later than its leader's quorum time, and a leader's quorum time
-    /// is no later than the arrival of a heartbeat from at least `majority - 1` other voters.
-    /// So once every voter but `majority - 1` has said by when its last heartbeat to another
-    /// leader had arrived, the latest of those bounds every earlier leader's quorum time,
-    /// whichever voter it was and whoever did not report.
-    pub fn former_bound(&self, voters: &[String]) -> Option<u64> {
-        let majority = voters.len() / 2 + 1;
-        let known: Vec<u64> = voters
-            .iter()
-            .filter_map(|v| self.former_ms.get(v).copied())
-            .collect();
-        if voters.len() - known.len() > majority - 1 {
-            return None;
-        }
-        known.into_iter().max()
-    }
-
-    /// Brings the earlier leaders' bound into force: a node not heard from since this leader
-    /// took office is Down once lease and margin have passed since the bound (if that is
-    /// earlier than this leader's start).
-    pub fn settle_former(&mut self, voters: &[String]) {
-        self.floor_ms = self.former_bound(voters);
     }
 
     pub fn heard_from(&mut self, node: &str, now_ms: u64) {
         self.contact_ms.insert(node.to_string(), now_ms);
     }
 
-    /// `T_q`: the latest instant by which a majority of `voters` had been in contact, the
-    /// leader (`me`) counting as in contact now. `None` until a majority has been heard.
-    pub fn quorum_ms(&self, me: &str, voters: &[String], now_ms: u64) -> Option<u64> {
-        if voters.is_empty() {
-            return None;
-        }
-        let mut times: Vec<u64> = voters
-            .iter()
-            .filter_map(|v| {
-                if v == me {
-                    Some(now_ms)
-                } else {
-                    self.contact_ms.get(v).copied()
-                }
-            })
-            .collect();
-        let majority = voters.len() / 2 + 1;
-        if times.len() < majority {
-            return None;
-        }
-        times.sort_unstable_by(|a, b| b.cmp(a));
-        Some(times[majority - 1])
+    /// `node` reported, in a heartbeat processed now, that its former instant was `age_ms`
+    /// before it sent it (`None`: it has none).
+    pub fn heard_former(&mut self, node: &str, age_ms: Option<u64>, now_ms: u64) {
+        let at = age_ms.map_or(0, |a| now_ms.saturating_sub(a));
+        let known = self.former_ms.entry(node.to_string()).or_insert(at);
+        *known = (*known).max(at);
     }
 
-    /// Whether `node` has surely stopped running resources: its lease, which started no later
-    /// than its last heartbeat's arrival (or this leader's start), has expired with margin.
-    pub fn is_down(&self, node: &str, cfg: &LeaseConfig, now_ms: u64) -> bool {
-        // A node the earlier leaders' bound says is without a lease, but which is alive, needs
-        // a moment to find this leader: two heartbeat intervals after it took office.
+    /// The former floor: an instant by which every lease granted by a leader of an earlier
+    /// term had started, once all but `majority - 1` voters of every configuration in
+    /// `configs` have reported (step 4 of the module's proof); `None` before that.
+    pub fn former_floor(&self, configs: &[Vec<String>]) -> Option<u64> {
+        if configs.is_empty() {
+            return None;
+        }
+        for config in configs {
+            let majority = config.len() / 2 + 1;
+            let silent = config
+                .iter()
+                .filter(|v| !self.former_ms.contains_key(*v))
+                .count();
+            if silent > majority - 1 {
+                return None;
+            }
+        }
+        self.former_ms.values().copied().max()
+    }
+
+    /// An instant no lease of `node` started after (the module's proof, steps 3 and 4).
+    pub fn last_known(&self, node: &str, configs: &[Vec<String>]) -> u64 {
+        match self.contact_ms.get(node) {
+            Some(c) => *c,
+            None => self
+                .former_floor(configs)
+                .map_or(self.since_ms, |f| f.min(self.since_ms)),
+        }
+    }
+
+    /// Whether `node` surely holds no lease: lease and margin have passed since
+    /// [`LeaderClock::last_known`]. A node not heard from in this term also gets two heartbeat
+    /// intervals after the election to find this leader (a liveness rule, not a safety one).
+    pub fn is_down(
+        &self,
+        node: &str,
+        configs: &[Vec<String>],
+        cfg: &LeaseConfig,
+        now: u64,
+    ) -> bool {
         let found_time =
-            self.contact_ms.contains_key(node) || now_ms >= self.since_ms + 2 * cfg.interval_ms;
-        found_time && now_ms >= self.last_known(node) + cfg.lease_ms() + cfg.margin_ms()
+            self.contact_ms.contains_key(node) || now >= self.since_ms + 2 * cfg.interval_ms;
+        found_time && now >= self.last_known(node, configs) + cfg.lease_ms() + cfg.margin_ms()
     }
 
-    /// The node states the leader `me` should record now: Down for a node (Up or Paused)
-    /// whose lease has surely expired, Up for a Down node heard from again, and Up for
-    /// itself if it was recorded Down while away. Nothing while the leader itself has no
-    /// quorum contact: only a leader in contact with a quorum may say who is Down.
+    /// Missed `threshold` heartbeats in a row.
+    pub fn is_suspect(
+        &self,
+        node: &str,
+        configs: &[Vec<String>],
+        cfg: &LeaseConfig,
+        now: u64,
+    ) -> bool {
+        now >= self.last_known(node, configs) + cfg.lease_ms()
+    }
+
+    /// The node states the leader `me` should record now: Down for a node (Up or Paused) that
+    /// surely holds no lease, Up for a Down node heard from in this term and not down, and Up
+    /// for itself if it was recorded Down while away. Nothing while its own quorum time is
+    /// more than a lease old: only a leader in contact with a quorum may say who is Down.
+    /// `skip` are nodes whose record is being written.
+    #[allow(clippy::too_many_arguments)]
     pub fn node_records<'a>(
         &self,
         me: &str,
-        voters: &[String],
+        configs: &[Vec<String>],
+        quorum_ms: Option<u64>,
         nodes: impl IntoIterator<Item = (&'a str, NodeState)>,
+        skip: &BTreeSet<String>,
         cfg: &LeaseConfig,
-        now_ms: u64,
+        now: u64,
     ) -> Vec<NodeRecord> {
-        let quorum = self.quorum_ms(me, voters, now_ms);
-        if quorum.is_none_or(|q| now_ms >= q + cfg.lease_ms()) {
+        if quorum_ms.is_none_or(|q| now >= q + cfg.lease_ms()) {
             return Vec::new();
         }
         let record = |node: &str, state, reason| NodeRecord {
@@ -163,52 +323,45 @@ impl LeaderClock {
         };
         nodes
             .into_iter()
-            .filter_map(|(node, state)| {
-                let last = self.contact_ms.get(node).copied();
-                match state {
-                    NodeState::Down if node == me => Some(record(
+            .filter(|(node, _)| !skip.contains(*node))
+            .filter_map(|(node, state)| match state {
+                NodeState::Down if node == me => Some(record(
+                    node,
+                    NodeState::Up,
+                    format!("node {node} leads a quorum again; Up"),
+                )),
+                _ if node == me => None,
+                NodeState::Up | NodeState::Paused if self.is_down(node, configs, cfg, now) => {
+                    let since = self.last_known(node, configs);
+                    let what = if self.contact_ms.contains_key(node) {
+                        "silent for"
+                    } else {
+                        "not heard from in this term; every lease it may hold started at least"
+                    };
+                    Some(record(
+                        node,
+                        NodeState::Down,
+                        format!(
+                            "node {node} {what} {} ms ago (lease {} ms + margin {} ms): its lease has expired; Down",
+                            now.saturating_sub(since),
+                            cfg.lease_ms(),
+                            cfg.margin_ms()
+                        ),
+                    ))
+                }
+                NodeState::Down
+                    if self.contact_ms.contains_key(node)
+                        && !self.is_down(node, configs, cfg, now) =>
+                {
+                    Some(record(
                         node,
                         NodeState::Up,
-                        format!("node {node} leads a quorum again; Up"),
-                    )),
-                    _ if node == me => None,
-                    NodeState::Up | NodeState::Paused if self.is_down(node, cfg, now_ms) => {
-                        Some(record(
-                            node,
-                            NodeState::Down,
-                            format!(
-                                "node {node} silent for {} ms (lease {} ms + margin {} ms): its lease has expired; Down",
-                                now_ms.saturating_sub(last.unwrap_or(self.since_ms)),
-                                cfg.lease_ms(),
-                                cfg.margin_ms()
-                            ),
-                        ))
-                    }
-                    NodeState::Down if last.is_some() && !self.is_down(node, cfg, now_ms) => {
-                        Some(record(
-                            node,
-                            NodeState::Up,
-                            format!("node {node} heard from again; Up"),
-                        ))
-                    }
-                    _ => None,
+                        format!("node {node} heard from again; Up"),
+                    ))
                 }
+                _ => None,
             })
             .collect()
-    }
-
-    /// Missed `threshold` heartbeats in a row.
-    pub fn is_suspect(&self, node: &str, cfg: &LeaseConfig, now_ms: u64) -> bool {
-        now_ms >= self.last_known(node) + cfg.lease_ms()
-    }
-
-    /// The node's last heartbeat, or, if it has heard none since, this leader's start (or
-    /// the earlier leaders' bound, when known and earlier).
-    fn last_known(&self, node: &str) -> u64 {
-        let start = self
-            .floor_ms
-            .map_or(self.since_ms, |f| f.min(self.since_ms));
-        self.contact_ms.get(node).copied().unwrap_or(0).max(start)
     }
 }
 
@@ -220,33 +373,6 @@ pub struct NodeRecord {
     pub reason: String,
 }
 
-/// A node's own lease, in its own monotonic milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Lease {
-    /// When the lease runs out; `None`: never granted.
-    pub expires_ms: Option<u64>,
-}
-
-impl Lease {
-    /// The leader answered a heartbeat sent at `sent_ms` with quorum age `age_ms`.
-    pub fn renew(&mut self, sent_ms: u64, age_ms: u64, cfg: &LeaseConfig) {
-        let start = sent_ms.saturating_sub(age_ms);
-        let expires = start + cfg.lease_ms();
-        if self.expires_ms.is_none_or(|e| expires > e) {
-            self.expires_ms = Some(expires);
-        }
-    }
-
-    /// The leader's own lease, from its quorum time.
-    pub fn renew_as_leader(&mut self, quorum_ms: u64, cfg: &LeaseConfig) {
-        self.renew(quorum_ms, 0, cfg);
-    }
-
-    pub fn valid(&self, now_ms: u64) -> bool {
-        self.expires_ms.is_some_and(|e| now_ms < e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,8 +382,8 @@ mod tests {
         threshold: 4,
     };
 
-    fn voters(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn voters(v: &[&str]) -> Vec<Vec<String>> {
+        vec![v.iter().map(|s| s.to_string()).collect()]
     }
 
     #[test]
@@ -266,115 +392,121 @@ mod tests {
     }
 
     #[test]
-    fn quorum_time_is_the_majoritys_oldest_contact() {
-        let mut c = LeaderClock::new(0);
-        let v = voters(&["a", "b", "c"]);
-        assert_eq!(c.quorum_ms("a", &v, 100), None, "nobody heard yet");
-        c.heard_from("b", 90);
-        assert_eq!(c.quorum_ms("a", &v, 100), Some(90));
-        c.heard_from("c", 95);
-        assert_eq!(c.quorum_ms("a", &v, 100), Some(95));
-        assert_eq!(
-            c.quorum_ms("a", &voters(&["a"]), 100),
-            Some(100),
-            "alone, it is its own quorum"
-        );
+    fn quorum_time_is_the_majoritys_oldest_acknowledgement_in_every_configuration() {
+        let acks: BTreeMap<&str, u64> = [("a", 100), ("b", 90), ("c", 95), ("d", 50), ("e", 10)]
+            .into_iter()
+            .collect();
+        let acked = |v: &str| acks.get(v).copied();
+        assert_eq!(quorum_time(&voters(&["a", "b", "c"]), acked), Some(95));
+        assert_eq!(quorum_time(&voters(&["a", "b", "x"]), acked), Some(90));
+        assert_eq!(quorum_time(&voters(&["a", "x", "y"]), acked), None);
+        // Joint: both majorities.
+        let joint = vec![
+            voters(&["a", "b", "c"])[0].clone(),
+            voters(&["a", "d", "e"])[0].clone(),
+        ];
+        assert_eq!(quorum_time(&joint, acked), Some(50));
+        assert_eq!(quorum_time(&[], acked), None);
     }
 
     #[test]
-    fn a_leader_cut_off_with_a_minority_hands_out_leases_that_run_out() {
-        // Five voters; the leader a keeps only b after t=1000.
-        let v = voters(&["a", "b", "c", "d", "e"]);
-        let mut clock = LeaderClock::new(0);
-        for n in ["b", "c", "d", "e"] {
-            clock.heard_from(n, 1_000);
-        }
-        let mut b = Lease::default();
-        for t in (1_000..10_000).step_by(500) {
-            clock.heard_from("b", t);
-            let tq = clock.quorum_ms("a", &v, t).unwrap();
-            assert_eq!(tq, 1_000, "b and a alone are no majority");
-            // b sent its heartbeat 5 ms before the answer.
-            b.renew(t - 5, t - tq, &CFG);
-        }
-        assert!(b.valid(2_990));
-        assert!(
-            !b.valid(3_000),
-            "b's lease ends by 2 s after the last majority contact"
-        );
-    }
-
-    #[test]
-    fn a_lease_never_starts_after_the_quorum_contact_behind_it() {
+    fn a_lease_is_usable_only_once_the_copy_has_applied_its_index() {
         let mut lease = Lease::default();
-        // Sent at 1000 (follower clock); answered with a quorum age of 300 ms.
-        lease.renew(1_000, 300, &CFG);
+        // Sent at 1000 (follower clock); answered with a quorum age of 300 ms at index 40.
+        lease.grant(1_000, 300, 40, &CFG);
+        assert!(!lease.valid(1_100), "the copy has not applied 40 yet");
+        assert_eq!(lease.waiting_for(1_100), Some(40));
+        lease.applied(39);
+        assert!(!lease.valid(1_100));
+        lease.applied(40);
         assert_eq!(lease.expires_ms, Some(700 + 2_000));
-        // An older answer never shortens it.
-        lease.renew(900, 300, &CFG);
+        assert!(lease.valid(2_699) && !lease.valid(2_700));
+        // An older answer never shortens it; a newer one waits for its own index.
+        lease.grant(900, 300, 10, &CFG);
+        lease.applied(50);
         assert_eq!(lease.expires_ms, Some(2_700));
+        lease.grant(1_500, 0, 60, &CFG);
+        assert_eq!(lease.expires_ms, Some(2_700), "60 not applied yet");
+        lease.applied(60);
+        assert_eq!(lease.expires_ms, Some(3_500));
     }
 
     #[test]
-    fn down_only_after_lease_and_margin_since_the_last_heartbeat() {
-        let mut c = LeaderClock::new(0);
+    fn grants_waiting_for_the_copy_stay_few() {
+        let mut lease = Lease::default();
+        for i in 0..100u64 {
+            lease.grant(1_000 + i * 10, 0, 100 + i, &CFG);
+        }
+        assert!(lease.waiting.len() <= MAX_WAITING_GRANTS);
+        lease.applied(1_000);
+        assert_eq!(lease.expires_ms, Some(1_000 + 99 * 10 + 2_000));
+    }
+
+    #[test]
+    fn down_only_after_lease_and_margin_since_the_last_contact() {
+        let v = voters(&["a", "b"]);
+        let mut c = LeaderClock::new(1, 0);
         c.heard_from("b", 10_000);
-        assert!(!c.is_suspect("b", &CFG, 11_999));
-        assert!(c.is_suspect("b", &CFG, 12_000));
-        assert!(!c.is_down("b", &CFG, 12_399));
-        assert!(c.is_down("b", &CFG, 12_400));
+        assert!(!c.is_suspect("b", &v, &CFG, 11_999));
+        assert!(c.is_suspect("b", &v, &CFG, 12_000));
+        assert!(!c.is_down("b", &v, &CFG, 12_399));
+        assert!(c.is_down("b", &v, &CFG, 12_400));
         // A new leader knows nothing older than its own start.
-        let fresh = LeaderClock::new(50_000);
-        assert!(!fresh.is_down("b", &CFG, 52_399));
-        assert!(fresh.is_down("b", &CFG, 52_400));
+        let fresh = LeaderClock::new(2, 50_000);
+        assert!(!fresh.is_down("b", &v, &CFG, 52_399));
+        assert!(fresh.is_down("b", &v, &CFG, 52_400));
     }
 
     #[test]
-    fn a_new_leader_bounds_the_old_leaders_leases_from_the_voters_reports() {
+    fn the_former_floor_needs_all_but_majority_minus_one_voters() {
         let v = voters(&["a", "b", "c"]);
-        // a led until it died at 10 000; b (the new leader, since 10 600) and c had their
-        // last heartbeats to a answered by 10 450 and 9 950 (in b's clock).
-        let mut clock = LeaderClock::new(10_600);
+        // a led until it died at 10 000; b (the new leader, since 10 600) and c last began an
+        // append from a at 10 450 and 9 950 (in b's clock).
+        let mut clock = LeaderClock::new(2, 10_600);
         clock.heard_former("b", Some(0), 10_450);
         assert_eq!(
-            clock.former_bound(&v),
+            clock.former_floor(&v),
             None,
-            "c has not reported: its heartbeats could still renew a"
+            "c could hold the only lease evidence"
         );
         clock.heard_former("c", Some(700), 10_650);
-        assert_eq!(clock.former_bound(&v), Some(10_450));
-        clock.settle_former(&v);
-        // a's lease started by 10 450 at the latest: Down at 10 450 + 2 000 + 400.
-        assert!(!clock.is_down("a", &CFG, 12_849));
-        assert!(clock.is_down("a", &CFG, 12_850));
-        // A node that answers soon after the election is not Down: it had no lease (its
-        // leader vanished), but it finds this one within two intervals.
+        assert_eq!(clock.former_floor(&v), Some(10_450));
+        assert!(!clock.is_down("a", &v, &CFG, 12_849));
+        assert!(clock.is_down("a", &v, &CFG, 12_850));
+        // A node that answers soon after the election is judged from its contact.
         clock.heard_from("c", 10_700);
-        assert!(!clock.is_down("c", &CFG, 12_900));
+        assert!(!clock.is_down("c", &v, &CFG, 13_099));
         // A node never heard from: not before two intervals after the election either.
-        let mut late = LeaderClock::new(20_000);
+        let mut late = LeaderClock::new(3, 20_000);
         late.heard_former("b", Some(0), 5_000);
         late.heard_former("c", Some(0), 5_000);
-        late.settle_former(&v);
-        assert!(!late.is_down("a", &CFG, 20_999));
-        assert!(late.is_down("a", &CFG, 21_000));
+        assert!(!late.is_down("a", &v, &CFG, 20_999));
+        assert!(late.is_down("a", &v, &CFG, 21_000));
         // Without the reports: from the leader's start.
-        let fresh = LeaderClock::new(10_600);
-        assert!(!fresh.is_down("a", &CFG, 12_999));
-        // Five voters: two may stay silent (the old leader and one more).
+        let fresh = LeaderClock::new(2, 10_600);
+        assert!(!fresh.is_down("a", &v, &CFG, 12_999));
+        // Five voters: two may stay silent.
         let five = voters(&["a", "b", "c", "d", "e"]);
-        let mut clock = LeaderClock::new(0);
+        let mut clock = LeaderClock::new(2, 0);
         clock.heard_former("b", None, 100);
         clock.heard_former("c", Some(50), 100);
-        assert_eq!(clock.former_bound(&five), None);
+        assert_eq!(clock.former_floor(&five), None);
         clock.heard_former("d", Some(10), 100);
-        assert_eq!(clock.former_bound(&five), Some(90));
+        assert_eq!(clock.former_floor(&five), Some(90));
+    }
+
+    #[test]
+    fn a_former_report_never_moves_back() {
+        let mut clock = LeaderClock::new(2, 0);
+        clock.heard_former("b", Some(0), 500);
+        clock.heard_former("b", Some(400), 600);
+        assert_eq!(clock.former_ms["b"], 500);
     }
 
     #[test]
     fn the_leader_records_down_up_and_itself_only_with_a_quorum() {
         let v = voters(&["a", "b", "c"]);
-        let mut clock = LeaderClock::new(0);
+        let mut clock = LeaderClock::new(1, 0);
         clock.heard_from("b", 10_000);
         clock.heard_from("c", 10_000);
         let nodes = [
@@ -382,45 +514,59 @@ mod tests {
             ("b", NodeState::Paused),
             ("c", NodeState::Up),
         ];
-        let states = |clock: &LeaderClock, now| -> Vec<(String, NodeState)> {
+        let none = BTreeSet::new();
+        let states = |clock: &LeaderClock, quorum, skip: &BTreeSet<String>, now| {
             clock
-                .node_records("a", &v, nodes, &CFG, now)
+                .node_records("a", &v, quorum, nodes, skip, &CFG, now)
                 .into_iter()
                 .map(|r| (r.node, r.state))
-                .collect()
+                .collect::<Vec<_>>()
         };
-        assert_eq!(states(&clock, 11_000), [("a".into(), NodeState::Up)]);
-        // c keeps the quorum; b (Paused, drained) falls silent and is Down in time.
+        assert_eq!(
+            states(&clock, Some(10_900), &none, 11_000),
+            [("a".into(), NodeState::Up)]
+        );
+        // c keeps in contact; b (Paused, drained) falls silent and is Down in time.
         clock.heard_from("c", 12_000);
         assert_eq!(
-            states(&clock, 12_400),
+            states(&clock, Some(12_300), &none, 12_400),
             [("a".into(), NodeState::Up), ("b".into(), NodeState::Down)]
         );
-        // Without quorum contact the leader records nothing at all.
-        assert_eq!(states(&clock, 14_400), []);
+        let writing: BTreeSet<String> = ["b".to_string()].into();
+        assert_eq!(
+            states(&clock, Some(12_300), &writing, 12_400),
+            [("a".into(), NodeState::Up)],
+            "b's record is being written"
+        );
+        // Without a recent quorum time the leader records nothing at all.
+        assert_eq!(states(&clock, Some(12_300), &none, 14_400), []);
+        assert_eq!(states(&clock, None, &none, 12_400), []);
     }
 
+    /// The proof's steps 1 and 3 for all delays: a follower's lease ends no later than the
+    /// leader's contact time plus the lease, so margin before Down.
     #[test]
     fn the_follower_lease_always_ends_before_the_leader_calls_it_down() {
-        // Whatever the network delays (d1 there, d2 back) and quorum age, the follower's
-        // lease ends no later than leader-side arrival + lease, before Down (+ margin).
-        for d1 in [0u64, 1, 50, 400] {
+        for d1 in [0u64, 1, 50, 400, 3_000] {
             for d2 in [0u64, 3, 200] {
                 for age in [0u64, 100, 1_500] {
                     let sent = 10_000; // follower sends (shared timeline for the proof)
-                    let arrival = sent + d1; // leader notes contact
+                    let processed = sent + d1; // leader notes contact
                     let mut lease = Lease::default();
-                    lease.renew(sent, age, &CFG);
-                    let _answered = arrival + d2;
-                    let mut clock = LeaderClock::new(0);
-                    clock.heard_from("f", arrival);
+                    lease.grant(sent, age, 7, &CFG);
+                    let _answered = processed + d2;
+                    lease.applied(7);
+                    let v = voters(&["l", "f"]);
+                    let mut clock = LeaderClock::new(1, 0);
+                    clock.heard_from("f", processed);
                     let expiry = lease.expires_ms.unwrap();
-                    let down_at = arrival + CFG.lease_ms() + CFG.margin_ms();
+                    let down_at = processed + CFG.lease_ms() + CFG.margin_ms();
                     assert!(
                         expiry + CFG.margin_ms() <= down_at,
                         "d1={d1} d2={d2} age={age}"
                     );
-                    assert!(clock.is_down("f", &CFG, down_at));
+                    assert!(clock.is_down("f", &v, &CFG, down_at));
+                    assert!(!clock.is_down("f", &v, &CFG, down_at - 1));
                 }
             }
         }

@@ -22,6 +22,7 @@ pub mod event;
 pub mod failover;
 pub mod lease;
 pub mod model;
+pub mod nm;
 pub mod params;
 pub mod props;
 pub mod rcm;

@@ -184,6 +184,10 @@ pub struct Group {
     /// or an operator moves it.
     #[serde(default)]
     pub failed_moves: Vec<FailedMove>,
+    /// An operator's move put the group where it is: it is not failed back (auto_failback
+    /// returns only groups that failed over).
+    #[serde(default)]
+    pub operator_placed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +225,10 @@ pub struct ResourceSpec {
     /// Its type can migrate a running instance between nodes (see [`Move::live`]).
     #[serde(default)]
     pub migratable: bool,
+    /// Parameters its type's schema marks unique: no other resource of the type may have the
+    /// same value (OCF's `unique`). Checked by `apply`, so two creates cannot race past it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unique: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +248,9 @@ pub struct Resource {
     /// Its type can migrate a running instance between nodes.
     #[serde(default)]
     pub migratable: bool,
+    /// Parameters that must be unique among resources of its type (see [`ResourceSpec`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unique: Vec<String>,
 }
 
 /// A registered plugin type (`vigil type register`): a shared library with Vigil's C ABI,

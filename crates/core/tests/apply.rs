@@ -31,6 +31,7 @@ fn spec(name: &str, group: &str, deps: &[&str]) -> ResourceSpec {
         props: ResourceProps::default(),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
         migratable: false,
+        unique: Vec::new(),
     }
 }
 
@@ -749,30 +750,117 @@ fn a_failed_live_move_is_remembered_until_an_operator_moves_the_group() {
 }
 
 #[test]
-fn a_unique_parameter_value_is_refused_naming_the_resource_that_has_it() {
-    use vigil_core::command::check_unique;
-    use vigil_core::params::{ParamKind, ParamSpec};
+fn a_unique_parameter_value_is_refused_by_apply_naming_the_resource_that_has_it() {
     let mut s = cluster();
-    create(&mut s, "a", "g", &[]);
-    let param = |name: &str, unique| ParamSpec {
-        name: name.into(),
-        kind: ParamKind::String,
-        required: false,
-        unique,
-        default: None,
-        description: String::new(),
+    let unique_spec = |name: &str, ty: &str, command: &str, unique: bool| ResourceSpec {
+        type_name: ty.into(),
+        params: [("command".to_string(), command.to_string())].into(),
+        unique: if unique {
+            vec!["command".into()]
+        } else {
+            vec![]
+        },
+        ..spec(name, "g", &[])
     };
-    let schema = [param("command", true)];
-    let same = [("command".to_string(), "/bin/a".to_string())].into();
-    let err = check_unique(&s, "b", "process", &schema, &same).unwrap_err();
+    apply(
+        &mut s,
+        &Command::CreateResource {
+            spec: unique_spec("a", "process", "/bin/a", true),
+        },
+    )
+    .unwrap();
+    // Checked inside apply: two creates racing through the API cannot both pass.
+    let err = refused(
+        &mut s,
+        Command::CreateResource {
+            spec: unique_spec("b", "process", "/bin/a", true),
+        },
+    );
     assert_eq!(
-        err.to_string(),
+        err,
         "parameter command = \"/bin/a\" must be unique among process resources, and resource \"a\" has it"
     );
-    // The resource itself (a `set`), another type, or a parameter that need not be unique.
-    check_unique(&s, "a", "process", &schema, &same).unwrap();
-    check_unique(&s, "b", "ocf:heartbeat:Dummy", &schema, &same).unwrap();
-    check_unique(&s, "b", "process", &[param("command", false)], &same).unwrap();
-    let unshared = [("command".to_string(), "/bin/b".to_string())].into();
-    check_unique(&s, "b", "process", &schema, &unshared).unwrap();
+    let update = |name: &str, command: &str| Command::UpdateResource {
+        name: name.into(),
+        params: [("command".to_string(), command.to_string())].into(),
+        props: ResourceProps::default(),
+        depends_on: vec![],
+    };
+    // A resource keeping its own value is no conflict.
+    apply(&mut s, &update("a", "/bin/a")).unwrap();
+    // Another type, a parameter that need not be unique, another value: accepted.
+    for (name, ty, command, unique) in [
+        ("b", "ocf:heartbeat:Dummy", "/bin/a", true),
+        ("c", "process", "/bin/a", false),
+        ("d", "process", "/bin/d", true),
+    ] {
+        let spec = unique_spec(name, ty, command, unique);
+        apply(&mut s, &Command::CreateResource { spec }).unwrap();
+    }
+    // An update to a value another resource of the type has is refused too.
+    assert!(refused(&mut s, update("d", "/bin/a")).contains("resource \"a\" has it"));
+}
+
+fn fail_over(from: &str, to: &str) -> Command {
+    Command::FailOver {
+        group: "g".into(),
+        from: Some(from.into()),
+        to: to.into(),
+        reason: format!("owner {from} is Down"),
+        at_ms: 1_000,
+        left_offline: false,
+    }
+}
+
+#[test]
+fn a_failover_from_a_down_owner_is_refused_once_the_owner_is_up_again() {
+    let mut s = cluster();
+    create(&mut s, "a", "g", &[]);
+    record(&mut s, "a", ResourceState::Online);
+    let down = |s: &mut ClusterState, state| {
+        ok(
+            s,
+            Command::SetNodeState {
+                name: "n1".into(),
+                state,
+            },
+        )
+    };
+    // Planned while n1 was Down, applied after n1 was recorded Up again (a stale plan).
+    down(&mut s, NodeState::Down);
+    down(&mut s, NodeState::Up);
+    let err = refused(&mut s, fail_over("n1", "n2"));
+    assert_eq!(
+        err,
+        "node \"n1\" is Up again: its group \"g\" stays with it"
+    );
+    // Planned on an older owner.
+    down(&mut s, NodeState::Down);
+    assert!(refused(&mut s, fail_over("n2", "n1")).contains("owned by n1, not n2"));
+    // In time: the resources are recorded stopped, the failover counted, the epoch grows.
+    let epoch = s.groups["g"].epoch;
+    ok(&mut s, fail_over("n1", "n2"));
+    let g = &s.groups["g"];
+    assert_eq!((g.owner.as_deref(), g.epoch), (Some("n2"), epoch + 1));
+    assert_eq!(g.failovers.len(), 1);
+    assert!(g.failovers[0].node_down);
+    let a = &s.resources["a"];
+    assert_eq!(a.state, ResourceState::Offline);
+    assert_eq!(a.state_reason, "owner n1 is Down: not running");
+}
+
+#[test]
+fn only_an_operators_move_marks_the_group_as_placed_by_the_operator() {
+    let mut s = cluster();
+    create(&mut s, "a", "g", &[]);
+    move_to(&mut s, "g", "n2", MoveKind::Operator);
+    let hand_over = |to: &str| Command::SetOwner {
+        group: "g".into(),
+        node: to.into(),
+    };
+    ok(&mut s, hand_over("n2"));
+    assert!(s.groups["g"].operator_placed);
+    move_to(&mut s, "g", "n1", MoveKind::Failback);
+    ok(&mut s, hand_over("n1"));
+    assert!(!s.groups["g"].operator_placed);
 }

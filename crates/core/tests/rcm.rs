@@ -79,6 +79,7 @@ impl Node {
                     props: props.clone(),
                     depends_on: deps.iter().map(|d| d.to_string()).collect(),
                     migratable: false,
+                    unique: Vec::new(),
                 },
             });
         for cmd in setup.into_iter().chain(specs) {
@@ -95,7 +96,7 @@ impl Node {
     fn step(&mut self, input: Input, now: u64) -> Vec<Action> {
         let mut all = self.rcm_step(input, now);
         for _ in 0..16 {
-            let plan = failover::plan(&self.db, now);
+            let plan = failover::plan(&self.db, now, &Default::default());
             for cmd in &plan.commands {
                 apply(&mut self.db, cmd).unwrap();
             }
@@ -127,7 +128,7 @@ impl Node {
 
     /// When the failover manager wants to plan again.
     fn fm_wakeup(&self, now: u64) -> Option<u64> {
-        failover::plan(&self.db, now).wake_at_ms
+        failover::plan(&self.db, now, &Default::default()).wake_at_ms
     }
 
     fn tick(&mut self, now: u64) -> Vec<Action> {

@@ -114,6 +114,7 @@ fn setup(rng: &mut Rng) -> (ClusterState, BTreeMap<String, ResourceSim>, Vec<Str
                 props,
                 depends_on,
                 migratable,
+                unique: Vec::new(),
             };
             ok(&mut db, Command::CreateResource { spec });
             sims.insert(

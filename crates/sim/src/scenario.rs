@@ -246,6 +246,7 @@ impl Scenario {
                         props,
                         depends_on,
                         migratable,
+                        unique: Vec::new(),
                     };
                     setup(&mut s.db, Command::CreateResource { spec }).map_err(err)?;
                 }

@@ -1,0 +1,255 @@
+//! The Node Manager's decisions (`nm::NodeManager`): leases that wait for the copy, refusals,
+//! records, and fencing when the database cannot write.
+
+use vigil_core::command::{Command, apply};
+use vigil_core::lease::LeaseConfig;
+use vigil_core::model::{ClusterState, NodeState};
+use vigil_core::nm::{Heartbeat, NmAction, NodeManager, Replica, Standing};
+
+const CFG: LeaseConfig = LeaseConfig {
+    interval_ms: 500,
+    threshold: 4,
+};
+
+fn db(nodes: &[&str]) -> ClusterState {
+    let mut s = ClusterState::default();
+    for n in nodes {
+        let cmd = Command::AddNode {
+            name: n.to_string(),
+            address: format!("{n}:7440"),
+        };
+        apply(&mut s, &cmd).unwrap();
+    }
+    s
+}
+
+fn set(s: &mut ClusterState, node: &str, state: NodeState) {
+    let cmd = Command::SetNodeState {
+        name: node.into(),
+        state,
+    };
+    apply(s, &cmd).unwrap();
+}
+
+fn voters() -> Vec<Vec<String>> {
+    vec![vec!["a".into(), "b".into(), "c".into()]]
+}
+
+/// `b` following leader `a` in term 2, its copy at `applied`.
+fn follower(applied: u64) -> Replica {
+    Replica {
+        term: 2,
+        leader: Some("a".into()),
+        leading: false,
+        voters: voters(),
+        last_log_index: applied,
+        applied_index: applied,
+        ..Replica::default()
+    }
+}
+
+/// `a` leading term 2 with quorum time `quorum_ms` and `last` entries.
+fn leader(quorum_ms: Option<u64>, last: u64) -> Replica {
+    Replica {
+        term: 2,
+        leader: Some("a".into()),
+        leading: true,
+        voters: voters(),
+        last_log_index: last,
+        applied_index: last,
+        quorum_ms,
+        ..Replica::default()
+    }
+}
+
+fn fences(actions: &[NmAction]) -> Vec<bool> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            NmAction::Fence { fenced, .. } => Some(*fenced),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sends(actions: &[NmAction]) -> Vec<&Heartbeat> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            NmAction::Send { heartbeat, .. } => Some(heartbeat),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_lease_is_used_only_once_the_copy_has_applied_what_the_leader_vouched_for() {
+    let s = db(&["a", "b", "c"]);
+    let mut la = NodeManager::new("a", CFG);
+    let mut b = NodeManager::new("b", CFG);
+    // b's copy is at 5 (say, an old data dir); the leader's log reaches 40.
+    let out = b.tick(&follower(5), &s, 1_000);
+    let hb = sends(&out)[0].clone();
+    let reply = la
+        .heartbeat(&leader(Some(990), 40), &s, &hb, 1_001)
+        .unwrap();
+    assert_eq!((reply.quorum_age_ms, reply.log_index), (Some(11), 40));
+    b.answered(1_000, Some(&reply), 1_002);
+    let out = b.tick(&follower(5), &s, 1_050);
+    assert!(fences(&out).is_empty(), "still fenced: {out:?}");
+    assert!(b.is_fenced());
+    assert!(matches!(
+        b.standing(&follower(5), 1_050),
+        Standing::Fenced {
+            applied_index: 5,
+            ..
+        }
+    ));
+    let out = b.tick(&follower(40), &s, 1_100);
+    assert_eq!(fences(&out), [false], "current now: {out:?}");
+    assert_eq!(b.lease_until_ms(1_100), Some(1_000 - 11 + 2_000));
+}
+
+#[test]
+fn the_leader_grants_no_lease_to_a_node_recorded_down_or_being_recorded_down() {
+    let mut s = db(&["a", "b", "c"]);
+    let mut la = NodeManager::new("a", CFG);
+    let hb = |name: &str| Heartbeat {
+        name: name.into(),
+        term: 2,
+        former_age_ms: None,
+    };
+    la.heartbeat(&leader(Some(0), 3), &s, &hb("b"), 0).unwrap();
+    la.heartbeat(&leader(Some(0), 3), &s, &hb("c"), 0).unwrap();
+    // c falls silent; a decides Down at lease + margin and starts writing it.
+    la.heartbeat(&leader(Some(2_350), 3), &s, &hb("b"), 2_350)
+        .unwrap();
+    let out = la.tick(&leader(Some(2_350), 3), &s, 2_400);
+    assert!(
+        out.iter().any(
+            |a| matches!(a, NmAction::Record(r) if r.node == "c" && r.state == NodeState::Down)
+        ),
+        "{out:?}"
+    );
+    // c comes back before the record is written: no lease (its copy would not show it).
+    let reply = la
+        .heartbeat(&leader(Some(2_390), 4), &s, &hb("c"), 2_410)
+        .unwrap();
+    assert_eq!(reply.quorum_age_ms, None);
+    assert!(reply.refused.unwrap().contains("recorded Down"));
+    // Written: still none while the copy says Down; Up is recorded since c was heard.
+    la.written("c");
+    set(&mut s, "c", NodeState::Down);
+    let reply = la
+        .heartbeat(&leader(Some(2_400), 5), &s, &hb("c"), 2_420)
+        .unwrap();
+    assert_eq!(reply.quorum_age_ms, None);
+    let out = la.tick(&leader(Some(2_400), 5), &s, 2_450);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, NmAction::Record(r) if r.node == "c" && r.state == NodeState::Up)),
+        "{out:?}"
+    );
+    la.written("c");
+    set(&mut s, "c", NodeState::Up);
+    let reply = la
+        .heartbeat(&leader(Some(2_450), 6), &s, &hb("c"), 2_460)
+        .unwrap();
+    assert_eq!((reply.quorum_age_ms, reply.log_index), (Some(10), 6));
+}
+
+#[test]
+fn a_new_leader_vouches_for_a_silent_predecessor_only_after_lease_and_margin() {
+    let s = db(&["a", "b", "c"]);
+    let mut lb = NodeManager::new("b", CFG);
+    let r = Replica {
+        term: 3,
+        leader: Some("b".into()),
+        leading: true,
+        voters: voters(),
+        quorum_ms: Some(10_000),
+        // b last began an append from a (term 2) at 9 000.
+        former_append_ms: Some(9_000),
+        ..Replica::default()
+    };
+    lb.tick(&r, &s, 10_000);
+    assert!(
+        !lb.surely_down(&r, "a", 12_399),
+        "no reports but its own yet"
+    );
+    assert!(lb.surely_down(&r, "a", 12_400), "since the election");
+    // c reports that its last append from a began 1 200 ms before its heartbeat.
+    let mut lb = NodeManager::new("b", CFG);
+    lb.tick(&r, &s, 10_000);
+    let hb = Heartbeat {
+        name: "c".into(),
+        term: 3,
+        former_age_ms: Some(1_200),
+    };
+    lb.heartbeat(&r, &s, &hb, 10_100).unwrap();
+    // floor = max(9 000, 8 900) = 9 000: Down at 11 400, but not before two intervals after
+    // the election (11 000) either.
+    assert!(!lb.surely_down(&r, "a", 11_399));
+    assert!(lb.surely_down(&r, "a", 11_400));
+    // A report sent for another term does not count.
+    let mut lb = NodeManager::new("b", CFG);
+    lb.tick(&r, &s, 10_000);
+    let stale = Heartbeat { term: 2, ..hb };
+    lb.heartbeat(&r, &s, &stale, 10_100).unwrap();
+    assert!(!lb.surely_down(&r, "a", 11_400));
+}
+
+#[test]
+fn a_node_whose_database_cannot_write_fences_itself_goes_silent_and_needs_a_new_lease() {
+    let s = db(&["a", "b", "c"]);
+    let mut la = NodeManager::new("a", CFG);
+    let mut b = NodeManager::new("b", CFG);
+    let out = b.tick(&follower(7), &s, 0);
+    let reply = la
+        .heartbeat(&leader(Some(0), 7), &s, sends(&out)[0], 1)
+        .unwrap();
+    b.answered(0, Some(&reply), 2);
+    assert_eq!(fences(&b.tick(&follower(7), &s, 10)), [false]);
+    let broken = Replica {
+        storage_failure: Some("raft.redb: No space left on device".into()),
+        ..follower(7)
+    };
+    let out = b.tick(&broken, &s, 600);
+    assert_eq!(fences(&out), [true]);
+    assert!(sends(&out).is_empty(), "a broken node sends no heartbeat");
+    let why = b.standing(&broken, 600);
+    assert!(
+        matches!(&why, Standing::Fenced { reason, .. } if reason.contains("No space left")),
+        "{why:?}"
+    );
+    // Repaired: the old grant is gone; it waits for a new one.
+    let out = b.tick(&follower(7), &s, 700);
+    assert!(fences(&out).is_empty());
+    assert!(b.is_fenced());
+    let reply = la
+        .heartbeat(&leader(Some(700), 9), &s, sends(&out)[0], 701)
+        .unwrap();
+    b.answered(700, Some(&reply), 702);
+    assert!(
+        fences(&b.tick(&follower(8), &s, 750)).is_empty(),
+        "9 not applied"
+    );
+    assert_eq!(fences(&b.tick(&follower(9), &s, 800)), [false]);
+}
+
+#[test]
+fn a_follower_reports_its_former_instant_and_retries_at_once_after_a_miss() {
+    let s = db(&["a", "b", "c"]);
+    let mut b = NodeManager::new("b", CFG);
+    let r = Replica {
+        former_append_ms: Some(400),
+        ..follower(1)
+    };
+    let out = b.tick(&r, &s, 1_000);
+    assert_eq!(sends(&out)[0].former_age_ms, Some(600));
+    assert_eq!(sends(&out)[0].term, 2);
+    // Not due again within the interval once answered...
+    b.answered(1_000, None, 1_010);
+    // ...but a missed answer is retried at the next tick.
+    assert_eq!(sends(&b.tick(&r, &s, 1_050)).len(), 1);
+}
