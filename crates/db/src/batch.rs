@@ -12,12 +12,10 @@
 
 use std::sync::Arc;
 
+use crate::types::{Request, TypeConfig, Write};
 use openraft::Raft;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use vigil_core::command::Command;
-
-use crate::types::{Request, TypeConfig};
 
 /// Proposals outstanding at once (so the Raft task never waits for one to come back before
 /// it can append the next).
@@ -38,7 +36,7 @@ pub(crate) enum Failed {
 }
 
 struct Waiting {
-    cmds: Vec<Command>,
+    write: Write,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -56,11 +54,11 @@ impl Batcher {
         Self { tx }
     }
 
-    /// Proposes `cmds` and waits for the outcome (the caller bounds the wait).
-    pub(crate) async fn propose(&self, cmds: Vec<Command>) -> Outcome {
+    /// Proposes `write` and waits for the outcome (the caller bounds the wait).
+    pub(crate) async fn propose(&self, write: Write) -> Outcome {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Waiting { cmds, reply })
+            .send(Waiting { write, reply })
             .map_err(|_| Failed::Other("the Raft task has stopped".to_string()))?;
         rx.await
             .map_err(|_| Failed::Other("the Raft task has stopped".to_string()))?
@@ -79,12 +77,12 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
         let mut batch: Vec<Waiting> = std::iter::once(first)
             .filter(|w| !w.reply.is_closed())
             .collect();
-        let mut count: usize = batch.iter().map(|w| w.cmds.len()).sum();
+        let mut count: usize = batch.iter().map(|w| w.write.cmds.len()).sum();
         while count < MAX_COMMANDS {
             match rx.try_recv() {
                 Ok(w) if w.reply.is_closed() => {}
                 Ok(w) => {
-                    count += w.cmds.len();
+                    count += w.write.cmds.len();
                     batch.push(w);
                 }
                 Err(_) => break,
@@ -103,13 +101,16 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
 
 /// One entry for the whole batch; each writer gets its own commands' results back.
 async fn propose(raft: &Raft<TypeConfig>, batch: Vec<Waiting>) {
-    let cmds: Vec<Command> = batch.iter().flat_map(|w| w.cmds.clone()).collect();
-    match raft.client_write(Request { cmds }).await {
+    let request = Request {
+        writes: batch.iter().map(|w| w.write.clone()).collect(),
+        cmds: Vec::new(),
+    };
+    match raft.client_write(request).await {
         Ok(resp) => {
             let index = resp.log_id.index;
             let mut results = resp.data.results.into_iter();
             for w in batch {
-                let mine = results.by_ref().take(w.cmds.len()).collect();
+                let mine = results.by_ref().take(w.write.cmds.len()).collect();
                 let _ = w.reply.send(Ok((index, mine)));
             }
         }

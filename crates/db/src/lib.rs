@@ -16,8 +16,9 @@ pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLockReadGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::post;
@@ -29,9 +30,9 @@ use tokio::sync::watch;
 use vigil_core::command::{ApplyError, Command};
 
 use crate::batch::{Batcher, Failed};
-use crate::network::Network;
-use crate::store::{LogStore, SmData, StateMachine};
-use crate::types::{NodeId, TypeConfig};
+use crate::network::{CLUSTER_HEADER, Clocks, ClusterId, Network};
+use crate::store::{Health, LogStore, SmData, StateMachine};
+use crate::types::{NodeId, RequestId, TypeConfig, Write};
 
 pub use crate::types::node_id;
 
@@ -104,6 +105,15 @@ pub struct Db {
     timing: Timing,
     /// Raft allows one membership change at a time: joins that arrive together take turns.
     membership: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Lease clocks from Raft's own messages (see [`network`]).
+    clocks: Clocks,
+    cluster: ClusterId,
+    health: Health,
+    /// The last index in this node's log (see [`LogStore::last_index`]).
+    last_index: Arc<AtomicU64>,
+    /// Ids for this handle's writes: a random writer and a sequence.
+    writer: u64,
+    seq: Arc<AtomicU64>,
 }
 
 impl Db {
@@ -114,7 +124,11 @@ impl Db {
             why,
         };
         let store = store::open_db(path).map_err(|e| open_err(e.to_string()))?;
-        let sm = StateMachine::open(store.clone()).map_err(|e| open_err(e.to_string()))?;
+        let health = Health::new(path);
+        let sm = StateMachine::open(store.clone(), health.clone())
+            .map_err(|e| open_err(e.to_string()))?;
+        let log = LogStore::new(store, health.clone()).map_err(|e| open_err(e.to_string()))?;
+        let last_index = log.last_index();
         let config = openraft::Config {
             cluster_name: "vigil".to_string(),
             heartbeat_interval: timing.heartbeat_ms,
@@ -142,15 +156,11 @@ impl Db {
             .build()
             .map_err(|e| open_err(format!("HTTP client: {e}")))?;
         let id = node_id(name);
-        let raft = Raft::new(
-            id,
-            Arc::new(config),
-            Network::new(raft_http),
-            LogStore::new(store),
-            sm.clone(),
-        )
-        .await
-        .map_err(|e| open_err(e.to_string()))?;
+        let (clocks, cluster) = (Clocks::default(), ClusterId::default());
+        let network = Network::new(raft_http, clocks.clone(), cluster.clone());
+        let raft = Raft::new(id, Arc::new(config), network, log, sm.clone())
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
         Ok(Self {
             id,
             name: name.to_string(),
@@ -160,7 +170,91 @@ impl Db {
             http,
             timing,
             membership: Default::default(),
+            clocks,
+            cluster,
+            health,
+            last_index,
+            writer: random_u64(),
+            seq: Arc::default(),
         })
+    }
+
+    /// The id of the cluster this replica belongs to, once known.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster.get()
+    }
+
+    /// Sets the cluster id (at bootstrap, at join, or from the data dir at a restart): every
+    /// node-to-node message carries it, and messages naming another are refused.
+    pub fn set_cluster_id(&self, id: &str) {
+        self.cluster.set(id);
+    }
+
+    /// Refuses node-to-node requests (`router` of the agent's own node routes) from another
+    /// cluster: the same check as the `/raft/` routes.
+    pub fn same_cluster<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        router.layer(axum::middleware::from_fn_with_state(
+            self.cluster.clone(),
+            network::same_cluster,
+        ))
+    }
+
+    /// The header that names this node's cluster, for the agent's own node-to-node requests.
+    pub fn cluster_header(&self) -> (&'static str, String) {
+        (CLUSTER_HEADER, self.cluster.get().unwrap_or_default())
+    }
+
+    /// Why this node's database cannot write, if it cannot: a write failed (a full disk, an
+    /// I/O error), or the Raft task stopped.
+    pub fn storage_failure(&self) -> Option<String> {
+        if let Some(f) = self.health.failure() {
+            return Some(f);
+        }
+        match &self.metrics().running_state {
+            Ok(()) => None,
+            Err(fatal) => Some(format!("the Raft task stopped: {fatal}")),
+        }
+    }
+
+    /// The last index in this node's log (on a leader, at or above every committed index).
+    pub fn last_log_index(&self) -> u64 {
+        self.last_index.load(Ordering::SeqCst)
+    }
+
+    /// While this node leads: the latest instant such that a majority of every voter
+    /// configuration acknowledged an append of this term sent then or later (the leader's
+    /// quorum time; see `vigil_core::lease`).
+    pub fn quorum_acked(&self) -> Option<Instant> {
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let now = Instant::now();
+        let configs: Vec<Vec<String>> = m
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .iter()
+            .map(|c| c.iter().map(|id| id.to_string()).collect())
+            .collect();
+        let term = m.current_term;
+        let base = now - Duration::from_secs(3600);
+        let me = self.id.to_string();
+        // Milliseconds after `base`, for the core's arithmetic.
+        let ms = |t: Instant| t.saturating_duration_since(base).as_millis() as u64;
+        let acked = |v: &str| {
+            if v == me {
+                return Some(ms(now));
+            }
+            let id: NodeId = v.parse().ok()?;
+            self.clocks.acked(id, term).map(ms)
+        };
+        vigil_core::lease::quorum_time(&configs, acked).map(|q| base + Duration::from_millis(q))
+    }
+
+    /// When this node last began handling an append of a term before `term`.
+    pub fn former_append(&self, term: u64) -> Option<Instant> {
+        self.clocks.began_before(term)
     }
 
     fn voter_ids(&self) -> BTreeSet<NodeId> {
@@ -270,7 +364,14 @@ impl Db {
     ) -> Result<Vec<Result<(), ApplyError>>, WriteError> {
         let limit = Duration::from_millis(self.timing.write_timeout_ms);
         let deadline = tokio::time::Instant::now() + limit;
-        let (index, results) = self.write_until(cmds, deadline).await?;
+        let write = Write {
+            id: RequestId {
+                writer: self.writer,
+                seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            },
+            cmds,
+        };
+        let (index, results) = self.write_until(write, deadline).await?;
         let mut applied = self.subscribe();
         let caught_up =
             tokio::time::timeout_at(deadline + limit, applied.wait_for(|i| *i >= index)).await;
@@ -285,14 +386,16 @@ impl Db {
 
     async fn write_until(
         &self,
-        cmds: Vec<Command>,
+        write: Write,
         deadline: tokio::time::Instant,
     ) -> Result<Written, WriteError> {
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let last = match self.write_here(cmds.clone(), remaining).await {
+            // The same id on every attempt: a proposal that was cut from a leader's log but
+            // committed after all is not applied again when this one commits too.
+            let last = match self.write_here(write.clone(), remaining).await {
                 Err(WriteError::Forward { leader, .. }) => {
-                    match self.forward(&leader, cmds.clone(), remaining).await {
+                    match self.forward(&leader, write.clone(), remaining).await {
                         Err(Retry::NotSent(why)) => WriteError::Forward { leader, why },
                         Err(Retry::No(e)) => return Err(e),
                         Ok(r) => return Ok(r),
@@ -319,8 +422,8 @@ impl Db {
     }
 
     /// Writes on this node if it is the leader; `Forward { leader }` names the leader otherwise.
-    async fn write_here(&self, cmds: Vec<Command>, limit: Duration) -> Result<Written, WriteError> {
-        let result = tokio::time::timeout(limit, self.batcher.propose(cmds)).await;
+    async fn write_here(&self, write: Write, limit: Duration) -> Result<Written, WriteError> {
+        let result = tokio::time::timeout(limit, self.batcher.propose(write)).await;
         match result {
             Err(_) => Err(WriteError::NoQuorum {
                 node: self.name.clone(),
@@ -340,22 +443,19 @@ impl Db {
         }
     }
 
-    async fn forward(
-        &self,
-        leader: &str,
-        cmds: Vec<Command>,
-        limit: Duration,
-    ) -> Result<Written, Retry> {
+    async fn forward(&self, leader: &str, write: Write, limit: Duration) -> Result<Written, Retry> {
         let fail = |why: String| {
             Retry::No(WriteError::Forward {
                 leader: leader.to_string(),
                 why,
             })
         };
+        let (header, cluster) = self.cluster_header();
         let resp = self
             .http
             .post(format!("http://{leader}/raft/write"))
-            .json(&cmds)
+            .header(header, cluster)
+            .json(&write)
             .timeout(limit + Duration::from_millis(500))
             .send()
             .await
@@ -450,21 +550,37 @@ impl Db {
 
     /// `/raft/...`: Raft's own messages and writes forwarded from other nodes.
     pub fn router(&self) -> Router {
-        network::router(self.raft.clone()).merge(
-            Router::new()
-                .route("/raft/write", post(forwarded))
-                .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
-                .with_state(self.clone()),
-        )
+        let forwarded = Router::new()
+            .route("/raft/write", post(forwarded))
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
+            .with_state(self.clone());
+        network::router(self.raft.clone(), self.clocks.clone(), self.cluster.clone())
+            .merge(self.same_cluster(forwarded))
     }
 }
 
 async fn forwarded(
     State(db): State<Db>,
-    Json(cmds): Json<Vec<Command>>,
+    Json(write): Json<Write>,
 ) -> Json<Result<Written, WriteError>> {
     let limit = Duration::from_millis(db.timing.write_timeout_ms);
-    Json(db.write_here(cmds, limit).await)
+    Json(db.write_here(write, limit).await)
+}
+
+/// 64 random bits from the kernel (for write ids and cluster ids), or from the clock and the
+/// process id if /dev/urandom cannot be read.
+pub fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            node_id(&format!("{t}-{}", std::process::id()))
+        }
+    }
 }
 
 fn raft_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> DbError {

@@ -1,9 +1,24 @@
 //! Raft messages between nodes: HTTP/JSON over the agent's API listener, under `/raft/`.
 //! The same axum + reqwest stack as the API, so one port serves both.
+//!
+//! Two clocks for the Node Manager's leases are kept here, from the messages themselves
+//! (see `vigil_core::lease`):
+//! - sending side: for each peer, the send time of the latest append (or snapshot chunk) it
+//!   acknowledged, and in which term ([`Clocks::acked`]): the leader's quorum time;
+//! - receiving side: when this node last began handling an append from each term
+//!   ([`Clocks::began`]): what it reports as its former instant to a later leader.
+//!
+//! Every request carries the cluster's id ([`CLUSTER_HEADER`]); a node of another cluster is
+//! refused before anything of its request is used.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use openraft::error::{
@@ -20,22 +35,102 @@ use serde::de::DeserializeOwned;
 
 use crate::types::{NodeId, TypeConfig};
 
+/// The HTTP header every node-to-node request carries: the id of the sender's cluster.
+pub const CLUSTER_HEADER: &str = "x-vigil-cluster";
+
+/// Terms whose append times a node keeps (older ones cannot matter: a lease is seconds).
+const TERMS_KEPT: usize = 16;
+
+/// The lease clocks measured from Raft's own messages (see the module's documentation).
+#[derive(Clone, Default)]
+pub struct Clocks {
+    inner: Arc<Mutex<ClockData>>,
+}
+
+#[derive(Default)]
+struct ClockData {
+    /// Per peer: (term, send time) of the latest append it acknowledged.
+    acked: BTreeMap<NodeId, (u64, Instant)>,
+    /// Per term: when this node last began handling an append of that term.
+    began: BTreeMap<u64, Instant>,
+}
+
+impl Clocks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClockData> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn acknowledged(&self, peer: NodeId, term: u64, sent: Instant) {
+        let mut c = self.lock();
+        let newer = c
+            .acked
+            .get(&peer)
+            .is_none_or(|(t, s)| (*t, *s) < (term, sent));
+        if newer {
+            c.acked.insert(peer, (term, sent));
+        }
+    }
+
+    fn begin(&self, term: u64) {
+        let mut c = self.lock();
+        c.began.insert(term, Instant::now());
+        while c.began.len() > TERMS_KEPT {
+            c.began.pop_first();
+        }
+    }
+
+    /// The send time of the latest append of `term` that `peer` acknowledged.
+    pub fn acked(&self, peer: NodeId, term: u64) -> Option<Instant> {
+        self.lock()
+            .acked
+            .get(&peer)
+            .filter(|(t, _)| *t == term)
+            .map(|(_, s)| *s)
+    }
+
+    /// When this node last began handling an append of a term before `term`.
+    pub fn began_before(&self, term: u64) -> Option<Instant> {
+        self.lock().began.range(..term).map(|(_, t)| *t).max()
+    }
+}
+
+/// The id of this node's cluster, once known (set at bootstrap or join, read from the data
+/// dir at a restart).
+#[derive(Clone, Default)]
+pub struct ClusterId(Arc<Mutex<Option<String>>>);
+
+impl ClusterId {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, id: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+    }
+}
+
 /// Makes connections to peers (one `reqwest` client shared by all).
 #[derive(Clone)]
 pub struct Network {
     http: reqwest::Client,
+    clocks: Clocks,
+    cluster: ClusterId,
 }
 
 impl Network {
-    pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
+    pub fn new(http: reqwest::Client, clocks: Clocks, cluster: ClusterId) -> Self {
+        Self {
+            http,
+            clocks,
+            cluster,
+        }
     }
 }
 
 pub struct Conn {
     target: NodeId,
     addr: String,
-    http: reqwest::Client,
+    net: Network,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -45,7 +140,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Conn {
             target,
             addr: node.addr.clone(),
-            http: self.http.clone(),
+            net: self.clone(),
         }
     }
 }
@@ -64,8 +159,10 @@ impl Conn {
     {
         let url = format!("http://{}/raft/{path}", self.addr);
         let resp = self
+            .net
             .http
             .post(&url)
+            .header(CLUSTER_HEADER, self.net.cluster.get().unwrap_or_default())
             .json(req)
             .timeout(timeout)
             .send()
@@ -82,6 +179,11 @@ impl Conn {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
+        if resp.status() == StatusCode::CONFLICT {
+            // Another cluster's node, or one that refuses this one: never a Raft answer.
+            let why = resp.text().await.unwrap_or_default();
+            return Err(RPCError::Unreachable(Unreachable::new(&AnyErr(why))));
+        }
         let result: Result<Resp, RaftError<NodeId, E>> = resp
             .json()
             .await
@@ -90,13 +192,33 @@ impl Conn {
     }
 }
 
+/// A refusal's text as an error.
+#[derive(Debug)]
+struct AnyErr(String);
+
+impl std::fmt::Display for AnyErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AnyErr {}
+
 impl RaftNetwork<TypeConfig> for Conn {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.post("append", &rpc, option.hard_ttl()).await
+        let (term, sent) = (rpc.vote.leader_id().get_term(), Instant::now());
+        let resp: AppendEntriesResponse<NodeId> =
+            self.post("append", &rpc, option.hard_ttl()).await?;
+        // Anything but a higher vote means the peer follows this term (a conflict is about
+        // the log, not the leadership).
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.net.clocks.acknowledged(self.target, term, sent);
+        }
+        Ok(resp)
     }
 
     async fn install_snapshot(
@@ -107,7 +229,15 @@ impl RaftNetwork<TypeConfig> for Conn {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.post("snapshot", &rpc, option.hard_ttl()).await
+        let (vote, sent) = (rpc.vote, Instant::now());
+        let resp: InstallSnapshotResponse<NodeId> =
+            self.post("snapshot", &rpc, option.hard_ttl()).await?;
+        if resp.vote <= vote {
+            self.net
+                .clocks
+                .acknowledged(self.target, vote.leader_id().get_term(), sent);
+        }
+        Ok(resp)
     }
 
     async fn vote(
@@ -119,37 +249,80 @@ impl RaftNetwork<TypeConfig> for Conn {
     }
 }
 
-/// The receiving side: `/raft/append`, `/raft/vote`, `/raft/snapshot`.
 /// Largest Raft request accepted.
 const RAFT_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
-pub fn router(raft: Raft<TypeConfig>) -> Router {
+#[derive(Clone)]
+struct Receiver {
+    raft: Raft<TypeConfig>,
+    clocks: Clocks,
+}
+
+/// The receiving side: `/raft/append`, `/raft/vote`, `/raft/snapshot`.
+pub fn router(raft: Raft<TypeConfig>, clocks: Clocks, cluster: ClusterId) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         // Entry batches and snapshot chunks outgrow axum's 2 MB default.
         .layer(axum::extract::DefaultBodyLimit::max(RAFT_BODY_LIMIT))
-        .with_state(raft)
+        .layer(axum::middleware::from_fn_with_state(cluster, same_cluster))
+        .with_state(Receiver { raft, clocks })
+}
+
+/// Refuses a request from another cluster's node (or one that names none): a node
+/// bootstrapped again by mistake must not merge its database into this one.
+pub async fn same_cluster(State(cluster): State<ClusterId>, req: Request, next: Next) -> Response {
+    let theirs = req
+        .headers()
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    match cluster.get() {
+        Some(ours) if ours != theirs => {
+            let msg = if theirs.is_empty() {
+                format!("this node belongs to cluster {ours}; the request names no cluster")
+            } else {
+                format!(
+                    "this node belongs to cluster {ours}, the request comes from cluster {theirs}; refused"
+                )
+            };
+            (
+                StatusCode::CONFLICT,
+                Json(serde_json::json!({ "error": msg })),
+            )
+                .into_response()
+        }
+        None => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({ "error": "this node does not know its cluster yet" })),
+        )
+            .into_response(),
+        Some(_) => next.run(req).await,
+    }
 }
 
 async fn append(
-    State(raft): State<Raft<TypeConfig>>,
+    State(r): State<Receiver>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(raft.append_entries(req).await)
+    // Noted before Raft sees it: the leader sent it earlier still (see the module's docs).
+    r.clocks.begin(req.vote.leader_id().get_term());
+    Json(r.raft.append_entries(req).await)
 }
 
 async fn vote(
-    State(raft): State<Raft<TypeConfig>>,
+    State(r): State<Receiver>,
     Json(req): Json<VoteRequest<NodeId>>,
 ) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(raft.vote(req).await)
+    Json(r.raft.vote(req).await)
 }
 
 async fn snapshot(
-    State(raft): State<Raft<TypeConfig>>,
+    State(r): State<Receiver>,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(raft.install_snapshot(req).await)
+    r.clocks.begin(req.vote.leader_id().get_term());
+    Json(r.raft.install_snapshot(req).await)
 }

@@ -9,7 +9,8 @@
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use vigil_core::command::apply;
 use vigil_core::model::ClusterState;
 
-use crate::types::{NodeId, Request, Response, TypeConfig};
+use crate::types::{AppliedWrites, NodeId, Outcome, Request, Response, TypeConfig};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -46,6 +47,68 @@ fn read_err(e: impl ToString) -> StorageError<NodeId> {
 
 fn write_err(e: impl ToString) -> StorageError<NodeId> {
     StorageError::from(StorageIOError::write_logs(AnyError::error(e)))
+}
+
+/// Whether this node's database file can still be written; shared by the log and the state
+/// machine, read by the Node Manager (a node that cannot write fences itself).
+#[derive(Clone, Debug)]
+pub struct Health {
+    path: Arc<str>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Health {
+    pub fn new(path: &std::path::Path) -> Self {
+        Self {
+            path: path.display().to_string().into(),
+            failure: Arc::default(),
+        }
+    }
+
+    /// Why the database cannot write, if a write has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a failed write and returns it as openraft's error.
+    fn failed(&self, e: impl std::fmt::Display) -> StorageError<NodeId> {
+        let why = format!("{}: {e}", self.path);
+        tracing::error!("cluster database write failed: {why}");
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(why.clone());
+        }
+        write_err(why)
+    }
+}
+
+/// A delay added to every write transaction, to test with a slow disk (0: none).
+static SLOW_DISK_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every write transaction of this process take `delay` longer (tests only).
+#[doc(hidden)]
+pub fn slow_disk_for_tests(delay: std::time::Duration) {
+    SLOW_DISK_MS.store(delay.as_millis() as u64, Ordering::SeqCst);
+}
+
+/// Runs a write transaction off the async workers: a slow fsync must not stall them.
+async fn blocking<T: Send + 'static>(
+    health: &Health,
+    f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    let result = tokio::task::spawn_blocking(move || {
+        let slow = SLOW_DISK_MS.load(Ordering::SeqCst);
+        if slow > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(slow));
+        }
+        f()
+    })
+    .await
+    .map_err(|e| write_err(format!("storage task: {e}")))?;
+    result.map_err(|e| health.failed(e))
 }
 
 /// Opens (or creates) the node's Raft database file.
@@ -159,14 +222,26 @@ pub struct LogStore {
     /// The newest entries as stored (a contiguous run ending at the last one): replication
     /// reads them without a database read or a JSON decode.
     cache: Arc<std::sync::Mutex<std::collections::VecDeque<Entry<TypeConfig>>>>,
+    /// Index of the last entry in the log (0: none); see [`LogStore::last_index`].
+    last: Arc<AtomicU64>,
+    health: Health,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<redb::Database>) -> Self {
-        Self {
+    pub fn new(db: Arc<redb::Database>, health: Health) -> StorageResult<Self> {
+        let last = last_log_id(&db)?.map_or(0, |l| l.index);
+        Ok(Self {
             db,
             cache: Arc::default(),
-        }
+            last: Arc::new(AtomicU64::new(last)),
+            health,
+        })
+    }
+
+    /// The last index stored in this node's log, read without the Raft task: on a leader it
+    /// is at or above every committed index (a lease answer must not vouch for less).
+    pub fn last_index(&self) -> Arc<AtomicU64> {
+        self.last.clone()
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Entry<TypeConfig>>> {
@@ -231,19 +306,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged: Option<LogId<NodeId>> = get_meta(&self.db, PURGED)?;
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOG).map_err(read_err)?;
-        let last = match table.last().map_err(read_err)? {
-            Some((_, v)) => {
-                let e: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(read_err)?;
-                Some(e.log_id)
-            }
-            None => last_purged,
-        };
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
+            last_purged_log_id: get_meta(&self.db, PURGED)?,
+            last_log_id: last_log_id(&self.db)?,
         })
     }
 
@@ -252,7 +317,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        put_meta(&self.db, VOTE, vote)
+        let (db, vote) = (self.db.clone(), *vote);
+        blocking(&self.health, move || put_meta(&db, VOTE, &vote))
+            .await
             .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::error(e))))
     }
 
@@ -264,7 +331,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         // Not fsynced on its own: it only saves re-applying after a restart, and a stale value
         // is safe (the leader tells the node again). The next durable append carries it.
-        put_meta_with(&self.db, COMMITTED, &committed, redb::Durability::None)
+        let db = self.db.clone();
+        blocking(&self.health, move || {
+            put_meta_with(&db, COMMITTED, &committed, redb::Durability::None)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -277,18 +348,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let txn = self.db.begin_write().map_err(write_err)?;
-        {
-            let mut table = txn.open_table(LOG).map_err(write_err)?;
-            for e in &entries {
-                let bytes = serde_json::to_vec(e).map_err(write_err)?;
-                table
-                    .insert(e.log_id.index, bytes.as_slice())
-                    .map_err(write_err)?;
+        let db = self.db.clone();
+        let entries = blocking(&self.health, move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            {
+                let mut table = txn.open_table(LOG).map_err(write_err)?;
+                for e in &entries {
+                    let bytes = serde_json::to_vec(e).map_err(write_err)?;
+                    table
+                        .insert(e.log_id.index, bytes.as_slice())
+                        .map_err(write_err)?;
+                }
             }
+            // Durable when commit returns: only then may Raft count this entry as stored here.
+            txn.commit().map_err(write_err)?;
+            Ok(entries)
+        })
+        .await?;
+        if let Some(e) = entries.last() {
+            self.last.store(e.log_id.index, Ordering::SeqCst);
         }
-        // Durable when commit returns: only then may Raft count this entry as stored here.
-        txn.commit().map_err(write_err)?;
         {
             let mut cache = self.cache();
             for e in entries {
@@ -311,23 +390,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         self.cache().retain(|e| e.log_id.index < log_id.index);
-        let txn = self.db.begin_write().map_err(write_err)?;
-        txn.open_table(LOG)
-            .map_err(write_err)?
-            .retain(|i, _| i < log_id.index)
-            .map_err(write_err)?;
-        txn.commit().map_err(write_err)
+        let db = self.db.clone();
+        blocking(&self.health, move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(LOG)
+                .map_err(write_err)?
+                .retain(|i, _| i < log_id.index)
+                .map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await?;
+        self.last
+            .store(log_id.index.saturating_sub(1), Ordering::SeqCst);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         self.cache().retain(|e| e.log_id.index > log_id.index);
-        put_meta(&self.db, PURGED, &log_id)?;
-        let txn = self.db.begin_write().map_err(write_err)?;
-        txn.open_table(LOG)
-            .map_err(write_err)?
-            .retain(|i, _| i > log_id.index)
-            .map_err(write_err)?;
-        txn.commit().map_err(write_err)
+        let db = self.db.clone();
+        blocking(&self.health, move || {
+            put_meta(&db, PURGED, &log_id)?;
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(LOG)
+                .map_err(write_err)?
+                .retain(|i, _| i > log_id.index)
+                .map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+}
+
+/// The last log id stored (or purged up to).
+fn last_log_id(db: &redb::Database) -> StorageResult<Option<LogId<NodeId>>> {
+    let last_purged: Option<LogId<NodeId>> = get_meta(db, PURGED)?;
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(LOG).map_err(read_err)?;
+    match table.last().map_err(read_err)? {
+        Some((_, v)) => {
+            let e: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(read_err)?;
+            Ok(Some(e.log_id))
+        }
+        None => Ok(last_purged),
     }
 }
 
@@ -337,6 +441,27 @@ pub struct SmData {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, openraft::BasicNode>,
     pub state: ClusterState,
+    /// Recent writes by id, so that one proposed twice is applied once.
+    #[serde(default)]
+    pub writes: AppliedWrites,
+}
+
+impl SmData {
+    /// Applies one entry's writes; a write whose id was applied before is skipped and answered
+    /// with its first outcome.
+    fn apply_request(&mut self, req: &Request) -> Vec<Result<(), vigil_core::command::ApplyError>> {
+        let mut results: Vec<_> = req.cmds.iter().map(|c| apply(&mut self.state, c)).collect();
+        for w in &req.writes {
+            if let Some(first) = self.writes.get(&w.id) {
+                results.extend(first.results());
+                continue;
+            }
+            let mine: Vec<_> = w.cmds.iter().map(|c| apply(&mut self.state, c)).collect();
+            self.writes.insert(w.id, Outcome::of(&mine));
+            results.extend(mine);
+        }
+        results
+    }
 }
 
 /// A snapshot as stored; Deserialize for the JSON form of data dirs before [`SNAPSHOTS`].
@@ -352,11 +477,12 @@ pub struct StateMachine {
     db: Arc<redb::Database>,
     pub data: Arc<RwLock<SmData>>,
     applied: Arc<watch::Sender<u64>>,
+    health: Health,
 }
 
 impl StateMachine {
     /// Loads the last snapshot, if any.
-    pub fn open(db: Arc<redb::Database>) -> StorageResult<Self> {
+    pub fn open(db: Arc<redb::Database>, health: Health) -> StorageResult<Self> {
         let snap = get_snapshot(&db)?;
         let data = match snap {
             Some(s) => serde_json::from_slice(&s.data).map_err(|e| {
@@ -369,6 +495,7 @@ impl StateMachine {
             db,
             data: Arc::new(RwLock::new(data)),
             applied: Arc::new(watch::channel(index).0),
+            health,
         })
     }
 
@@ -402,7 +529,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: data.clone(),
         };
-        put_snapshot(&self.db, &stored)?;
+        let db = self.db.clone();
+        blocking(&self.health, move || put_snapshot(&db, &stored)).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -435,9 +563,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 data.last_applied = Some(entry.log_id);
                 let results = match entry.payload {
                     EntryPayload::Blank => Vec::new(),
-                    EntryPayload::Normal(Request { cmds }) => {
-                        cmds.iter().map(|c| apply(&mut data.state, c)).collect()
-                    }
+                    EntryPayload::Normal(req) => data.apply_request(&req),
                     EntryPayload::Membership(m) => {
                         data.membership = StoredMembership::new(Some(entry.log_id), m);
                         Vec::new()
@@ -475,7 +601,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: bytes,
         };
-        put_snapshot(&self.db, &stored)?;
+        let db = self.db.clone();
+        blocking(&self.health, move || put_snapshot(&db, &stored)).await?;
         let index = new.last_applied.map_or(0, |l| l.index);
         *self.data.write().unwrap_or_else(|p| p.into_inner()) = new;
         self.applied.send_replace(index);

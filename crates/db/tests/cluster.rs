@@ -46,6 +46,7 @@ impl Node {
         let db = Db::open(&self.dir.path().join("raft.redb"), &self.name, timing())
             .await
             .unwrap();
+        db.set_cluster_id("test-cluster");
         let router = db.router();
         self.server = Some(tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
@@ -309,4 +310,40 @@ async fn writes_that_timed_out_before_being_proposed_are_never_committed() {
     for n in &mut nodes {
         n.stop().await;
     }
+}
+
+/// A write proposed twice (its first proposal was cut from a leader's log but committed by a
+/// later one, and the writer tried again) is applied once: the second answers with the
+/// first's results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_proposed_twice_is_applied_once() {
+    use vigil_core::model::FailoverRecord;
+    use vigil_db::types::{Request, RequestId, Write};
+    let mut n = Node::start("a").await;
+    n.db().initialize(&n.addr).await.unwrap();
+    wait_until("a leads", || n.db().is_leader()).await;
+    n.db().write(vec![group("g")]).await.unwrap();
+    let record = Command::RecordFailover {
+        group: "g".into(),
+        record: FailoverRecord {
+            node: "a".into(),
+            at_ms: 1,
+            node_down: true,
+        },
+    };
+    let write = Write {
+        id: RequestId { writer: 7, seq: 1 },
+        cmds: vec![record, group("g")],
+    };
+    let propose = || Request {
+        writes: vec![write.clone()],
+        cmds: vec![],
+    };
+    let first = n.db().raft().client_write(propose()).await.unwrap();
+    let again = n.db().raft().client_write(propose()).await.unwrap();
+    assert_eq!(first.data.results, again.data.results);
+    assert!(first.data.results[1].is_err(), "the group existed already");
+    let failovers = n.db().read().state.groups["g"].failovers.len();
+    assert_eq!(failovers, 1, "counted twice: applied twice");
+    n.stop().await;
 }

@@ -2,10 +2,14 @@
 
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
-use vigil_db::store::{LogStore, StateMachine, open_db};
+use vigil_db::store::{Health, LogStore, StateMachine, open_db};
 use vigil_db::types::{NodeId, TypeConfig};
 
 struct Builder;
+
+fn health() -> Health {
+    Health::new(std::path::Path::new("raft.redb"))
+}
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(
@@ -13,8 +17,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(&dir.path().join("raft.redb")).unwrap();
-        let sm = StateMachine::open(db.clone())?;
-        Ok((dir, LogStore::new(db), sm))
+        let sm = StateMachine::open(db.clone(), health())?;
+        Ok((dir, LogStore::new(db, health())?, sm))
     }
 }
 
@@ -45,20 +49,21 @@ async fn an_older_snapshot_built_late_does_not_replace_a_newer_installed_one() {
     let db = open_db(&dir.path().join("raft.redb")).unwrap();
     // The newer snapshot, at index 10, as a leader would send it.
     let other = tempfile::tempdir().unwrap();
-    let mut leader = StateMachine::open(open_db(&other.path().join("raft.redb")).unwrap()).unwrap();
+    let mut leader =
+        StateMachine::open(open_db(&other.path().join("raft.redb")).unwrap(), health()).unwrap();
     apply_blanks(&mut leader, 10).await;
     let newer = leader.build_snapshot().await.unwrap();
     // Here: the state at index 3, read by a build, and the install of index 10.
-    let mut building = StateMachine::open(db.clone()).unwrap();
+    let mut building = StateMachine::open(db.clone(), health()).unwrap();
     apply_blanks(&mut building, 3).await;
-    let mut installing = StateMachine::open(db.clone()).unwrap();
+    let mut installing = StateMachine::open(db.clone(), health()).unwrap();
     installing
         .install_snapshot(&newer.meta, newer.snapshot)
         .await
         .unwrap();
     let late = building.build_snapshot().await.unwrap();
     assert_eq!(late.meta.last_log_id.unwrap().index, 3);
-    let mut reopened = StateMachine::open(db).unwrap();
+    let mut reopened = StateMachine::open(db, health()).unwrap();
     let kept = reopened.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(kept.meta.last_log_id.unwrap().index, 10, "{:?}", kept.meta);
     let (applied, _) = reopened.applied_state().await.unwrap();
@@ -72,7 +77,8 @@ async fn a_snapshot_stored_the_old_way_still_loads() {
     use openraft::RaftSnapshotBuilder;
     use openraft::storage::RaftStateMachine;
     let other = tempfile::tempdir().unwrap();
-    let mut leader = StateMachine::open(open_db(&other.path().join("raft.redb")).unwrap()).unwrap();
+    let mut leader =
+        StateMachine::open(open_db(&other.path().join("raft.redb")).unwrap(), health()).unwrap();
     apply_blanks(&mut leader, 7).await;
     let snap = leader.build_snapshot().await.unwrap();
     let old = serde_json::to_vec(&serde_json::json!({
@@ -88,7 +94,7 @@ async fn a_snapshot_stored_the_old_way_still_loads() {
         .insert("snapshot", old.as_slice())
         .unwrap();
     txn.commit().unwrap();
-    let mut sm = StateMachine::open(db).unwrap();
+    let mut sm = StateMachine::open(db, health()).unwrap();
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index, 7);
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
