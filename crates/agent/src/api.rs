@@ -122,13 +122,19 @@ pub fn router(
         nm,
         http: reqwest::Client::new(),
     };
+    // Node to node: refused unless the sender names this node's cluster.
+    let nodes = api.db.same_cluster(
+        Router::new()
+            .route("/v1/nm/heartbeat", post(heartbeat))
+            .route("/v1/cluster/join", post(join)),
+    );
     Router::new()
+        .merge(nodes)
         .route("/v1/status", get(status))
         .route("/v1/types", get(list_types).post(register_type))
         .route("/v1/types/{name}", get(show_type).delete(unregister_type))
         .route("/v1/log", get(read_log))
-        .route("/v1/cluster/join", post(join))
-        .route("/v1/nm/heartbeat", post(heartbeat))
+        .route("/v1/cluster/identity", get(identity))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/v1/nodes/{name}/drain", post(drain_node))
         .route("/v1/nodes/{name}/resume", post(resume_node))
@@ -471,7 +477,11 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> ApiResult<Json<Value>> {
-        let mut req = self.http.request(method, format!("http://{addr}{path}"));
+        let (header, cluster) = self.db.cluster_header();
+        let mut req = self
+            .http
+            .request(method, format!("http://{addr}{path}"))
+            .header(header, cluster);
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -496,8 +506,8 @@ impl Api {
 
 async fn heartbeat(
     State(api): State<Api>,
-    body: Result<Json<crate::nm::Heartbeat>, JsonRejection>,
-) -> ApiResult<Json<crate::nm::HeartbeatReply>> {
+    body: Result<Json<vigil_core::nm::Heartbeat>, JsonRejection>,
+) -> ApiResult<Json<vigil_core::nm::HeartbeatReply>> {
     let Json(hb) = body?;
     api.nm
         .on_heartbeat(&api.db, &hb)
@@ -506,6 +516,14 @@ async fn heartbeat(
             status: StatusCode::CONFLICT,
             message,
         })
+}
+
+/// Which cluster this node belongs to (what a joining node asks first).
+async fn identity(State(api): State<Api>) -> Json<Value> {
+    Json(json!({
+        "id": api.db.cluster_id(),
+        "name": api.db.state().cluster_name.clone(),
+    }))
 }
 
 async fn join(State(api): State<Api>, body: Result<Json<JoinRequest>, JsonRejection>) -> ApiResult {
@@ -1005,16 +1023,17 @@ fn apply_props(props: &mut ResourceProps, changes: &BTreeMap<String, Value>) -> 
 }
 
 /// Checks parameters against the type (its schema, its own checks, the deadlock bound) and
-/// the type's unique parameters against the other resources. Finding an OCF type runs its
-/// meta-data, so this runs off the async threads and outside the main loop. Answers whether
-/// the type can migrate.
+/// the type's unique parameters against the other resources (`apply` checks those again, when
+/// the write lands). Finding an OCF type runs its meta-data, so this runs off the async
+/// threads and outside the main loop. Answers whether the type can migrate, and the names of
+/// its unique parameters.
 async fn check_params(
     api: &Api,
     resource: &str,
     type_name: &str,
     p: &BTreeMap<String, String>,
     props: &ResourceProps,
-) -> ApiResult<bool> {
+) -> ApiResult<(bool, Vec<String>)> {
     let plugin = api.db.state().plugins.get(type_name).cloned();
     let (t, params, deadlock) = (type_name.to_string(), p.clone(), props.deadlock_timeout_ms);
     let checked = tokio::task::spawn_blocking(move || {
@@ -1023,9 +1042,15 @@ async fn check_params(
     .await
     .map_err(|e| ApiError::bad(e.to_string()))?
     .map_err(ApiError::bad)?;
+    let unique: Vec<String> = checked
+        .schema
+        .iter()
+        .filter(|s| s.unique)
+        .map(|s| s.name.clone())
+        .collect();
     let state = api.db.state();
-    check_unique(&state, resource, type_name, &checked.schema, p)?;
-    Ok(checked.can_migrate)
+    check_unique(&state, resource, type_name, &unique, p)?;
+    Ok((checked.can_migrate, unique))
 }
 
 async fn create_resource(
@@ -1035,7 +1060,8 @@ async fn create_resource(
     let Json(req) = body?;
     let mut props = ResourceProps::default();
     apply_props(&mut props, &req.props)?;
-    let migratable = check_params(&api, &req.name, &req.type_name, &req.params, &props).await?;
+    let (migratable, unique) =
+        check_params(&api, &req.name, &req.type_name, &req.params, &props).await?;
     let name = req.name.clone();
     let spec = ResourceSpec {
         name: req.name,
@@ -1045,6 +1071,7 @@ async fn create_resource(
         props,
         depends_on: req.depends_on,
         migratable,
+        unique,
     };
     let p = api
         .call(move |s| {

@@ -10,10 +10,13 @@ use vigil_core::failover;
 use vigil_db::Db;
 
 use crate::clusterlog::ClusterLog;
+use crate::nm::Nm;
 
 /// How often a node checks whether it has become the leader with work to do, when nothing
 /// else wakes it.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How soon to plan again while a Down owner's lease is not yet vouched gone by this leader.
+const LEASE_CHECK: Duration = Duration::from_millis(50);
 
 /// The leader's clock, for failover history and retry times (Unix ms).
 pub fn unix_ms() -> u64 {
@@ -22,15 +25,16 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub async fn run(db: Db, log: ClusterLog) {
+pub async fn run(db: Db, log: ClusterLog, nm: Nm) {
     let mut applied = db.subscribe();
     let mut wake: Option<u64> = None;
+    let mut awaiting = false;
     loop {
         let wait = wake
             .map_or(IDLE_CHECK, |w| {
                 Duration::from_millis(w.saturating_sub(unix_ms()))
             })
-            .min(IDLE_CHECK);
+            .min(if awaiting { LEASE_CHECK } else { IDLE_CHECK });
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
@@ -39,8 +43,10 @@ pub async fn run(db: Db, log: ClusterLog) {
             wake = None;
             continue;
         }
-        let plan = failover::plan(&db.state(), unix_ms());
+        let lease_gone = nm.lease_gone(&db);
+        let plan = failover::plan(&db.state(), unix_ms(), &lease_gone);
         wake = plan.wake_at_ms;
+        awaiting = plan.awaiting_leases;
         if plan.commands.is_empty() {
             log.append(plan.log);
             continue;

@@ -58,6 +58,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
     let _lock = lock_data_dir(&opts)?;
     check_identity(&opts)?;
+    // Its clock starts before the database opens: every instant the database notes is on it.
+    let nm = nm::Nm::new(
+        &opts.name,
+        vigil_core::lease::LeaseConfig {
+            interval_ms: opts.heartbeat_interval_ms,
+            threshold: opts.heartbeat_threshold,
+        },
+    );
     let db = Db::open(
         &opts.data_dir.join("raft.redb"),
         &opts.name,
@@ -66,17 +74,43 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     .await?;
     let member = db.is_initialized().await?;
     let dir = opts.data_dir.display();
-    match (member, opts.bootstrap, &opts.join) {
-        (true, true, _) => bail!(
+    let known = read_cluster_id(&opts)?;
+    match (member, opts.bootstrap, &opts.join, &known) {
+        (true, true, _, _) => bail!(
             "data dir {dir} already holds a cluster; refusing --bootstrap over existing data (start without --bootstrap)"
         ),
-        (true, false, Some(_)) => bail!(
+        (true, false, Some(_), _) => bail!(
             "data dir {dir} already belongs to a cluster; start without --join (or remove the node and start with an empty data dir)"
         ),
-        (false, false, None) => bail!(
+        // It was a member, and its database is gone: bootstrapping would make a second
+        // cluster under the same node names, which a join must not mix with the first.
+        (false, _, _, Some(id)) => bail!(
+            "data dir {dir} belonged to cluster {id} as node {}, but its database ({}) is missing or empty; remove the node from its cluster (`vigil node remove {}` on a member), then start it again with an empty data dir and --join HOST:PORT (or delete the data dir to start a new cluster)",
+            opts.name,
+            opts.data_dir.join("raft.redb").display(),
+            opts.name
+        ),
+        (false, false, None, None) => bail!(
             "data dir {dir} holds no cluster; start the first node with --bootstrap, or join one with --join HOST:PORT"
         ),
         _ => {}
+    }
+    if member {
+        let id = match known {
+            Some(id) => id,
+            // A data dir from before cluster ids: every node of that cluster derives the same.
+            None => {
+                let name = db.state().cluster_name.clone().unwrap_or_default();
+                let id = db
+                    .state()
+                    .cluster_id
+                    .clone()
+                    .unwrap_or(format!("legacy-{name}"));
+                write_cluster_id(&opts, &id)?;
+                id
+            }
+        };
+        db.set_cluster_id(&id);
     }
     let log = ClusterLog::open(&opts.data_dir, &opts.name)
         .with_context(|| format!("cannot open the cluster log in {dir}"))?;
@@ -86,7 +120,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let listen = listener.local_addr()?.to_string();
     let (host_tx, mut host_rx) = mpsc::channel(INPUT_QUEUE);
     let (tx, rx) = mpsc::channel::<Msg>(INPUT_QUEUE);
-    let svc = Service::new(&opts, &listen, db.clone(), log.clone(), host_tx)?;
+    let svc = Service::new(&opts, &listen, db.clone(), log.clone(), host_tx, nm)?;
     let router = api::router(
         tx.clone(),
         log.clone(),
@@ -130,7 +164,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(nm::run(svc.nm.clone(), db.clone(), tx.clone(), log.clone()));
-    tokio::spawn(fm::run(db.clone(), log.clone()));
+    tokio::spawn(fm::run(db.clone(), log.clone(), svc.nm.clone()));
     let stop = tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -149,10 +183,18 @@ async fn form_or_join(
     log: &ClusterLog,
 ) -> anyhow::Result<()> {
     if opts.bootstrap {
+        let id = format!(
+            "{:016x}{:016x}",
+            vigil_db::random_u64(),
+            vigil_db::random_u64()
+        );
+        write_cluster_id(opts, &id)?;
+        db.set_cluster_id(&id);
         db.initialize(listen).await?;
         let cmds = vec![
             Command::Bootstrap {
                 cluster_name: opts.cluster_name.clone(),
+                cluster_id: id.clone(),
             },
             Command::AddNode {
                 name: opts.name.clone(),
@@ -174,14 +216,17 @@ async fn form_or_join(
         log.append([LogEntry::new(
             Component::DB,
             format!(
-                "cluster {} created with node {}",
+                "cluster {} (id {id}) created with node {}",
                 opts.cluster_name, opts.name
             ),
         )]);
         return Ok(());
     }
     let seed = opts.join.as_deref().expect("checked by the caller");
-    membership::join(seed, &opts.name, listen, opts.witness).await?;
+    let id = membership::cluster_of(seed).await?;
+    write_cluster_id(opts, &id)?;
+    db.set_cluster_id(&id);
+    membership::join(seed, &id, &opts.name, listen, opts.witness).await?;
     // Our own AddNode arrives with the log.
     let mut applied = db.subscribe();
     let name = opts.name.clone();
@@ -225,6 +270,27 @@ fn check_identity(opts: &AgentOptions) -> anyhow::Result<()> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// The file in the data dir that holds the id of the node's cluster.
+fn cluster_id_path(opts: &AgentOptions) -> PathBuf {
+    opts.data_dir.join("cluster-id")
+}
+
+fn read_cluster_id(opts: &AgentOptions) -> anyhow::Result<Option<String>> {
+    let path = cluster_id_path(opts);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_string())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_cluster_id(opts: &AgentOptions, id: &str) -> anyhow::Result<()> {
+    let path = cluster_id_path(opts);
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn wait_for_signal() {

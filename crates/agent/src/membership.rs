@@ -32,11 +32,39 @@ impl From<ApplyError> for Refused {
     }
 }
 
-/// Joining side: asks the agent at `seed` to admit this node.
-pub async fn join(seed: &str, name: &str, addr: &str, witness: bool) -> anyhow::Result<()> {
+/// Joining side: the id of the cluster the agent at `seed` belongs to.
+pub async fn cluster_of(seed: &str) -> anyhow::Result<String> {
+    let url = format!("http://{seed}/v1/cluster/identity");
+    let reach = |e: reqwest::Error| {
+        anyhow::anyhow!("cannot reach the cluster at {seed}: {e} (is a vigil agent running there?)")
+    };
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(reach)?
+        .json()
+        .await
+        .map_err(reach)?;
+    match body["id"].as_str() {
+        Some(id) if !id.is_empty() => Ok(id.to_string()),
+        _ => anyhow::bail!("the agent at {seed} does not say which cluster it belongs to: {body}"),
+    }
+}
+
+/// Joining side: asks the agent at `seed` to admit this node into cluster `cluster`.
+pub async fn join(
+    seed: &str,
+    cluster: &str,
+    name: &str,
+    addr: &str,
+    witness: bool,
+) -> anyhow::Result<()> {
     let url = format!("http://{seed}/v1/cluster/join");
     let resp = reqwest::Client::new()
         .post(&url)
+        .header(vigil_db::network::CLUSTER_HEADER, cluster)
         .json(&json!({ "name": name, "address": addr, "witness": witness }))
         .timeout(ADMIT_LIMIT + Duration::from_secs(10))
         .send()

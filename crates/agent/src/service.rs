@@ -70,17 +70,14 @@ impl Service {
         db: Db,
         log: ClusterLog,
         events: mpsc::Sender<HostEvent>,
+        nm: crate::nm::Nm,
     ) -> std::io::Result<Self> {
         let exe = std::env::current_exe()?;
         let silence = Duration::from_millis(opts.rhs_silence_ms);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_loop(db.clone(), queue));
-        let lease = vigil_core::lease::LeaseConfig {
-            interval_ms: opts.heartbeat_interval_ms,
-            threshold: opts.heartbeat_threshold,
-        };
         Ok(Self {
-            nm: crate::nm::Nm::new(&opts.name, lease),
+            nm,
             node: opts.name.clone(),
             listen: listen.to_string(),
             writes,

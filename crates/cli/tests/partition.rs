@@ -161,7 +161,10 @@ fn a_leader_cut_off_with_a_minority_renews_no_lease() {
     let down = others[1..]
         .iter()
         .flat_map(|a| a.log())
-        .find(|r| r["reason"].as_str().unwrap().starts_with("node n2 silent"))
+        .find(|r| {
+            let reason = r["reason"].as_str().unwrap();
+            reason.starts_with("node n2 ") && reason.ends_with("; Down")
+        })
         .expect("the new leader logged n2 Down");
     assert!(
         time_of(stopped) < time_of(&down),

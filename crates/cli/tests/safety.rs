@@ -149,7 +149,7 @@ fn an_agent_stopped_for_three_seconds_does_not_run_its_old_groups() {
 }
 
 #[test]
-fn an_rhs_that_was_stopped_past_its_lease_deadline_reports_what_it_ended() {
+fn an_rhs_stopped_past_its_lease_deadline_reads_the_renewals_waiting_for_it() {
     // One node: its lease is renewed all along; only the RHS is stopped, for longer than a
     // lease, so the deadline it last heard of passes while newer ones wait on its socket.
     let a = Agent::start();
@@ -159,18 +159,42 @@ fn an_rhs_that_was_stopped_past_its_lease_deadline_reports_what_it_ended() {
     signal(rhs, rustix::process::Signal::STOP);
     std::thread::sleep(std::time::Duration::from_secs(3));
     signal(rhs, rustix::process::Signal::CONT);
-    // Whatever the RHS did, status must end up true: Online with a live process.
-    wait_until("svc Online with a process that lives", || {
-        a.state("svc") == "Online" && a.pid_of("svc").is_some_and(alive)
+    // It reads the renewals before it acts on its deadline: nothing is ended. Its answer
+    // to a control request (behind everything queued for it) shows it has caught up.
+    let log_len = a.log().len();
+    let answer = a.err(&["resource", "control", "svc", "ping"]);
+    assert!(answer.contains("takes no control requests"), "{answer}");
+    assert!(alive(pid), "svc was killed: {:?}", a.reasons("svc"));
+    assert_eq!(a.pid_of("svc"), Some(pid));
+    assert_eq!(a.state("svc"), "Online");
+    assert!(
+        !a.log()[log_len..].iter().any(|r| r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("terminated by its RHS")),
+        "{:?}",
+        a.reasons("svc")
+    );
+}
+
+#[test]
+fn what_an_rhs_ends_on_its_own_is_reported_and_restarted() {
+    // One node, its agent stopped for longer than the lease: the RHS ends the resource on its
+    // own. The agent, back, renews its lease at once (it leads alone); the RHS's report makes
+    // the RCM restart the resource, where status would otherwise show it Online, dead.
+    let a = Agent::start();
+    a.process("g", "svc", "sleep 1000", &["--online"]);
+    let pid = a.wait_online("svc");
+    signal(a.pid(), rustix::process::Signal::STOP);
+    wait_until("the RHS ended svc on its own", || !alive(pid));
+    signal(a.pid(), rustix::process::Signal::CONT);
+    wait_until("svc Online again with a process that lives", || {
+        a.state("svc") == "Online" && a.pid_of("svc").is_some_and(|p| p != pid && alive(p))
     });
-    let now = a.pid_of("svc").unwrap();
-    a.seen_pid(now);
-    if now != pid {
-        // It was ended: that must have been reported and logged, then restarted.
-        assert!(
-            a.logged("svc", "lease"),
-            "svc was ended and restarted without a word: {:?}",
-            a.reasons("svc")
-        );
-    }
+    a.seen_pid(a.pid_of("svc").unwrap());
+    assert!(
+        a.logged("svc", "terminated by its RHS: the node's lease ran out"),
+        "{:?}",
+        a.reasons("svc")
+    );
 }

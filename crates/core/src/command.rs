@@ -19,9 +19,12 @@ use crate::props::{GroupProps, ResourceProps};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
-    /// Names the cluster; only on an empty database.
+    /// Names the cluster and records its id (made at `--bootstrap`, carried by every
+    /// node-to-node message); only on an empty database.
     Bootstrap {
         cluster_name: String,
+        #[serde(default)]
+        cluster_id: String,
     },
     AddNode {
         name: String,
@@ -238,7 +241,10 @@ pub fn check_unique(
 /// Applies one command. On error the state is unchanged.
 pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
     match cmd {
-        Command::Bootstrap { cluster_name } => {
+        Command::Bootstrap {
+            cluster_name,
+            cluster_id,
+        } => {
             if state.cluster_name.is_some() {
                 return Err(ApplyError::Conflict(format!(
                     "the database already holds cluster {:?}",
@@ -247,6 +253,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             }
             validate_name("cluster", cluster_name).map_err(ApplyError::Invalid)?;
             state.cluster_name = Some(cluster_name.clone());
+            state.cluster_id = Some(cluster_id.clone()).filter(|i| !i.is_empty());
         }
         Command::AddNode { name, address } => {
             validate_name("node", name).map_err(ApplyError::Invalid)?;

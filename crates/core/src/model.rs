@@ -268,6 +268,9 @@ pub struct Plugin {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster_name: Option<String>,
+    /// Made at bootstrap; every node-to-node message carries it.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     pub nodes: BTreeMap<String, Node>,
     pub groups: BTreeMap<String, Group>,
     pub resources: BTreeMap<String, Resource>,

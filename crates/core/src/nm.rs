@@ -159,6 +159,11 @@ impl NodeManager {
         self.fenced
     }
 
+    /// When the usable lease runs (or ran) out; `None`: never had one.
+    pub fn lease_expires_ms(&self) -> Option<u64> {
+        self.lease.expires_ms
+    }
+
     /// The usable lease's end, while it is valid.
     pub fn lease_until_ms(&self, now: u64) -> Option<u64> {
         self.lease

@@ -179,6 +179,7 @@ fn bootstrap_only_once() {
         &mut s,
         Command::Bootstrap {
             cluster_name: "prod".into(),
+            cluster_id: String::new(),
         },
     );
     assert_eq!(s.cluster_name.as_deref(), Some("prod"));
@@ -186,6 +187,7 @@ fn bootstrap_only_once() {
         &mut s,
         Command::Bootstrap {
             cluster_name: "other".into(),
+            cluster_id: String::new(),
         },
     );
     assert_eq!(err, r#"the database already holds cluster "prod""#);

@@ -24,7 +24,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState};
+use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics};
 use thiserror::Error;
 use tokio::sync::watch;
 use vigil_core::command::{ApplyError, Command};
@@ -35,6 +35,7 @@ use crate::store::{Health, LogStore, SmData, StateMachine};
 use crate::types::{NodeId, RequestId, TypeConfig, Write};
 
 pub use crate::types::node_id;
+pub use openraft::ServerState;
 
 /// At most this many voters; further nodes replicate as non-voting learners.
 pub const MAX_VOTERS: usize = 5;

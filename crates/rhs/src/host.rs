@@ -64,7 +64,8 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
         .map_err(|e| format!("RHS socket: {e}"))?;
     let stream =
         tokio::net::UnixStream::from_std(stream).map_err(|e| format!("RHS socket: {e}"))?;
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = protocol::FrameReader::new(rd);
     let hello = FromHost::Hello {
         version: protocol::VERSION,
         pid: std::process::id(),
@@ -72,7 +73,7 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
     protocol::write_frame(&mut wr, &hello)
         .await
         .map_err(|e| e.to_string())?;
-    match protocol::read_frame::<_, ToHost>(&mut rd).await {
+    match rd.next::<ToHost>().await {
         Ok(Some(ToHost::Hello { version })) if version == protocol::VERSION => {}
         Ok(Some(ToHost::Hello { version })) => {
             return Err(format!(
@@ -84,32 +85,51 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
     }
     let (out, out_rx) = mpsc::channel::<Outgoing>(OUT_QUEUE);
     tokio::spawn(write_loop(wr, out_rx));
-    let mut workers: HashMap<String, Slot> = HashMap::new();
-    let mut tasks = JoinSet::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let mut heartbeat = interval(protocol::HEARTBEAT_MS);
-    // Enforced once the agent has sent one; `fenced` after it ran out.
-    let mut lease: Option<u64> = None;
-    let mut fenced = false;
+    let mut d = Dispatcher {
+        workers: HashMap::new(),
+        tasks: JoinSet::new(),
+        out,
+        lease: None,
+        fenced: false,
+    };
     loop {
-        let until_lease =
-            lease.map(|l| Duration::from_nanos(l.saturating_sub(protocol::mono_ns())));
+        let until_lease = d
+            .lease
+            .map(|l| Duration::from_nanos(l.saturating_sub(protocol::mono_ns())));
         let frame = tokio::select! {
-            frame = protocol::read_frame::<_, ToHost>(&mut rd) => frame,
+            // The deadline first: it is what keeps a node without a lease from running
+            // anything, whatever else is ready.
+            biased;
+            _ = tokio::time::sleep(until_lease.unwrap_or(Duration::MAX)), if until_lease.is_some() && !d.fenced => {
+                // This process may have been stopped or starved past the deadline while the
+                // agent went on renewing it: what the agent sent meanwhile is on the socket.
+                // Read all of it before acting on the deadline.
+                match rd.ready::<ToHost>() {
+                    Ok(waiting) => {
+                        for msg in waiting {
+                            if !d.handle(msg).await {
+                                return d.shut_down().await;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("RHS: {e}; shutting down");
+                        return d.shut_down().await;
+                    }
+                }
+                if d.lease.is_some_and(|l| l <= protocol::mono_ns()) && !d.fenced {
+                    d.fence().await;
+                }
+                continue;
+            }
+            frame = rd.next::<ToHost>() => frame,
             // The agent's parent-death signal: it is gone.
             _ = term.recv() => break,
             _ = heartbeat.tick() => {
-                let _ = out.try_send((FromHost::Alive, None));
-                continue;
-            }
-            _ = tokio::time::sleep(until_lease.unwrap_or(Duration::MAX)), if until_lease.is_some() && !fenced => {
-                tracing::error!("RHS: the node's lease ran out with no renewal from the agent; terminating every resource");
-                fenced = true;
-                for (resource, slot) in &workers {
-                    let _ = slot.tx.send(ToHost::Terminate { resource: resource.clone() }).await;
-                }
-                types::process::kill_all_groups();
+                let _ = d.out.try_send((FromHost::Alive, None));
                 continue;
             }
         };
@@ -121,14 +141,49 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                 break;
             }
         };
+        if !d.handle(msg).await {
+            break;
+        }
+    }
+    d.shut_down().await
+}
+
+/// The RHS's own state: its resources' workers and the node's lease as the agent last said.
+struct Dispatcher {
+    workers: HashMap<String, Slot>,
+    tasks: JoinSet<()>,
+    out: mpsc::Sender<Outgoing>,
+    /// The lease deadline (CLOCK_MONOTONIC ns), enforced once the agent has sent one.
+    lease: Option<u64>,
+    /// The deadline passed (or no lease): everything was terminated, nothing may start.
+    fenced: bool,
+}
+
+impl Dispatcher {
+    /// The lease ran out with no renewal from the agent: every resource is terminated, and
+    /// each is reported, so that the RCM applies its restart policy if the node is in fact
+    /// still leased (the agent went on renewing, but this process did not hear it in time).
+    async fn fence(&mut self) {
+        tracing::error!(
+            "RHS: the node's lease ran out with no renewal from the agent; terminating every resource"
+        );
+        self.fenced = true;
+        for slot in self.workers.values() {
+            let _ = slot.tx.send(Cmd::Fence).await;
+        }
+        types::process::kill_all_groups();
+    }
+
+    /// Handles one message from the agent; `false` when the RHS should stop.
+    async fn handle(&mut self, msg: ToHost) -> bool {
         match msg {
             ToHost::Hello { .. } => {}
-            ToHost::Shutdown => break,
+            ToHost::Shutdown => return false,
             ToHost::Lease { until_mono_ns } => {
-                lease = Some(until_mono_ns.unwrap_or(0));
-                fenced = until_mono_ns.is_none_or(|u| u <= protocol::mono_ns());
+                self.lease = Some(until_mono_ns.unwrap_or(0));
+                self.fenced = until_mono_ns.is_none_or(|u| u <= protocol::mono_ns());
             }
-            ToHost::Online { ref resource } if fenced => {
+            ToHost::Online { ref resource } if self.fenced => {
                 let status = FromHost::Status {
                     resource: resource.clone(),
                     instance: 0,
@@ -136,7 +191,7 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                     reason: "the node has no lease (RHS fenced)".to_string(),
                     pid: None,
                 };
-                let _ = out.send((status, None)).await;
+                let _ = self.out.send((status, None)).await;
             }
             ToHost::Open {
                 resource,
@@ -151,12 +206,12 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                 log_path,
             } => {
                 // The new instance opens only after the old one has closed.
-                let previous = match workers.remove(&resource) {
+                let previous = match self.workers.remove(&resource) {
                     Some(old) => {
                         let close = ToHost::Close {
                             resource: resource.clone(),
                         };
-                        let _ = old.tx.send(close).await;
+                        let _ = old.tx.send(Cmd::Agent(close)).await;
                         Some(old.done)
                     }
                     None => None,
@@ -171,7 +226,7 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                 };
                 let (tx, rx) = mpsc::channel(CMD_QUEUE);
                 let (done_tx, done) = oneshot::channel();
-                workers.insert(resource, Slot { tx, done });
+                self.workers.insert(resource, Slot { tx, done });
                 let opening = Opening {
                     ctx,
                     instance,
@@ -181,13 +236,13 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                     previous,
                     done: done_tx,
                 };
-                tasks.spawn(Worker::run(opening, rx, out.clone()));
+                self.tasks.spawn(Worker::run(opening, rx, self.out.clone()));
             }
             ToHost::Online { ref resource }
             | ToHost::Offline { ref resource }
             | ToHost::Terminate { ref resource } => {
-                if let Some(slot) = workers.get(resource) {
-                    let _ = slot.tx.send(msg.clone()).await;
+                if let Some(slot) = self.workers.get(resource) {
+                    let _ = slot.tx.send(Cmd::Agent(msg.clone())).await;
                 } else if matches!(msg, ToHost::Online { .. }) {
                     let status = FromHost::Status {
                         resource: resource.clone(),
@@ -196,14 +251,14 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                         reason: "not open in this RHS".to_string(),
                         pid: None,
                     };
-                    let _ = out.send((status, None)).await;
+                    let _ = self.out.send((status, None)).await;
                 }
             }
             ToHost::MigrateTo { ref resource, .. }
             | ToHost::MigratePrepare { ref resource, .. }
             | ToHost::MigrateFrom { ref resource, .. } => {
-                if let Some(slot) = workers.get(resource) {
-                    let _ = slot.tx.send(msg.clone()).await;
+                if let Some(slot) = self.workers.get(resource) {
+                    let _ = slot.tx.send(Cmd::Agent(msg.clone())).await;
                 } else {
                     let report = if !matches!(msg, ToHost::MigrateFrom { .. }) {
                         Report::MigrateFailed
@@ -217,51 +272,63 @@ async fn serve(stream: std::os::unix::net::UnixStream) -> Result<(), String> {
                         reason: "not open in this RHS".to_string(),
                         pid: None,
                     };
-                    let _ = out.send((status, None)).await;
+                    let _ = self.out.send((status, None)).await;
                 }
             }
             ToHost::Control {
                 ref resource, id, ..
             } => {
-                if let Some(slot) = workers.get(resource) {
-                    let _ = slot.tx.send(msg.clone()).await;
+                if let Some(slot) = self.workers.get(resource) {
+                    let _ = slot.tx.send(Cmd::Agent(msg.clone())).await;
                 } else {
                     let reply = FromHost::ControlReply {
                         id,
                         result: Err(format!("{resource} is not open in this RHS")),
                     };
-                    let _ = out.send((reply, None)).await;
+                    let _ = self.out.send((reply, None)).await;
                 }
             }
             ToHost::Close { resource } => {
-                if let Some(slot) = workers.remove(&resource) {
-                    let _ = slot.tx.send(ToHost::Close { resource }).await;
+                if let Some(slot) = self.workers.remove(&resource) {
+                    let _ = slot.tx.send(Cmd::Agent(ToHost::Close { resource })).await;
                 }
             }
         }
-        while tasks.try_join_next().is_some() {}
+        while self.tasks.try_join_next().is_some() {}
+        true
     }
-    // The agent is gone or asked us to stop: terminate everything, bounded.
-    for (resource, slot) in workers.drain() {
-        let terminate = ToHost::Terminate {
-            resource: resource.clone(),
-        };
-        let _ = slot.tx.send(terminate).await;
-        let _ = slot.tx.send(ToHost::Close { resource }).await;
+
+    /// The agent is gone or asked us to stop: terminate everything, bounded.
+    async fn shut_down(mut self) -> Result<(), String> {
+        for (resource, slot) in self.workers.drain() {
+            let terminate = ToHost::Terminate {
+                resource: resource.clone(),
+            };
+            let _ = slot.tx.send(Cmd::Agent(terminate)).await;
+            let _ = slot.tx.send(Cmd::Agent(ToHost::Close { resource })).await;
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_LIMIT, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        types::process::kill_all_groups();
+        Ok(())
     }
-    let _ = tokio::time::timeout(SHUTDOWN_LIMIT, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    types::process::kill_all_groups();
-    Ok(())
 }
 
 /// A resource's worker as the dispatcher sees it.
 struct Slot {
-    tx: mpsc::Sender<ToHost>,
+    tx: mpsc::Sender<Cmd>,
     /// Resolves (by its sender dropping) when the worker has ended.
     done: oneshot::Receiver<()>,
+}
+
+/// What the dispatcher tells a worker.
+enum Cmd {
+    /// The agent's message about this resource.
+    Agent(ToHost),
+    /// The node's lease ran out: terminate, and say so if anything was running.
+    Fence,
 }
 
 /// What a new worker needs to open its resource.
@@ -302,6 +369,7 @@ enum Phase {
 #[allow(clippy::large_enum_variant)]
 enum Wake {
     Cmd(Option<ToHost>),
+    Fence,
     LooksAlive,
     IsAlive,
     Event,
@@ -325,7 +393,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(opening: Opening, mut rx: mpsc::Receiver<ToHost>, out: mpsc::Sender<Outgoing>) {
+    async fn run(opening: Opening, mut rx: mpsc::Receiver<Cmd>, out: mpsc::Sender<Outgoing>) {
         let Opening {
             ctx,
             instance,
@@ -372,7 +440,11 @@ impl Worker {
             let wake = tokio::select! {
                 // Commands first: a Terminate must not wait behind timer ticks.
                 biased;
-                cmd = rx.recv() => Wake::Cmd(cmd),
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Agent(msg)) => Wake::Cmd(Some(msg)),
+                    Some(Cmd::Fence) => Wake::Fence,
+                    None => Wake::Cmd(None),
+                },
                 _ = looks.tick(), if online => Wake::LooksAlive,
                 _ = is.tick(), if online => Wake::IsAlive,
                 _ = readable(&w.event), if w.event.is_some() => Wake::Event,
@@ -408,6 +480,7 @@ impl Worker {
                     w.stop_watching();
                     w.call("Terminate", |r| r.terminate()).await.ok();
                 }
+                Wake::Fence => w.fence().await,
                 Wake::Cmd(None | Some(ToHost::Close { .. })) => {
                     w.stop_watching();
                     w.call("Close", |r| r.close()).await.ok();
@@ -610,6 +683,19 @@ impl Worker {
                 self.report(Report::Failed, format!("Offline failed: {e}"), None)
                     .await
             }
+        }
+    }
+
+    /// The node's lease ran out: terminated, and reported if it was running (the agent, if
+    /// it is in fact still leased, then applies the restart policy).
+    async fn fence(&mut self) {
+        let running = matches!(self.phase, Phase::Online | Phase::Pending);
+        self.stop_watching();
+        self.call("Terminate", |r| r.terminate()).await.ok();
+        if running {
+            let reason =
+                "terminated by its RHS: the node's lease ran out with no renewal from the agent";
+            self.report(Report::Failed, reason, None).await;
         }
     }
 

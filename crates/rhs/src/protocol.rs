@@ -188,6 +188,97 @@ where
     Ok(Some(serde_json::from_slice(&body)?))
 }
 
+/// Reads frames from the agent's socket, keeping what it has read of a frame between calls:
+/// [`FrameReader::next`] can be cancelled at any await without losing a byte, and
+/// [`FrameReader::ready`] takes every frame already waiting without blocking.
+pub struct FrameReader {
+    rd: tokio::net::unix::OwnedReadHalf,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl FrameReader {
+    pub fn new(rd: tokio::net::unix::OwnedReadHalf) -> Self {
+        Self {
+            rd,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// A complete frame at the front of the buffer, taken out.
+    fn take<M: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<M>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let msg = serde_json::from_slice(&self.buf[4..4 + len])?;
+        self.buf.drain(..4 + len);
+        Ok(Some(msg))
+    }
+
+    /// Reads what the socket has now; whether it is at its end. `direct`: ask the kernel even
+    /// if tokio has not seen the socket become readable yet (after this process was stopped,
+    /// its timer can be handled before its I/O events).
+    fn fill(&mut self, direct: bool) -> Result<bool, FrameError> {
+        use std::os::fd::AsFd;
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            let read = if direct {
+                let fd = self.rd.as_ref().as_fd();
+                rustix::io::read(fd, &mut chunk).map_err(std::io::Error::from)
+            } else {
+                self.rd.try_read(&mut chunk)
+            };
+            match read {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(true);
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream.
+    pub async fn next<M: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<M>, FrameError> {
+        loop {
+            if let Some(m) = self.take()? {
+                return Ok(Some(m));
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.rd.readable().await?;
+            self.fill(false)?;
+        }
+    }
+
+    /// Every complete frame already on the socket, without waiting for more.
+    pub fn ready<M: for<'de> Deserialize<'de>>(&mut self) -> Result<Vec<M>, FrameError> {
+        if !self.eof {
+            self.fill(true)?;
+        }
+        let mut frames = Vec::new();
+        while let Some(m) = self.take()? {
+            frames.push(m);
+        }
+        Ok(frames)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

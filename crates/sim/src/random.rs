@@ -47,6 +47,7 @@ fn setup(rng: &mut Rng) -> (ClusterState, BTreeMap<String, ResourceSim>, Vec<Str
         &mut db,
         Command::Bootstrap {
             cluster_name: "random".into(),
+            cluster_id: String::new(),
         },
     );
     let hosts = 2 + rng.below(3) as usize;

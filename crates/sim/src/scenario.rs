@@ -139,6 +139,7 @@ impl Scenario {
             &mut s.db,
             Command::Bootstrap {
                 cluster_name: "sim".into(),
+                cluster_id: String::new(),
             },
         )?;
         for (i, raw) in text.lines().enumerate() {

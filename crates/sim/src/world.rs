@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use vigil_core::command::{Command, apply};
 use vigil_core::event::LogEntry;
 use vigil_core::failover;
-use vigil_core::lease::{LeaderClock, Lease, LeaseConfig};
+use vigil_core::lease::LeaseConfig;
 use vigil_core::model::{ClusterState, NodeState, ResourceState};
+use vigil_core::nm::{NmAction, NodeManager, Replica};
 use vigil_core::rcm::{Action, Input, Rcm, Report};
 
 /// Unix ms at virtual time 0: 2026-01-01 00:00 UTC (a scenario may start later in the day).
@@ -86,26 +87,21 @@ enum ReportKind {
 
 struct Agent {
     rcm: Rcm,
-    lease: Lease,
-    fenced: bool,
+    /// The real Node Manager.
+    nm: NodeManager,
     view: ClusterState,
     /// Set while this node believes it leads.
-    clock: Option<LeaderClock>,
-    /// Where its heartbeats go.
+    leads: bool,
+    /// The term it knows, and where its heartbeats go.
+    term: u64,
     leader: Option<String>,
     wake: Option<u64>,
-    /// By when its last heartbeat to each leader had arrived (sends are instant here).
-    sent: BTreeMap<String, u64>,
-}
-
-impl Agent {
-    fn last_sent_elsewhere(&self, leader: &str) -> Option<u64> {
-        self.sent
-            .iter()
-            .filter(|(l, _)| l.as_str() != leader)
-            .map(|(_, t)| *t)
-            .max()
-    }
+    /// The index of the last write its copy has.
+    applied: u64,
+    /// While leading: the last instant its side held a majority (its quorum time).
+    quorum_ms: Option<u64>,
+    /// Per term: the last instant it heard from that term's leader (an append).
+    appended: BTreeMap<u64, u64>,
 }
 
 struct SimNode {
@@ -164,6 +160,9 @@ pub struct World {
     seq: u64,
     script: Vec<Step>,
     pub sims: BTreeMap<String, ResourceSim>,
+    /// The current Raft term, and the number of writes committed.
+    term: u64,
+    index: u64,
     /// Truth: where each resource's process runs (node → instance).
     running: BTreeMap<String, BTreeMap<String, u64>>,
     instance: u64,
@@ -207,6 +206,8 @@ impl World {
             epochs: BTreeMap::new(),
             events: 0,
             pulses: 0,
+            term: 0,
+            index: 0,
         };
         let names: Vec<String> = w.db.nodes.keys().cloned().collect();
         for n in &names {
@@ -295,13 +296,15 @@ impl World {
         let n = self.nodes.get_mut(name).expect("known node");
         n.agent = Some(Agent {
             rcm: Rcm::new(name),
-            lease: Lease::default(),
-            fenced: true,
+            nm: NodeManager::new(name, self.cfg),
             view: n.disk.clone(),
-            clock: None,
+            leads: false,
+            term: 0,
             leader: None,
             wake: None,
-            sent: BTreeMap::new(),
+            applied: 0,
+            quorum_ms: None,
+            appended: BTreeMap::new(),
         });
         // Nothing runs before the first lease, as in the agent.
         self.rcm_step(
@@ -364,13 +367,18 @@ impl World {
 
     fn take_office(&mut self, leader: &str) {
         let now = self.now;
-        self.agent(leader).clock = Some(LeaderClock::new(now));
+        self.term += 1;
+        let term = self.term;
+        let a = self.agent(leader);
+        a.leads = true;
+        a.quorum_ms = Some(now);
         let side: Vec<String> = self.side_of(leader);
         for n in side {
             let a = self.agent(&n);
             a.leader = Some(leader.to_string());
+            a.term = term;
             if n != leader {
-                a.clock = None;
+                a.leads = false;
             }
             self.sync_view(&n);
         }
@@ -422,11 +430,13 @@ impl World {
             // Nodes that can reach it again follow it and catch up.
             let side: Vec<String> = self.side_of(&l);
             for n in side {
+                let term = self.term;
                 let a = self.agent(&n);
                 if a.leader.as_deref() != Some(l.as_str()) {
                     a.leader = Some(l.clone());
+                    a.term = term;
                     if n != l {
-                        a.clock = None;
+                        a.leads = false;
                     }
                 }
                 self.sync_view(&n);
@@ -491,99 +501,96 @@ impl World {
     fn pulse(&mut self) {
         let period = (self.cfg.interval_ms / 10).max(1);
         self.pulses += 1;
-        let heartbeat = self.pulses % 10 == 1;
         let names: Vec<String> = self.nodes.keys().cloned().collect();
+        let majority = self.majority();
+        let now = self.now;
         for n in &names {
             if !self.powered(n) {
                 continue;
             }
-            if heartbeat {
-                self.heartbeat(n);
+            // Raft's own appends: a leader whose side holds a majority has quorum contact now;
+            // its followers hear from it.
+            let leader = self.agent(n).leader.clone();
+            let elected = self.leader.as_deref() == Some(n.as_str());
+            let a = self.agent(n);
+            // Only the leader of the current term gets acknowledgements (a deposed one is
+            // refused with the higher term).
+            if a.leads && elected && majority.as_ref().is_some_and(|m| m.contains(n)) {
+                a.quorum_ms = Some(now);
             }
-            if self.agent(n).clock.is_some() {
-                self.lead(n);
+            if let Some(l) = leader
+                && l != *n
+                && self.connected(n, &l)
+            {
+                let term = self.agent(n).term;
+                self.agent(n).appended.insert(term, now);
             }
-            self.check_lease(n);
+            self.nm_tick(n);
         }
         self.push(self.now + period, Ev::Pulse);
     }
 
-    fn heartbeat(&mut self, from: &str) {
-        let Some(l) = self.agent(from).leader.clone() else {
-            return;
-        };
-        if l == from || !self.connected(from, &l) {
-            return;
-        }
-        let (now, voters) = (self.now, self.voters());
-        if self.agent(&l).clock.is_none() {
-            return;
-        }
-        let a = self.agent(from);
-        let age = a.last_sent_elsewhere(&l).map(|t| now - t);
-        a.sent.insert(l.clone(), now);
-        let clock = self.agent(&l).clock.as_mut().expect("checked");
-        clock.heard_from(from, now);
-        clock.heard_former(from, age, now);
-        let quorum = clock.quorum_ms(&l, &voters, now);
-        if let Some(q) = quorum {
-            let cfg = self.cfg;
-            self.agent(from).lease.renew(now, now - q, &cfg);
+    /// What node `n` observes of its (simulated) Raft replica.
+    fn replica(&mut self, n: &str) -> Replica {
+        let voters = vec![self.voters()];
+        let a = self.agent(n);
+        Replica {
+            term: a.term,
+            leader: a.leader.clone(),
+            leading: a.leads,
+            voters,
+            last_log_index: a.applied,
+            applied_index: a.applied,
+            quorum_ms: a.quorum_ms.filter(|_| a.leads),
+            former_append_ms: a.appended.range(..a.term).map(|(_, t)| *t).max(),
+            storage_failure: None,
         }
     }
 
-    /// A node that believes it leads: its own lease, and Down/Up records.
-    fn lead(&mut self, me: &str) {
-        let (now, voters, cfg) = (self.now, self.voters(), self.cfg);
-        let a = self.agent(me);
-        let former = a.last_sent_elsewhere(me).unwrap_or(0);
-        let c = a.clock.as_mut().expect("leads");
-        c.former_ms.insert(me.to_string(), former);
-        c.settle_former(&voters);
-        let clock = c.clone();
-        if let Some(q) = clock.quorum_ms(me, &voters, now) {
-            self.agent(me).lease.renew_as_leader(q, &cfg);
-        }
-        let view = &self.agent(me).view;
-        let nodes = view.nodes.values().map(|n| (n.name.as_str(), n.state));
-        let cmds: Vec<Command> = clock
-            .node_records(me, &voters, nodes, &cfg, now)
-            .into_iter()
-            .map(|r| Command::SetNodeState {
-                name: r.node,
-                state: r.state,
-            })
-            .collect();
-        if !cmds.is_empty() && self.write(me, cmds.clone()) {
-            for c in &cmds {
-                if let Command::SetNodeState { name, state } = c {
-                    self.say(me, format!("NM node {name} {state}"));
+    /// The node's Node Manager, every tenth of an interval; heartbeats are delivered at once.
+    fn nm_tick(&mut self, n: &str) {
+        let now = self.now;
+        let r = self.replica(n);
+        let a = self.agent(n);
+        let actions = a.nm.tick(&r, &a.view, now);
+        for action in actions {
+            match action {
+                NmAction::Send {
+                    to,
+                    heartbeat,
+                    sent_ms,
+                } => {
+                    let reply = if self.connected(n, &to) && self.agent(&to).leads {
+                        let r = self.replica(&to);
+                        let leader = self.agent(&to);
+                        leader.nm.heartbeat(&r, &leader.view, &heartbeat, now).ok()
+                    } else {
+                        None
+                    };
+                    self.agent(n).nm.answered(sent_ms, reply.as_ref(), now);
                 }
+                NmAction::Record(record) => {
+                    let cmd = Command::SetNodeState {
+                        name: record.node.clone(),
+                        state: record.state,
+                    };
+                    if self.write(n, vec![cmd]) {
+                        self.say(n, format!("NM node {} {}", record.node, record.state));
+                    }
+                    self.agent(n).nm.written(&record.node);
+                }
+                NmAction::Fence { fenced, reason } => {
+                    let short = if fenced {
+                        "lease expired: self-fencing"
+                    } else {
+                        "lease granted"
+                    };
+                    self.say(n, format!("NM {short}"));
+                    self.rcm_step(n, Input::Fence { fenced, reason });
+                }
+                NmAction::Log(_) => {}
             }
         }
-    }
-
-    fn check_lease(&mut self, n: &str) {
-        let now = self.now;
-        let a = self.agent(n);
-        let valid = a.lease.valid(now);
-        if a.fenced != valid {
-            return;
-        }
-        a.fenced = !valid;
-        let reason = if valid {
-            "lease granted".to_string()
-        } else {
-            "lease expired: self-fencing".to_string()
-        };
-        self.say(n, format!("NM {reason}"));
-        self.rcm_step(
-            n,
-            Input::Fence {
-                fenced: !valid,
-                reason,
-            },
-        );
     }
 
     fn run_fm(&mut self) {
@@ -591,7 +598,23 @@ impl World {
             return;
         };
         let unix = self.base_ms + self.now;
-        let plan = failover::plan(&self.db, unix);
+        let (now, r) = (self.now, self.replica(&l));
+        let down: Vec<String> = self
+            .db
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Down)
+            .map(|n| n.name.clone())
+            .collect();
+        let leader = self.agent(&l);
+        let lease_gone = down
+            .into_iter()
+            .filter(|n| leader.nm.surely_down(&r, n, now))
+            .collect();
+        let plan = failover::plan(&self.db, unix, &lease_gone);
+        if plan.awaiting_leases {
+            self.push(now + self.cfg.interval_ms / 10, Ev::FmWake);
+        }
         for e in &plan.log {
             self.note(&l, e);
         }
@@ -623,15 +646,15 @@ impl World {
                 state: NodeState::Down,
             } = c
                 && let Some(a) = self.nodes.get(name).and_then(|x| x.agent.as_ref())
-                && a.lease.valid(now)
+                && let Some(until) = a.nm.lease_until_ms(now)
             {
                 self.violations.push(format!(
-                    "{now} ms: {name} recorded Down while its lease runs until {:?}",
-                    a.lease.expires_ms
+                    "{now} ms: {name} recorded Down while its lease runs until {until}"
                 ));
             }
             let _ = apply(&mut self.db, c);
         }
+        self.index += 1;
         let side: Vec<String> = self.side_of(&l);
         for n in side {
             self.sync_view(&n);
@@ -643,13 +666,15 @@ impl World {
     fn sync_view(&mut self, n: &str) {
         let db = self.db.clone();
         let now = self.now;
+        let index = self.index;
         let node = self.nodes.get_mut(n).expect("known");
         node.disk = db.clone();
-        if let Some(a) = node.agent.as_mut()
-            && a.view != db
-        {
-            a.view = db;
-            self.push(now, Ev::Applied(n.to_string()));
+        if let Some(a) = node.agent.as_mut() {
+            a.applied = index;
+            if a.view != db {
+                a.view = db;
+                self.push(now, Ev::Applied(n.to_string()));
+            }
         }
     }
 
@@ -804,7 +829,7 @@ impl World {
                         .nodes
                         .get(&target)
                         .and_then(|x| x.agent.as_ref())
-                        .is_some_and(|a| a.lease.valid(self.now));
+                        .is_some_and(|a| a.nm.lease_until_ms(self.now).is_some());
                 if self.sim(r).migrate_fails || !ready {
                     (Report::MigrateFailed, "migration failed".to_string())
                 } else {
@@ -1012,7 +1037,7 @@ impl World {
             let Some(a) = &node.agent else {
                 continue;
             };
-            let expired_long_ago = a.lease.expires_ms.is_some_and(|e| now >= e + grace);
+            let expired_long_ago = a.nm.lease_expires_ms().is_some_and(|e| now >= e + grace);
             if expired_long_ago {
                 let runs: Vec<&String> = self
                     .running
@@ -1023,7 +1048,7 @@ impl World {
                 if !runs.is_empty() {
                     self.violations.push(format!(
                         "{now} ms: {name} runs {runs:?} {} ms after its lease expired",
-                        now - a.lease.expires_ms.unwrap_or(0)
+                        now - a.nm.lease_expires_ms().unwrap_or(0)
                     ));
                 }
             }
