@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use vigil_core::command::Command;
 use vigil_core::event::{Component, LogEntry};
+use vigil_core::model::ResourceState;
 use vigil_core::rcm::{Action, Input, Rcm, Report};
 use vigil_db::{Db, StateRef};
 use vigil_rhs::protocol::{FromHost, ToHost};
@@ -103,6 +104,19 @@ impl Service {
 
     pub fn applied_index(&self) -> u64 {
         self.db.applied_index()
+    }
+
+    /// What this node's RCM knows of a resource here: state, pid, and why (Offline, "not
+    /// running here", when it has not started it).
+    pub fn local_state(&self, resource: &str) -> (ResourceState, Option<u32>, String) {
+        match self.rcm.local(resource) {
+            Some((state, pid, reason)) => (state, pid, reason.to_string()),
+            None => (
+                ResourceState::Offline,
+                None,
+                format!("not running on {}: it has no lease", self.node),
+            ),
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

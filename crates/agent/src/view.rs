@@ -17,6 +17,9 @@ pub struct StatusView {
     pub snapshot_index: u64,
     /// The Raft leader as this node knows it.
     pub leader: Option<String>,
+    /// How far what this node says can be trusted: current, catching up with what its leader
+    /// vouched for, or fenced (its copy may be stale, and it runs nothing).
+    pub standing: vigil_core::nm::Standing,
     pub term: u64,
     pub nodes: Vec<NodeView>,
     pub groups: Vec<GroupView>,
@@ -98,6 +101,8 @@ pub fn status(s: &Service) -> StatusView {
     // Everything that takes the database lock itself comes before `db` holds it: a second
     // read lock on one thread deadlocks once a writer queues between the two.
     let applied_index = s.applied_index();
+    let standing = s.nm.standing(&s.nm.replica(&s.db));
+    let fenced = s.nm.is_fenced();
     let db = s.state();
     let leader = metrics
         .current_leader
@@ -116,16 +121,25 @@ pub fn status(s: &Service) -> StatusView {
             props: g.props.clone(),
             resources: db
                 .group_resources(&g.name)
-                .map(|r| ResourceView {
-                    name: r.name.clone(),
-                    type_name: r.type_name.clone(),
-                    state: r.state,
-                    persistent_state: r.persistent_state,
-                    owner: g.owner.clone(),
-                    pid: r.pid,
-                    reason: r.state_reason.clone(),
-                    depends_on: r.depends_on.clone(),
-                    rhs: s.hosts.host_of(&r.name).map(str::to_string),
+                .map(|r| {
+                    let mut view = ResourceView {
+                        name: r.name.clone(),
+                        type_name: r.type_name.clone(),
+                        state: r.state,
+                        persistent_state: r.persistent_state,
+                        owner: g.owner.clone(),
+                        pid: r.pid,
+                        reason: r.state_reason.clone(),
+                        depends_on: r.depends_on.clone(),
+                        rhs: s.hosts.host_of(&r.name).map(str::to_string),
+                    };
+                    // A fenced node cannot record what it stopped, but it knows: for what
+                    // its copy says it hosts, say what runs here, not the old record.
+                    if fenced && g.owner.as_deref() == Some(s.node.as_str()) {
+                        let (state, pid, reason) = s.local_state(&r.name);
+                        (view.state, view.pid, view.reason) = (state, pid, reason);
+                    }
+                    view
                 })
                 .collect(),
         })
@@ -137,6 +151,7 @@ pub fn status(s: &Service) -> StatusView {
         last_log_index: metrics.last_log_index.unwrap_or(0),
         snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
         leader,
+        standing,
         term: metrics.current_term,
         nodes: db
             .nodes

@@ -4,6 +4,7 @@ use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::Value;
 use vigil_agent::view::StatusView;
+use vigil_core::nm::Standing;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
@@ -32,6 +33,23 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
         s.term,
         s.applied_index
     );
+    match &s.standing {
+        Standing::Current { .. } => {}
+        Standing::CatchingUp {
+            applied_index,
+            needs_index,
+        } => println!(
+            "NOTE: {} is catching up: its copy of the database is at index {applied_index}, behind the index {needs_index} its leader vouched for; what follows may be older than the cluster's",
+            s.node
+        ),
+        Standing::Fenced {
+            applied_index,
+            reason,
+        } => println!(
+            "WARNING: {} is fenced ({reason}). What follows is its last copy of the database (index {applied_index}) and may be stale; it runs nothing. Ask another node for the cluster's view.",
+            s.node
+        ),
+    }
     let mut nodes = table(&["NODE", "STATE", "ROLE", "ADDRESS"]);
     for n in &s.nodes {
         nodes.add_row(vec![

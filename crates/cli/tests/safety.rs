@@ -198,3 +198,69 @@ fn what_an_rhs_ends_on_its_own_is_reported_and_restarted() {
         a.reasons("svc")
     );
 }
+
+#[test]
+fn a_fenced_node_says_so_and_shows_what_it_stopped() {
+    let net = Net::new();
+    let mut n1 = Agent::in_net(&net, 1, "n1");
+    n1.spawn(true);
+    let n2 = Agent::in_net(&net, 2, "n2").start_joining(&n1);
+    let n3 = Agent::in_net(&net, 3, "n3").start_joining(&n1);
+    wait_until("n3 is Up with a lease", || {
+        n3.node_state("n3").as_deref() == Some("Up") && n1.node_state("n3").as_deref() == Some("Up")
+    });
+    n3.process("g", "svc", "sleep 1000", &["--online"]);
+    let pid = n3.wait_online("svc");
+    net.cut(3);
+    wait_until("n3 fenced itself", || !alive(pid));
+    let v: serde_json::Value =
+        serde_json::from_str(&n3.ok_in(&net.ns(3), &["status", "--output", "json"])).unwrap();
+    assert_eq!(v["standing"]["standing"], "fenced", "{v:#}");
+    assert!(
+        v["standing"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lease expired"),
+        "{v:#}"
+    );
+    let svc = &v["groups"][0]["resources"][0];
+    assert_eq!(svc["state"], "Offline", "n3 stopped svc itself: {svc:#}");
+    assert!(svc["pid"].is_null(), "{svc:#}");
+    // The table says it in words.
+    let table = n3.ok_in(&net.ns(3), &["status"]);
+    assert!(table.contains("n3 is fenced"), "{table}");
+    net.heal(3);
+    wait_until("n3 current again", || {
+        n3.try_status_value()
+            .is_some_and(|v| v["standing"]["standing"] == "current")
+    });
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn a_node_restarted_without_a_quorum_marks_its_copy_stale_and_runs_nothing() {
+    let (mut n1, mut n2, mut n3) = three_on_loopback();
+    n3.process("g", "svc", "sleep 1000", &["--online"]);
+    let pid = n3.wait_online("svc");
+    n3.kill();
+    wait_until("svc ended with its agent", || !alive(pid));
+    n1.kill();
+    n2.kill();
+    n3.spawn(false);
+    let v = n3.status();
+    assert_eq!(v["standing"]["standing"], "fenced", "{v:#}");
+    assert!(
+        v["standing"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no lease yet"),
+        "{v:#}"
+    );
+    let svc = &v["groups"][0]["resources"][0];
+    assert_eq!(
+        svc["state"], "Offline",
+        "its pre-crash record said Online: {svc:#}"
+    );
+    assert!(svc["pid"].is_null(), "{svc:#}");
+    drop((n1, n2, n3));
+}

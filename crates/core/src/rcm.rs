@@ -139,6 +139,8 @@ pub enum Action {
 struct Local {
     state: ResourceState,
     pid: Option<u32>,
+    /// Why it is in its state (the reason of the last transition).
+    reason: String,
     /// Entered the current pending state, or last reported progress in it.
     progress_ms: u64,
     /// While Failed: when to bring it online again (`None`: only when the group is retried).
@@ -221,6 +223,14 @@ impl Rcm {
         if let Some(l) = self.resources.get_mut(resource) {
             l.leg = leg;
         }
+    }
+
+    /// What this node knows of a resource it tracks: state, pid, and the reason of its last
+    /// transition.
+    pub fn local(&self, resource: &str) -> Option<(ResourceState, Option<u32>, &str)> {
+        self.resources
+            .get(resource)
+            .map(|l| (l.state, l.pid, l.reason.as_str()))
     }
 
     /// This node's view of a resource's state (Offline if it has none).
@@ -675,6 +685,7 @@ impl Rcm {
         let from = local.state;
         local.state = to;
         local.pid = pid;
+        local.reason = reason.to_string();
         if matches!(to, ResourceState::Offline | ResourceState::Failed) {
             local.leg = None;
         }

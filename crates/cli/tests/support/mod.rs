@@ -157,6 +157,23 @@ impl Agent {
             .unwrap()
     }
 
+    /// Runs the CLI inside network namespace `ns` (to ask a node that is cut off) and
+    /// expects success; returns stdout.
+    pub fn ok_in(&self, ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, VIGIL])
+            .args(args)
+            .env("VIGIL_ENDPOINT", &self.endpoint)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "vigil {args:?} in {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Runs the CLI and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
