@@ -126,7 +126,8 @@ pub fn router(
     let nodes = api.db.same_cluster(
         Router::new()
             .route("/v1/nm/heartbeat", post(heartbeat))
-            .route("/v1/cluster/join", post(join)),
+            .route("/v1/cluster/join", post(join))
+            .route("/v1/cluster/removed", post(removed)),
     );
     Router::new()
         .merge(nodes)
@@ -159,6 +160,45 @@ pub fn router(
             }
         })
         .with_state(api)
+        .layer(axum::middleware::from_fn(json_errors))
+}
+
+/// Every error answer is `{"error": "..."}`, also those axum makes itself (a method the path
+/// does not take, a body its extractor refused): their text, or what the status means, with
+/// the method and path.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let what = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let message = if text.is_empty() {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                format!("{method} is not allowed on {path}")
+            }
+            _ => format!("{method} {path}: {what}"),
+        }
+    } else {
+        format!("{method} {path}: {text}")
+    };
+    let mut out = (parts.status, Json(json!({ "error": message }))).into_response();
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        out.headers_mut()
+            .insert(axum::http::header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// What the RCM gets once an operator change is applied here (beyond the reconcile pass every
@@ -518,12 +558,34 @@ async fn heartbeat(
         })
 }
 
-/// Which cluster this node belongs to (what a joining node asks first).
+/// Which cluster this node belongs to, and its name (what a joining node asks first, and
+/// what the leader asks a joining node).
 async fn identity(State(api): State<Api>) -> Json<Value> {
+    let cluster_name = api.db.state().cluster_name.clone();
     Json(json!({
         "id": api.db.cluster_id(),
-        "name": api.db.state().cluster_name.clone(),
+        "name": cluster_name,
+        "node": api.node,
     }))
+}
+
+#[derive(Deserialize)]
+struct RemovedNotice {
+    by: String,
+}
+
+/// The leader removed this node from the cluster: it stops.
+async fn removed(
+    State(api): State<Api>,
+    body: Result<Json<RemovedNotice>, JsonRejection>,
+) -> ApiResult {
+    let Json(notice) = body?;
+    let reason = format!("the leader {} removed it", notice.by);
+    api.tx
+        .send(Msg::Removed { reason })
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    Ok(Json(json!({ "stopping": api.node })))
 }
 
 async fn join(State(api): State<Api>, body: Result<Json<JoinRequest>, JsonRejection>) -> ApiResult {
@@ -544,7 +606,14 @@ async fn join(State(api): State<Api>, body: Result<Json<JoinRequest>, JsonReject
     Ok(Json(json!({ "joined": req.name })))
 }
 
+/// A name from the request's path, checked before it is used, above all before it is put into
+/// a path forwarded to another node: decoded, `..%2Fgroups%2Fweb` would name another route.
+fn path_name(kind: &str, name: &str) -> ApiResult<()> {
+    vigil_core::model::validate_name(kind, name).map_err(ApiError::bad)
+}
+
 async fn remove_node(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    path_name("node", &name)?;
     let path = format!("/v1/nodes/{name}");
     if let Some(answer) = api.on_leader(reqwest::Method::DELETE, &path, None).await? {
         return Ok(answer);
@@ -1211,6 +1280,7 @@ async fn control_resource(
         ))));
     };
     if owner != api.node {
+        path_name("resource", &name)?;
         let path = format!("/v1/resources/{name}/control");
         let body = json!({ "request": req.request });
         return api

@@ -15,6 +15,7 @@ pub mod api;
 pub mod clusterlog;
 pub mod fm;
 pub mod hosts;
+pub mod http;
 pub mod membership;
 pub mod nm;
 pub mod service;
@@ -129,11 +130,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         svc.nm.clone(),
     )
     .merge(db.router());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!("API server stopped: {e}");
-        }
-    });
+    tokio::spawn(http::serve(listener, router));
     if !member {
         form_or_join(&opts, &listen, &db, &log).await?;
     }
@@ -170,6 +167,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         wait_for_signal().await;
         let _ = stop.send(Msg::Shutdown).await;
     });
+    tokio::spawn(watch_removal(db.clone(), tx.clone()));
     service::run(svc, rx)
         .await
         .map_err(|e| anyhow::anyhow!("agent stopped: {e}"))
@@ -269,6 +267,18 @@ fn check_identity(opts: &AgentOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Stops the agent once the voters refuse it as one of theirs (it was removed while it was
+/// away, and did not hear the leader's notice).
+async fn watch_removal(db: Db, main: mpsc::Sender<Msg>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if let Some(reason) = db.removed() {
+            let _ = main.send(Msg::Removed { reason }).await;
+            return;
+        }
     }
 }
 

@@ -112,21 +112,10 @@ pub async fn admit(db: &Db, name: &str, addr: &str, witness: bool) -> Result<(),
             )));
         }
     }
-    match tokio::time::timeout(ADMIT_LIMIT, db.add_member(name, addr)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(Refused::Unavailable(format!(
-                "cannot add {name} at {addr}: {e}"
-            )));
-        }
-        Err(_) => {
-            let _ = db.remove_member(name).await;
-            return Err(Refused::Unavailable(format!(
-                "node {name} at {addr} did not catch up within {} s; is it running and reachable from the leader?",
-                ADMIT_LIMIT.as_secs()
-            )));
-        }
-    }
+    probe(db, name, addr).await?;
+    db.add_member(name, addr, ADMIT_LIMIT)
+        .await
+        .map_err(|e| Refused::Unavailable(format!("cannot add {name} at {addr}: {e}")))?;
     let mut cmds = vec![Command::AddNode {
         name: name.to_string(),
         address: addr.to_string(),
@@ -139,8 +128,42 @@ pub async fn admit(db: &Db, name: &str, addr: &str, witness: bool) -> Result<(),
     write(db, cmds).await
 }
 
-/// Leader side: removes `name` from the database and from the Raft membership.
+/// Leader side: a joining node must answer, as itself and of this cluster, at the address it
+/// gives: the leader replicates to that address, and a voter nobody reaches costs the cluster
+/// its majority.
+async fn probe(db: &Db, name: &str, addr: &str) -> Result<(), Refused> {
+    let unreachable = |why: String| {
+        Refused::Unavailable(format!(
+            "cannot reach {name} at {addr} ({why}): a node must answer at the address it joins with; is that its --listen address, reachable from the leader?"
+        ))
+    };
+    let answer: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{addr}/v1/cluster/identity"))
+        .timeout(PROBE_LIMIT)
+        .send()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .json()
+        .await
+        .map_err(|e| unreachable(format!("not a vigil agent: {e}")))?;
+    let (id, node) = (answer["id"].as_str(), answer["node"].as_str());
+    if node != Some(name) || id != db.cluster_id().as_deref() {
+        return Err(Refused::Conflict(format!(
+            "the agent at {addr} is node {} of cluster {}, not {name} joining cluster {}",
+            node.unwrap_or("?"),
+            id.unwrap_or("?"),
+            db.cluster_id().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// How long the leader waits for a joining node to answer its probe.
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Leader side: removes `name` from the database and from the Raft membership, then tells it.
 pub async fn remove(db: &Db, name: &str) -> Result<(), Refused> {
+    let address = db.state().nodes.get(name).map(|n| n.address.clone());
     write(
         db,
         vec![Command::RemoveNode {
@@ -148,6 +171,9 @@ pub async fn remove(db: &Db, name: &str) -> Result<(), Refused> {
         }],
     )
     .await?;
+    if let Some(addr) = address {
+        notify_removed(db, name, &addr);
+    }
     db.remove_member(name).await.map_err(|e| {
         Refused::Unavailable(format!(
             "{name} is out of the database, but its Raft membership change failed: {e}"
@@ -158,6 +184,25 @@ pub async fn remove(db: &Db, name: &str) -> Result<(), Refused> {
             "{name} removed, but promoting a learner failed: {e}"
         ))
     })
+}
+
+/// Tells a removed node it was removed (best effort: one that does not hear it learns it
+/// when the voters refuse its votes).
+fn notify_removed(db: &Db, name: &str, addr: &str) {
+    let (header, cluster) = db.cluster_header();
+    let (name, addr, by) = (name.to_string(), addr.to_string(), db.name().to_string());
+    tokio::spawn(async move {
+        let sent = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/cluster/removed"))
+            .header(header, cluster)
+            .json(&json!({ "by": by }))
+            .timeout(PROBE_LIMIT)
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::info!("could not tell {name} at {addr} it was removed: {e}");
+        }
+    });
 }
 
 async fn write(db: &Db, cmds: Vec<Command>) -> Result<(), Refused> {

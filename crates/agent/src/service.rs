@@ -47,6 +47,11 @@ pub enum Msg {
     },
     Call(Call),
     Shutdown,
+    /// This node was removed from its cluster (the leader said so, or the voters refuse it):
+    /// it stops, saying why.
+    Removed {
+        reason: String,
+    },
 }
 
 pub struct Service {
@@ -421,6 +426,7 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
         }
         let mut stop = false;
         let mut applied = false;
+        let mut removed = None;
         for msg in batch {
             match msg {
                 Msg::Host(e) => svc.on_host_event(e),
@@ -430,12 +436,23 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
                 Msg::Lease { until_mono_ns } => svc.hosts.set_lease(until_mono_ns),
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
+                Msg::Removed { reason } => removed = Some(reason),
             }
         }
         if applied {
             svc.step(Input::Tick);
         }
         svc.version.send_modify(|v| *v += 1);
+        if let Some(reason) = removed {
+            let cluster = svc.db.cluster_id().unwrap_or_default();
+            let why = format!(
+                "node {} was removed from cluster {cluster} ({reason}); stopping. To add it again, start it with an empty data dir and --join HOST:PORT",
+                svc.node
+            );
+            svc.log.append([LogEntry::new(Component::NM, why.clone())]);
+            stop_hosts(&mut svc, &mut rx).await;
+            return Err(why);
+        }
         if stop {
             break;
         }
@@ -444,6 +461,12 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
         Component::NM,
         format!("agent on {} stopping: terminating its resources", svc.node),
     )]);
+    stop_hosts(&mut svc, &mut rx).await;
+    Ok(())
+}
+
+/// Asks every RHS to terminate its resources and exit, and waits for them (bounded).
+async fn stop_hosts(svc: &mut Service, rx: &mut mpsc::Receiver<Msg>) {
     svc.hosts.shutdown_all();
     // Wait (bounded) for every RHS to finish terminating its resources.
     let _ = tokio::time::timeout(SHUTDOWN_LIMIT, async {
@@ -460,7 +483,6 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
         }
     })
     .await;
-    Ok(())
 }
 
 /// Writes the RCM's commands in the order it made them, as few log entries as possible.

@@ -8,6 +8,9 @@ use crate::service::Service;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusView {
     pub cluster: Option<String>,
+    /// The cluster's id (made at bootstrap; every node-to-node message carries it).
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     /// The node that answered.
     pub node: String,
     /// Index of the last log entry applied to this node's copy of the database.
@@ -36,6 +39,10 @@ pub struct NodeView {
     pub role: String,
     /// Since the node's last heartbeat, as the answering node knows it.
     pub heartbeat_age_ms: Option<u64>,
+    /// Why that node refuses the answering node's Raft messages, if it does (it belongs to
+    /// another cluster, or says the answering node is not a voter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +110,11 @@ pub fn status(s: &Service) -> StatusView {
     let applied_index = s.applied_index();
     let standing = s.nm.standing(&s.nm.replica(&s.db));
     let fenced = s.nm.is_fenced();
+    let names: Vec<String> = s.state().nodes.keys().cloned().collect();
+    let refused: std::collections::BTreeMap<String, String> = names
+        .into_iter()
+        .filter_map(|n| s.db.refused_by(&n).map(|r| (n, r)))
+        .collect();
     let db = s.state();
     let leader = metrics
         .current_leader
@@ -146,6 +158,7 @@ pub fn status(s: &Service) -> StatusView {
         .collect();
     StatusView {
         cluster: db.cluster_name.clone(),
+        cluster_id: s.db.cluster_id(),
         node: s.node.clone(),
         applied_index,
         last_log_index: metrics.last_log_index.unwrap_or(0),
@@ -166,6 +179,7 @@ pub fn status(s: &Service) -> StatusView {
                 heartbeat_age_ms: s.nm.heartbeat_age_ms(&n.name),
                 address: n.address.clone(),
                 role: role(&n.name),
+                refused: refused.get(&n.name).cloned(),
             })
             .collect(),
         groups,

@@ -5,6 +5,20 @@ use anyhow::{Context, anyhow};
 use reqwest::Method;
 use serde_json::Value;
 
+/// `name` as one path segment: every byte but the unreserved ones percent-encoded, so that a
+/// name can never reach another route (`..`, `/`, `?`).
+pub fn seg(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 pub struct Client {
     base: String,
     http: reqwest::Client,

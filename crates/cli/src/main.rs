@@ -346,7 +346,10 @@ fn main() -> ExitCode {
             raise_fd_limit();
             vigil_rhs::host::main(fd).map_err(|e| anyhow::anyhow!("RHS {host}: {e}"))
         }
-        command => run_client(&cli.endpoint, command),
+        command => {
+            end_quietly_on_closed_pipe();
+            run_client(&cli.endpoint, command)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -354,6 +357,17 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The CLI's output piped into a reader that stops early (`vigil type list | head -n1`):
+/// end the way other Unix tools do, by SIGPIPE, instead of a panic on the next print. (Rust
+/// ignores SIGPIPE by default; the agent keeps that, since a client that hangs up must not
+/// end it.)
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to its default, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -472,8 +486,11 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
                 if props.is_empty() {
                     anyhow::bail!("nothing to change: give at least one property flag");
                 }
-                c.patch(&format!("/v1/groups/{name}"), json!({ "props": props }))
-                    .await?;
+                c.patch(
+                    &format!("/v1/groups/{}", client::seg(&name)),
+                    json!({ "props": props }),
+                )
+                .await?;
                 println!("group {name} updated");
             }
             GroupCmd::Move {
@@ -488,7 +505,9 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
                 if let Some(m) = migration {
                     body["migration"] = json!(m);
                 }
-                let r = c.post(&format!("/v1/groups/{name}/move"), body).await?;
+                let r = c
+                    .post(&format!("/v1/groups/{}/move", client::seg(&name)), body)
+                    .await?;
                 println!(
                     "group {name} moved from {} to {} (epoch {}), {}",
                     r["from"].as_str().unwrap_or("?"),
@@ -498,7 +517,8 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
                 );
             }
             GroupCmd::Delete { name } => {
-                c.delete(&format!("/v1/groups/{name}")).await?;
+                c.delete(&format!("/v1/groups/{}", client::seg(&name)))
+                    .await?;
                 println!("group {name} deleted");
             }
             GroupCmd::Online { name } => desired(c, "groups", &name, "online").await?,
@@ -508,7 +528,7 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
         Cmd::Type(t) => match t {
             TypeCmd::List => output::types(&c.get("/v1/types").await?)?,
             TypeCmd::Show { name } => {
-                output::type_show(&c.get(&format!("/v1/types/{name}")).await?)?
+                output::type_show(&c.get(&format!("/v1/types/{}", client::seg(&name))).await?)?
             }
             TypeCmd::Register { library } => {
                 let library =
@@ -517,18 +537,23 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
                 println!("type {} registered", r["registered"].as_str().unwrap_or(""));
             }
             TypeCmd::Unregister { name } => {
-                c.delete(&format!("/v1/types/{name}")).await?;
+                c.delete(&format!("/v1/types/{}", client::seg(&name)))
+                    .await?;
                 println!("type {name} unregistered");
             }
         },
         Cmd::Log(l) => log_command(c, l).await?,
         Cmd::Node(NodeCmd::Remove { name }) => {
-            c.delete(&format!("/v1/nodes/{name}")).await?;
+            c.delete(&format!("/v1/nodes/{}", client::seg(&name)))
+                .await?;
             println!("node {name} removed");
         }
         Cmd::Node(NodeCmd::Drain { name }) => {
             let r = c
-                .post(&format!("/v1/nodes/{name}/drain"), json!({}))
+                .post(
+                    &format!("/v1/nodes/{}/drain", client::seg(&name)),
+                    json!({}),
+                )
                 .await?;
             let remaining: Vec<&str> = r["remaining"]
                 .as_array()
@@ -546,7 +571,7 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
         Cmd::Node(NodeCmd::Resume { name, failback }) => {
             let r = c
                 .post(
-                    &format!("/v1/nodes/{name}/resume"),
+                    &format!("/v1/nodes/{}/resume", client::seg(&name)),
                     json!({ "failback": failback }),
                 )
                 .await?;
@@ -565,8 +590,11 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
 }
 
 async fn desired(c: &Client, kind: &str, name: &str, action: &str) -> anyhow::Result<()> {
-    c.post(&format!("/v1/{kind}/{name}/{action}"), json!({}))
-        .await?;
+    c.post(
+        &format!("/v1/{kind}/{}/{action}", client::seg(name)),
+        json!({}),
+    )
+    .await?;
     println!(
         "{} {name}: desired state set to {action}",
         kind.trim_end_matches('s')
@@ -612,24 +640,29 @@ async fn resource_command(c: &Client, cmd: ResourceCmd) -> anyhow::Result<()> {
             if no_dependencies || !depends_on.is_empty() {
                 body["depends_on"] = json!(depends_on);
             }
-            c.patch(&format!("/v1/resources/{name}"), body).await?;
+            c.patch(&format!("/v1/resources/{}", client::seg(&name)), body)
+                .await?;
             println!("resource {name} updated");
         }
         ResourceCmd::Online { name } => desired(c, "resources", &name, "online").await?,
         ResourceCmd::Offline { name } => desired(c, "resources", &name, "offline").await?,
         ResourceCmd::Delete { name } => {
-            c.delete(&format!("/v1/resources/{name}")).await?;
+            c.delete(&format!("/v1/resources/{}", client::seg(&name)))
+                .await?;
             println!("resource {name} deleted");
         }
         ResourceCmd::Fail { name } => {
-            c.post(&format!("/v1/resources/{name}/fail"), json!({}))
-                .await?;
+            c.post(
+                &format!("/v1/resources/{}/fail", client::seg(&name)),
+                json!({}),
+            )
+            .await?;
             println!("resource {name}: failure simulated");
         }
         ResourceCmd::Control { name, request } => {
             let r = c
                 .post(
-                    &format!("/v1/resources/{name}/control"),
+                    &format!("/v1/resources/{}/control", client::seg(&name)),
                     json!({ "request": request }),
                 )
                 .await?;

@@ -500,7 +500,39 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() {
                 "--param",
                 "stop_timeout_ms=-1",
             ],
-            "stop_timeout_ms: \"-1\" is not a whole number of ms",
+            "parameter stop_timeout_ms = \"-1\" is not valid: expected a whole number from 0 to 86400000",
+        ),
+        (
+            &[
+                "resource",
+                "create",
+                "x",
+                "--group",
+                "g",
+                "--type",
+                "process",
+                "--param",
+                "command=x",
+                "--param",
+                "stop_exit_codes=0,300",
+            ],
+            "parameter stop_exit_codes: 300 is not an exit code (they run from 0 to 255)",
+        ),
+        (
+            &[
+                "resource",
+                "create",
+                "x",
+                "--group",
+                "g",
+                "--type",
+                "process",
+                "--param",
+                "command=x",
+                "--param",
+                "check_timeout_ms=0",
+            ],
+            "parameter check_timeout_ms = \"0\" is not valid: expected a whole number from 1 to",
         ),
         (
             &["resource", "set", "svc", "--deadlock-timeout-ms", "5000"],
@@ -547,10 +579,29 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() {
             "vigil {args:?}: expected {expected:?} in {err:?}"
         );
     }
+    // A NUL byte (only the API can carry one) is refused when the resource is created, not
+    // when it is first started.
+    let (code, body) = support::http(
+        &a.listen,
+        "POST",
+        "/v1/resources",
+        Some(serde_json::json!({
+            "name": "nul", "group": "g", "type": "process",
+            "params": { "command": "sleep\u{0}1" },
+        })),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("parameter command: contains a NUL byte"),
+        "{body}"
+    );
     assert_eq!(a.status()["groups"], before, "nothing stored changed");
     let out = a.cli(&["status"]);
     assert!(out.status.success());
-    let bad_endpoint = std::process::Command::new(support::VIGIL)
+    let bad_endpoint = std::process::Command::new(&*support::VIGIL)
         .args(["--endpoint", "http://127.0.0.1:1", "status"])
         .output()
         .unwrap();
@@ -569,7 +620,7 @@ fn data_dir_misuse_is_refused() {
     assert!(err.contains("is in use by another vigil agent"), "{err}");
     let mut again = a.agent_command(true);
     let dir = tempfile::tempdir().unwrap();
-    let fresh = std::process::Command::new(support::VIGIL)
+    let fresh = std::process::Command::new(&*support::VIGIL)
         .args([
             "agent",
             "--name",
@@ -602,7 +653,7 @@ fn data_dir_misuse_is_refused() {
 
 #[test]
 fn the_demo_runs_and_tells_the_recovery() {
-    let out = std::process::Command::new(support::VIGIL)
+    let out = std::process::Command::new(&*support::VIGIL)
         .arg("demo")
         .output()
         .unwrap();

@@ -227,7 +227,7 @@ fn a_planned_move_migrates_the_vm_live_and_a_failed_one_leaves_it_running() {
 
     // The way back fails: n1 (the target) is killed while the migration runs. The VM keeps
     // running on n2, the same QEMU, and the group stays there.
-    let mut back = std::process::Command::new(support::VIGIL)
+    let mut back = std::process::Command::new(&*support::VIGIL)
         .args([
             "--endpoint",
             &n2.endpoint,

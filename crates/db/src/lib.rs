@@ -44,6 +44,14 @@ pub const MAX_VOTERS: usize = 5;
 pub enum DbError {
     #[error("cluster database {path}: {why}")]
     Open { path: String, why: String },
+    #[error(
+        "cluster database {path} is damaged ({why}): this node cannot use it. Remove the node from its cluster (`vigil node remove {node}` on another member), then start it again with an empty data dir and --join HOST:PORT"
+    )]
+    Damaged {
+        path: String,
+        node: String,
+        why: String,
+    },
     #[error("cluster database: {0}")]
     Raft(String),
 }
@@ -92,15 +100,29 @@ impl Default for Timing {
     }
 }
 
+/// What one opening of the database file runs: the Raft task, and the batcher that proposes
+/// to it. Replaced whole when the database is reopened after a failed write (see
+/// [`Db::recover`]).
+struct Core {
+    raft: Raft<TypeConfig>,
+    /// Proposes writes on this node, several in one entry when they arrive together.
+    batcher: Batcher,
+}
+
 /// A cheap handle to this node's replica.
 #[derive(Clone)]
 pub struct Db {
     id: NodeId,
     name: String,
-    raft: Raft<TypeConfig>,
-    /// Proposes writes on this node, several in one entry when they arrive together.
-    batcher: Batcher,
-    sm: StateMachine,
+    path: Arc<std::path::PathBuf>,
+    core: Arc<std::sync::RwLock<Arc<Core>>>,
+    config: Arc<openraft::Config>,
+    network: Network,
+    /// The state machine's data and its applied-index watch, kept across reopenings (it was
+    /// applied from entries this node's log holds durably). Not the state machine itself: that
+    /// holds the database file open.
+    data: Arc<std::sync::RwLock<SmData>>,
+    applied: Arc<watch::Sender<u64>>,
     /// For forwarded writes (no connection reuse, see `open`).
     http: reqwest::Client,
     timing: Timing,
@@ -118,18 +140,28 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens the replica in `path` (created if absent) and starts its Raft task.
+    /// Opens the replica in `path` (created if absent), checks every page and record of it,
+    /// and starts its Raft task. A damaged file is refused with what to do.
     pub async fn open(path: &Path, name: &str, timing: Timing) -> Result<Self, DbError> {
         let open_err = |why: String| DbError::Open {
             path: path.display().to_string(),
             why,
         };
-        let store = store::open_db(path).map_err(|e| open_err(e.to_string()))?;
+        let store = store::open_checked(path).map_err(|e| match e {
+            store::OpenError::Damaged(why) => DbError::Damaged {
+                path: path.display().to_string(),
+                node: name.to_string(),
+                why,
+            },
+            store::OpenError::Other(why) => open_err(why),
+        })?;
         let health = Health::new(path);
         let sm = StateMachine::open(store.clone(), health.clone())
             .map_err(|e| open_err(e.to_string()))?;
-        let log = LogStore::new(store, health.clone()).map_err(|e| open_err(e.to_string()))?;
-        let last_index = log.last_index();
+        let (data, applied) = sm.shared();
+        let last_index = Arc::new(AtomicU64::new(0));
+        let log = LogStore::new(store, health.clone(), last_index.clone())
+            .map_err(|e| open_err(e.to_string()))?;
         let config = openraft::Config {
             cluster_name: "vigil".to_string(),
             heartbeat_interval: timing.heartbeat_ms,
@@ -159,15 +191,23 @@ impl Db {
         let id = node_id(name);
         let (clocks, cluster) = (Clocks::default(), ClusterId::default());
         let network = Network::new(raft_http, clocks.clone(), cluster.clone());
-        let raft = Raft::new(id, Arc::new(config), network, log, sm.clone())
+        let config = Arc::new(config);
+        let raft = Raft::new(id, config.clone(), network.clone(), log, sm)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        Ok(Self {
-            id,
-            name: name.to_string(),
+        let core = Core {
             batcher: Batcher::start(raft.clone()),
             raft,
-            sm,
+        };
+        let db = Self {
+            id,
+            name: name.to_string(),
+            path: Arc::new(path.to_path_buf()),
+            core: Arc::new(std::sync::RwLock::new(Arc::new(core))),
+            config,
+            network,
+            data,
+            applied,
             http,
             timing,
             membership: Default::default(),
@@ -177,7 +217,36 @@ impl Db {
             last_index,
             writer: random_u64(),
             seq: Arc::default(),
-        })
+        };
+        tokio::spawn(recover_loop(Arc::downgrade(&db.core), db.reopener()));
+        Ok(db)
+    }
+
+    fn core(&self) -> Arc<Core> {
+        self.core.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The Raft node (of the current opening of the database).
+    pub fn raft(&self) -> Raft<TypeConfig> {
+        self.core().raft.clone()
+    }
+
+    fn reopener(&self) -> Reopener {
+        Reopener {
+            id: self.id,
+            path: self.path.clone(),
+            config: self.config.clone(),
+            network: self.network.clone(),
+            data: self.data.clone(),
+            applied: self.applied.clone(),
+            health: self.health.clone(),
+            last_index: self.last_index.clone(),
+        }
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The id of the cluster this replica belongs to, once known.
@@ -253,6 +322,34 @@ impl Db {
         vigil_core::lease::quorum_time(&configs, acked).map(|q| base + Duration::from_millis(q))
     }
 
+    /// Why the node `name` refuses this one's Raft messages, if it does (it belongs to
+    /// another cluster, or says this node is not a voter).
+    pub fn refused_by(&self, name: &str) -> Option<String> {
+        self.network.refusals().get(node_id(name)).map(|r| r.error)
+    }
+
+    /// Whether this node was removed from its cluster: a majority of the other voters it
+    /// knows refuse it as no voter of theirs. The reason, naming them.
+    pub fn removed(&self) -> Option<String> {
+        let voters: Vec<NodeId> = self
+            .voter_ids()
+            .into_iter()
+            .filter(|v| *v != self.id)
+            .collect();
+        let refusals = self.network.refusals().all();
+        let refusing: Vec<String> = voters
+            .iter()
+            .filter(|v| refusals.get(v).is_some_and(|r| r.kind == "not_a_voter"))
+            .map(|v| self.describe(*v, None))
+            .collect();
+        (!voters.is_empty() && refusing.len() * 2 > voters.len()).then(|| {
+            format!(
+                "{} refuse it as no voter of the cluster: it was removed",
+                refusing.join(", ")
+            )
+        })
+    }
+
     /// When this node last began handling an append of a term before `term`.
     pub fn former_append(&self, term: u64) -> Option<Instant> {
         self.clocks.began_before(term)
@@ -266,13 +363,9 @@ impl Db {
             .collect()
     }
 
-    pub fn raft(&self) -> &Raft<TypeConfig> {
-        &self.raft
-    }
-
     /// This node's copy of the state machine (as far as it has applied the log).
     pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
-        self.sm.data.read().unwrap_or_else(|p| p.into_inner())
+        self.data.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// This node's copy of the cluster database. Hold it briefly (applying waits for it), and
@@ -289,16 +382,16 @@ impl Db {
 
     /// Notified with the last applied log index after every apply.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.sm.subscribe()
+        self.applied.subscribe()
     }
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
-        self.raft.metrics().borrow().clone()
+        self.raft().metrics().borrow().clone()
     }
 
     /// Whether this replica belongs to a cluster already (it has a membership or a vote).
     pub async fn is_initialized(&self) -> Result<bool, DbError> {
-        self.raft
+        self.raft()
             .is_initialized()
             .await
             .map_err(|e| DbError::Raft(e.to_string()))
@@ -307,7 +400,7 @@ impl Db {
     /// Makes this node the first voter of a new cluster, reachable at `addr`.
     pub async fn initialize(&self, addr: &str) -> Result<(), DbError> {
         let members = BTreeMap::from([(self.id, BasicNode::new(addr))]);
-        self.raft
+        self.raft()
             .initialize(members)
             .await
             .map_err(|e| DbError::Raft(e.to_string()))?;
@@ -424,7 +517,8 @@ impl Db {
 
     /// Writes on this node if it is the leader; `Forward { leader }` names the leader otherwise.
     async fn write_here(&self, write: Write, limit: Duration) -> Result<Written, WriteError> {
-        let result = tokio::time::timeout(limit, self.batcher.propose(write)).await;
+        let core = self.core();
+        let result = tokio::time::timeout(limit, core.batcher.propose(write)).await;
         match result {
             Err(_) => Err(WriteError::NoQuorum {
                 node: self.name.clone(),
@@ -480,24 +574,92 @@ impl Db {
         })
     }
 
-    /// Adds a node (as a learner, caught up before this returns), then makes it a voter while
-    /// there are fewer than [`MAX_VOTERS`]. Leader only.
-    pub async fn add_member(&self, name: &str, addr: &str) -> Result<(), DbError> {
+    /// Adds a node as a learner and waits (at most `limit`) until it has caught up; only then
+    /// makes it a voter while there are fewer than [`MAX_VOTERS`], so that a node that never
+    /// answers never counts towards a majority. A step that does not finish within `limit` is
+    /// rolled back (in the background, since Raft takes one membership change at a time and
+    /// the one under way must end first). Leader only.
+    pub async fn add_member(&self, name: &str, addr: &str, limit: Duration) -> Result<(), DbError> {
         let _turn = self.membership.lock().await;
         let id = node_id(name);
-        let err = raft_err;
-        self.raft
-            .add_learner(id, BasicNode::new(addr), true)
-            .await
-            .map_err(err)?;
+        let learner = tokio::time::timeout(
+            limit,
+            self.raft().add_learner(id, BasicNode::new(addr), true),
+        )
+        .await;
+        match learner {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(raft_err(e)),
+            Err(_) => {
+                self.roll_back(id);
+                return Err(DbError::Raft(format!(
+                    "{name} at {addr} did not catch up as a learner within {} s; it was taken out again",
+                    limit.as_secs()
+                )));
+            }
+        }
         let voters = self.voter_ids();
         if voters.len() < MAX_VOTERS && !voters.contains(&id) {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
-                .await
-                .map_err(err)?;
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+            match tokio::time::timeout(limit, self.raft().change_membership(change, true)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    self.roll_back(id);
+                    return Err(raft_err(e));
+                }
+                Err(_) => {
+                    self.roll_back(id);
+                    return Err(DbError::Raft(format!(
+                        "making {name} a voter did not finish within {} s; it is being taken out again",
+                        limit.as_secs()
+                    )));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Takes `id` out of the membership, trying for a minute while another change is under
+    /// way.
+    fn roll_back(&self, id: NodeId) {
+        let db = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                let raft = db.raft();
+                let voter = db.voter_ids().contains(&id);
+                let done = if voter {
+                    let remove = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
+                    raft.change_membership(remove, false).await.is_ok()
+                        && raft
+                            .change_membership(
+                                ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                                false,
+                            )
+                            .await
+                            .is_ok()
+                } else {
+                    let known = db
+                        .metrics()
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .is_some();
+                    !known
+                        || raft
+                            .change_membership(
+                                ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                                false,
+                            )
+                            .await
+                            .is_ok()
+                };
+                if done {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tracing::error!("could not take node id {id} out of the membership within 60 s");
+        });
     }
 
     /// Removes a node from the Raft membership (voter or learner). Leader only.
@@ -507,12 +669,12 @@ impl Db {
         let err = raft_err;
         let voters = self.voter_ids();
         if voters.contains(&id) {
-            self.raft
+            self.raft()
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
                 .map_err(err)?;
         }
-        self.raft
+        self.raft()
             .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
             .await
             .map_err(err)?;
@@ -531,7 +693,7 @@ impl Db {
         if promote.is_empty() {
             return Ok(());
         }
-        self.raft
+        self.raft()
             .change_membership(ChangeMembers::AddVoterIds(promote), true)
             .await
             .map_err(|e| DbError::Raft(e.to_string()))?;
@@ -555,7 +717,9 @@ impl Db {
             .route("/raft/write", post(forwarded))
             .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(self.clone());
-        network::router(self.raft.clone(), self.clocks.clone(), self.cluster.clone())
+        let db = self.clone();
+        let current = Arc::new(move || db.raft());
+        network::router(current, self.clocks.clone(), self.cluster.clone())
             .merge(self.same_cluster(forwarded))
     }
 }
@@ -566,6 +730,84 @@ async fn forwarded(
 ) -> Json<Result<Written, WriteError>> {
     let limit = Duration::from_millis(db.timing.write_timeout_ms);
     Json(db.write_here(write, limit).await)
+}
+
+/// What reopening the database needs (see [`Reopener::reopen`]): everything of a [`Db`] but
+/// the Raft core it replaces.
+struct Reopener {
+    id: NodeId,
+    path: Arc<std::path::PathBuf>,
+    config: Arc<openraft::Config>,
+    network: Network,
+    data: Arc<std::sync::RwLock<SmData>>,
+    applied: Arc<watch::Sender<u64>>,
+    health: Health,
+    last_index: Arc<AtomicU64>,
+}
+
+impl Reopener {
+    /// After a write failed (a full disk, an I/O error), redb refuses every later write until
+    /// the file is opened again, and openraft stops. Once the disk takes writes again, this
+    /// stops the old Raft task, reopens the file and starts a new task on the same state
+    /// machine data, in place of `core`'s. `Err` says why not yet.
+    async fn reopen(&self, core: &std::sync::RwLock<Arc<Core>>) -> Result<(), String> {
+        let old = core.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), old.raft.shutdown()).await;
+        drop(old);
+        let path = self.path.as_path().to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || store::reopen_for_writes(&path))
+            .await
+            .map_err(|e| e.to_string())??;
+        let log = LogStore::new(opened.clone(), self.health.clone(), self.last_index.clone())
+            .map_err(|e| e.to_string())?;
+        let sm = StateMachine::with(
+            opened,
+            self.data.clone(),
+            self.applied.clone(),
+            self.health.clone(),
+        );
+        let raft = Raft::new(self.id, self.config.clone(), self.network.clone(), log, sm)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fresh = Core {
+            batcher: Batcher::start(raft.clone()),
+            raft,
+        };
+        *core.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        self.health.clear();
+        tracing::warn!(
+            "cluster database {} takes writes again: reopened, Raft restarted",
+            self.path.display()
+        );
+        Ok(())
+    }
+}
+
+/// How often a node whose database cannot write tries to reopen it.
+const RECOVER_EVERY: Duration = Duration::from_secs(1);
+
+/// Reopens the database after a failed write, once it can (see [`Reopener::reopen`]); ends
+/// with the last handle.
+async fn recover_loop(core: std::sync::Weak<std::sync::RwLock<Arc<Core>>>, r: Reopener) {
+    let mut failed_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(RECOVER_EVERY).await;
+        let Some(core) = core.upgrade() else {
+            return;
+        };
+        if r.health.failure().is_none() {
+            failed_since = None;
+            continue;
+        }
+        let since = *failed_since.get_or_insert_with(Instant::now);
+        if let Err(why) = r.reopen(&core).await {
+            tracing::warn!(
+                "cluster database {} still cannot take writes ({} s): {why}",
+                r.path.display(),
+                since.elapsed().as_secs()
+            );
+        }
+    }
 }
 
 /// 64 random bits from the kernel (for write ids and cluster ids), or from the clock and the

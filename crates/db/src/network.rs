@@ -109,12 +109,39 @@ impl ClusterId {
     }
 }
 
+/// Why a peer refused this node's requests (other than with a Raft answer), by peer.
+#[derive(Clone, Default)]
+pub struct Refusals(Arc<Mutex<BTreeMap<NodeId, Refusal>>>);
+
+/// A peer's refusal, as its 409 answer said it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refusal {
+    /// `other_cluster`, `not_a_voter` or `unknown_cluster`.
+    pub kind: String,
+    pub error: String,
+}
+
+impl Refusals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Refusal>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, peer: NodeId) -> Option<Refusal> {
+        self.lock().get(&peer).cloned()
+    }
+
+    pub fn all(&self) -> BTreeMap<NodeId, Refusal> {
+        self.lock().clone()
+    }
+}
+
 /// Makes connections to peers (one `reqwest` client shared by all).
 #[derive(Clone)]
 pub struct Network {
     http: reqwest::Client,
     clocks: Clocks,
     cluster: ClusterId,
+    refusals: Refusals,
 }
 
 impl Network {
@@ -123,7 +150,12 @@ impl Network {
             http,
             clocks,
             cluster,
+            refusals: Refusals::default(),
         }
+    }
+
+    pub fn refusals(&self) -> Refusals {
+        self.refusals.clone()
     }
 }
 
@@ -181,9 +213,22 @@ impl Conn {
             })?;
         if resp.status() == StatusCode::CONFLICT {
             // Another cluster's node, or one that refuses this one: never a Raft answer.
-            let why = resp.text().await.unwrap_or_default();
+            let refusal: Refusal = resp.json().await.unwrap_or(Refusal {
+                kind: "unknown".to_string(),
+                error: "refused without a reason".to_string(),
+            });
+            let why = refusal.error.clone();
+            let new = self
+                .net
+                .refusals
+                .lock()
+                .insert(self.target, refusal.clone());
+            if new.as_ref() != Some(&refusal) {
+                tracing::warn!("node at {} refuses this one: {why}", self.addr);
+            }
             return Err(RPCError::Unreachable(Unreachable::new(&AnyErr(why))));
         }
+        self.net.refusals.lock().remove(&self.target);
         let result: Result<Resp, RaftError<NodeId, E>> = resp
             .json()
             .await
@@ -252,14 +297,26 @@ impl RaftNetwork<TypeConfig> for Conn {
 /// Largest Raft request accepted.
 const RAFT_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
+/// The Raft node to hand a message to (a new one after the database was reopened).
+pub type CurrentRaft = Arc<dyn Fn() -> Raft<TypeConfig> + Send + Sync>;
+
 #[derive(Clone)]
 struct Receiver {
-    raft: Raft<TypeConfig>,
+    raft: CurrentRaft,
     clocks: Clocks,
 }
 
+/// A 409 answer: this node refuses the request, saying why (`kind`, for the sender to act on).
+fn refuse(kind: &str, error: String) -> Response {
+    let body = Refusal {
+        kind: kind.to_string(),
+        error,
+    };
+    (StatusCode::CONFLICT, Json(body)).into_response()
+}
+
 /// The receiving side: `/raft/append`, `/raft/vote`, `/raft/snapshot`.
-pub fn router(raft: Raft<TypeConfig>, clocks: Clocks, cluster: ClusterId) -> Router {
+pub fn router(raft: CurrentRaft, clocks: Clocks, cluster: ClusterId) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -288,17 +345,12 @@ pub async fn same_cluster(State(cluster): State<ClusterId>, req: Request, next: 
                     "this node belongs to cluster {ours}, the request comes from cluster {theirs}; refused"
                 )
             };
-            (
-                StatusCode::CONFLICT,
-                Json(serde_json::json!({ "error": msg })),
-            )
-                .into_response()
+            refuse("other_cluster", msg)
         }
-        None => (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({ "error": "this node does not know its cluster yet" })),
-        )
-            .into_response(),
+        None => refuse(
+            "unknown_cluster",
+            "this node does not know its cluster yet".to_string(),
+        ),
         Some(_) => next.run(req).await,
     }
 }
@@ -309,14 +361,31 @@ async fn append(
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
     // Noted before Raft sees it: the leader sent it earlier still (see the module's docs).
     r.clocks.begin(req.vote.leader_id().get_term());
-    Json(r.raft.append_entries(req).await)
+    Json((r.raft)().append_entries(req).await)
 }
 
-async fn vote(
-    State(r): State<Receiver>,
-    Json(req): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(r.raft.vote(req).await)
+/// A candidate that is not a voter here (a node removed while it was away, which still
+/// believes it votes) is refused before Raft sees its higher term: it must not disturb the
+/// cluster, and the refusal tells it it was removed.
+async fn vote(State(r): State<Receiver>, Json(req): Json<VoteRequest<NodeId>>) -> Response {
+    let raft = (r.raft)();
+    let candidate = req.vote.leader_id().voted_for();
+    let voter = candidate.is_some_and(|c| {
+        raft.metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == c)
+    });
+    if !voter {
+        let who = candidate.map_or("an unnamed node".to_string(), |c| format!("node id {c}"));
+        return refuse(
+            "not_a_voter",
+            format!("{who} is not a voter of this cluster (it was removed, or never was one)"),
+        );
+    }
+    Json(raft.vote(req).await).into_response()
 }
 
 async fn snapshot(
@@ -324,5 +393,5 @@ async fn snapshot(
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
     r.clocks.begin(req.vote.leader_id().get_term());
-    Json(r.raft.install_snapshot(req).await)
+    Json((r.raft)().install_snapshot(req).await)
 }

@@ -73,6 +73,11 @@ impl Health {
             .clone()
     }
 
+    /// The database was reopened and takes writes again.
+    pub fn clear(&self) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Records a failed write and returns it as openraft's error.
     fn failed(&self, e: impl std::fmt::Display) -> StorageError<NodeId> {
         let why = format!("{}: {e}", self.path);
@@ -116,13 +121,120 @@ pub fn open_db(path: &std::path::Path) -> Result<Arc<redb::Database>, redb::Erro
     let db = redb::Database::builder()
         .set_cache_size(8 << 20)
         .create(path)?;
-    // Make sure the tables exist, so readers never see "table does not exist".
+    create_tables(&db)?;
+    Ok(Arc::new(db))
+}
+
+/// Makes sure the tables exist, so readers never see "table does not exist".
+fn create_tables(db: &redb::Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     txn.open_table(LOG)?;
     txn.open_table(META)?;
     txn.open_table(SNAPSHOTS)?;
     txn.commit()?;
+    Ok(())
+}
+
+/// Why the database file could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The file is not a sound database: its pages or records do not read back.
+    Damaged(String),
+    Other(String),
+}
+
+fn classify(e: impl Into<redb::Error>) -> OpenError {
+    match e.into() {
+        redb::Error::Corrupted(m) => OpenError::Damaged(m),
+        redb::Error::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            OpenError::Damaged(e.to_string())
+        }
+        other => OpenError::Other(other.to_string()),
+    }
+}
+
+/// The thread that checks a database file at open; its panics (redb's on a damaged file, in
+/// debug builds) are caught and reported as damage, without a backtrace on the terminal.
+const CHECK_THREAD: &str = "vigil-db-check";
+
+fn quiet_check_thread_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() != Some(CHECK_THREAD) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Opens the node's database file after checking it: every page (redb's integrity check,
+/// which also repairs what an unclean shutdown left), and every record Vigil reads from it.
+pub fn open_checked(path: &std::path::Path) -> Result<Arc<redb::Database>, OpenError> {
+    quiet_check_thread_panics();
+    let p = path.to_path_buf();
+    let checker = std::thread::Builder::new()
+        .name(CHECK_THREAD.into())
+        .spawn(move || std::panic::catch_unwind(move || check(&p)))
+        .map_err(|e| OpenError::Other(format!("cannot start the check: {e}")))?;
+    match checker.join() {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) | Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "no message".to_string());
+            Err(OpenError::Damaged(format!("reading it failed: {what}")))
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> Result<Arc<redb::Database>, OpenError> {
+    let mut db = redb::Database::builder()
+        .set_cache_size(8 << 20)
+        .create(path)
+        .map_err(classify)?;
+    if !db.check_integrity().map_err(classify)? {
+        tracing::warn!("cluster database {} was repaired", path.display());
+    }
+    create_tables(&db).map_err(classify)?;
+    let damaged = |what: &str, e: StorageError<NodeId>| OpenError::Damaged(format!("{what}: {e}"));
+    // Every record, read as Vigil reads it.
+    let txn = db.begin_read().map_err(classify)?;
+    let log = txn.open_table(LOG).map_err(classify)?;
+    for item in log.iter().map_err(classify)? {
+        let (index, v) = item.map_err(classify)?;
+        serde_json::from_slice::<Entry<TypeConfig>>(v.value())
+            .map_err(|e| OpenError::Damaged(format!("log entry {}: {e}", index.value())))?;
+    }
+    drop((log, txn));
+    get_meta::<Vote<NodeId>>(&db, VOTE).map_err(|e| damaged("the vote", e))?;
+    get_meta::<Option<LogId<NodeId>>>(&db, COMMITTED)
+        .map_err(|e| damaged("the committed index", e))?;
+    get_meta::<LogId<NodeId>>(&db, PURGED).map_err(|e| damaged("the purged index", e))?;
+    if let Some(snap) = get_snapshot(&db).map_err(|e| damaged("the snapshot", e))? {
+        serde_json::from_slice::<SmData>(&snap.data)
+            .map_err(|e| OpenError::Damaged(format!("the snapshot's data: {e}")))?;
+    }
     Ok(Arc::new(db))
+}
+
+/// Opens the file again after a failed write (redb takes no more writes on the old handle),
+/// and makes sure it takes one now: a full disk must have room again.
+pub fn reopen_for_writes(path: &std::path::Path) -> Result<Arc<redb::Database>, String> {
+    let db = open_db(path).map_err(|e| match e {
+        redb::Error::DatabaseAlreadyOpen => "its previous opening has not closed yet".to_string(),
+        e => e.to_string(),
+    })?;
+    put_meta(&db, "write_probe", &std::process::id()).map_err(|e| e.to_string())?;
+    Ok(db)
 }
 
 fn get_meta<T: for<'de> Deserialize<'de>>(
@@ -228,20 +340,19 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<redb::Database>, health: Health) -> StorageResult<Self> {
-        let last = last_log_id(&db)?.map_or(0, |l| l.index);
+    /// The log in `db`; `last` is set to its last index and kept up to date.
+    pub fn new(
+        db: Arc<redb::Database>,
+        health: Health,
+        last: Arc<AtomicU64>,
+    ) -> StorageResult<Self> {
+        last.store(last_log_id(&db)?.map_or(0, |l| l.index), Ordering::SeqCst);
         Ok(Self {
             db,
             cache: Arc::default(),
-            last: Arc::new(AtomicU64::new(last)),
+            last,
             health,
         })
-    }
-
-    /// The last index stored in this node's log, read without the Raft task: on a leader it
-    /// is at or above every committed index (a lease answer must not vouch for less).
-    pub fn last_index(&self) -> Arc<AtomicU64> {
-        self.last.clone()
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Entry<TypeConfig>>> {
@@ -497,6 +608,27 @@ impl StateMachine {
             applied: Arc::new(watch::channel(index).0),
             health,
         })
+    }
+
+    /// The state machine on a reopened file, with the data (and its watch) of the one it
+    /// replaces: that data was applied from entries this node's log holds durably.
+    pub fn with(
+        db: Arc<redb::Database>,
+        data: Arc<RwLock<SmData>>,
+        applied: Arc<watch::Sender<u64>>,
+        health: Health,
+    ) -> Self {
+        Self {
+            db,
+            data,
+            applied,
+            health,
+        }
+    }
+
+    /// The data and its applied-index watch, shared with whoever reads them.
+    pub fn shared(&self) -> (Arc<RwLock<SmData>>, Arc<watch::Sender<u64>>) {
+        (self.data.clone(), self.applied.clone())
     }
 
     /// Notified with the last applied index after every apply.

@@ -20,7 +20,12 @@ fn a_slow_commit_does_not_block_the_runtime() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
-        let mut log = LogStore::new(open_db(&path).unwrap(), Health::new(&path)).unwrap();
+        let mut log = LogStore::new(
+            open_db(&path).unwrap(),
+            Health::new(&path),
+            Default::default(),
+        )
+        .unwrap();
         let ticks = Arc::new(AtomicU64::new(0));
         let counter = ticks.clone();
         let ticker = tokio::spawn(async move {

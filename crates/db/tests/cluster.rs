@@ -103,7 +103,11 @@ async fn form() -> Vec<Node> {
     wait_until("a leads", || nodes[0].db().is_leader()).await;
     for i in 1..3 {
         let (name, addr) = (nodes[i].name.clone(), nodes[i].addr.clone());
-        nodes[0].db().add_member(&name, &addr).await.unwrap();
+        nodes[0]
+            .db()
+            .add_member(&name, &addr, Duration::from_secs(20))
+            .await
+            .unwrap();
     }
     let voters: Vec<u64> = nodes[0]
         .db()

@@ -18,7 +18,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(&dir.path().join("raft.redb")).unwrap();
         let sm = StateMachine::open(db.clone(), health())?;
-        Ok((dir, LogStore::new(db, health())?, sm))
+        Ok((dir, LogStore::new(db, health(), Default::default())?, sm))
     }
 }
 

@@ -11,7 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+pub const VIGIL_BUILT: &str = env!("CARGO_BIN_EXE_vigil");
+
+/// The binary under test: the one this build made, or `VIGIL_TEST_BIN` (to run the same tests
+/// against another build, e.g. to see a test fail on the code before a fix).
+pub static VIGIL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("VIGIL_TEST_BIN").unwrap_or_else(|_| VIGIL_BUILT.to_string())
+});
 /// Upper bound for anything a test waits for; generous for a busy 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -115,10 +121,10 @@ impl Agent {
             // `ip netns exec` execs the agent: the child's pid is the agent's.
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, VIGIL]);
+                c.args(["netns", "exec", ns, &VIGIL]);
                 c
             }
-            None => Command::new(VIGIL),
+            None => Command::new(&*VIGIL),
         };
         cmd.args([
             "agent",
@@ -150,7 +156,7 @@ impl Agent {
 
     /// Runs the CLI against this agent.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(VIGIL)
+        Command::new(&*VIGIL)
             .args(args)
             .env("VIGIL_ENDPOINT", &self.endpoint)
             .output()
@@ -161,7 +167,7 @@ impl Agent {
     /// expects success; returns stdout.
     pub fn ok_in(&self, ns: &str, args: &[&str]) -> String {
         let out = Command::new("ip")
-            .args(["netns", "exec", ns, VIGIL])
+            .args(["netns", "exec", ns, &VIGIL])
             .args(args)
             .env("VIGIL_ENDPOINT", &self.endpoint)
             .output()
@@ -567,12 +573,27 @@ impl Agent {
 
 /// One HTTP/1.1 request to `addr` (HOST:PORT) with a JSON body; returns status and JSON.
 pub fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    http_with(addr, method, path, body, &[])
+}
+
+/// [`http`] with extra headers.
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

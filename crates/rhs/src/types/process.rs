@@ -173,15 +173,19 @@ impl Config {
     fn parse(p: &BTreeMap<String, String>) -> Result<Self, String> {
         let bad = |name: &str, why: String| format!("parameter {name}: {why}");
         let get = |name: &str| p.get(name).map(String::as_str);
-        let ms = |name: &str, default: u64| -> Result<Duration, String> {
-            get(name)
-                .map_or(Ok(default), |v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .map_err(|_| bad(name, format!("{v:?} is not a whole number of ms")))
-                })
-                .map(Duration::from_millis)
+        // A day at most: longer is a mistake, and the deadlock bound would refuse it anyway.
+        let ms = |name: &str, default: u64, min: u64| -> Result<Duration, String> {
+            super::int_param(p, name, default, min, 86_400_000).map(Duration::from_millis)
         };
+        // A process cannot take a NUL byte in its arguments, environment or directory: say so
+        // now, not when it is started.
+        if let Some((name, _)) = p.iter().find(|(_, v)| v.contains('\0')) {
+            return Err(bad(
+                name,
+                "contains a NUL byte, which no command line, environment or path can hold"
+                    .to_string(),
+            ));
+        }
         Ok(Self {
             argv: params::parse_argv(get("command").ok_or("parameter command is required")?)
                 .map_err(|e| bad("command", e))?,
@@ -192,9 +196,15 @@ impl Config {
             stop_signal: get("stop_signal")
                 .map_or(Ok(15), params::parse_signal)
                 .map_err(|e| bad("stop_signal", e))?,
-            stop_timeout: ms("stop_timeout_ms", 10_000)?,
+            stop_timeout: ms("stop_timeout_ms", 10_000, 0)?,
             stop_exit_codes: get("stop_exit_codes")
                 .map_or(Ok(Vec::new()), params::parse_int_list)
+                .and_then(
+                    |codes| match codes.iter().find(|c| !(0..=255).contains(*c)) {
+                        Some(c) => Err(format!("{c} is not an exit code (they run from 0 to 255)")),
+                        None => Ok(codes),
+                    },
+                )
                 .map_err(|e| bad("stop_exit_codes", e))?,
             check_tcp: get("check_tcp")
                 .map(|v| params::parse_host_port(v).map(|_| v.to_string()))
@@ -208,7 +218,7 @@ impl Config {
                 .map(params::parse_argv)
                 .transpose()
                 .map_err(|e| bad("check_command", e))?,
-            check_timeout: ms("check_timeout_ms", 5_000)?,
+            check_timeout: ms("check_timeout_ms", 5_000, 1)?,
         })
     }
 
