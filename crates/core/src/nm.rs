@@ -151,6 +151,11 @@ impl NodeManager {
         &self.me
     }
 
+    /// How often [`NodeManager::tick`] is to be called: a tenth of the heartbeat interval.
+    pub fn tick_ms(&self) -> u64 {
+        (self.cfg.interval_ms / 10).max(1)
+    }
+
     pub fn config(&self) -> &LeaseConfig {
         &self.cfg
     }
@@ -390,7 +395,10 @@ impl NodeManager {
 
     fn check_lease(&mut self, r: &Replica, now: u64, out: &mut Vec<NmAction>) {
         self.lease.applied(r.applied_index);
-        let usable = r.storage_failure.is_none() && self.lease.valid(now);
+        // One check early: fenced at the last tick before the lease runs out, not the first
+        // after, so that the RCM stops everything before the RHS processes' own deadline (the
+        // lease's end) ends it behind its back.
+        let usable = r.storage_failure.is_none() && self.lease.valid(now + self.tick_ms());
         if self.fenced != usable {
             return;
         }

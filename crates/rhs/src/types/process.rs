@@ -685,7 +685,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             err,
-            "parameter stop_timeout_ms: \"soon\" is not a whole number of ms"
+            "parameter stop_timeout_ms = \"soon\" is not valid: expected a whole number from 0 to 86400000"
         );
         assert!(
             ProcessType
