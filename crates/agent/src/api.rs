@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use vigil_core::command::{ApplyError, Command, Target, check_unique};
 use vigil_core::event::{Component, LogEntry};
 use vigil_core::failover;
-use vigil_core::model::{PersistentState, ResourceSpec, ResourceState};
+use vigil_core::model::{PersistentState, ResourceSpec};
 use vigil_core::props::{GroupProps, ResourceProps};
 use vigil_core::rcm::Input;
 use vigil_rhs::types;
@@ -791,7 +791,7 @@ async fn move_group(
                 // A migration is over when the target has completed it, not at the cutover.
                 x.moving.is_none()
                     && x.migration.is_none()
-                    && (!arrived || x.failure.is_some() || db.group_resources(&g).all(at_rest))
+                    && (!arrived || x.failure.is_some() || vigil_core::model::settled(&db, &g))
             })
         })
         .await?;
@@ -825,16 +825,6 @@ async fn move_group(
         "group": name, "from": from, "to": to,
         "epoch": g.map_or(0, |g| g.epoch), "state": state_now,
     })))
-}
-
-/// A resource has come to rest: at its desired state, or Failed.
-fn at_rest(r: &vigil_core::model::Resource) -> bool {
-    matches!(
-        (r.persistent_state, r.state),
-        (PersistentState::Online, ResourceState::Online)
-            | (PersistentState::Offline, ResourceState::Offline)
-            | (_, ResourceState::Failed)
-    )
 }
 
 /// `vigil node drain`: Paused, and every group moved off in priority order. Answers once

@@ -144,6 +144,14 @@ pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
             let state = db.state();
             nm.lock().tick(&r, &state, now)
         };
+        // The RHS processes enforce the same lease themselves, in case this agent stops. They
+        // hear of it before the RCM acts on this tick (an RHS still fenced by the last lease
+        // would refuse what a re-leased RCM starts).
+        let until = nm.lock().lease_until_ms(now);
+        let until_mono_ns = until.map(|u| vigil_rhs::protocol::mono_ns() + (u - now) * 1_000_000);
+        if main.send(Msg::Lease { until_mono_ns }).await.is_err() {
+            return;
+        }
         for action in actions {
             match action {
                 NmAction::Send {
@@ -186,12 +194,6 @@ pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
                 }
                 NmAction::Log(entry) => log.append([entry]),
             }
-        }
-        // The RHS processes enforce the same lease themselves, in case this agent stops.
-        let until = nm.lock().lease_until_ms(now);
-        let until_mono_ns = until.map(|u| vigil_rhs::protocol::mono_ns() + (u - now) * 1_000_000);
-        if main.send(Msg::Lease { until_mono_ns }).await.is_err() {
-            return;
         }
     }
 }

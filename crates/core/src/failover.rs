@@ -501,11 +501,11 @@ impl Planner<'_> {
             .filter(|g| g.owner.as_deref() == Some(node))
             .map(|g| &g.name)
             .collect();
-        // The previous wave must have arrived: handed over and out of its pending states.
+        // The previous wave must have arrived: handed over and settled on its new owner.
         let arriving = self.s.groups.values().any(|g| {
             g.drained_from.as_deref() == Some(node)
                 && g.owner.as_deref() != Some(node)
-                && group_state(&self.s, g) == GroupState::Pending
+                && !crate::model::settled(&self.s, &g.name)
         });
         if arriving || owned.iter().any(|g| self.s.groups[*g].moving.is_some()) {
             return;

@@ -328,6 +328,27 @@ pub fn group_state(state: &ClusterState, group: &Group) -> GroupState {
     }
 }
 
+/// A resource has come to rest: at its desired state, or Failed.
+pub fn at_rest(r: &Resource) -> bool {
+    matches!(
+        (r.persistent_state, r.state),
+        (PersistentState::Online, ResourceState::Online)
+            | (PersistentState::Offline, ResourceState::Offline)
+            | (_, ResourceState::Failed)
+    )
+}
+
+/// A group has come to rest where it is: not moving, no migration being completed, and every
+/// resource at rest (see [`at_rest`]). A group just handed over has not: its resources are
+/// recorded stopped, and wanted Online.
+pub fn settled(state: &ClusterState, group: &str) -> bool {
+    state
+        .groups
+        .get(group)
+        .is_none_or(|g| g.moving.is_none() && g.migration.is_none())
+        && state.group_resources(group).all(at_rest)
+}
+
 /// Names are used in URLs, file names and log lines: keep them plain.
 pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()

@@ -4,6 +4,7 @@
 //! [`scenario`] for the scenario file format; `tests/` runs every file in `scenarios/` and a
 //! randomized run over many seeds that checks the safety invariants.
 
+pub mod raft;
 pub mod random;
 pub mod scenario;
 pub mod world;

@@ -210,8 +210,8 @@ pub fn run(seed: u64) -> Result<(), String> {
     }
     let mut problems: Vec<String> = w.violations.clone();
     if problems.is_empty() {
-        for g in w.db.groups.values() {
-            let state = group_state(&w.db, g);
+        for g in w.db().groups.values() {
+            let state = group_state(w.db(), g);
             if state != GroupState::Online {
                 problems.push(format!(
                     "after settling, group {} is {state:?} on {:?} ({:?})",

@@ -324,11 +324,11 @@ impl Scenario {
                     state,
                     owner,
                 } => {
-                    let Some(g) = w.db.groups.get(group) else {
+                    let Some(g) = w.db().groups.get(group) else {
                         failures.push(format!("no group {group}"));
                         continue;
                     };
-                    let actual = group_state(&w.db, g);
+                    let actual = group_state(w.db(), g);
                     if actual != *state
                         || owner.as_ref().is_some_and(|o| g.owner.as_ref() != Some(o))
                     {

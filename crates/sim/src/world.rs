@@ -1,34 +1,39 @@
-//! The simulated cluster: nodes with their real RCM, lease and leader clock from
-//! `vigil-core`, a committed database standing in for Raft, resources that take time to
-//! start and stop, and a network that can be cut. Virtual time only; every choice is
-//! deterministic, so a scenario or a seed always plays out the same way.
+//! The simulated cluster: nodes running the real RCM and Node Manager of `vigil-core` over
+//! the simulator's own Raft ([`crate::raft`]), resources that take time to start and stop,
+//! and a network with latency that can be cut (whole sides, or one direction of one link),
+//! slowed, and whose nodes can be stopped (SIGSTOP: their messages wait) or powered off
+//! (they restart from their own disk, with its old copy of the database). Virtual time only;
+//! every choice comes from the seed, so a scenario or a random run always plays out the same.
 //!
-//! Raft is modelled by its guarantees, not its messages: a write commits when its node can
-//! reach the elected leader and the leader's side holds a majority of voters; every node on
-//! that side sees the commit at once, the others keep their last copy. A leader cut off with
-//! a minority keeps answering heartbeats on its side (as a real one does until it learns
-//! better), but cannot commit.
+//! Each node's RCM and Node Manager see only that node's applied copy of the database, and
+//! the Node Manager's heartbeats and the Raft messages travel with latency: a node's copy can
+//! lag, a restarted node starts from its stale copy, and an election can race a lease.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use vigil_core::command::{Command, apply};
 use vigil_core::event::LogEntry;
 use vigil_core::failover;
 use vigil_core::lease::LeaseConfig;
 use vigil_core::model::{ClusterState, NodeState, ResourceState};
-use vigil_core::nm::{NmAction, NodeManager, Replica};
+use vigil_core::nm::{Heartbeat, HeartbeatReply, NmAction, NodeManager, Replica as NmView};
 use vigil_core::rcm::{Action, Input, Rcm, Report};
+
+use crate::raft::{self, Disk, Replica, Role};
+use crate::random::Rng;
 
 /// Unix ms at virtual time 0: 2026-01-01 00:00 UTC (a scenario may start later in the day).
 pub const EPOCH_BASE_MS: u64 = 1_767_225_600_000;
-/// How long an election takes once the leader is lost.
-const ELECTION_MS: u64 = 400;
 /// How long the agent's write loop keeps trying an RCM record while there is no leader (the
 /// database's write timeout).
 const RCM_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// A runaway guard: no run handles more events than this.
 const MAX_EVENTS: u64 = 20_000_000;
+/// Raft's election timeout: this much, plus a node's rank (in name order) times
+/// [`ELECTION_STEP_MS`], plus the seed's jitter.
+const ELECTION_MIN_MS: u64 = 300;
+const ELECTION_STEP_MS: u64 = 50;
 
 /// How a resource behaves in the simulation.
 #[derive(Clone, Debug)]
@@ -52,27 +57,53 @@ impl Default for ResourceSim {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Ev {
-    /// Heartbeats (every fifth pulse), lease checks and the leader's Down/Up, every
-    /// interval / 10 (as the agent's Node Manager).
-    Pulse,
-    RcmTick(String),
-    /// The database changed under this node's RCM.
-    Applied(String),
+/// What travels between nodes (and from a node's RHS to its agent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Net {
+    Raft(raft::Msg),
+    Heartbeat {
+        hb: Heartbeat,
+        sent_ms: u64,
+    },
+    HeartbeatReply {
+        reply: Option<HeartbeatReply>,
+        sent_ms: u64,
+    },
+    /// A write forwarded to the leader.
+    Forward(Vec<Command>),
+    /// The RHS of the node reports on a resource instance.
     Report {
-        node: String,
         resource: String,
         instance: u64,
         report: ReportKind,
     },
-    Election,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ev {
+    /// Every node's Node Manager and Raft timers, and the RHS deadlines: every tick.
+    Tick,
+    RcmTick(String),
+    /// The database changed under this node's RCM.
+    Applied(String),
+    Deliver {
+        from: String,
+        to: String,
+        net: Net,
+    },
+    /// A heartbeat's answer did not come in time.
+    HeartbeatTimeout {
+        node: String,
+        sent_ms: u64,
+    },
+    /// A stopped (SIGSTOP) node continues.
+    Resume(String),
     FmWake,
     /// A scripted step, by index into the world's script.
     Script(usize),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum ReportKind {
     Online,
     StartFailed,
@@ -83,34 +114,46 @@ enum ReportKind {
     },
     /// migrate_from found no instance arrived on this node.
     ArrivalMissing,
+    /// The RHS ended the instance: the lease it last heard of ran out.
+    Fenced,
+    /// The instance failed by itself.
+    Died,
 }
 
+/// A running agent: its Raft replica, Node Manager and RCM.
 struct Agent {
-    rcm: Rcm,
-    /// The real Node Manager.
+    raft: Replica,
     nm: NodeManager,
-    view: ClusterState,
-    /// Set while this node believes it leads.
-    leads: bool,
-    /// The term it knows, and where its heartbeats go.
-    term: u64,
-    leader: Option<String>,
+    rcm: Rcm,
     wake: Option<u64>,
-    /// The index of the last write its copy has.
-    applied: u64,
-    /// While leading: the last instant its side held a majority (its quorum time).
-    quorum_ms: Option<u64>,
-    /// Per term: the last instant it heard from that term's leader (an append).
-    appended: BTreeMap<u64, u64>,
+    /// Heartbeats sent and not answered yet, by send time.
+    heartbeats: BTreeSet<u64>,
+    /// Node records proposed, by log index.
+    records: BTreeMap<u64, vigil_core::lease::NodeRecord>,
+    /// RCM records waiting for a leader, in order, with when they give up.
+    rcm_queue: VecDeque<(u64, Vec<Command>)>,
+    /// The failover manager's plan being committed (its index), when this node leads.
+    fm_pending: Option<u64>,
+    /// The highest epoch of each group this node's copy has shown.
+    epochs: BTreeMap<String, u64>,
+    /// The last term in which it was said to lead.
+    said_term: u64,
 }
 
 struct SimNode {
     powered: bool,
     /// Network side: nodes talk when both are powered and on the same side.
     side: u32,
+    disk: Disk,
     agent: Option<Agent>,
-    /// The database copy on its disk (what a restarted agent starts from).
-    disk: ClusterState,
+    /// Stopped (SIGSTOP) until then: what arrives waits in `inbox`.
+    stopped_until: Option<u64>,
+    inbox: Vec<(String, Net)>,
+    /// The lease deadline the node's RHS processes last heard of; they end everything past it.
+    rhs_deadline: Option<u64>,
+    /// Extra latency on every message to and from this node.
+    slow_ms: u64,
+    election_ms: u64,
 }
 
 /// A step the scenario (or a random run) takes at a given time.
@@ -120,7 +163,14 @@ pub enum Step {
     PowerOn(String),
     /// Sides of a partition; nodes not named stay on side 0 with the first.
     Partition(Vec<Vec<String>>),
+    /// Messages from the first node to the second are lost (the other way still works).
+    Cut(String, String),
+    /// Every cut, partition and slowness ends.
     Heal,
+    /// Messages to and from the node take this much longer (replication lags).
+    Slow(String, u64),
+    /// The node's agent is stopped (SIGSTOP) for this long; its RHS is not.
+    Stop(String, u64),
     /// The resource fails wherever it runs.
     Fail(String),
     /// The next `count` starts of the resource on the node fail (`None`: all).
@@ -153,16 +203,15 @@ pub struct World {
     /// Virtual time 0 in Unix ms (the failover manager's clock).
     pub base_ms: u64,
     nodes: BTreeMap<String, SimNode>,
-    /// The committed database.
-    pub db: ClusterState,
-    leader: Option<String>,
-    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    /// The database before the first log entry.
+    base: ClusterState,
+    voters: Vec<String>,
+    /// (time, sequence) of every pending event, and the events by sequence.
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    pending: BTreeMap<u64, Ev>,
     seq: u64,
     script: Vec<Step>,
     pub sims: BTreeMap<String, ResourceSim>,
-    /// The current Raft term, and the number of writes committed.
-    term: u64,
-    index: u64,
     /// Truth: where each resource's process runs (node → instance).
     running: BTreeMap<String, BTreeMap<String, u64>>,
     instance: u64,
@@ -170,28 +219,37 @@ pub struct World {
     /// The cluster log: (virtual ms, "node COMPONENT subject from -> to reason").
     pub log: Vec<(u64, String)>,
     pub violations: Vec<String>,
-    fm_wake: Option<u64>,
     /// (resource, node): the node is ready to receive the resource by live migration.
     prepared: BTreeSet<(String, String)>,
-    /// RCM records waiting for a leader, per node, in order (see [`World::write_rcm`]).
-    rcm_queue: BTreeMap<String, std::collections::VecDeque<(u64, Vec<Command>)>>,
-    epochs: BTreeMap<String, u64>,
+    /// Links that lose messages (from, to).
+    cuts: BTreeSet<(String, String)>,
+    /// When the last message on each link arrives (links keep their order, as TCP does).
+    link_free: BTreeMap<(String, String), u64>,
+    rng: Rng,
+    /// Up to this much random latency on every message (0: every message takes 1 ms).
+    jitter_ms: u64,
     events: u64,
-    pulses: u64,
 }
 
 impl World {
     /// A cluster whose database is `db` (nodes, groups, resources already in it); every
     /// node starts powered, on one side, with no lease yet; the first node leads.
     pub fn new(db: ClusterState, cfg: LeaseConfig, base_ms: u64) -> Self {
+        Self::with_seed(db, cfg, base_ms, None)
+    }
+
+    /// The same, with latency jitter and election timeouts drawn from `seed`.
+    pub fn with_seed(db: ClusterState, cfg: LeaseConfig, base_ms: u64, seed: Option<u64>) -> Self {
+        let voters: Vec<String> = db.nodes.keys().cloned().collect();
         let mut w = Self {
             now: 0,
             cfg,
             base_ms,
             nodes: BTreeMap::new(),
-            db,
-            leader: None,
+            base: db,
+            voters: voters.clone(),
             queue: BinaryHeap::new(),
+            pending: BTreeMap::new(),
             seq: 0,
             script: Vec::new(),
             sims: BTreeMap::new(),
@@ -200,33 +258,37 @@ impl World {
             broken: BTreeMap::new(),
             log: Vec::new(),
             violations: Vec::new(),
-            fm_wake: None,
-            rcm_queue: BTreeMap::new(),
             prepared: BTreeSet::new(),
-            epochs: BTreeMap::new(),
+            cuts: BTreeSet::new(),
+            link_free: BTreeMap::new(),
+            rng: Rng::new(seed.unwrap_or(0)),
+            jitter_ms: if seed.is_some() { 20 } else { 0 },
             events: 0,
-            pulses: 0,
-            term: 0,
-            index: 0,
         };
-        let names: Vec<String> = w.db.nodes.keys().cloned().collect();
-        for n in &names {
-            w.nodes.insert(
-                n.clone(),
-                SimNode {
-                    powered: true,
-                    side: 0,
-                    agent: None,
-                    disk: w.db.clone(),
-                },
-            );
+        for (rank, n) in voters.iter().enumerate() {
+            let jitter = if seed.is_some() { w.rng.below(200) } else { 0 };
+            let node = SimNode {
+                powered: true,
+                side: 0,
+                disk: Disk::default(),
+                agent: None,
+                stopped_until: None,
+                inbox: Vec::new(),
+                rhs_deadline: None,
+                slow_ms: 0,
+                election_ms: ELECTION_MIN_MS + rank as u64 * ELECTION_STEP_MS + jitter,
+            };
+            w.nodes.insert(n.clone(), node);
             w.boot(n);
         }
-        w.leader = names.first().cloned();
-        if let Some(l) = w.leader.clone() {
-            w.take_office(&l);
+        if let Some(first) = voters.first().cloned() {
+            let now = w.now;
+            let out = w.agent(&first).raft.lead_from_start(now);
+            w.say_elected(&first);
+            w.send_raft(&first, out);
+            w.applied(&first);
         }
-        w.push(0, Ev::Pulse);
+        w.push(0, Ev::Tick);
         w.push(0, Ev::FmWake);
         w
     }
@@ -239,16 +301,18 @@ impl World {
 
     fn push(&mut self, t: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse((t.max(self.now), self.seq, ev)));
+        self.queue.push(Reverse((t.max(self.now), self.seq)));
+        self.pending.insert(self.seq, ev);
     }
 
     /// Runs every event up to and including `until`.
     pub fn run_until(&mut self, until: u64) {
-        while let Some(Reverse((t, _, _))) = self.queue.peek() {
+        while let Some(Reverse((t, _))) = self.queue.peek() {
             if *t > until {
                 break;
             }
-            let Reverse((t, _, ev)) = self.queue.pop().expect("peeked");
+            let Reverse((t, seq)) = self.queue.pop().expect("peeked");
+            let ev = self.pending.remove(&seq).expect("queued with its event");
             self.now = t;
             self.events += 1;
             if self.events > MAX_EVENTS {
@@ -262,7 +326,18 @@ impl World {
         self.now = until;
     }
 
-    /// Where each resource runs, as the processes would show it.
+    /// The cluster's database as its leader (the most current node) has applied it.
+    pub fn db(&self) -> &ClusterState {
+        let best = self
+            .nodes
+            .values()
+            .filter_map(|n| n.agent.as_ref())
+            .max_by_key(|a| (a.raft.role == Role::Leader, a.raft.term(), a.raft.applied))
+            .map(|a| &a.raft.state);
+        best.unwrap_or(&self.base)
+    }
+
+    /// Where each resource's process runs, as the processes would show it.
     pub fn running_on(&self, resource: &str) -> Vec<String> {
         self.running
             .get(resource)
@@ -292,19 +367,35 @@ impl World {
         self.log.push((self.now, format!("{node} SIM {what}")));
     }
 
+    /// Starts the node's agent from its disk: its copy is what its log held when it stopped.
     fn boot(&mut self, name: &str) {
+        let now = self.now;
         let n = self.nodes.get_mut(name).expect("known node");
+        let raft = Replica::start(
+            name,
+            self.voters.clone(),
+            self.base.clone(),
+            n.disk.clone(),
+            n.election_ms,
+            now,
+        );
+        let epochs = raft
+            .state
+            .groups
+            .values()
+            .map(|g| (g.name.clone(), g.epoch))
+            .collect();
         n.agent = Some(Agent {
-            rcm: Rcm::new(name),
+            raft,
             nm: NodeManager::new(name, self.cfg),
-            view: n.disk.clone(),
-            leads: false,
-            term: 0,
-            leader: None,
+            rcm: Rcm::new(name),
             wake: None,
-            applied: 0,
-            quorum_ms: None,
-            appended: BTreeMap::new(),
+            heartbeats: BTreeSet::new(),
+            records: BTreeMap::new(),
+            rcm_queue: VecDeque::new(),
+            fm_pending: None,
+            epochs,
+            said_term: 0,
         });
         // Nothing runs before the first lease, as in the agent.
         self.rcm_step(
@@ -314,12 +405,6 @@ impl World {
                 reason: "agent started: waiting for a lease".to_string(),
             },
         );
-        if let Some(l) = self.leader.clone()
-            && self.connected(name, &l)
-        {
-            self.agent(name).leader = Some(l);
-            self.sync_view(name);
-        }
     }
 
     fn agent(&mut self, name: &str) -> &mut Agent {
@@ -333,163 +418,92 @@ impl World {
         self.nodes.get(name).is_some_and(|n| n.powered)
     }
 
-    fn connected(&self, a: &str, b: &str) -> bool {
+    fn stopped(&self, name: &str) -> bool {
+        self.nodes
+            .get(name)
+            .is_some_and(|n| n.stopped_until.is_some())
+    }
+
+    /// Whether a message from `a` gets to `b` now.
+    fn reaches(&self, a: &str, b: &str) -> bool {
         match (self.nodes.get(a), self.nodes.get(b)) {
-            (Some(x), Some(y)) => x.powered && y.powered && x.side == y.side,
+            (Some(x), Some(y)) => {
+                x.powered
+                    && y.powered
+                    && x.side == y.side
+                    && !self.cuts.contains(&(a.to_string(), b.to_string()))
+            }
             _ => false,
         }
     }
 
-    /// The powered nodes that can reach `node` (itself included).
-    fn side_of(&self, node: &str) -> Vec<String> {
-        self.nodes
-            .keys()
-            .filter(|n| self.connected(n, node))
-            .cloned()
-            .collect()
-    }
-
-    fn voters(&self) -> Vec<String> {
-        self.db.nodes.keys().cloned().collect()
-    }
-
-    /// The side holding a majority of the voters, if any: its powered members.
-    fn majority(&self) -> Option<Vec<String>> {
-        let voters = self.voters();
-        let mut sides: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        for v in &voters {
-            if let Some(n) = self.nodes.get(v).filter(|n| n.powered) {
-                sides.entry(n.side).or_default().push(v.clone());
-            }
+    /// Sends `net` from `from` to `to`, with latency; lost if the link is down.
+    fn send(&mut self, from: &str, to: &str, net: Net) {
+        if !self.reaches(from, to) {
+            return;
         }
-        sides.into_values().find(|s| s.len() * 2 > voters.len())
+        let jitter = if self.jitter_ms > 0 {
+            self.rng.below(self.jitter_ms + 1)
+        } else {
+            0
+        };
+        let slow = self.nodes[from].slow_ms + self.nodes[to].slow_ms;
+        let link = (from.to_string(), to.to_string());
+        let at =
+            (self.now + 1 + jitter + slow).max(self.link_free.get(&link).copied().unwrap_or(0));
+        self.link_free.insert(link, at);
+        let ev = Ev::Deliver {
+            from: from.to_string(),
+            to: to.to_string(),
+            net,
+        };
+        self.push(at, ev);
     }
 
-    fn take_office(&mut self, leader: &str) {
-        let now = self.now;
-        self.term += 1;
-        let term = self.term;
-        let a = self.agent(leader);
-        a.leads = true;
-        a.quorum_ms = Some(now);
-        let side: Vec<String> = self.side_of(leader);
-        for n in side {
-            let a = self.agent(&n);
-            a.leader = Some(leader.to_string());
-            a.term = term;
-            if n != leader {
-                a.leads = false;
-            }
-            self.sync_view(&n);
-        }
-        self.say(leader, "elected leader".to_string());
-        self.push(now, Ev::FmWake);
-        self.flush_rcm_all();
-    }
-
-    /// RCM records, as the agent's write loop sends them: in order, and a write that finds
-    /// no leader keeps trying (through elections) for up to [`RCM_WRITE_TIMEOUT_MS`].
-    fn write_rcm(&mut self, n: &str, cmds: Vec<Command>) {
-        let deadline = self.now + RCM_WRITE_TIMEOUT_MS;
-        self.rcm_queue
-            .entry(n.to_string())
-            .or_default()
-            .push_back((deadline, cmds));
-        self.flush_rcm(n);
-    }
-
-    fn flush_rcm(&mut self, n: &str) {
-        while let Some((deadline, cmds)) = self.rcm_queue.get(n).and_then(|q| q.front()).cloned() {
-            if !self.powered(n) || self.now > deadline || self.write(n, cmds) {
-                if let Some(q) = self.rcm_queue.get_mut(n) {
-                    q.pop_front();
-                }
-            } else {
-                break;
-            }
-        }
-    }
-
-    fn flush_rcm_all(&mut self) {
-        let waiting: Vec<String> = self.rcm_queue.keys().cloned().collect();
-        for n in waiting {
-            self.flush_rcm(&n);
-        }
-    }
-
-    /// After a power or network change: keep the leader if it still has a majority, else
-    /// elect one after the election time.
-    fn topology_changed(&mut self) {
-        let majority = self.majority();
-        let keep = self
-            .leader
-            .as_ref()
-            .is_some_and(|l| majority.as_ref().is_some_and(|m| m.contains(l)));
-        if keep {
-            let l = self.leader.clone().expect("kept");
-            // Nodes that can reach it again follow it and catch up.
-            let side: Vec<String> = self.side_of(&l);
-            for n in side {
-                let term = self.term;
-                let a = self.agent(&n);
-                if a.leader.as_deref() != Some(l.as_str()) {
-                    a.leader = Some(l.clone());
-                    a.term = term;
-                    if n != l {
-                        a.leads = false;
-                    }
-                }
-                self.sync_view(&n);
-            }
-            self.flush_rcm_all();
-        } else if self.leader.take().is_some() || majority.is_some() {
-            self.push(self.now + ELECTION_MS, Ev::Election);
-        }
-        // Nodes cut off from the leader they follow stop hearing from it.
-        let names: Vec<String> = self.nodes.keys().cloned().collect();
-        for n in names {
-            if !self.powered(&n) {
-                continue;
-            }
-            let follows = self.agent(&n).leader.clone();
-            if let Some(l) = follows
-                && l != n
-                && !self.connected(&n, &l)
-            {
-                self.agent(&n).leader = None;
-            }
+    fn send_raft(&mut self, from: &str, out: raft::Out) {
+        for (to, msg) in out {
+            self.send(from, &to, Net::Raft(msg));
         }
     }
 
     fn handle(&mut self, ev: Ev) {
         match ev {
-            Ev::Pulse => self.pulse(),
+            Ev::Tick => self.tick(),
             Ev::RcmTick(n) => {
-                if self.powered(&n) {
+                if self.powered(&n) && !self.stopped(&n) {
                     self.agent(&n).wake = None;
                     self.rcm_step(&n, Input::Tick);
                 }
             }
             Ev::Applied(n) => {
-                if self.powered(&n) {
+                if self.powered(&n) && !self.stopped(&n) {
                     self.rcm_step(&n, Input::Tick);
                 }
             }
-            Ev::Report {
-                node,
-                resource,
-                instance,
-                report,
-            } => self.report(&node, &resource, instance, report),
-            Ev::Election => {
-                if self.leader.is_none()
-                    && let Some(m) = self.majority()
-                {
-                    let l = m[0].clone();
-                    self.leader = Some(l.clone());
-                    self.take_office(&l);
+            Ev::Deliver { from, to, net } => {
+                if !self.reaches(&from, &to) && !matches!(net, Net::Report { .. }) {
+                    return;
+                }
+                if self.stopped(&to) {
+                    self.nodes
+                        .get_mut(&to)
+                        .expect("known")
+                        .inbox
+                        .push((from, net));
+                } else {
+                    self.receive(&to, &from, net);
                 }
             }
+            Ev::HeartbeatTimeout { node, sent_ms } => {
+                if self.powered(&node)
+                    && !self.stopped(&node)
+                    && self.agent(&node).heartbeats.remove(&sent_ms)
+                {
+                    let now = self.now;
+                    self.agent(&node).nm.answered(sent_ms, None, now);
+                }
+            }
+            Ev::Resume(n) => self.resume(&n),
             Ev::FmWake => self.run_fm(),
             Ev::Script(i) => {
                 let step = self.script[i].clone();
@@ -498,61 +512,194 @@ impl World {
         }
     }
 
-    fn pulse(&mut self) {
-        let period = (self.cfg.interval_ms / 10).max(1);
-        self.pulses += 1;
-        let names: Vec<String> = self.nodes.keys().cloned().collect();
-        let majority = self.majority();
-        let now = self.now;
-        for n in &names {
-            if !self.powered(n) {
-                continue;
-            }
-            // Raft's own appends: a leader whose side holds a majority has quorum contact now;
-            // its followers hear from it.
-            let leader = self.agent(n).leader.clone();
-            let elected = self.leader.as_deref() == Some(n.as_str());
-            let a = self.agent(n);
-            // Only the leader of the current term gets acknowledgements (a deposed one is
-            // refused with the higher term).
-            if a.leads && elected && majority.as_ref().is_some_and(|m| m.contains(n)) {
-                a.quorum_ms = Some(now);
-            }
-            if let Some(l) = leader
-                && l != *n
-                && self.connected(n, &l)
-            {
-                let term = self.agent(n).term;
-                self.agent(n).appended.insert(term, now);
-            }
-            self.nm_tick(n);
+    /// A stopped node continues: it handles what waited for it, in order of arrival.
+    fn resume(&mut self, n: &str) {
+        let Some(node) = self.nodes.get_mut(n) else {
+            return;
+        };
+        if node.stopped_until.is_none_or(|t| t > self.now) {
+            return;
         }
-        self.push(self.now + period, Ev::Pulse);
+        node.stopped_until = None;
+        let waiting = std::mem::take(&mut node.inbox);
+        self.say(n, format!("continues ({} messages waited)", waiting.len()));
+        for (from, net) in waiting {
+            if self.powered(n) {
+                self.receive(n, &from, net);
+            }
+        }
     }
 
-    /// What node `n` observes of its (simulated) Raft replica.
-    fn replica(&mut self, n: &str) -> Replica {
-        let voters = vec![self.voters()];
+    fn receive(&mut self, to: &str, from: &str, net: Net) {
+        if !self.powered(to) {
+            return;
+        }
+        let now = self.now;
+        match net {
+            Net::Raft(msg) => {
+                let out = self.agent(to).raft.handle(msg, now);
+                self.send_raft(to, out);
+                self.applied(to);
+            }
+            Net::Heartbeat { hb, sent_ms } => {
+                let view = self.view(to);
+                let a = self.agent(to);
+                let reply = a.nm.heartbeat(&view, &a.raft.state, &hb, now).ok();
+                self.send(to, from, Net::HeartbeatReply { reply, sent_ms });
+            }
+            Net::HeartbeatReply { reply, sent_ms } => {
+                let a = self.agent(to);
+                if a.heartbeats.remove(&sent_ms) {
+                    a.nm.answered(sent_ms, reply.as_ref(), now);
+                }
+            }
+            Net::Forward(cmds) => {
+                if let Some((_, out)) = self.agent(to).raft.propose(cmds, now) {
+                    self.send_raft(to, out);
+                    self.applied(to);
+                }
+            }
+            Net::Report {
+                resource,
+                instance,
+                report,
+            } => self.report(to, &resource, instance, report),
+        }
+    }
+
+    /// Applies what the node's replica has committed; its RCM, Node Manager and failover
+    /// manager hear of it.
+    fn applied(&mut self, n: &str) {
+        let done = self.agent(n).raft.apply_committed();
+        if done.is_empty() {
+            return;
+        }
+        let now = self.now;
+        for index in &done {
+            let a = self.agent(n);
+            if a.fm_pending == Some(*index) {
+                a.fm_pending = None;
+            }
+            if let Some(record) = a.records.remove(index) {
+                a.nm.written(&record.node);
+                self.say(n, format!("NM node {} {}", record.node, record.state));
+            }
+        }
+        self.check_epochs(n);
+        self.push(now, Ev::Applied(n.to_string()));
+        if self.agent(n).raft.role == Role::Leader {
+            self.push(now, Ev::FmWake);
+        }
+    }
+
+    /// The epoch of a group, as a node's copy shows it, never goes back.
+    fn check_epochs(&mut self, n: &str) {
+        let now = self.now;
         let a = self.agent(n);
-        Replica {
-            term: a.term,
-            leader: a.leader.clone(),
-            leading: a.leads,
-            voters,
-            last_log_index: a.applied,
-            applied_index: a.applied,
-            quorum_ms: a.quorum_ms.filter(|_| a.leads),
-            former_append_ms: a.appended.range(..a.term).map(|(_, t)| *t).max(),
+        let mut back = Vec::new();
+        for g in a.raft.state.groups.values() {
+            let seen = a.epochs.entry(g.name.clone()).or_insert(g.epoch);
+            if g.epoch < *seen {
+                back.push(format!(
+                    "{now} ms: on {n}, the epoch of {} went back from {seen} to {}",
+                    g.name, g.epoch
+                ));
+            }
+            *seen = (*seen).max(g.epoch);
+        }
+        self.violations.extend(back);
+    }
+
+    /// What node `n`'s Node Manager observes of its replica.
+    fn view(&mut self, n: &str) -> NmView {
+        let now = self.now;
+        let a = self.agent(n);
+        NmView {
+            term: a.raft.term(),
+            leader: a.raft.leader.clone(),
+            leading: a.raft.role == Role::Leader,
+            voters: vec![a.raft.voters().to_vec()],
+            last_log_index: a.raft.last_index(),
+            applied_index: a.raft.applied,
+            quorum_ms: a.raft.quorum_ms(now),
+            former_append_ms: a.raft.former_append_ms(),
             storage_failure: None,
         }
     }
 
-    /// The node's Node Manager, every tenth of an interval; heartbeats are delivered at once.
+    /// Every tick: each running node's Raft timers, Node Manager and write queue; each RHS's
+    /// lease deadline.
+    fn tick(&mut self) {
+        let period = (self.cfg.interval_ms / 10).max(1);
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in &names {
+            if !self.powered(n) {
+                continue;
+            }
+            self.rhs_deadline(n);
+            if self.stopped(n) {
+                continue;
+            }
+            let now = self.now;
+            let out = self.agent(n).raft.tick(now);
+            self.send_raft(n, out);
+            self.applied(n);
+            self.say_elected(n);
+            self.nm_tick(n);
+            self.flush_rcm(n);
+        }
+        self.push(self.now + period, Ev::Tick);
+    }
+
+    /// Says once per term that `n` leads.
+    fn say_elected(&mut self, n: &str) {
+        let a = self.agent(n);
+        let term = a.raft.term();
+        if a.raft.role != Role::Leader || a.said_term == term {
+            return;
+        }
+        a.said_term = term;
+        self.say(n, format!("elected leader (term {term})"));
+    }
+
+    /// The node's RHS processes end everything once the lease they last heard of is over,
+    /// whether or not the agent is stopped; each ending is reported to the agent.
+    fn rhs_deadline(&mut self, n: &str) {
+        let now = self.now;
+        let Some(deadline) = self.nodes[n].rhs_deadline else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        let victims: Vec<(String, u64)> = self
+            .running
+            .iter()
+            .filter_map(|(r, m)| m.get(n).map(|i| (r.clone(), *i)))
+            .collect();
+        if victims.is_empty() {
+            return;
+        }
+        self.say(
+            n,
+            "RHS: the lease ran out; terminating every resource".to_string(),
+        );
+        for (r, inst) in victims {
+            self.rhs_terminate(n, &r);
+            self.report_at(now, n, &r, inst, ReportKind::Fenced);
+        }
+    }
+
+    /// The node's Node Manager, every tick.
     fn nm_tick(&mut self, n: &str) {
         let now = self.now;
-        let r = self.replica(n);
+        let view = self.view(n);
         let a = self.agent(n);
-        let actions = a.nm.tick(&r, &a.view, now);
+        let actions = a.nm.tick(&view, &a.raft.state, now);
+        // The agent tells its RHS processes the lease's end (same machine, no delay), before
+        // the RCM acts on the tick.
+        let until = a.nm.lease_until_ms(now);
+        self.nodes.get_mut(n).expect("known").rhs_deadline = Some(until.unwrap_or(0));
         for action in actions {
             match action {
                 NmAction::Send {
@@ -560,24 +707,38 @@ impl World {
                     heartbeat,
                     sent_ms,
                 } => {
-                    let reply = if self.connected(n, &to) && self.agent(&to).leads {
-                        let r = self.replica(&to);
-                        let leader = self.agent(&to);
-                        leader.nm.heartbeat(&r, &leader.view, &heartbeat, now).ok()
-                    } else {
-                        None
-                    };
-                    self.agent(n).nm.answered(sent_ms, reply.as_ref(), now);
+                    self.agent(n).heartbeats.insert(sent_ms);
+                    let limit = self.cfg.interval_ms;
+                    self.push(
+                        now + limit,
+                        Ev::HeartbeatTimeout {
+                            node: n.to_string(),
+                            sent_ms,
+                        },
+                    );
+                    self.send(
+                        n,
+                        &to,
+                        Net::Heartbeat {
+                            hb: heartbeat,
+                            sent_ms,
+                        },
+                    );
                 }
                 NmAction::Record(record) => {
                     let cmd = Command::SetNodeState {
                         name: record.node.clone(),
                         state: record.state,
                     };
-                    if self.write(n, vec![cmd]) {
-                        self.say(n, format!("NM node {} {}", record.node, record.state));
+                    let a = self.agent(n);
+                    match a.raft.propose(vec![cmd], now) {
+                        Some((index, out)) => {
+                            a.records.insert(index, record);
+                            self.send_raft(n, out);
+                            self.applied(n);
+                        }
+                        None => a.nm.written(&record.node),
                     }
-                    self.agent(n).nm.written(&record.node);
                 }
                 NmAction::Fence { fenced, reason } => {
                     let short = if fenced {
@@ -594,86 +755,86 @@ impl World {
     }
 
     fn run_fm(&mut self) {
-        let Some(l) = self.leader.clone() else {
-            return;
-        };
-        let unix = self.base_ms + self.now;
-        let (now, r) = (self.now, self.replica(&l));
-        let down: Vec<String> = self
-            .db
+        let leaders: Vec<String> = self
             .nodes
-            .values()
-            .filter(|n| n.state == NodeState::Down)
-            .map(|n| n.name.clone())
+            .iter()
+            .filter(|(_, x)| x.powered && x.stopped_until.is_none())
+            .filter(|(_, x)| {
+                x.agent
+                    .as_ref()
+                    .is_some_and(|a| a.raft.role == Role::Leader)
+            })
+            .map(|(n, _)| n.clone())
             .collect();
-        let leader = self.agent(&l);
-        let lease_gone = down
-            .into_iter()
-            .filter(|n| leader.nm.surely_down(&r, n, now))
-            .collect();
-        let plan = failover::plan(&self.db, unix, &lease_gone);
-        if plan.awaiting_leases {
-            self.push(now + self.cfg.interval_ms / 10, Ev::FmWake);
-        }
-        for e in &plan.log {
-            self.note(&l, e);
-        }
-        if let Some(w) = plan.wake_at_ms {
-            let at = w.saturating_sub(self.base_ms).max(self.now + 1);
-            if self.fm_wake.is_none_or(|x| x <= self.now || at < x) {
-                self.fm_wake = Some(at);
+        for l in leaders {
+            if self.agent(&l).fm_pending.is_some() {
+                continue;
+            }
+            let (now, unix, view) = (self.now, self.base_ms + self.now, self.view(&l));
+            let a = self.agent(&l);
+            let lease_gone = a
+                .raft
+                .state
+                .nodes
+                .values()
+                .filter(|n| n.state == NodeState::Down && a.nm.surely_down(&view, &n.name, now))
+                .map(|n| n.name.clone())
+                .collect();
+            let plan = failover::plan(&a.raft.state, unix, &lease_gone);
+            if plan.awaiting_leases {
+                self.push(now + (self.cfg.interval_ms / 10).max(1), Ev::FmWake);
+            }
+            if let Some(w) = plan.wake_at_ms {
+                let at = w.saturating_sub(self.base_ms).max(now + 1);
                 self.push(at, Ev::FmWake);
             }
-        }
-        if !plan.commands.is_empty() {
-            self.write(&l, plan.commands);
-        }
-    }
-
-    /// A write from `node`: committed if it reaches a leader with a majority, else lost.
-    fn write(&mut self, node: &str, cmds: Vec<Command>) -> bool {
-        let Some(l) = self.leader.clone() else {
-            return false;
-        };
-        if !self.connected(node, &l) {
-            return false;
-        }
-        let now = self.now;
-        for c in &cmds {
-            // Safety: a node is declared Down only once it surely has no lease.
-            if let Command::SetNodeState {
-                name,
-                state: NodeState::Down,
-            } = c
-                && let Some(a) = self.nodes.get(name).and_then(|x| x.agent.as_ref())
-                && let Some(until) = a.nm.lease_until_ms(now)
-            {
-                self.violations.push(format!(
-                    "{now} ms: {name} recorded Down while its lease runs until {until}"
-                ));
+            if plan.commands.is_empty() {
+                for e in &plan.log {
+                    self.note(&l, e);
+                }
+                continue;
             }
-            let _ = apply(&mut self.db, c);
+            if let Some((index, out)) = self.agent(&l).raft.propose(plan.commands, now) {
+                self.agent(&l).fm_pending = Some(index);
+                for e in &plan.log {
+                    self.note(&l, e);
+                }
+                self.send_raft(&l, out);
+                self.applied(&l);
+            }
         }
-        self.index += 1;
-        let side: Vec<String> = self.side_of(&l);
-        for n in side {
-            self.sync_view(&n);
-        }
-        self.push(self.now, Ev::FmWake);
-        true
     }
 
-    fn sync_view(&mut self, n: &str) {
-        let db = self.db.clone();
+    /// RCM records, as the agent's write loop sends them: in order, to the leader it knows;
+    /// a record that finds no leader keeps waiting for up to [`RCM_WRITE_TIMEOUT_MS`].
+    fn write_rcm(&mut self, n: &str, cmds: Vec<Command>) {
+        let deadline = self.now + RCM_WRITE_TIMEOUT_MS;
+        self.agent(n).rcm_queue.push_back((deadline, cmds));
+        self.flush_rcm(n);
+    }
+
+    fn flush_rcm(&mut self, n: &str) {
         let now = self.now;
-        let index = self.index;
-        let node = self.nodes.get_mut(n).expect("known");
-        node.disk = db.clone();
-        if let Some(a) = node.agent.as_mut() {
-            a.applied = index;
-            if a.view != db {
-                a.view = db;
-                self.push(now, Ev::Applied(n.to_string()));
+        loop {
+            let a = self.agent(n);
+            let Some((deadline, cmds)) = a.rcm_queue.front().cloned() else {
+                return;
+            };
+            if now > deadline {
+                a.rcm_queue.pop_front();
+                continue;
+            }
+            let Some(leader) = a.raft.leader.clone() else {
+                return;
+            };
+            a.rcm_queue.pop_front();
+            if leader == n {
+                if let Some((_, out)) = self.agent(n).raft.propose(cmds, now) {
+                    self.send_raft(n, out);
+                    self.applied(n);
+                }
+            } else {
+                self.send(n, &leader, Net::Forward(cmds));
             }
         }
     }
@@ -681,8 +842,8 @@ impl World {
     fn rcm_step(&mut self, n: &str, input: Input) {
         let now = self.now;
         let a = self.agent(n);
-        let actions = a.rcm.step(&a.view, input, now);
-        let wake = a.rcm.next_wakeup_ms(&a.view);
+        let actions = a.rcm.step(&a.raft.state, input, now);
+        let wake = a.rcm.next_wakeup_ms(&a.raft.state);
         let mut cmds = Vec::new();
         for action in actions {
             match action {
@@ -722,6 +883,11 @@ impl World {
         self.instance += 1;
         let inst = self.instance;
         let now = self.now;
+        if self.nodes[n].rhs_deadline.is_some_and(|d| now >= d) {
+            // The RHS refuses to start anything past the lease it knows.
+            self.report_at(now, n, r, 0, ReportKind::StartFailed);
+            return;
+        }
         let others: Vec<String> = self.running_on(r).into_iter().filter(|x| x != n).collect();
         if !others.is_empty() {
             self.violations.push(format!(
@@ -760,13 +926,17 @@ impl World {
             .unwrap_or(0)
     }
 
-    /// The RHS of `n` reports `kind` about instance `instance` of `r` at `at`.
+    /// The RHS of `n` reports `kind` about instance `instance` of `r` at `at` (it waits for
+    /// a stopped agent).
     fn report_at(&mut self, at: u64, n: &str, r: &str, instance: u64, report: ReportKind) {
-        let ev = Ev::Report {
-            node: n.to_string(),
-            resource: r.to_string(),
-            instance,
-            report,
+        let ev = Ev::Deliver {
+            from: n.to_string(),
+            to: n.to_string(),
+            net: Net::Report {
+                resource: r.to_string(),
+                instance,
+                report,
+            },
         };
         self.push(at, ev);
     }
@@ -812,6 +982,10 @@ impl World {
             ReportKind::Online if current == Some(instance) => {
                 (Report::Online, "started".to_string())
             }
+            ReportKind::StartFailed if instance == 0 => (
+                Report::Failed,
+                "the node has no lease (RHS fenced)".to_string(),
+            ),
             ReportKind::StartFailed if current == Some(instance) => {
                 self.rhs_terminate(n, r);
                 (Report::Failed, "start failed".to_string())
@@ -820,11 +994,16 @@ impl World {
                 self.rhs_terminate(n, r);
                 (Report::Offline, "stopped".to_string())
             }
+            ReportKind::Fenced => (
+                Report::Failed,
+                "terminated by its RHS: the node's lease ran out".to_string(),
+            ),
+            ReportKind::Died => (Report::Failed, "simulated failure".to_string()),
             ReportKind::Migrated { target } if current == Some(instance) && instance != 0 => {
                 // The target must be reachable, prepared, and hold its lease.
                 let ready = self.powered(&target)
                     && self.prepared.contains(&(r.to_string(), target.clone()))
-                    && self.connected(n, &target)
+                    && self.reaches(n, &target)
                     && self
                         .nodes
                         .get(&target)
@@ -837,6 +1016,14 @@ impl World {
                     self.prepared.remove(&(r.to_string(), target.clone()));
                     self.instance += 1;
                     let inst = self.instance;
+                    let others = self.running_on(r);
+                    if !others.is_empty() {
+                        self.violations.push(format!(
+                            "{} ms: {r} arrives on {target} while it runs on {}",
+                            self.now,
+                            others.join(", ")
+                        ));
+                    }
                     self.running
                         .entry(r.to_string())
                         .or_default()
@@ -871,9 +1058,13 @@ impl World {
                 }
                 self.prepared.retain(|(_, on)| on != &n);
                 let node = self.nodes.get_mut(&n).expect("known");
+                if let Some(a) = node.agent.take() {
+                    node.disk = a.raft.disk;
+                }
                 node.powered = false;
-                node.agent = None;
-                self.topology_changed();
+                node.stopped_until = None;
+                node.inbox.clear();
+                node.rhs_deadline = None;
             }
             Step::PowerOn(n) => {
                 if self.powered(&n) {
@@ -882,7 +1073,6 @@ impl World {
                 self.say(&n, "power on".to_string());
                 self.nodes.get_mut(&n).expect("known").powered = true;
                 self.boot(&n);
-                self.topology_changed();
             }
             Step::Partition(sides) => {
                 self.say("-", format!("partition {sides:?}"));
@@ -896,28 +1086,40 @@ impl World {
                         }
                     }
                 }
-                self.topology_changed();
+            }
+            Step::Cut(a, b) => {
+                self.say("-", format!("cut {a} -> {b}"));
+                self.cuts.insert((a, b));
             }
             Step::Heal => {
                 self.say("-", "network healed".to_string());
+                self.cuts.clear();
                 for node in self.nodes.values_mut() {
                     node.side = 0;
+                    node.slow_ms = 0;
                 }
-                self.topology_changed();
+            }
+            Step::Slow(n, ms) => {
+                self.say(&n, format!("messages take {ms} ms longer"));
+                if let Some(node) = self.nodes.get_mut(&n) {
+                    node.slow_ms = ms;
+                }
+            }
+            Step::Stop(n, ms) => {
+                if !self.powered(&n) || self.stopped(&n) {
+                    return;
+                }
+                self.say(&n, format!("agent stopped for {ms} ms"));
+                let until = self.now + ms;
+                self.nodes.get_mut(&n).expect("known").stopped_until = Some(until);
+                self.push(until, Ev::Resume(n));
             }
             Step::Fail(r) => {
                 for n in self.running_on(&r) {
                     self.say(&n, format!("{r} fails"));
                     self.rhs_terminate(&n, &r);
-                    self.rcm_step(
-                        &n,
-                        Input::Report {
-                            resource: r.clone(),
-                            report: Report::Failed,
-                            reason: "simulated failure".to_string(),
-                            pid: None,
-                        },
-                    );
+                    let now = self.now;
+                    self.report_at(now, &n, &r, 0, ReportKind::Died);
                 }
             }
             Step::Break {
@@ -932,7 +1134,7 @@ impl World {
             }
             Step::Operator(cmd) => self.operator(vec![cmd]),
             Step::SetGroup { group, changes } => {
-                let Some(mut props) = self.db.groups.get(&group).map(|g| g.props.clone()) else {
+                let Some(mut props) = self.db().groups.get(&group).map(|g| g.props.clone()) else {
                     self.say("-", format!("operator: no group {group}"));
                     return;
                 };
@@ -945,10 +1147,11 @@ impl World {
                 self.operator(vec![Command::SetGroupProps { group, props }]);
             }
             Step::Move { group, to } => {
-                let from = self.db.groups.get(&group).and_then(|g| g.owner.clone());
+                let db = self.db().clone();
+                let from = db.groups.get(&group).and_then(|g| g.owner.clone());
                 let to = to.or_else(|| {
                     failover::choose_target(
-                        &self.db,
+                        &db,
                         &group,
                         from.as_deref(),
                         true,
@@ -968,14 +1171,26 @@ impl World {
         }
     }
 
+    /// The node an operator's request reaches the cluster through: the leader of the highest
+    /// term that runs.
+    fn operator_leader(&self) -> Option<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, x)| x.powered && x.stopped_until.is_none())
+            .filter_map(|(n, x)| x.agent.as_ref().map(|a| (n, a)))
+            .filter(|(_, a)| a.raft.role == Role::Leader)
+            .max_by_key(|(_, a)| a.raft.term())
+            .map(|(n, _)| n.clone())
+    }
+
     /// An operator command through the leader; the owners' RCMs forget past failures of
     /// what it touched, as the API does.
     fn operator(&mut self, cmds: Vec<Command>) {
-        let Some(l) = self.leader.clone() else {
+        let Some(l) = self.operator_leader() else {
             self.say("-", format!("operator: no leader, refused {cmds:?}"));
             return;
         };
-        let mut probe = self.db.clone();
+        let mut probe = self.agent(&l).raft.state.clone();
         for c in &cmds {
             if let Err(e) = apply(&mut probe, c) {
                 self.say("-", format!("operator: refused: {e}"));
@@ -983,14 +1198,17 @@ impl World {
             }
         }
         self.say("-", format!("operator: {cmds:?}"));
-        let touched: Vec<String> = self.db.resources.keys().cloned().collect();
-        self.write(&l, cmds);
-        let owners: BTreeSet<String> = self
-            .db
+        let now = self.now;
+        let touched: Vec<String> = probe.resources.keys().cloned().collect();
+        if let Some((_, out)) = self.agent(&l).raft.propose(cmds, now) {
+            self.send_raft(&l, out);
+            self.applied(&l);
+        }
+        let owners: BTreeSet<String> = probe
             .groups
             .values()
             .filter_map(|g| g.owner.clone())
-            .filter(|o| self.powered(o))
+            .filter(|o| self.powered(o) && !self.stopped(o))
             .collect();
         for o in owners {
             self.rcm_step(
@@ -1015,23 +1233,21 @@ impl World {
                 }
             }
         }
-        for g in self.db.groups.values() {
-            let last = self.epochs.entry(g.name.clone()).or_insert(g.epoch);
-            if g.epoch < *last {
-                self.violations.push(format!(
-                    "{now} ms: epoch of {} went back from {last} to {}",
-                    g.name, g.epoch
-                ));
-            }
-            *last = g.epoch;
-            if let Some(o) = &g.owner
-                && self.db.nodes.get(o).is_some_and(|n| n.witness)
-            {
-                self.violations
-                    .push(format!("{now} ms: group {} owned by witness {o}", g.name));
-            }
-        }
-        // A node whose lease has run out stops everything within one lease check.
+        let db = self.db();
+        let witnessed: Vec<String> = db
+            .groups
+            .values()
+            .filter_map(|g| {
+                let o = g.owner.as_ref()?;
+                db.nodes
+                    .get(o)
+                    .is_some_and(|n| n.witness)
+                    .then(|| format!("{now} ms: group {} owned by witness {o}", g.name))
+            })
+            .collect();
+        self.violations.extend(witnessed);
+        // A node whose lease has run out stops everything within one tick (its RHS does, if
+        // its agent is stopped).
         let grace = self.cfg.interval_ms / 10 + 1;
         for (name, node) in &self.nodes {
             let Some(a) = &node.agent else {
@@ -1057,8 +1273,9 @@ impl World {
 
     /// Whether every resource recorded Online runs exactly on its group's owner.
     pub fn truth_matches_db(&self) -> Result<(), String> {
-        for r in self.db.resources.values() {
-            let owner = self.db.groups.get(&r.group).and_then(|g| g.owner.clone());
+        let db = self.db();
+        for r in db.resources.values() {
+            let owner = db.groups.get(&r.group).and_then(|g| g.owner.clone());
             let on = self.running_on(&r.name);
             if r.state == ResourceState::Online && (on.len() != 1 || Some(&on[0]) != owner.as_ref())
             {
