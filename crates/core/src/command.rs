@@ -81,6 +81,15 @@ pub enum Command {
         group: String,
         node: String,
     },
+    /// The owner `from` completes a planned handover to `to` once nothing of the group runs
+    /// on it: owner and epoch change, as with `SetOwner`. Refused unless `from` still owns the
+    /// group and it is still moving to `to`: a move cancelled (or retargeted) while the
+    /// handover was on its way must not land after all, since the group restarts on `from`.
+    HandOver {
+        group: String,
+        from: String,
+        to: String,
+    },
     /// The failover manager gives a group whose owner is Down (or gone, or a witness) to
     /// `to`: the resources are recorded stopped (`reason`), the failover is counted (at
     /// `at_ms`, leader's Unix ms), and owner and epoch change; `left_offline` also sets the
@@ -480,6 +489,24 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
             g.failover_request = None;
             g.migration = None;
             g.failed_moves.clear();
+        }
+        Command::HandOver { group, from, to } => {
+            let g = state
+                .groups
+                .get(group)
+                .ok_or_else(|| ApplyError::not_found("group", group))?;
+            if g.owner.as_ref() != Some(from) || g.moving.as_ref().is_none_or(|m| &m.to != to) {
+                return Err(ApplyError::Conflict(format!(
+                    "group {group:?} is no longer being handed from {from:?} to {to:?} (owner {}, moving to {})",
+                    g.owner.as_deref().unwrap_or("none"),
+                    g.moving.as_ref().map_or("nowhere", |m| m.to.as_str())
+                )));
+            }
+            let set = Command::SetOwner {
+                group: group.clone(),
+                node: to.clone(),
+            };
+            apply(state, &set)?;
         }
         Command::FailOver {
             group,

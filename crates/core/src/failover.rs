@@ -259,8 +259,16 @@ impl Planner<'_> {
             return self.fail_over(&g, false, reason);
         }
         if let Some(m) = &g.moving {
-            let usable =
-                self.s.nodes.get(&m.to).is_some_and(|n| n.can_take_groups()) && g.may_run_on(&m.to);
+            // A live move may already have moved instances there: it is given up only when
+            // its target is Down (they died with it), not when it is merely Paused, or the
+            // source would recover what still runs on the target.
+            let target = self.s.nodes.get(&m.to);
+            let reachable = if m.live {
+                target.is_some_and(|n| n.state != NodeState::Down && !n.witness)
+            } else {
+                target.is_some_and(|n| n.can_take_groups())
+            };
+            let usable = reachable && g.may_run_on(&m.to);
             if !usable {
                 self.retarget(&g, &m.to, m.kind);
             }

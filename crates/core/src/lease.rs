@@ -218,6 +218,13 @@ pub struct LeaderClock {
     pub contact_ms: BTreeMap<String, u64>,
     /// Each voter's former instant (see the module's proof, step 4), in this clock.
     pub former_ms: BTreeMap<String, u64>,
+    /// When each node was first heard from in this term.
+    pub first_heard_ms: BTreeMap<String, u64>,
+    /// When each node last got an answer from a leader, as its last heartbeat said (in this
+    /// clock; 0: never).
+    pub answers_ms: BTreeMap<String, u64>,
+    /// When this leader last granted each node a lease.
+    pub granted_ms: BTreeMap<String, u64>,
 }
 
 impl LeaderClock {
@@ -231,6 +238,36 @@ impl LeaderClock {
 
     pub fn heard_from(&mut self, node: &str, now_ms: u64) {
         self.contact_ms.insert(node.to_string(), now_ms);
+        self.first_heard_ms
+            .entry(node.to_string())
+            .or_insert(now_ms);
+    }
+
+    /// `node` said, in a heartbeat processed now, that it last got an answer `age_ms` before
+    /// sending it (`None`: never).
+    pub fn heard_answers(&mut self, node: &str, age_ms: Option<u64>, now_ms: u64) {
+        let at = age_ms.map_or(0, |a| now_ms.saturating_sub(a));
+        self.answers_ms.insert(node.to_string(), at);
+    }
+
+    /// This leader granted `node` a lease now.
+    pub fn granted(&mut self, node: &str, now_ms: u64) {
+        self.granted_ms.insert(node.to_string(), now_ms);
+    }
+
+    /// Heard from for over a lease in this term, yet without an answer from any leader for a
+    /// lease: its link is cut one way (or slower than the answers' timeout). It gets no more
+    /// leases from this leader, and is judged by its last grant, not its last heartbeat.
+    pub fn is_deaf(&self, node: &str, lease_ms: u64, now_ms: u64) -> bool {
+        let heard_long = self
+            .first_heard_ms
+            .get(node)
+            .is_some_and(|f| now_ms >= f + lease_ms);
+        let unanswered = self
+            .answers_ms
+            .get(node)
+            .is_some_and(|a| now_ms >= a + lease_ms);
+        heard_long && unanswered
     }
 
     /// `node` reported, in a heartbeat processed now, that its former instant was `age_ms`
@@ -261,13 +298,27 @@ impl LeaderClock {
         self.former_ms.values().copied().max()
     }
 
-    /// An instant no lease of `node` started after (the module's proof, steps 3 and 4).
-    pub fn last_known(&self, node: &str, configs: &[Vec<String>]) -> u64 {
+    /// An instant no lease of `node` started after (the module's proof, steps 3 and 4; for
+    /// a deaf node, this leader's last grant bounds the leases it gave it).
+    pub fn last_known(
+        &self,
+        node: &str,
+        configs: &[Vec<String>],
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> u64 {
+        let before_this_term = || {
+            self.former_floor(configs)
+                .map_or(self.since_ms, |f| f.min(self.since_ms))
+        };
         match self.contact_ms.get(node) {
+            Some(_) if self.is_deaf(node, lease_ms, now_ms) => self
+                .granted_ms
+                .get(node)
+                .copied()
+                .map_or_else(before_this_term, |g| g.max(before_this_term())),
             Some(c) => *c,
-            None => self
-                .former_floor(configs)
-                .map_or(self.since_ms, |f| f.min(self.since_ms)),
+            None => before_this_term(),
         }
     }
 
@@ -283,7 +334,11 @@ impl LeaderClock {
     ) -> bool {
         let found_time =
             self.contact_ms.contains_key(node) || now >= self.since_ms + 2 * cfg.interval_ms;
-        found_time && now >= self.last_known(node, configs) + cfg.lease_ms() + cfg.margin_ms()
+        found_time
+            && now
+                >= self.last_known(node, configs, cfg.lease_ms(), now)
+                    + cfg.lease_ms()
+                    + cfg.margin_ms()
     }
 
     /// Missed `threshold` heartbeats in a row.
@@ -294,7 +349,7 @@ impl LeaderClock {
         cfg: &LeaseConfig,
         now: u64,
     ) -> bool {
-        now >= self.last_known(node, configs) + cfg.lease_ms()
+        now >= self.last_known(node, configs, cfg.lease_ms(), now) + cfg.lease_ms()
     }
 
     /// The node states the leader `me` should record now: Down for a node (Up or Paused) that
@@ -332,8 +387,10 @@ impl LeaderClock {
                 )),
                 _ if node == me => None,
                 NodeState::Up | NodeState::Paused if self.is_down(node, configs, cfg, now) => {
-                    let since = self.last_known(node, configs);
-                    let what = if self.contact_ms.contains_key(node) {
+                    let since = self.last_known(node, configs, cfg.lease_ms(), now);
+                    let what = if self.is_deaf(node, cfg.lease_ms(), now) {
+                        "gets no answers (heard, but its link back is cut); its last lease from this leader started"
+                    } else if self.contact_ms.contains_key(node) {
                         "silent for"
                     } else {
                         "not heard from in this term; every lease it may hold started at least"

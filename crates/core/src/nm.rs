@@ -44,6 +44,11 @@ pub struct Heartbeat {
     /// How long before sending this the sender's former instant was (see
     /// [`crate::lease`], step 4); `None`: it has none.
     pub former_age_ms: Option<u64>,
+    /// How long before sending this the sender last got an answer from a leader (`None`:
+    /// never). A node that is heard but gets no answers (a link cut one way, or slower than
+    /// the answers' timeout) cannot be leased; the leader must not wait on it forever.
+    #[serde(default)]
+    pub answered_age_ms: Option<u64>,
 }
 
 /// The leader's answer.
@@ -65,12 +70,12 @@ pub struct HeartbeatReply {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NmAction {
     /// Send `heartbeat` to the leader (at `to`'s address) and report its answer with
-    /// [`NodeManager::answered`], passing back `sent_ms`; wait for it at most
-    /// `interval_ms`.
+    /// [`NodeManager::answered`], passing back `sent_ms`; wait for it at most `timeout_ms`.
     Send {
         to: String,
         heartbeat: Heartbeat,
         sent_ms: u64,
+        timeout_ms: u64,
     },
     /// Write the node state to the database and report with [`NodeManager::written`].
     Record(NodeRecord),
@@ -120,6 +125,8 @@ pub struct NodeManager {
     unanswered: bool,
     /// When the last lease-granting answer came.
     answered_ms: Option<u64>,
+    /// When the last answer of any kind came (a refusal too).
+    answered_any_ms: Option<u64>,
     /// Why the last answer granted no lease.
     refused: Option<String>,
     /// The storage failure last seen (it revokes the lease; a recovery needs a new one).
@@ -142,6 +149,7 @@ impl NodeManager {
             last_target: None,
             unanswered: false,
             answered_ms: None,
+            answered_any_ms: None,
             refused: None,
             storage_failed: false,
         }
@@ -300,14 +308,19 @@ impl NodeManager {
         self.last_sent_ms = Some(now);
         self.last_target = target;
         let former_age_ms = self.former_ms(r).map(|f| now.saturating_sub(f));
+        let answered_age_ms = self.answered_any_ms.map(|a| now.saturating_sub(a));
         out.push(NmAction::Send {
             to: leader,
             heartbeat: Heartbeat {
                 name: self.me.clone(),
                 term: r.term,
                 former_age_ms,
+                answered_age_ms,
             },
             sent_ms: now,
+            // Half a lease: an answer that takes longer than the interval still renews (a
+            // lease starts from the send time), so a slow link costs no lease.
+            timeout_ms: self.cfg.lease_ms() / 2,
         });
     }
 
@@ -325,11 +338,14 @@ impl NodeManager {
                 None => format!("{} is not the leader, and knows of none", self.me),
             });
         }
+        let lease_ms = self.cfg.lease_ms();
         let clock = self.clock_for(r, now);
         clock.heard_from(&hb.name, now);
         if hb.term == r.term {
             clock.heard_former(&hb.name, hb.former_age_ms, now);
         }
+        clock.heard_answers(&hb.name, hb.answered_age_ms, now);
+        let deaf = clock.is_deaf(&hb.name, lease_ms, now);
         let refused = if let Some(why) = &r.storage_failure {
             Some(format!(
                 "the leader {} cannot write its database: {why}",
@@ -347,12 +363,19 @@ impl NodeManager {
                 "node {} is recorded Down; it gets a lease once it is recorded Up again",
                 hb.name
             ))
+        } else if deaf {
+            Some(format!(
+                "node {} has had no answer from a leader for over {lease_ms} ms although the leader hears it: its lease cannot be kept, and it will be recorded Down",
+                hb.name
+            ))
         } else {
             None
         };
         let quorum_age_ms = match (&refused, r.quorum_ms) {
             (None, Some(q)) => {
                 self.led = Some((r.term, now));
+                let clock = self.clock.as_mut().expect("set above");
+                clock.granted(&hb.name, now);
                 Some(now.saturating_sub(q))
             }
             _ => None,
@@ -368,6 +391,9 @@ impl NodeManager {
 
     /// The answer to the heartbeat sent at `sent_ms` (`None`: none came, or it failed).
     pub fn answered(&mut self, sent_ms: u64, reply: Option<&HeartbeatReply>, now: u64) {
+        if reply.is_some() {
+            self.answered_any_ms = Some(now);
+        }
         match reply {
             Some(HeartbeatReply {
                 quorum_age_ms: Some(age),
@@ -399,6 +425,9 @@ impl NodeManager {
         // after, so that the RCM stops everything before the RHS processes' own deadline (the
         // lease's end) ends it behind its back.
         let usable = r.storage_failure.is_none() && self.lease.valid(now + self.tick_ms());
+        // Unfenced only by a lease with a heartbeat interval left: one about to run out (its
+        // leader's quorum time is old) would start resources only to stop them again.
+        let usable = usable && (!self.fenced || self.lease.valid(now + self.cfg.interval_ms));
         if self.fenced != usable {
             return;
         }

@@ -141,6 +141,8 @@ struct Local {
     pid: Option<u32>,
     /// Why it is in its state (the reason of the last transition).
     reason: String,
+    /// When its state was last sent to the database (see [`RERECORD_MS`]).
+    recorded_ms: u64,
     /// Entered the current pending state, or last reported progress in it.
     progress_ms: u64,
     /// While Failed: when to bring it online again (`None`: only when the group is retried).
@@ -170,6 +172,14 @@ enum Leg {
 
 /// How long a failover request may go unanswered (its write lost) before it is sent again.
 const REQUEST_RESEND_MS: u64 = 10_000;
+/// How long a step of a handover this node wrote (the new owner, the end of a migration, a
+/// cancelled move) may go unseen in the database before it is written again: longer than a
+/// write's timeout (5 s), so that only a write that surely failed is repeated; a repeat that
+/// finds the step done is refused or changes nothing.
+const STEP_RESEND_MS: u64 = 6_000;
+/// How long the database may show another state than this node knows before the RCM records
+/// it again: a record lost with a write that found no quorum must not leave status wrong.
+pub const RERECORD_MS: u64 = 3_000;
 
 /// The RCM of one node.
 #[derive(Debug)]
@@ -179,16 +189,18 @@ pub struct Rcm {
     /// Groups whose failover this node asked for, and when; held until the database shows
     /// the failover manager's answer.
     requested: BTreeMap<String, u64>,
-    /// Groups this node handed over (wrote the new owner for), at the epoch it did so.
-    handed: BTreeMap<String, u64>,
+    /// Groups this node handed over (wrote the new owner for), at the epoch it did so, and
+    /// when.
+    handed: BTreeMap<String, (u64, u64)>,
     /// Groups whose live migration this node declared complete, at the epoch it did so.
-    completed: BTreeMap<String, u64>,
+    completed: BTreeMap<String, (u64, u64)>,
     /// Live moves (group, epoch) in which a migrate_to failed after other resources of the
     /// group had migrated: the rest of the group moves cold (stopped here, started there).
     cold: BTreeMap<String, u64>,
     /// Live moves (group → target) abandoned here after a failed migrate_to, until the
     /// database shows the move cancelled: nothing is migrated again meanwhile.
-    abandoned: BTreeMap<String, String>,
+    /// With the reason sent and when.
+    abandoned: BTreeMap<String, (String, String, u64)>,
     /// No lease: nothing may run here.
     fenced: bool,
 }
@@ -233,6 +245,19 @@ impl Rcm {
             .map(|l| (l.state, l.pid, l.reason.as_str()))
     }
 
+    /// Whether a handover step for `group` at `epoch` was written and may still be on its
+    /// way (see [`STEP_RESEND_MS`]).
+    fn pending_step(
+        &self,
+        sent: &BTreeMap<String, (u64, u64)>,
+        group: &str,
+        epoch: u64,
+        now: u64,
+    ) -> bool {
+        sent.get(group)
+            .is_some_and(|(e, t)| *e == epoch && now < t + STEP_RESEND_MS)
+    }
+
     /// This node's view of a resource's state (Offline if it has none).
     pub fn state(&self, resource: &str) -> ResourceState {
         self.resources
@@ -246,9 +271,22 @@ impl Rcm {
         let mut out = Out {
             actions: Vec::new(),
             db,
+            now: now_ms,
         };
         self.handle(&mut out, input, now_ms);
         self.reconcile(&mut out, now_ms);
+        // A step due but not written again in this pass (it no longer applies as it was) is
+        // put off, so that no timer stays in the past (it would wake the loop forever).
+        for (_, t) in self.handed.values_mut().chain(self.completed.values_mut()) {
+            if *t + STEP_RESEND_MS <= now_ms {
+                *t = now_ms;
+            }
+        }
+        for (_, _, t) in self.abandoned.values_mut() {
+            if *t + STEP_RESEND_MS <= now_ms {
+                *t = now_ms;
+            }
+        }
         out.actions
     }
 
@@ -268,7 +306,19 @@ impl Rcm {
             }
         });
         let resends = self.requested.values().map(|t| t + REQUEST_RESEND_MS);
-        timers.chain(resends).min()
+        let steps = self
+            .handed
+            .values()
+            .chain(self.completed.values())
+            .map(|(_, t)| t + STEP_RESEND_MS)
+            .chain(self.abandoned.values().map(|(_, _, t)| t + STEP_RESEND_MS));
+        let resends = resends.chain(steps);
+        let rerecords = self.resources.iter().filter_map(|(name, l)| {
+            let r = db.resources.get(name)?;
+            let owned = db.groups.get(&r.group)?.owner.as_deref() == Some(self.node.as_str());
+            (owned && r.state != l.state).then_some(l.recorded_ms + RERECORD_MS)
+        });
+        timers.chain(resends).chain(rerecords).min()
     }
 
     /// Recorded Down, the failover manager may give this node's groups away at any moment
@@ -503,10 +553,12 @@ impl Rcm {
                 ),
             );
             if let Some(m) = &g.moving {
-                self.abandoned.insert(group.clone(), m.to.clone());
+                let failed = format!("live migration of {name} failed: {reason}");
+                self.abandoned
+                    .insert(group.clone(), (m.to.clone(), failed.clone(), out.now));
                 out.push(Action::Db(Command::CancelMove {
                     group,
-                    failed: Some(format!("live migration of {name} failed: {reason}")),
+                    failed: Some(failed),
                 }));
             }
         }
@@ -659,13 +711,20 @@ impl Rcm {
             let reason = format!("restarts exhausted on {} (request sent again)", self.node);
             self.request_failover(out, &group, reason, now);
         }
-        self.handed
-            .retain(|group, epoch| db.group_epoch(group) == *epoch);
-        self.completed
-            .retain(|group, epoch| db.group_epoch(group) == *epoch);
+        // What the database shows done (or moot) is forgotten.
+        self.handed.retain(|group, (epoch, _)| {
+            db.groups
+                .get(group)
+                .is_some_and(|g| g.epoch == *epoch && g.moving.is_some())
+        });
+        self.completed.retain(|group, (epoch, _)| {
+            db.groups
+                .get(group)
+                .is_some_and(|g| g.epoch == *epoch && g.migration.is_some())
+        });
         self.cold
             .retain(|group, epoch| db.group_epoch(group) == *epoch);
-        self.abandoned.retain(|group, to| {
+        self.abandoned.retain(|group, (to, _, _)| {
             db.groups
                 .get(group)
                 .and_then(|g| g.moving.as_ref())
@@ -686,6 +745,9 @@ impl Rcm {
         local.state = to;
         local.pid = pid;
         local.reason = reason.to_string();
+        if from != to {
+            local.recorded_ms = out.now;
+        }
         if matches!(to, ResourceState::Offline | ResourceState::Failed) {
             local.leg = None;
         }
@@ -934,6 +996,29 @@ impl Rcm {
         if owned {
             self.hand_over(out, group, &order);
             self.complete_migration(out, group, &order, &want);
+            self.record_again(out, &members, now);
+        }
+    }
+
+    /// Level-triggered records: a resource of a group this node owns whose record in the
+    /// database has shown another state than this node's for [`RERECORD_MS`] (its record was
+    /// lost, say with a write that found no quorum) is recorded again.
+    fn record_again(&mut self, out: &mut Out, members: &BTreeMap<&str, &Resource>, now: u64) {
+        for (name, r) in members {
+            let Some(l) = self.resources.get_mut(*name) else {
+                continue;
+            };
+            if r.state == l.state || now < l.recorded_ms + RERECORD_MS {
+                continue;
+            }
+            l.recorded_ms = now;
+            out.actions.push(Action::Db(Command::RecordState {
+                resource: name.to_string(),
+                state: l.state,
+                reason: l.reason.clone(),
+                pid: l.pid,
+                node: Some(self.node.clone()),
+            }));
         }
     }
 
@@ -948,8 +1033,17 @@ impl Rcm {
         let Some(m) = &g.moving else {
             return;
         };
-        if self.abandoned.get(group) == Some(&m.to) {
-            // Our CancelMove is on its way.
+        if let Some((to, failed, sent)) = self.abandoned.get(group).filter(|(to, ..)| *to == m.to) {
+            // Our CancelMove is on its way; written again if it seems lost.
+            if now >= sent + STEP_RESEND_MS {
+                let (to, failed) = (to.clone(), failed.clone());
+                self.abandoned
+                    .insert(group.to_string(), (to, failed.clone(), now));
+                out.push(Action::Db(Command::CancelMove {
+                    group: group.to_string(),
+                    failed: Some(failed),
+                }));
+            }
             return;
         }
         // The failover manager retargeted the move (its target went Down) after resources
@@ -1025,10 +1119,10 @@ impl Rcm {
             });
             return;
         }
-        if self.handed.get(group) == Some(&g.epoch) {
+        if self.pending_step(&self.handed, group, g.epoch, now) {
             return;
         }
-        self.handed.insert(group.to_string(), g.epoch);
+        self.handed.insert(group.to_string(), (g.epoch, now));
         let migrated: Vec<String> = order.iter().filter(|n| self.is_sent(n)).cloned().collect();
         out.push(Action::Db(Command::MigratedOwner {
             group: group.to_string(),
@@ -1073,7 +1167,7 @@ impl Rcm {
             }
             return;
         };
-        if mi.from == self.node || self.completed.get(group) == Some(&g.epoch) {
+        if mi.from == self.node || self.pending_step(&self.completed, group, g.epoch, out.now) {
             return;
         }
         let done = mi.resources.iter().all(|n| {
@@ -1086,7 +1180,7 @@ impl Rcm {
         if !done {
             return;
         }
-        self.completed.insert(group.to_string(), g.epoch);
+        self.completed.insert(group.to_string(), (g.epoch, out.now));
         out.push(Action::Db(Command::EndMigration {
             group: group.to_string(),
         }));
@@ -1108,15 +1202,16 @@ impl Rcm {
         let Some(m) = &g.moving else {
             return;
         };
-        if self.handed.get(group) == Some(&g.epoch)
+        if self.pending_step(&self.handed, group, g.epoch, out.now)
             || members.iter().any(|r| self.state(r).may_run())
         {
             return;
         }
-        self.handed.insert(group.to_string(), g.epoch);
-        out.push(Action::Db(Command::SetOwner {
+        self.handed.insert(group.to_string(), (g.epoch, out.now));
+        out.push(Action::Db(Command::HandOver {
             group: group.to_string(),
-            node: m.to.clone(),
+            from: self.node.clone(),
+            to: m.to.clone(),
         }));
         let reason = format!(
             "group stopped on {}: handing it over to {} ({} move)",
@@ -1368,6 +1463,8 @@ impl Rcm {
 struct Out<'a> {
     actions: Vec<Action>,
     db: &'a ClusterState,
+    /// The time of this step.
+    now: u64,
 }
 
 impl Out<'_> {

@@ -866,3 +866,36 @@ fn only_an_operators_move_marks_the_group_as_placed_by_the_operator() {
     ok(&mut s, hand_over("n1"));
     assert!(!s.groups["g"].operator_placed);
 }
+
+#[test]
+fn a_handover_is_refused_once_its_move_was_cancelled() {
+    // Found by the simulator: the owner wrote its handover while the failover manager
+    // cancelled the move (its target was drained); the handover landed after the cancel, and
+    // the group ran on both: on the old owner (restarted, since the move was over) and on the
+    // target (now the owner).
+    let mut s = cluster();
+    create(&mut s, "a", "g", &[]);
+    move_to(&mut s, "g", "n2", MoveKind::Operator);
+    ok(
+        &mut s,
+        Command::CancelMove {
+            group: "g".into(),
+            failed: None,
+        },
+    );
+    let hand_over = Command::HandOver {
+        group: "g".into(),
+        from: "n1".into(),
+        to: "n2".into(),
+    };
+    let err = refused(&mut s, hand_over.clone());
+    assert!(
+        err.contains("no longer being handed from \"n1\" to \"n2\""),
+        "{err}"
+    );
+    move_to(&mut s, "g", "n2", MoveKind::Operator);
+    let epoch = s.groups["g"].epoch;
+    ok(&mut s, hand_over);
+    assert_eq!(s.groups["g"].owner.as_deref(), Some("n2"));
+    assert_eq!(s.groups["g"].epoch, epoch + 1);
+}

@@ -118,6 +118,7 @@ fn the_leader_grants_no_lease_to_a_node_recorded_down_or_being_recorded_down() {
         name: name.into(),
         term: 2,
         former_age_ms: None,
+        answered_age_ms: Some(0),
     };
     la.heartbeat(&leader(Some(0), 3), &s, &hb("b"), 0).unwrap();
     la.heartbeat(&leader(Some(0), 3), &s, &hb("c"), 0).unwrap();
@@ -185,6 +186,7 @@ fn a_new_leader_vouches_for_a_silent_predecessor_only_after_lease_and_margin() {
         name: "c".into(),
         term: 3,
         former_age_ms: Some(1_200),
+        answered_age_ms: Some(0),
     };
     lb.heartbeat(&r, &s, &hb, 10_100).unwrap();
     // floor = max(9 000, 8 900) = 9 000: Down at 11 400, but not before two intervals after
@@ -252,4 +254,75 @@ fn a_follower_reports_its_former_instant_and_retries_at_once_after_a_miss() {
     b.answered(1_000, None, 1_010);
     // ...but a missed answer is retried at the next tick.
     assert_eq!(sends(&b.tick(&r, &s, 1_050)).len(), 1);
+}
+
+#[test]
+fn a_node_heard_but_getting_no_answers_is_leased_no_more_and_recorded_down_from_its_last_grant() {
+    let mut s = db(&["a", "b", "c"]);
+    let mut la = NodeManager::new("a", CFG);
+    let hb = |answered: Option<u64>| Heartbeat {
+        name: "c".into(),
+        term: 2,
+        former_age_ms: None,
+        answered_age_ms: answered,
+    };
+    let voters_b = Heartbeat {
+        name: "b".into(),
+        ..hb(Some(0))
+    };
+    // c is answered at 0 and granted; then its answers stop reaching it (a one-way cut), while
+    // its heartbeats keep arriving and say so.
+    let r = |t| leader(Some(t), 3);
+    let first = la.heartbeat(&r(0), &s, &hb(Some(0)), 0).unwrap();
+    assert!(first.quorum_age_ms.is_some());
+    for t in (500..2_000).step_by(500) {
+        la.heartbeat(&r(t), &s, &voters_b, t).unwrap();
+        let reply = la.heartbeat(&r(t), &s, &hb(Some(t)), t).unwrap();
+        assert!(
+            reply.quorum_age_ms.is_some(),
+            "still answered recently at {t}"
+        );
+    }
+    // A lease without an answer: no more grants.
+    la.heartbeat(&r(2_000), &s, &voters_b, 2_000).unwrap();
+    let reply = la
+        .heartbeat(&r(2_000), &s, &hb(Some(2_000)), 2_000)
+        .unwrap();
+    assert_eq!(reply.quorum_age_ms, None);
+    assert!(reply.refused.unwrap().contains("no answer from a leader"));
+    // Down a lease and a margin after its last grant (at 1 500), though it is heard.
+    for t in (2_100..3_900).step_by(100) {
+        la.heartbeat(&r(t), &s, &voters_b, t).unwrap();
+        la.heartbeat(&r(t), &s, &hb(Some(t)), t).unwrap();
+        let records = la.tick(&r(t), &s, t);
+        assert!(
+            !records.iter().any(|a| matches!(a, NmAction::Record(_))),
+            "recorded at {t}: {records:?}"
+        );
+    }
+    la.heartbeat(&r(3_900), &s, &voters_b, 3_900).unwrap();
+    let out = la.tick(&r(3_900), &s, 3_900);
+    assert!(
+        out.iter().any(
+            |a| matches!(a, NmAction::Record(r) if r.node == "c" && r.state == NodeState::Down)
+        ),
+        "{out:?}"
+    );
+    la.written("c");
+    set(&mut s, "c", NodeState::Down);
+    // Still deaf: not recorded Up again (no flapping); heard with answers: Up.
+    la.heartbeat(&r(4_500), &s, &hb(Some(4_500)), 4_500)
+        .unwrap();
+    let out = la.tick(&r(4_500), &s, 4_500);
+    assert!(
+        !out.iter().any(|a| matches!(a, NmAction::Record(_))),
+        "{out:?}"
+    );
+    la.heartbeat(&r(4_600), &s, &hb(Some(10)), 4_600).unwrap();
+    let out = la.tick(&r(4_600), &s, 4_600);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, NmAction::Record(r) if r.node == "c" && r.state == NodeState::Up)),
+        "{out:?}"
+    );
 }

@@ -408,9 +408,10 @@ fn exhausted_restarts_fail_the_group_over_to_another_node() {
         quick: false,
     })
     .expect("the failover manager chose n2");
-    let owner = position(&Command::SetOwner {
+    let owner = position(&Command::HandOver {
         group: "g".into(),
-        node: "n2".into(),
+        from: "n1".into(),
+        to: "n2".into(),
     })
     .expect("the owner handed the group over");
     assert!(request < moving && moving < owner, "{cmds:?}");

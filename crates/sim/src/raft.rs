@@ -99,6 +99,10 @@ pub struct Replica {
     pub applied: u64,
     base: ClusterState,
     election_timeout_ms: u64,
+    /// Up to this much more, drawn anew for every wait (Raft's randomized timeouts: without
+    /// them, two candidates can split the vote forever).
+    election_spread_ms: u64,
+    rng: u64,
     election_at: u64,
     votes: BTreeSet<String>,
     next: BTreeMap<String, u64>,
@@ -112,6 +116,14 @@ pub struct Replica {
 
 pub type Out = Vec<(String, Msg)>;
 
+/// A node's election timeout: at least `min_ms`, up to `spread_ms` more drawn from `seed`.
+#[derive(Clone, Copy, Debug)]
+pub struct Election {
+    pub min_ms: u64,
+    pub spread_ms: u64,
+    pub seed: u64,
+}
+
 impl Replica {
     /// A node starting at `now` from `disk` (its state machine rebuilt from `base`, the
     /// database before the first entry, and its log up to its saved commit index).
@@ -120,7 +132,7 @@ impl Replica {
         voters: Vec<String>,
         base: ClusterState,
         disk: Disk,
-        election_timeout_ms: u64,
+        election: Election,
         now: u64,
     ) -> Self {
         let mut r = Self {
@@ -132,8 +144,10 @@ impl Replica {
             state: base.clone(),
             applied: 0,
             base,
-            election_timeout_ms,
-            election_at: now + election_timeout_ms,
+            election_timeout_ms: election.min_ms,
+            election_spread_ms: election.spread_ms,
+            rng: election.seed | 1,
+            election_at: now + election.min_ms,
             votes: BTreeSet::new(),
             next: BTreeMap::new(),
             matched: BTreeMap::new(),
@@ -143,6 +157,14 @@ impl Replica {
         };
         r.apply_committed();
         r
+    }
+
+    /// The next election timeout.
+    fn election_wait(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.election_timeout_ms + self.rng % (self.election_spread_ms + 1)
     }
 
     pub fn term(&self) -> u64 {
@@ -203,7 +225,7 @@ impl Replica {
         }
         if self.role != Role::Follower {
             self.role = Role::Follower;
-            self.election_at = now + self.election_timeout_ms;
+            self.election_at = now + self.election_wait();
         }
     }
 
@@ -254,7 +276,7 @@ impl Replica {
         self.role = Role::Candidate;
         self.leader = None;
         self.votes = BTreeSet::from([self.me.clone()]);
-        self.election_at = now + self.election_timeout_ms;
+        self.election_at = now + self.election_wait();
         if self.votes.len() >= self.majority() {
             return self.become_leader(now);
         }
@@ -310,7 +332,7 @@ impl Replica {
                     && self.disk.voted_for.as_ref().is_none_or(|v| *v == candidate);
                 if granted {
                     self.disk.voted_for = Some(candidate.clone());
-                    self.election_at = now + self.election_timeout_ms;
+                    self.election_at = now + self.election_wait();
                 }
                 let reply = Msg::VoteReply {
                     term: self.disk.term,
@@ -366,7 +388,7 @@ impl Replica {
             self.role = Role::Follower;
         }
         self.leader = Some(leader.clone());
-        self.election_at = now + self.election_timeout_ms;
+        self.election_at = now + self.election_wait();
         if prev_index > self.last_index() || self.term_at(prev_index) != prev_term {
             let hint = prev_index.saturating_sub(1).min(self.last_index());
             return reply(self, false, hint);

@@ -158,11 +158,11 @@ pub fn run(seed: u64) -> Result<(), String> {
         interval_ms: 500,
         threshold: 4,
     };
-    let mut w = World::new(db, cfg, EPOCH_BASE_MS);
+    let mut w = World::with_seed(db, cfg, EPOCH_BASE_MS, Some(seed));
     w.sims = sims;
     let mut t = 5_000;
     while t < CHAOS_MS {
-        let step = match rng.below(11) {
+        let step = match rng.below(16) {
             0 | 1 => Step::PowerOff(rng.pick(&nodes).clone()),
             2 | 3 => Step::PowerOn(rng.pick(&nodes).clone()),
             4 => {
@@ -180,13 +180,30 @@ pub fn run(seed: u64) -> Result<(), String> {
                 name: rng.pick(&hosts).clone(),
                 draining: true,
             }),
-            _ => Step::Operator(Command::ResumeNode {
+            10 => Step::Operator(Command::ResumeNode {
                 name: rng.pick(&hosts).clone(),
                 failback: rng.below(2) == 0,
             }),
+            // SIGSTOP of an agent, for half a second to six.
+            11 | 12 => Step::Stop(rng.pick(&nodes).clone(), 500 + rng.below(5_500)),
+            // One direction of one link.
+            13 => {
+                let a = rng.pick(&nodes).clone();
+                let others: Vec<String> = nodes.iter().filter(|n| **n != a).cloned().collect();
+                let b = rng.pick(&others).clone();
+                Step::Cut(a, b)
+            }
+            // Replication (and heartbeats) lag on one node's links.
+            14 => Step::Slow(rng.pick(&nodes).clone(), rng.below(700)),
+            // A short blip: off and back on its old disk soon after.
+            _ => {
+                let n = rng.pick(&nodes).clone();
+                w.at(t + 200 + rng.below(4_000), Step::PowerOn(n.clone()));
+                Step::PowerOff(n)
+            }
         };
         w.at(t, step);
-        t += 500 + rng.below(15_000);
+        t += 500 + rng.below(12_000);
     }
     // Repair everything, then let the cluster settle.
     w.at(CHAOS_MS, Step::Heal);
@@ -226,7 +243,7 @@ pub fn run(seed: u64) -> Result<(), String> {
     if problems.is_empty() {
         return Ok(());
     }
-    let mut report = format!("seed {seed}:\n");
+    let mut report = format!("seed {seed}:\n{}", w.describe_nodes());
     for p in &problems {
         report.push_str(&format!("  {p}\n"));
     }

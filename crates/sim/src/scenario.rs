@@ -11,7 +11,10 @@
 //! resource web/app start=100 stop=50 threshold=3 delay=500 period=900
 //!           action=restart_then_failover depends=a,b
 //! online web                     # desired Online at time 0
-//! at 10s power off n1            # also: power on N, partition a b | c, heal,
+//! at 10s power off n1            # also: power on N (from its own, old, disk),
+//!                                #   partition a b | c, cut a -> b (one way), heal,
+//!                                #   slow N 300ms (every message to or from N),
+//!                                #   stop N for 3s (SIGSTOP of its agent, not its RHS),
 //!                                #   fail R, break R on N [COUNT], fix R on N,
 //!                                #   move G [to N], drain N, resume N [failback],
 //!                                #   set G KEY=VALUE..., online G, offline G
@@ -356,6 +359,9 @@ fn parse_step(words: &[&str]) -> Result<Step, String> {
         ["power", "off", n] => Step::PowerOff(n.to_string()),
         ["power", "on", n] => Step::PowerOn(n.to_string()),
         ["heal"] => Step::Heal,
+        ["stop", n, "for", t] => Step::Stop(n.to_string(), parse_time(t)?),
+        ["cut", a, "->", b] => Step::Cut(a.to_string(), b.to_string()),
+        ["slow", n, t] => Step::Slow(n.to_string(), parse_time(t)?),
         ["partition", ..] => Step::Partition(
             words[1..]
                 .split(|w| *w == "|")
@@ -413,9 +419,10 @@ fn parse_step(words: &[&str]) -> Result<Step, String> {
         }
         _ => {
             return Err(format!(
-                "unknown step {:?}; steps are: power off|on N, partition A B | C, heal, fail R, \
-                 break R on N [COUNT], fix R on N, move G [to N], drain N, resume N [failback], \
-                 set G KEY=VALUE..., online G, offline G",
+                "unknown step {:?}; steps are: power off|on N, partition A B | C, cut A -> B, \
+                 slow N TIME, stop N for TIME, heal, fail R, break R on N [COUNT], fix R on N, \
+                 move G [to N], drain N, resume N [failback], set G KEY=VALUE..., online G, \
+                 offline G",
                 words.join(" ")
             ));
         }

@@ -34,6 +34,15 @@ const MAX_EVENTS: u64 = 20_000_000;
 /// [`ELECTION_STEP_MS`], plus the seed's jitter.
 const ELECTION_MIN_MS: u64 = 300;
 const ELECTION_STEP_MS: u64 = 50;
+/// And up to this much at random on every wait (from the node's own seed).
+const ELECTION_SPREAD_MS: u64 = 150;
+
+/// 64-bit FNV-1a: a node's own seed from its name.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// How a resource behaves in the simulation.
 #[derive(Clone, Debug)]
@@ -69,8 +78,16 @@ enum Net {
         reply: Option<HeartbeatReply>,
         sent_ms: u64,
     },
-    /// A write forwarded to the leader.
-    Forward(Vec<Command>),
+    /// A write sent to the leader (the node itself, if it leads), numbered by its writer.
+    Forward {
+        id: u64,
+        cmds: Vec<Command>,
+    },
+    /// The leader's answer: committed, or not (it does not lead, or lost its leadership).
+    ForwardReply {
+        id: u64,
+        committed: bool,
+    },
     /// The RHS of the node reports on a resource instance.
     Report {
         resource: String,
@@ -130,8 +147,14 @@ struct Agent {
     heartbeats: BTreeSet<u64>,
     /// Node records proposed, by log index.
     records: BTreeMap<u64, vigil_core::lease::NodeRecord>,
-    /// RCM records waiting for a leader, in order, with when they give up.
+    /// RCM records waiting to be committed, in order, with when they give up: one at a
+    /// time, as the agent's write loop does.
     rcm_queue: VecDeque<(u64, Vec<Command>)>,
+    /// The head of `rcm_queue` is with a leader: its number, and when to send it again.
+    in_flight: Option<(u64, u64)>,
+    next_write: u64,
+    /// Leading: writes forwarded to it, by log index, with who sent them.
+    forwarded: BTreeMap<u64, (String, u64)>,
     /// The failover manager's plan being committed (its index), when this node leads.
     fm_pending: Option<u64>,
     /// The highest epoch of each group this node's copy has shown.
@@ -154,6 +177,7 @@ struct SimNode {
     /// Extra latency on every message to and from this node.
     slow_ms: u64,
     election_ms: u64,
+    election_seed: u64,
 }
 
 /// A step the scenario (or a random run) takes at a given time.
@@ -277,6 +301,7 @@ impl World {
                 rhs_deadline: None,
                 slow_ms: 0,
                 election_ms: ELECTION_MIN_MS + rank as u64 * ELECTION_STEP_MS + jitter,
+                election_seed: seed.unwrap_or(0) ^ fnv(n),
             };
             w.nodes.insert(n.clone(), node);
             w.boot(n);
@@ -376,7 +401,11 @@ impl World {
             self.voters.clone(),
             self.base.clone(),
             n.disk.clone(),
-            n.election_ms,
+            raft::Election {
+                min_ms: n.election_ms,
+                spread_ms: ELECTION_SPREAD_MS,
+                seed: n.election_seed,
+            },
             now,
         );
         let epochs = raft
@@ -393,6 +422,9 @@ impl World {
             heartbeats: BTreeSet::new(),
             records: BTreeMap::new(),
             rcm_queue: VecDeque::new(),
+            in_flight: None,
+            next_write: 1,
+            forwarded: BTreeMap::new(),
             fm_pending: None,
             epochs,
             said_term: 0,
@@ -528,6 +560,11 @@ impl World {
                 self.receive(n, &from, net);
             }
         }
+        // Its RCM's timers that fell due while it was stopped run now.
+        if self.powered(n) {
+            self.agent(n).wake = None;
+            self.rcm_step(n, Input::Tick);
+        }
     }
 
     fn receive(&mut self, to: &str, from: &str, net: Net) {
@@ -553,10 +590,31 @@ impl World {
                     a.nm.answered(sent_ms, reply.as_ref(), now);
                 }
             }
-            Net::Forward(cmds) => {
-                if let Some((_, out)) = self.agent(to).raft.propose(cmds, now) {
+            Net::Forward { id, cmds } => match self.agent(to).raft.propose(cmds, now) {
+                Some((index, out)) => {
+                    self.agent(to)
+                        .forwarded
+                        .insert(index, (from.to_string(), id));
                     self.send_raft(to, out);
                     self.applied(to);
+                }
+                None => self.send(
+                    to,
+                    from,
+                    Net::ForwardReply {
+                        id,
+                        committed: false,
+                    },
+                ),
+            },
+            Net::ForwardReply { id, committed } => {
+                let a = self.agent(to);
+                if a.in_flight.is_some_and(|(i, _)| i == id) {
+                    a.in_flight = None;
+                    if committed {
+                        a.rcm_queue.pop_front();
+                    }
+                    self.flush_rcm(to);
                 }
             }
             Net::Report {
@@ -580,6 +638,17 @@ impl World {
             if a.fm_pending == Some(*index) {
                 a.fm_pending = None;
             }
+            if let Some((from, id)) = a.forwarded.remove(index) {
+                self.send(
+                    n,
+                    &from,
+                    Net::ForwardReply {
+                        id,
+                        committed: true,
+                    },
+                );
+            }
+            let a = self.agent(n);
             if let Some(record) = a.records.remove(index) {
                 a.nm.written(&record.node);
                 self.say(n, format!("NM node {} {}", record.node, record.state));
@@ -706,11 +775,11 @@ impl World {
                     to,
                     heartbeat,
                     sent_ms,
+                    timeout_ms,
                 } => {
                     self.agent(n).heartbeats.insert(sent_ms);
-                    let limit = self.cfg.interval_ms;
                     self.push(
-                        now + limit,
+                        now + timeout_ms,
                         Ev::HeartbeatTimeout {
                             node: n.to_string(),
                             sent_ms,
@@ -805,38 +874,51 @@ impl World {
         }
     }
 
-    /// RCM records, as the agent's write loop sends them: in order, to the leader it knows;
-    /// a record that finds no leader keeps waiting for up to [`RCM_WRITE_TIMEOUT_MS`].
+    /// RCM records, as the agent's write loop sends them: in order, one at a time, to the
+    /// leader it knows (itself too), each until it is committed; a record that is not within
+    /// [`RCM_WRITE_TIMEOUT_MS`] is given up.
     fn write_rcm(&mut self, n: &str, cmds: Vec<Command>) {
         let deadline = self.now + RCM_WRITE_TIMEOUT_MS;
         self.agent(n).rcm_queue.push_back((deadline, cmds));
         self.flush_rcm(n);
     }
 
+    /// How long a writer waits for the leader's answer before it sends the write again.
+    const RESEND_MS: u64 = 1_000;
+
     fn flush_rcm(&mut self, n: &str) {
         let now = self.now;
-        loop {
-            let a = self.agent(n);
-            let Some((deadline, cmds)) = a.rcm_queue.front().cloned() else {
-                return;
-            };
-            if now > deadline {
-                a.rcm_queue.pop_front();
-                continue;
-            }
-            let Some(leader) = a.raft.leader.clone() else {
-                return;
-            };
-            a.rcm_queue.pop_front();
-            if leader == n {
-                if let Some((_, out)) = self.agent(n).raft.propose(cmds, now) {
-                    self.send_raft(n, out);
-                    self.applied(n);
-                }
-            } else {
-                self.send(n, &leader, Net::Forward(cmds));
+        let a = self.agent(n);
+        // A leader that lost its leadership answers what was forwarded to it: not committed.
+        if a.raft.role != Role::Leader && !a.forwarded.is_empty() {
+            let lost: Vec<(String, u64)> = std::mem::take(&mut a.forwarded).into_values().collect();
+            for (from, id) in lost {
+                self.send(
+                    n,
+                    &from,
+                    Net::ForwardReply {
+                        id,
+                        committed: false,
+                    },
+                );
             }
         }
+        let a = self.agent(n);
+        while a.rcm_queue.front().is_some_and(|(d, _)| now > *d) {
+            a.rcm_queue.pop_front();
+            a.in_flight = None;
+        }
+        if a.in_flight.is_some_and(|(_, resend)| now < resend) {
+            return;
+        }
+        let (Some((_, cmds)), Some(leader)) = (a.rcm_queue.front().cloned(), a.raft.leader.clone())
+        else {
+            return;
+        };
+        let id = a.next_write;
+        a.next_write += 1;
+        a.in_flight = Some((id, now + Self::RESEND_MS));
+        self.send(n, &leader, Net::Forward { id, cmds });
     }
 
     fn rcm_step(&mut self, n: &str, input: Input) {
@@ -1269,6 +1351,31 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Each node's Raft, lease and copy, for a failing run's report.
+    pub fn describe_nodes(&self) -> String {
+        let mut out = String::new();
+        for (name, n) in &self.nodes {
+            let Some(a) = &n.agent else {
+                out.push_str(&format!("  {name}: powered off\n"));
+                continue;
+            };
+            let me = a.raft.state.nodes.get(name).map(|x| x.state);
+            out.push_str(&format!(
+                "  {name}: {:?} term {} leader {:?} log {} commit {} applied {}; fenced {}; stopped {:?}; itself recorded {me:?}; RCM wake {:?}\n",
+                a.raft.role,
+                a.raft.term(),
+                a.raft.leader,
+                a.raft.last_index(),
+                a.raft.disk.commit,
+                a.raft.applied,
+                a.nm.is_fenced(),
+                n.stopped_until,
+                a.rcm.next_wakeup_ms(&a.raft.state),
+            ));
+        }
+        out
     }
 
     /// Whether every resource recorded Online runs exactly on its group's owner.
