@@ -218,11 +218,9 @@ pub struct LeaderClock {
     pub contact_ms: BTreeMap<String, u64>,
     /// Each voter's former instant (see the module's proof, step 4), in this clock.
     pub former_ms: BTreeMap<String, u64>,
-    /// When each node was first heard from in this term.
-    pub first_heard_ms: BTreeMap<String, u64>,
-    /// When each node last got an answer from a leader, as its last heartbeat said (in this
-    /// clock; 0: never).
-    pub answers_ms: BTreeMap<String, u64>,
+    /// Since when each node has been reporting no recent answer from a leader (in this
+    /// clock); absent while its answers arrive.
+    pub unanswered_since_ms: BTreeMap<String, u64>,
     /// When this leader last granted each node a lease.
     pub granted_ms: BTreeMap<String, u64>,
 }
@@ -238,16 +236,18 @@ impl LeaderClock {
 
     pub fn heard_from(&mut self, node: &str, now_ms: u64) {
         self.contact_ms.insert(node.to_string(), now_ms);
-        self.first_heard_ms
-            .entry(node.to_string())
-            .or_insert(now_ms);
     }
 
     /// `node` said, in a heartbeat processed now, that it last got an answer `age_ms` before
-    /// sending it (`None`: never).
-    pub fn heard_answers(&mut self, node: &str, age_ms: Option<u64>, now_ms: u64) {
-        let at = age_ms.map_or(0, |a| now_ms.saturating_sub(a));
-        self.answers_ms.insert(node.to_string(), at);
+    /// sending it (`None`: never, e.g. just started). More than `stale_ms` is no recent one.
+    pub fn heard_answers(&mut self, node: &str, age_ms: Option<u64>, stale_ms: u64, now_ms: u64) {
+        if age_ms.is_some_and(|a| a <= stale_ms) {
+            self.unanswered_since_ms.remove(node);
+        } else {
+            self.unanswered_since_ms
+                .entry(node.to_string())
+                .or_insert(now_ms);
+        }
     }
 
     /// This leader granted `node` a lease now.
@@ -255,19 +255,13 @@ impl LeaderClock {
         self.granted_ms.insert(node.to_string(), now_ms);
     }
 
-    /// Heard from for over a lease in this term, yet without an answer from any leader for a
-    /// lease: its link is cut one way (or slower than the answers' timeout). It gets no more
-    /// leases from this leader, and is judged by its last grant, not its last heartbeat.
+    /// Heard from, but reporting for a lease that no answer reached it: its link is cut one
+    /// way (or slower than the answers' timeout). It gets no more leases from this leader,
+    /// and is judged by its last grant, not its last heartbeat.
     pub fn is_deaf(&self, node: &str, lease_ms: u64, now_ms: u64) -> bool {
-        let heard_long = self
-            .first_heard_ms
+        self.unanswered_since_ms
             .get(node)
-            .is_some_and(|f| now_ms >= f + lease_ms);
-        let unanswered = self
-            .answers_ms
-            .get(node)
-            .is_some_and(|a| now_ms >= a + lease_ms);
-        heard_long && unanswered
+            .is_some_and(|since| now_ms >= since + lease_ms)
     }
 
     /// `node` reported, in a heartbeat processed now, that its former instant was `age_ms`

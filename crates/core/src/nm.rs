@@ -344,7 +344,10 @@ impl NodeManager {
         if hb.term == r.term {
             clock.heard_former(&hb.name, hb.former_age_ms, now);
         }
-        clock.heard_answers(&hb.name, hb.answered_age_ms, now);
+        // An answer older than the interval and the answers' timeout is no recent one.
+        let stale_ms = self.cfg.interval_ms + lease_ms / 2;
+        let clock = self.clock.as_mut().expect("set above");
+        clock.heard_answers(&hb.name, hb.answered_age_ms, stale_ms, now);
         let deaf = clock.is_deaf(&hb.name, lease_ms, now);
         let refused = if let Some(why) = &r.storage_failure {
             Some(format!(

@@ -270,38 +270,37 @@ fn a_node_heard_but_getting_no_answers_is_leased_no_more_and_recorded_down_from_
         name: "b".into(),
         ..hb(Some(0))
     };
-    // c is answered at 0 and granted; then its answers stop reaching it (a one-way cut), while
-    // its heartbeats keep arriving and say so.
     let r = |t| leader(Some(t), 3);
+    // c is answered at 0; then its answers stop reaching it (a one-way cut), while its
+    // heartbeats keep arriving and say so: an answer older than the interval plus the answers'
+    // timeout (1 500 ms) is no recent one, from 2 000 on.
     let first = la.heartbeat(&r(0), &s, &hb(Some(0)), 0).unwrap();
     assert!(first.quorum_age_ms.is_some());
-    for t in (500..2_000).step_by(500) {
-        la.heartbeat(&r(t), &s, &voters_b, t).unwrap();
-        let reply = la.heartbeat(&r(t), &s, &hb(Some(t)), t).unwrap();
+    let beat = |la: &mut NodeManager, s: &ClusterState, t: u64| {
+        la.heartbeat(&r(t), s, &voters_b, t).unwrap();
+        la.heartbeat(&r(t), s, &hb(Some(t)), t).unwrap()
+    };
+    for t in (500..4_000).step_by(500) {
         assert!(
-            reply.quorum_age_ms.is_some(),
-            "still answered recently at {t}"
+            beat(&mut la, &s, t).quorum_age_ms.is_some(),
+            "granted at {t}"
         );
     }
-    // A lease without an answer: no more grants.
-    la.heartbeat(&r(2_000), &s, &voters_b, 2_000).unwrap();
-    let reply = la
-        .heartbeat(&r(2_000), &s, &hb(Some(2_000)), 2_000)
-        .unwrap();
+    // A lease of such reports (from 2 000): no more grants.
+    let reply = beat(&mut la, &s, 4_000);
     assert_eq!(reply.quorum_age_ms, None);
     assert!(reply.refused.unwrap().contains("no answer from a leader"));
-    // Down a lease and a margin after its last grant (at 1 500), though it is heard.
-    for t in (2_100..3_900).step_by(100) {
-        la.heartbeat(&r(t), &s, &voters_b, t).unwrap();
-        la.heartbeat(&r(t), &s, &hb(Some(t)), t).unwrap();
-        let records = la.tick(&r(t), &s, t);
+    // Down a lease and a margin after its last grant (at 3 500), though it is heard.
+    for t in (4_100..5_900).step_by(100) {
+        beat(&mut la, &s, t);
+        let out = la.tick(&r(t), &s, t);
         assert!(
-            !records.iter().any(|a| matches!(a, NmAction::Record(_))),
-            "recorded at {t}: {records:?}"
+            !out.iter().any(|a| matches!(a, NmAction::Record(_))),
+            "recorded at {t}: {out:?}"
         );
     }
-    la.heartbeat(&r(3_900), &s, &voters_b, 3_900).unwrap();
-    let out = la.tick(&r(3_900), &s, 3_900);
+    beat(&mut la, &s, 5_900);
+    let out = la.tick(&r(5_900), &s, 5_900);
     assert!(
         out.iter().any(
             |a| matches!(a, NmAction::Record(r) if r.node == "c" && r.state == NodeState::Down)
@@ -310,16 +309,16 @@ fn a_node_heard_but_getting_no_answers_is_leased_no_more_and_recorded_down_from_
     );
     la.written("c");
     set(&mut s, "c", NodeState::Down);
-    // Still deaf: not recorded Up again (no flapping); heard with answers: Up.
-    la.heartbeat(&r(4_500), &s, &hb(Some(4_500)), 4_500)
-        .unwrap();
-    let out = la.tick(&r(4_500), &s, 4_500);
+    // Still deaf: not recorded Up again (no flapping); heard with fresh answers (its
+    // refusals reach it again): Up.
+    beat(&mut la, &s, 6_000);
+    let out = la.tick(&r(6_000), &s, 6_000);
     assert!(
         !out.iter().any(|a| matches!(a, NmAction::Record(_))),
         "{out:?}"
     );
-    la.heartbeat(&r(4_600), &s, &hb(Some(10)), 4_600).unwrap();
-    let out = la.tick(&r(4_600), &s, 4_600);
+    la.heartbeat(&r(6_100), &s, &hb(Some(10)), 6_100).unwrap();
+    let out = la.tick(&r(6_100), &s, 6_100);
     assert!(
         out.iter()
             .any(|a| matches!(a, NmAction::Record(r) if r.node == "c" && r.state == NodeState::Up)),

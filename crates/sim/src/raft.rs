@@ -32,6 +32,9 @@ pub struct Disk {
     pub log: Vec<Entry>,
     /// Saved as it advances (openraft saves it too), so a restart applies this far at once.
     pub commit: u64,
+    /// The leader of `term` it followed (openraft's committed vote names it): a restarted
+    /// node knows where to send its heartbeats before it hears from anyone.
+    pub leader: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,12 +138,13 @@ impl Replica {
         election: Election,
         now: u64,
     ) -> Self {
+        let leader = disk.leader.clone().filter(|l| l != me);
         let mut r = Self {
             me: me.to_string(),
             voters,
             disk,
             role: Role::Follower,
-            leader: None,
+            leader,
             state: base.clone(),
             applied: 0,
             base,
@@ -204,6 +208,7 @@ impl Replica {
     fn become_leader(&mut self, now: u64) -> Out {
         self.role = Role::Leader;
         self.leader = Some(self.me.clone());
+        self.disk.leader = Some(self.me.clone());
         for p in self.peers() {
             self.next.insert(p.clone(), self.last_index() + 1);
             self.matched.insert(p, 0);
@@ -222,6 +227,7 @@ impl Replica {
             self.disk.term = term;
             self.disk.voted_for = None;
             self.leader = None;
+            self.disk.leader = None;
         }
         if self.role != Role::Follower {
             self.role = Role::Follower;
@@ -275,6 +281,7 @@ impl Replica {
         self.disk.voted_for = Some(self.me.clone());
         self.role = Role::Candidate;
         self.leader = None;
+        self.disk.leader = None;
         self.votes = BTreeSet::from([self.me.clone()]);
         self.election_at = now + self.election_wait();
         if self.votes.len() >= self.majority() {
@@ -388,6 +395,7 @@ impl Replica {
             self.role = Role::Follower;
         }
         self.leader = Some(leader.clone());
+        self.disk.leader = Some(leader.clone());
         self.election_at = now + self.election_wait();
         if prev_index > self.last_index() || self.term_at(prev_index) != prev_term {
             let hint = prev_index.saturating_sub(1).min(self.last_index());

@@ -193,8 +193,9 @@ pub fn run(seed: u64) -> Result<(), String> {
                 let b = rng.pick(&others).clone();
                 Step::Cut(a, b)
             }
-            // Replication (and heartbeats) lag on one node's links.
-            14 => Step::Slow(rng.pick(&nodes).clone(), rng.below(700)),
+            // One node's links are slow; or only its replication lags.
+            14 if rng.below(2) == 0 => Step::Slow(rng.pick(&nodes).clone(), rng.below(700)),
+            14 => Step::Lag(rng.pick(&nodes).clone(), rng.below(3_000)),
             // A short blip: off and back on its old disk soon after.
             _ => {
                 let n = rng.pick(&nodes).clone();

@@ -14,6 +14,7 @@
 //! at 10s power off n1            # also: power on N (from its own, old, disk),
 //!                                #   partition a b | c, cut a -> b (one way), heal,
 //!                                #   slow N 300ms (every message to or from N),
+//!                                #   lag N 300ms (only Raft's: N's copy lags),
 //!                                #   stop N for 3s (SIGSTOP of its agent, not its RHS),
 //!                                #   fail R, break R on N [COUNT], fix R on N,
 //!                                #   move G [to N], drain N, resume N [failback],
@@ -362,6 +363,7 @@ fn parse_step(words: &[&str]) -> Result<Step, String> {
         ["stop", n, "for", t] => Step::Stop(n.to_string(), parse_time(t)?),
         ["cut", a, "->", b] => Step::Cut(a.to_string(), b.to_string()),
         ["slow", n, t] => Step::Slow(n.to_string(), parse_time(t)?),
+        ["lag", n, t] => Step::Lag(n.to_string(), parse_time(t)?),
         ["partition", ..] => Step::Partition(
             words[1..]
                 .split(|w| *w == "|")
@@ -420,7 +422,7 @@ fn parse_step(words: &[&str]) -> Result<Step, String> {
         _ => {
             return Err(format!(
                 "unknown step {:?}; steps are: power off|on N, partition A B | C, cut A -> B, \
-                 slow N TIME, stop N for TIME, heal, fail R, break R on N [COUNT], fix R on N, \
+                 slow N TIME, lag N TIME, stop N for TIME, heal, fail R, break R on N [COUNT], fix R on N, \
                  move G [to N], drain N, resume N [failback], set G KEY=VALUE..., online G, \
                  offline G",
                 words.join(" ")

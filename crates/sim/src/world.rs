@@ -176,6 +176,8 @@ struct SimNode {
     rhs_deadline: Option<u64>,
     /// Extra latency on every message to and from this node.
     slow_ms: u64,
+    /// Extra latency on Raft's messages only (replication lags, heartbeats do not).
+    lag_ms: u64,
     election_ms: u64,
     election_seed: u64,
 }
@@ -191,8 +193,11 @@ pub enum Step {
     Cut(String, String),
     /// Every cut, partition and slowness ends.
     Heal,
-    /// Messages to and from the node take this much longer (replication lags).
+    /// Messages to and from the node take this much longer.
     Slow(String, u64),
+    /// Raft's messages to and from the node take this much longer: its copy lags (a
+    /// catch-up, a busy disk), while its heartbeats go through as fast as ever.
+    Lag(String, u64),
     /// The node's agent is stopped (SIGSTOP) for this long; its RHS is not.
     Stop(String, u64),
     /// The resource fails wherever it runs.
@@ -300,6 +305,7 @@ impl World {
                 inbox: Vec::new(),
                 rhs_deadline: None,
                 slow_ms: 0,
+                lag_ms: 0,
                 election_ms: ELECTION_MIN_MS + rank as u64 * ELECTION_STEP_MS + jitter,
                 election_seed: seed.unwrap_or(0) ^ fnv(n),
             };
@@ -479,7 +485,10 @@ impl World {
         } else {
             0
         };
-        let slow = self.nodes[from].slow_ms + self.nodes[to].slow_ms;
+        let mut slow = self.nodes[from].slow_ms + self.nodes[to].slow_ms;
+        if matches!(net, Net::Raft(_)) {
+            slow += self.nodes[from].lag_ms + self.nodes[to].lag_ms;
+        }
         let link = (from.to_string(), to.to_string());
         let at =
             (self.now + 1 + jitter + slow).max(self.link_free.get(&link).copied().unwrap_or(0));
@@ -1179,12 +1188,22 @@ impl World {
                 for node in self.nodes.values_mut() {
                     node.side = 0;
                     node.slow_ms = 0;
+                    node.lag_ms = 0;
                 }
             }
             Step::Slow(n, ms) => {
                 self.say(&n, format!("messages take {ms} ms longer"));
                 if let Some(node) = self.nodes.get_mut(&n) {
                     node.slow_ms = ms;
+                }
+            }
+            Step::Lag(n, ms) => {
+                self.say(
+                    &n,
+                    format!("replication to and from it takes {ms} ms longer"),
+                );
+                if let Some(node) = self.nodes.get_mut(&n) {
+                    node.lag_ms = ms;
                 }
             }
             Step::Stop(n, ms) => {
