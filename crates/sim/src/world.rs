@@ -252,8 +252,9 @@ pub struct World {
     prepared: BTreeSet<(String, String)>,
     /// Links that lose messages (from, to).
     cuts: BTreeSet<(String, String)>,
-    /// When the last message on each link arrives (links keep their order, as TCP does).
-    link_free: BTreeMap<(String, String), u64>,
+    /// When the last message on each connection (from, to, Raft or not) arrives: each keeps
+    /// its order, as TCP does; Raft's and the heartbeats' are different connections.
+    link_free: BTreeMap<(String, String, bool), u64>,
     rng: Rng,
     /// Up to this much random latency on every message (0: every message takes 1 ms).
     jitter_ms: u64,
@@ -489,7 +490,7 @@ impl World {
         if matches!(net, Net::Raft(_)) {
             slow += self.nodes[from].lag_ms + self.nodes[to].lag_ms;
         }
-        let link = (from.to_string(), to.to_string());
+        let link = (from.to_string(), to.to_string(), matches!(net, Net::Raft(_)));
         let at =
             (self.now + 1 + jitter + slow).max(self.link_free.get(&link).copied().unwrap_or(0));
         self.link_free.insert(link, at);
