@@ -490,7 +490,11 @@ impl World {
         if matches!(net, Net::Raft(_)) {
             slow += self.nodes[from].lag_ms + self.nodes[to].lag_ms;
         }
-        let link = (from.to_string(), to.to_string(), matches!(net, Net::Raft(_)));
+        let link = (
+            from.to_string(),
+            to.to_string(),
+            matches!(net, Net::Raft(_)),
+        );
         let at =
             (self.now + 1 + jitter + slow).max(self.link_free.get(&link).copied().unwrap_or(0));
         self.link_free.insert(link, at);
