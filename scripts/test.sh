@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: python3, sh, sleep, mkfifo, cc (a fresh machine has them),
 # iproute2's `ip` for the partition tests (network namespaces; these need root, as CI is),
-# and resource-agents for the OCF tests (its agents under /usr/lib/ocf).
-declare -A pkg=([python3]=python3 [sh]=dash [sleep]=coreutils [mkfifo]=coreutils [ip]=iproute2 [cc]=gcc)
+# nftables' `nft` for the chaos suite's partial cuts, and resource-agents for the OCF tests
+# (its agents under /usr/lib/ocf).
+declare -A pkg=([python3]=python3 [sh]=dash [sleep]=coreutils [mkfifo]=coreutils [ip]=iproute2 [cc]=gcc [nft]=nftables)
 need=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("${pkg[$cmd]}")

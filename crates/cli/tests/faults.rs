@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::json;
-use support::{Agent, alive, wait_until};
+use support::{Agent, Tmpfs, alive, wait_until};
 
 fn three(ips: [&str; 3]) -> (Agent, Agent, Agent) {
     let mut n1 = Agent::on("n1", ips[0]);
@@ -118,46 +118,6 @@ fn a_corrupted_database_is_named_with_what_to_do() {
             !err.contains("panicked") && !err.contains("backtrace"),
             "{damage}: {err}"
         );
-    }
-}
-
-/// A tmpfs mounted on `dir` for the life of the value (drop it after the agents using it).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-
-    /// Fills the file system; returns the file that fills it.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.0.join("fill");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 1 << 20];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .args(["-l"])
-            .arg(&self.0)
-            .output();
     }
 }
 

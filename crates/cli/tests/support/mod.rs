@@ -116,6 +116,17 @@ impl Agent {
         wait_until("the agent's API answers", || self.try_status().is_some());
     }
 
+    /// Starts the agent with `cmd` without waiting for its API (it may refuse to start).
+    pub fn spawn_nowait(&mut self, mut cmd: Command) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.stderr"))
+            .unwrap();
+        cmd.stdout(Stdio::null()).stderr(stderr);
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
     pub fn agent_command(&self, bootstrap: bool) -> Command {
         let mut cmd = match &self.netns {
             // `ip netns exec` execs the agent: the child's pid is the agent's.
@@ -831,5 +842,45 @@ impl Beats {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
+    }
+}
+
+/// A tmpfs mounted on `dir` for the life of the value (drop it after the agents using it).
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills the file system; returns the file that fills it.
+    pub fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("fill");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(&self.0)
+            .output();
     }
 }
