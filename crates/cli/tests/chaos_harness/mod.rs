@@ -338,8 +338,10 @@ impl Drop for Cluster {
             nft_heal(&self.net.ns(i));
         }
         for a in self.agents.iter().chain(self.extra.iter()) {
-            for p in a.running().then(|| tree(a.pid())).unwrap_or_default() {
-                sig(p, rustix::process::Signal::CONT);
+            if a.running() {
+                for p in tree(a.pid()) {
+                    sig(p, rustix::process::Signal::CONT);
+                }
             }
         }
         self.agents.clear();
