@@ -9,7 +9,7 @@
 //! each at the default heartbeats (500 ms × 4) and tuned (100 ms × 5). Times run from the
 //! instant of the kill (or cut) to the cluster log record of the resource reaching Online.
 //! The leader (n1) is never the owner (possible owners n2, n3), so no election is included;
-//! a separate line kills an owner that leads.
+//! separate lines kill and cut off an owner that leads.
 //!
 //! Run: `cargo bench -p vigil --bench failover` (`-- --quick` for 5 runs each).
 
@@ -250,6 +250,36 @@ fn leader_kills(runs: usize) -> Vec<f64> {
     out
 }
 
+/// The owner is also the leader and is cut off the network: an election comes first, and the
+/// new leader records the old one Down only when the old leader's lease has surely run out
+/// (bound: lease + margin, 2.4 s at the defaults, from the last quorum the old leader had,
+/// plus the start; the election, 0.3-0.6 s, runs within that wait).
+fn leader_partitions(runs: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let net = Net::new();
+        let mut agents: Vec<Agent> = (1..=3)
+            .map(|i| Agent::in_net(&net, i, &format!("n{i}")))
+            .collect();
+        cluster(&mut agents, false, &["--preferred-owners", "n1,n2"], "n1");
+        assert!(
+            agents[0]
+                .try_status_value()
+                .is_some_and(|v| v["leader"] == "n1"),
+            "n1 leads"
+        );
+        let t0 = SystemTime::now();
+        net.cut(1);
+        wait_until("web Online on n2", || {
+            group(&agents[1]) == Some(("n2".into(), "Online".into()))
+        });
+        out.push(online_after(&agents[1], "app", t0));
+        net.heal(1);
+        drop(agents);
+    }
+    out
+}
+
 fn both(name: &str, (out, led): (Vec<f64>, Vec<f64>)) {
     if !out.is_empty() {
         report(name, out);
@@ -296,4 +326,10 @@ fn main() {
         "leader+owner kill -9 -> elsewhere (default)",
         leader_kills(leader_runs),
     );
+    if rustix::process::geteuid().is_root() {
+        report(
+            "leader+owner partitioned -> elsewhere (default)",
+            leader_partitions(leader_runs),
+        );
+    }
 }

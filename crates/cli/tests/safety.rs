@@ -264,3 +264,34 @@ fn a_node_restarted_without_a_quorum_marks_its_copy_stale_and_runs_nothing() {
     assert!(svc["pid"].is_null(), "{svc:#}");
     drop((n1, n2, n3));
 }
+
+#[test]
+fn a_leader_that_owns_a_group_stopped_past_its_lease_loses_the_group_for_good() {
+    // n1 leads and owns web. Stopped for 2.8 s (longer than its 2 s lease, shorter than
+    // lease + margin + an election would take to matter), its RHS ends web on the lease's
+    // deadline, n2 or n3 is elected and records n1 Down once n1's lease has surely run out,
+    // and web fails over. Back, n1 finds itself a follower without a lease and a copy that
+    // says someone else owns web: it must not start it again.
+    let (n1, n2, n3) = three_on_loopback();
+    assert_eq!(n1.status()["leader"], "n1");
+    let beats = Beats::new(n1.dir.path());
+    beating(&n1, "n1,n2,n3", &beats);
+    let epoch = n1.group("web")["epoch"].as_u64().unwrap();
+    signal(n1.pid(), rustix::process::Signal::STOP);
+    std::thread::sleep(std::time::Duration::from_millis(2_800));
+    signal(n1.pid(), rustix::process::Signal::CONT);
+    wait_until("web Online on n2 with a new epoch", || {
+        let g = n2.group("web");
+        g["state"] == "Online" && g["owner"] == "n2" && g["epoch"].as_u64() > Some(epoch)
+    });
+    wait_until("n1 is Up again and knows the new owner", || {
+        n2.node_state("n1").as_deref() == Some("Up") && n1.group("web")["owner"] == "n2"
+    });
+    let n1_beats = beats.count("n1");
+    runs_on(&n2, "n2", &beats);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(n2.group("web")["owner"], "n2", "web went back to n1");
+    assert_eq!(beats.count("n1"), n1_beats, "n1 ran web again");
+    stop_and_check(&n2, &beats);
+    drop((n1, n2, n3));
+}

@@ -31,6 +31,8 @@ pub enum Fault {
     CutOne,
     CutTwo,
     CutBetween,
+    OneWayBetween,
+    Deaf,
     KillRestart,
     StopAgent,
     StopRhs,
@@ -47,6 +49,8 @@ impl Fault {
             Fault::CutOne => "link cut: one node (1-4 s)",
             Fault::CutTwo => "link cut: two nodes, no majority (1-3 s)",
             Fault::CutBetween => "partial cut: two nodes apart, both reach the third (2-5 s)",
+            Fault::OneWayBetween => "one-way cut: a node hears nothing from one peer (2-5 s)",
+            Fault::Deaf => "one-way cut: a node hears nobody, what it sends arrives (1-4 s)",
             Fault::KillRestart => "kill -9, restart on the old data dir (0.5-3 s)",
             Fault::StopAgent => "SIGSTOP agent (0.5-6 s)",
             Fault::StopRhs => "SIGSTOP RHS processes (0.5-6 s)",
@@ -73,18 +77,18 @@ pub struct Outcome {
 impl Outcome {
     /// The table the suite prints.
     pub fn table(&self) -> String {
-        let mut out = format!("{:<62} {:>6} {:>11}\n", "fault", "count", "violations");
+        let mut out = format!("{:<66} {:>6} {:>11}\n", "fault", "count", "violations");
         for (f, n) in &self.faults {
             let v = self
                 .violations
                 .iter()
                 .filter(|(_, k, _)| *k == Some(*f))
                 .count();
-            out.push_str(&format!("{:<62} {n:>6} {v:>11}\n", f.name()));
+            out.push_str(&format!("{:<66} {n:>6} {v:>11}\n", f.name()));
         }
         let total: usize = self.faults.values().sum();
         out.push_str(&format!(
-            "{:<62} {total:>6} {:>11}\n",
+            "{:<66} {total:>6} {:>11}\n",
             "all",
             self.violations.len()
         ));
@@ -100,7 +104,7 @@ impl Outcome {
             "status does not match what runs",
         ] {
             out.push_str(&format!(
-                "  {k:<60} {:>6}\n",
+                "  {k:<64} {:>6}\n",
                 kinds.get(k).copied().unwrap_or(0)
             ));
         }
@@ -196,23 +200,35 @@ fn tree(root: u32) -> Vec<u32> {
     all
 }
 
-/// Drops every packet between the namespace `ns` and `peer` (both directions, in `ns`).
-fn nft_cut(ns: &str, peer: &str) {
+/// Drops the packets the namespace `ns` receives from `peers`, and (if `both`) those it sends
+/// them.
+fn nft_cut(ns: &str, peers: &[String], both: bool) {
+    let set = peers.join(", ");
+    let out = if both {
+        format!(" chain o {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }};")
+    } else {
+        String::new()
+    };
     let rules = format!(
-        "table inet chaos {{ chain i {{ type filter hook input priority 0; ip saddr {peer} drop; }} chain o {{ type filter hook output priority 0; ip daddr {peer} drop; }} }}"
+        "table inet chaos {{ chain i {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }};{out} }}"
     );
-    run_in(ns, &["nft", &rules]);
+    let out = run_in(ns, &["nft", &rules]);
+    assert!(
+        out.as_ref().is_some_and(|o| o.status.success()),
+        "nft in {ns} failed (is nftables installed?): {out:?}"
+    );
 }
 
 fn nft_heal(ns: &str) {
-    run_in(ns, &["nft", "delete table inet chaos"]);
+    let _ = run_in(ns, &["nft", "delete table inet chaos"]);
 }
 
-fn run_in(ns: &str, args: &[&str]) {
-    let _ = std::process::Command::new("ip")
+fn run_in(ns: &str, args: &[&str]) -> Option<std::process::Output> {
+    std::process::Command::new("ip")
         .args(["netns", "exec", ns])
         .args(args)
-        .output();
+        .output()
+        .ok()
 }
 
 struct Cluster {
@@ -289,6 +305,18 @@ impl Cluster {
             let (code, v) = request(&a.listen, "GET", "/v1/status?consistent=true", None)?;
             (code == 200).then_some(v)
         })
+    }
+
+    /// The index of the node that owns `group`, as status says.
+    fn owner_index(&self, group: &str) -> Option<usize> {
+        let v = self.status()?;
+        let owner = v["groups"]
+            .as_array()?
+            .iter()
+            .find(|g| g["name"] == group)?["owner"]
+            .as_str()?
+            .to_string();
+        self.agents.iter().position(|a| a.name == owner)
     }
 
     /// Settled: the three nodes Up, every group Online on one of them, status says where, and
@@ -386,6 +414,8 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
         Fault::CutOne,
         Fault::CutTwo,
         Fault::CutBetween,
+        Fault::OneWayBetween,
+        Fault::Deaf,
         Fault::KillRestart,
         Fault::StopAgent,
         Fault::StopRhs,
@@ -488,7 +518,16 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
 
 /// Injects one fault and heals it.
 fn inject(c: &mut Cluster, kind: Fault, rng: &mut Rng) {
-    let i = rng.below(3) as usize;
+    // Two faults in three hit the owner of a group (where a fault can do harm), and every
+    // SIGSTOP of an RHS does (a node that owns nothing may have no RHS process).
+    let any = rng.below(3) as usize;
+    let group = GROUPS[rng.below(GROUPS.len() as u64) as usize];
+    let owner_wanted =
+        rng.below(3) < 2 || matches!(kind, Fault::StopRhs | Fault::StopBoth | Fault::Freeze);
+    let i = owner_wanted
+        .then(|| c.owner_index(group))
+        .flatten()
+        .unwrap_or(any);
     let host = |i: usize| i as u8 + 1;
     match kind {
         Fault::CutOne => {
@@ -506,8 +545,23 @@ fn inject(c: &mut Cluster, kind: Fault, rng: &mut Rng) {
         }
         Fault::CutBetween => {
             let j = (i + 1) % 3;
-            nft_cut(&c.net.ns(host(i)), &c.net.addr(host(j)));
+            nft_cut(&c.net.ns(host(i)), &[c.net.addr(host(j))], true);
             std::thread::sleep(rng.ms(2_000, 5_000));
+            nft_heal(&c.net.ns(host(i)));
+        }
+        Fault::OneWayBetween => {
+            let j = (i + 1 + rng.below(2) as usize) % 3;
+            nft_cut(&c.net.ns(host(i)), &[c.net.addr(host(j))], false);
+            std::thread::sleep(rng.ms(2_000, 5_000));
+            nft_heal(&c.net.ns(host(i)));
+        }
+        Fault::Deaf => {
+            let others: Vec<String> = (1..=4u8)
+                .filter(|k| *k != host(i))
+                .map(|k| c.net.addr(k))
+                .collect();
+            nft_cut(&c.net.ns(host(i)), &others, false);
+            std::thread::sleep(rng.ms(1_000, 4_000));
             nft_heal(&c.net.ns(host(i)));
         }
         Fault::KillRestart => {
@@ -518,17 +572,17 @@ fn inject(c: &mut Cluster, kind: Fault, rng: &mut Rng) {
         Fault::StopAgent | Fault::StopRhs | Fault::StopBoth | Fault::Freeze => {
             let agent = c.agents[i].pid();
             let all = tree(agent);
-            let rhs: Vec<u32> = c.agents[i]
-                .try_status_value()
-                .map(|v| {
-                    v["rhs"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|h| h["pid"].as_u64().map(|p| p as u32))
-                        .collect()
+            // The RHS processes: the agent's children that run `vigil rhs`.
+            let rhs: Vec<u32> = tree(agent)
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                        let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                        args.get(1) == Some(&&b"rhs"[..])
+                    })
                 })
-                .unwrap_or_default();
+                .collect();
+            assert!(!rhs.is_empty(), "no RHS process under agent {agent}");
             let (targets, d) = match kind {
                 Fault::StopAgent => (vec![agent], rng.ms(500, 6_000)),
                 Fault::StopRhs => (rhs, rng.ms(500, 6_000)),
