@@ -129,8 +129,9 @@ pub struct NodeManager {
     answered_any_ms: Option<u64>,
     /// Why the last answer granted no lease.
     refused: Option<String>,
-    /// The storage failure last seen (it revokes the lease; a recovery needs a new one).
-    storage_failed: bool,
+    /// The last storage failure: why, and the last tick it was seen at (see
+    /// [`NodeManager::storage_trouble`]).
+    storage: Option<(String, u64)>,
 }
 
 impl NodeManager {
@@ -151,7 +152,7 @@ impl NodeManager {
             answered_ms: None,
             answered_any_ms: None,
             refused: None,
-            storage_failed: false,
+            storage: None,
         }
     }
 
@@ -202,6 +203,30 @@ impl NodeManager {
         }
     }
 
+    /// Why this node keeps out because its database failed to write: while a write fails
+    /// (reported at every tick), and for a lease and margin after the last failure. Fenced and
+    /// silent all that time, so the leader records it Down and its groups move: a disk that
+    /// takes a small write after a failure and fails the next large one (a reopened file can
+    /// have free pages inside it) must not keep the node answering heartbeats, and its
+    /// groups nowhere, forever.
+    fn storage_trouble(&self, now: u64) -> Option<String> {
+        let (why, at) = self.storage.as_ref()?;
+        let hold = self.cfg.lease_ms() + self.cfg.margin_ms();
+        if now < at + self.tick_ms() {
+            Some(format!(
+                "the cluster database on this node cannot write ({why})"
+            ))
+        } else if now < at + hold {
+            Some(format!(
+                "the cluster database on this node could not write {} ms ago ({why}); it stays out for {} ms more, so that a disk that fails now and then does not keep its groups",
+                now - at,
+                at + hold - now
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Milliseconds since `node` was last heard from, as this node knows it: the leader knows
     /// everyone's, a follower its own last answered heartbeat.
     pub fn heartbeat_age_ms(&self, node: &str, now: u64) -> Option<u64> {
@@ -248,12 +273,12 @@ impl NodeManager {
     /// records; a follower sends its heartbeat when due; both check their lease.
     pub fn tick(&mut self, r: &Replica, db: &ClusterState, now: u64) -> Vec<NmAction> {
         let mut out = Vec::new();
-        if r.storage_failure.is_some() && !self.storage_failed {
-            // The copy may be rebuilt from disk: every grant must be earned again.
-            self.storage_failed = true;
-            self.lease.revoke();
-        } else if r.storage_failure.is_none() {
-            self.storage_failed = false;
+        if let Some(why) = &r.storage_failure {
+            if self.storage_trouble(now).is_none() {
+                // The copy may be rebuilt from disk: every grant must be earned again.
+                self.lease.revoke();
+            }
+            self.storage = Some((why.clone(), now));
         }
         if r.leading {
             self.lead(r, db, now, &mut out);
@@ -286,7 +311,7 @@ impl NodeManager {
     }
 
     fn follow(&mut self, r: &Replica, now: u64, out: &mut Vec<NmAction>) {
-        if r.storage_failure.is_some() {
+        if self.storage_trouble(now).is_some() {
             // Silent, so that the leader records this node Down once its lease is surely gone.
             return;
         }
@@ -402,7 +427,7 @@ impl NodeManager {
                 quorum_age_ms: Some(age),
                 log_index,
                 ..
-            }) if !self.storage_failed => {
+            }) if self.storage_trouble(now).is_none() => {
                 let cfg = self.cfg;
                 self.lease.grant(sent_ms, *age, *log_index, &cfg);
                 self.answered_ms = Some(now);
@@ -427,7 +452,7 @@ impl NodeManager {
         // One check early: fenced at the last tick before the lease runs out, not the first
         // after, so that the RCM stops everything before the RHS processes' own deadline (the
         // lease's end) ends it behind its back.
-        let usable = r.storage_failure.is_none() && self.lease.valid(now + self.tick_ms());
+        let usable = self.storage_trouble(now).is_none() && self.lease.valid(now + self.tick_ms());
         // Unfenced only by a lease with a heartbeat interval left: one about to run out (its
         // leader's quorum time is old) would start resources only to stop them again.
         let usable = usable && (!self.fenced || self.lease.valid(now + self.cfg.interval_ms));
@@ -453,8 +478,8 @@ impl NodeManager {
 
     fn why_fenced(&self, r: &Replica, now: u64) -> String {
         let then = "self-fencing, terminating every resource here; Isolated";
-        if let Some(why) = &r.storage_failure {
-            return format!("the cluster database on this node cannot write ({why}): {then}");
+        if let Some(why) = self.storage_trouble(now) {
+            return format!("{why}: {then}");
         }
         let behind = self
             .lease

@@ -212,6 +212,11 @@ fn a_node_whose_database_cannot_write_fences_itself_goes_silent_and_needs_a_new_
         .unwrap();
     b.answered(0, Some(&reply), 2);
     assert_eq!(fences(&b.tick(&follower(7), &s, 10)), [false]);
+    let out = b.tick(&follower(7), &s, 500);
+    let reply = la
+        .heartbeat(&leader(Some(500), 7), &s, sends(&out)[0], 501)
+        .unwrap();
+    b.answered(500, Some(&reply), 502);
     let broken = Replica {
         storage_failure: Some("raft.redb: No space left on device".into()),
         ..follower(7)
@@ -224,19 +229,60 @@ fn a_node_whose_database_cannot_write_fences_itself_goes_silent_and_needs_a_new_
         matches!(&why, Standing::Fenced { reason, .. } if reason.contains("No space left")),
         "{why:?}"
     );
-    // Repaired: the old grant is gone; it waits for a new one.
-    let out = b.tick(&follower(7), &s, 700);
+    // Writing again at 700: still out (fenced, silent) for lease + margin after the last
+    // failure, so that the leader records it Down.
+    for t in (700..3_000).step_by(50) {
+        let out = b.tick(&follower(7), &s, t);
+        assert!(fences(&out).is_empty() && sends(&out).is_empty(), "at {t}");
+        assert!(b.is_fenced());
+    }
+    // Then the old grant is gone; it waits for a new one.
+    let out = b.tick(&follower(7), &s, 3_000);
     assert!(fences(&out).is_empty());
     assert!(b.is_fenced());
     let reply = la
-        .heartbeat(&leader(Some(700), 9), &s, sends(&out)[0], 701)
+        .heartbeat(&leader(Some(3_000), 9), &s, sends(&out)[0], 3_001)
         .unwrap();
-    b.answered(700, Some(&reply), 702);
+    b.answered(3_000, Some(&reply), 3_002);
     assert!(
-        fences(&b.tick(&follower(8), &s, 750)).is_empty(),
+        fences(&b.tick(&follower(8), &s, 3_050)).is_empty(),
         "9 not applied"
     );
-    assert_eq!(fences(&b.tick(&follower(9), &s, 800)), [false]);
+    assert_eq!(fences(&b.tick(&follower(9), &s, 3_100)), [false]);
+}
+
+#[test]
+fn a_disk_that_fails_now_and_then_keeps_the_node_out_until_it_has_held_for_a_lease() {
+    // A reopened database takes a small write and fails the next large one: failing from
+    // 600 to 1 600, writing until 2 600, failing again until 3 000. Answering heartbeats in
+    // between would keep the leader from ever recording the node Down, and its groups would
+    // run nowhere.
+    let s = db(&["a", "b", "c"]);
+    let mut b = NodeManager::new("b", CFG);
+    let mut la = NodeManager::new("a", CFG);
+    let out = b.tick(&follower(7), &s, 0);
+    let reply = la
+        .heartbeat(&leader(Some(0), 7), &s, sends(&out)[0], 1)
+        .unwrap();
+    b.answered(0, Some(&reply), 2);
+    assert_eq!(fences(&b.tick(&follower(7), &s, 10)), [false]);
+    let broken = Replica {
+        storage_failure: Some("raft.redb: No space left on device".into()),
+        ..follower(7)
+    };
+    let failing = |t: u64| (600..1_600).contains(&t) || (2_600..3_000).contains(&t);
+    let mut first_send = None;
+    for t in (600..8_000).step_by(50) {
+        let r = if failing(t) { &broken } else { &follower(7) };
+        let out = b.tick(r, &s, t);
+        if !sends(&out).is_empty() {
+            first_send = Some(t);
+            break;
+        }
+        assert!(b.is_fenced(), "at {t}");
+    }
+    // The last failure was seen at 2 950; lease + margin is 2 400 ms.
+    assert_eq!(first_send, Some(5_350));
 }
 
 #[test]

@@ -115,6 +115,9 @@ pub struct Replica {
     /// Per term: when this node last began handling an append of that term.
     began: BTreeMap<u64, u64>,
     last_heartbeat: u64,
+    /// Its database cannot write (a full disk): the Raft core has stopped, as openraft's does
+    /// after a failed write; it sends, answers and accepts nothing until [`Replica::reopen`].
+    pub broken: bool,
 }
 
 pub type Out = Vec<(String, Msg)>;
@@ -158,9 +161,28 @@ impl Replica {
             acks: BTreeMap::new(),
             began: BTreeMap::new(),
             last_heartbeat: 0,
+            broken: false,
         };
         r.apply_committed();
         r
+    }
+
+    /// The disk has room again: the database is reopened and a new Raft core starts on what
+    /// it had stored, as the agent's recovery does.
+    pub fn reopen(&mut self, now: u64) {
+        let election = Election {
+            min_ms: self.election_timeout_ms,
+            spread_ms: self.election_spread_ms,
+            seed: self.rng,
+        };
+        *self = Replica::start(
+            &self.me,
+            self.voters.clone(),
+            self.base.clone(),
+            self.disk.clone(),
+            election,
+            now,
+        );
     }
 
     /// The next election timeout.
@@ -268,6 +290,9 @@ impl Replica {
     /// Time passed: a leader sends its heartbeats; a follower whose leader fell silent (or a
     /// candidate without a majority) starts an election.
     pub fn tick(&mut self, now: u64) -> Out {
+        if self.broken {
+            return Vec::new();
+        }
         match self.role {
             Role::Leader if now >= self.last_heartbeat + HEARTBEAT_MS => self.replicate(now),
             Role::Leader => Vec::new(),
@@ -304,6 +329,9 @@ impl Replica {
 
     /// A message arrived.
     pub fn handle(&mut self, msg: Msg, now: u64) -> Out {
+        if self.broken {
+            return Vec::new();
+        }
         if msg.term() > self.disk.term {
             self.step_down(msg.term(), now);
         }
@@ -486,7 +514,7 @@ impl Replica {
     /// A write on the leader: appended, and sent to every peer. Its index, or `None` if this
     /// node does not lead.
     pub fn propose(&mut self, cmds: Vec<Command>, now: u64) -> Option<(u64, Out)> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.broken {
             return None;
         }
         self.disk.log.push(Entry {

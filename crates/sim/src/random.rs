@@ -162,7 +162,7 @@ pub fn run(seed: u64) -> Result<(), String> {
     w.sims = sims;
     let mut t = 5_000;
     while t < CHAOS_MS {
-        let step = match rng.below(16) {
+        let step = match rng.below(17) {
             0 | 1 => Step::PowerOff(rng.pick(&nodes).clone()),
             2 | 3 => Step::PowerOn(rng.pick(&nodes).clone()),
             4 => {
@@ -196,6 +196,20 @@ pub fn run(seed: u64) -> Result<(), String> {
             // One node's links are slow; or only its replication lags.
             14 if rng.below(2) == 0 => Step::Slow(rng.pick(&nodes).clone(), rng.below(700)),
             14 => Step::Lag(rng.pick(&nodes).clone(), rng.below(3_000)),
+            // A full disk, once or a few times in a row (a reopened file can take a small
+            // write and fail the next large one).
+            15 => {
+                let n = rng.pick(&nodes).clone();
+                let first = 500 + rng.below(3_000);
+                let mut at = t + first;
+                for _ in 0..rng.below(3) {
+                    at += 200 + rng.below(1_000);
+                    let full = 500 + rng.below(2_000);
+                    w.at(at, Step::DiskFull(n.clone(), full));
+                    at += full;
+                }
+                Step::DiskFull(n, first)
+            }
             // A short blip: off and back on its old disk soon after.
             _ => {
                 let n = rng.pick(&nodes).clone();

@@ -16,6 +16,7 @@
 //!                                #   slow N 300ms (every message to or from N),
 //!                                #   lag N 300ms (only Raft's: N's copy lags),
 //!                                #   stop N for 3s (SIGSTOP of its agent, not its RHS),
+//!                                #   disk N full for 3s (its database cannot write),
 //!                                #   fail R, break R on N [COUNT], fix R on N,
 //!                                #   move G [to N], drain N, resume N [failback],
 //!                                #   set G KEY=VALUE..., online G, offline G
@@ -361,6 +362,7 @@ fn parse_step(words: &[&str]) -> Result<Step, String> {
         ["power", "on", n] => Step::PowerOn(n.to_string()),
         ["heal"] => Step::Heal,
         ["stop", n, "for", t] => Step::Stop(n.to_string(), parse_time(t)?),
+        ["disk", n, "full", "for", t] => Step::DiskFull(n.to_string(), parse_time(t)?),
         ["cut", a, "->", b] => Step::Cut(a.to_string(), b.to_string()),
         ["slow", n, t] => Step::Slow(n.to_string(), parse_time(t)?),
         ["lag", n, t] => Step::Lag(n.to_string(), parse_time(t)?),
@@ -422,7 +424,7 @@ fn parse_step(words: &[&str]) -> Result<Step, String> {
         _ => {
             return Err(format!(
                 "unknown step {:?}; steps are: power off|on N, partition A B | C, cut A -> B, \
-                 slow N TIME, lag N TIME, stop N for TIME, heal, fail R, break R on N [COUNT], fix R on N, \
+                 slow N TIME, lag N TIME, stop N for TIME, disk N full for TIME, heal, fail R, break R on N [COUNT], fix R on N, \
                  move G [to N], drain N, resume N [failback], set G KEY=VALUE..., online G, \
                  offline G",
                 words.join(" ")

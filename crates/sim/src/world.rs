@@ -115,6 +115,8 @@ enum Ev {
     },
     /// A stopped (SIGSTOP) node continues.
     Resume(String),
+    /// A full disk has room again.
+    DiskBack(String),
     FmWake,
     /// A scripted step, by index into the world's script.
     Script(usize),
@@ -200,6 +202,9 @@ pub enum Step {
     Lag(String, u64),
     /// The node's agent is stopped (SIGSTOP) for this long; its RHS is not.
     Stop(String, u64),
+    /// The node's disk is full for this long: its database cannot write, its Raft core
+    /// stops, and it is reopened once there is room.
+    DiskFull(String, u64),
     /// The resource fails wherever it runs.
     Fail(String),
     /// The next `count` starts of the resource on the node fail (`None`: all).
@@ -550,6 +555,13 @@ impl World {
                 }
             }
             Ev::Resume(n) => self.resume(&n),
+            Ev::DiskBack(n) => {
+                let now = self.now;
+                if self.powered(&n) && self.agent(&n).raft.broken {
+                    self.say(&n, "disk has room again: database reopened".to_string());
+                    self.agent(&n).raft.reopen(now);
+                }
+            }
             Ev::FmWake => self.run_fm(),
             Ev::Script(i) => {
                 let step = self.script[i].clone();
@@ -706,7 +718,10 @@ impl World {
             applied_index: a.raft.applied,
             quorum_ms: a.raft.quorum_ms(now),
             former_append_ms: a.raft.former_append_ms(),
-            storage_failure: None,
+            storage_failure: a
+                .raft
+                .broken
+                .then(|| "simulated: No space left on device".to_string()),
         }
     }
 
@@ -1219,6 +1234,17 @@ impl World {
                 let until = self.now + ms;
                 self.nodes.get_mut(&n).expect("known").stopped_until = Some(until);
                 self.push(until, Ev::Resume(n));
+            }
+            Step::DiskFull(n, ms) => {
+                if !self.powered(&n) {
+                    return;
+                }
+                self.say(
+                    &n,
+                    format!("disk full for {ms} ms: the database cannot write"),
+                );
+                self.agent(&n).raft.broken = true;
+                self.push(self.now + ms, Ev::DiskBack(n));
             }
             Step::Fail(r) => {
                 for n in self.running_on(&r) {
