@@ -180,20 +180,25 @@ fn sig(pid: u32, s: rustix::process::Signal) {
     }
 }
 
-/// Every process of an agent's tree: the agent, its RHS processes and what they run.
+/// Every process of an agent's tree: the agent, its RHS processes and what they run. (A
+/// process's children are listed per thread that forked them.)
 fn tree(root: u32) -> Vec<u32> {
     let mut all = vec![root];
     let mut i = 0;
     while i < all.len() {
         let parent = all[i];
-        if let Ok(children) =
-            std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-        {
-            all.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
+        let tasks = std::fs::read_dir(format!("/proc/{parent}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.flatten() {
+            let children = task.path().join("children");
+            if let Ok(children) = std::fs::read_to_string(children) {
+                all.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
         }
         i += 1;
     }
