@@ -243,6 +243,8 @@ struct Cluster {
     beats: Vec<Beats>,
     /// n4, when it has joined.
     extra: Option<Agent>,
+    /// The node(s) the last fault hit, for the progress lines.
+    last_target: String,
 }
 
 impl Cluster {
@@ -278,7 +280,17 @@ impl Cluster {
         for (i, g) in GROUPS.iter().enumerate() {
             let order: Vec<String> = (0..3).map(|k| format!("n{}", (i + k) % 3 + 1)).collect();
             let a = &agents[0];
-            a.ok(&["group", "create", g, "--preferred-owners", &order.join(",")]);
+            // Failovers without limit: the suite fails groups over hundreds of times, where
+            // the default (nodes - 1 within six hours) would leave a group Failed, as meant.
+            a.ok(&[
+                "group",
+                "create",
+                g,
+                "--preferred-owners",
+                &order.join(","),
+                "--failover-threshold",
+                "1000000",
+            ]);
             let name = format!("beat-{g}");
             a.ok(&[
                 "resource",
@@ -299,6 +311,7 @@ impl Cluster {
             disks,
             beats,
             extra: None,
+            last_target: String::new(),
         };
         wait_until("the groups are Online", || c.converged().is_ok());
         c
@@ -409,7 +422,7 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
                     acked.lock().unwrap().push(name);
                 }
                 k += 1;
-                std::thread::sleep(Duration::from_millis(300));
+                std::thread::sleep(Duration::from_millis(500));
             }
         })
     };
@@ -464,11 +477,17 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
         }
         windows.push((start, now_ns(), kind));
         eprintln!(
-            "fault {}/{faults}: {} ({:.1} s to converge; {} violations so far)",
+            "fault {}/{faults}: {} on {} ({:.1} s to converge; {} violations so far{})",
             windows.len(),
             kind.name(),
+            c.last_target,
             healed.elapsed().as_secs_f64(),
-            out.violations.len()
+            out.violations.len(),
+            out.violations
+                .last()
+                .filter(|_| now_ns() - start < 60_000_000_000)
+                .map(|(k, _, w)| format!("; last: {k}: {w}"))
+                .unwrap_or_default()
         );
     }
     stop.store(true, Ordering::Relaxed);
@@ -540,6 +559,7 @@ fn inject(c: &mut Cluster, kind: Fault, rng: &mut Rng) {
         .then(|| c.owner_index(group))
         .flatten()
         .unwrap_or(any);
+    c.last_target = c.agents[i].name.clone();
     let host = |i: usize| i as u8 + 1;
     match kind {
         Fault::CutOne => {
@@ -549,6 +569,7 @@ fn inject(c: &mut Cluster, kind: Fault, rng: &mut Rng) {
         }
         Fault::CutTwo => {
             let j = (i + 1 + rng.below(2) as usize) % 3;
+            c.last_target = format!("n{} and n{}", host(i), host(j));
             c.net.cut(host(i));
             c.net.cut(host(j));
             std::thread::sleep(rng.ms(1_000, 3_000));
@@ -557,12 +578,14 @@ fn inject(c: &mut Cluster, kind: Fault, rng: &mut Rng) {
         }
         Fault::CutBetween => {
             let j = (i + 1) % 3;
+            c.last_target = format!("n{} and n{}", host(i), host(j));
             nft_cut(&c.net.ns(host(i)), &[c.net.addr(host(j))], true);
             std::thread::sleep(rng.ms(2_000, 5_000));
             nft_heal(&c.net.ns(host(i)));
         }
         Fault::OneWayBetween => {
             let j = (i + 1 + rng.below(2) as usize) % 3;
+            c.last_target = format!("n{} (deaf to n{})", host(i), host(j));
             nft_cut(&c.net.ns(host(i)), &[c.net.addr(host(j))], false);
             std::thread::sleep(rng.ms(2_000, 5_000));
             nft_heal(&c.net.ns(host(i)));
@@ -602,6 +625,7 @@ fn inject(c: &mut Cluster, kind: Fault, rng: &mut Rng) {
                     .find(|k| !rhs_of(&c.agents[*k]).is_empty())
                     .expect("some node runs an RHS process");
             }
+            c.last_target = c.agents[i].name.clone();
             let agent = c.agents[i].pid();
             let all = tree(agent);
             let rhs = rhs_of(&c.agents[i]);
