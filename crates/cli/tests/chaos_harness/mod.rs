@@ -289,7 +289,7 @@ impl Cluster {
                 "--preferred-owners",
                 &order.join(","),
                 "--failover-threshold",
-                "1000000",
+                "1000",
             ]);
             let name = format!("beat-{g}");
             a.ok(&[
