@@ -72,24 +72,36 @@ pub struct Outcome {
     pub violations: Vec<(String, Option<Fault>, String)>,
     /// Seconds from each heal to convergence.
     pub converge_s: Vec<f64>,
+    /// New copies (a group started with a new epoch) while each kind of fault was in force
+    /// or being healed: the faults did move groups.
+    pub moved: BTreeMap<Fault, usize>,
+    /// Full disks that made their node say its database cannot write.
+    pub disks_bit: usize,
+    /// Acknowledged writes, every one checked at the end.
+    pub acked: usize,
 }
 
 impl Outcome {
     /// The table the suite prints.
     pub fn table(&self) -> String {
-        let mut out = format!("{:<66} {:>6} {:>11}\n", "fault", "count", "violations");
+        let mut out = format!(
+            "{:<66} {:>6} {:>6} {:>11}\n",
+            "fault", "count", "moves", "violations"
+        );
         for (f, n) in &self.faults {
             let v = self
                 .violations
                 .iter()
                 .filter(|(_, k, _)| *k == Some(*f))
                 .count();
-            out.push_str(&format!("{:<66} {n:>6} {v:>11}\n", f.name()));
+            let m = self.moved.get(f).copied().unwrap_or(0);
+            out.push_str(&format!("{:<66} {n:>6} {m:>6} {v:>11}\n", f.name()));
         }
         let total: usize = self.faults.values().sum();
         out.push_str(&format!(
-            "{:<66} {total:>6} {:>11}\n",
+            "{:<66} {total:>6} {:>6} {:>11}\n",
             "all",
+            self.moved.values().sum::<usize>(),
             self.violations.len()
         ));
         let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
@@ -108,6 +120,12 @@ impl Outcome {
                 kinds.get(k).copied().unwrap_or(0)
             ));
         }
+        out.push_str(&format!(
+            "  (moves: copies started with a new epoch during the fault or its healing; {} of {} full disks made their node fence itself; {} acknowledged writes checked)\n",
+            self.disks_bit,
+            self.faults.get(&Fault::FillDisk).copied().unwrap_or(0),
+            self.acked
+        ));
         let mut c = self.converge_s.clone();
         c.sort_by(f64::total_cmp);
         if !c.is_empty() {
@@ -245,6 +263,10 @@ struct Cluster {
     extra: Option<Agent>,
     /// The node(s) the last fault hit, for the progress lines.
     last_target: String,
+    /// Writes the cluster acknowledged (group names).
+    acked: Arc<Mutex<Vec<String>>>,
+    /// Whether the last full disk made its node fence itself.
+    disk_bit: bool,
 }
 
 impl Cluster {
@@ -312,6 +334,8 @@ impl Cluster {
             beats,
             extra: None,
             last_target: String::new(),
+            acked: Arc::default(),
+            disk_bit: false,
         };
         wait_until("the groups are Online", || c.converged().is_ok());
         c
@@ -406,7 +430,7 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
         ..Outcome::default()
     };
     // The writer: group creates through any node, acknowledged ones remembered.
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let acked = c.acked.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let addrs: Vec<String> = c.agents.iter().map(|a| a.listen.clone()).collect();
     let writer = {
@@ -451,8 +475,11 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
             kind = Fault::RemoveDuringCut;
         }
         let start = now_ns();
+        c.disk_bit = false;
         inject(&mut c, kind, &mut rng);
+        out.disks_bit += usize::from(c.disk_bit);
         let healed = Instant::now();
+        let healed_ns = now_ns();
         *out.faults.entry(kind).or_default() += 1;
         let deadline = healed + CONVERGE_LIMIT;
         let mut last = Err(String::new());
@@ -477,10 +504,11 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
         }
         windows.push((start, now_ns(), kind));
         eprintln!(
-            "fault {}/{faults}: {} on {} ({:.1} s to converge; {} violations so far{})",
+            "fault {}/{faults}: {} on {} for {:.1} s ({:.1} s to converge; {} violations so far{})",
             windows.len(),
             kind.name(),
             c.last_target,
+            (healed_ns - start) as f64 / 1e9,
             healed.elapsed().as_secs_f64(),
             out.violations.len(),
             out.violations
@@ -510,6 +538,13 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
                 ),
             ));
         }
+        for r in c.beats[i].runs(200).windows(2) {
+            if r[1].epoch > r[0].epoch
+                && let Some(f) = during(r[1].from_ns)
+            {
+                *out.moved.entry(f).or_default() += 1;
+            }
+        }
         for w in c.beats[i].runs(200).windows(2) {
             if w[1].epoch < w[0].epoch {
                 out.violations.push((
@@ -532,6 +567,7 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
                 .flatten()
                 .filter_map(|g| g["name"].as_str().map(str::to_string))
                 .collect();
+            out.acked = acked.lock().unwrap().len();
             for w in acked.lock().unwrap().iter() {
                 if !have.contains(w) {
                     out.violations
@@ -647,7 +683,38 @@ fn inject(c: &mut Cluster, kind: Fault, rng: &mut Rng) {
         }
         Fault::FillDisk => {
             let fill = c.disks[i].fill();
-            std::thread::sleep(rng.ms(2_000, 5_000));
+            let until = Instant::now() + rng.ms(2_000, 5_000);
+            // Writes while the disk is full, through the other nodes, so that the full node's
+            // database must grow (redb has free pages inside its file for small writes).
+            let via: Vec<String> = (1..3)
+                .map(|k| c.agents[(i + k) % 3].listen.clone())
+                .collect();
+            let acked = c.acked.clone();
+            let burst = std::thread::spawn(move || {
+                let mut k = 0;
+                while Instant::now() < until {
+                    let name = format!("d{}-{k}", now_ns() / 1_000_000);
+                    let body = json!({ "name": name });
+                    if let Some((200, _)) = request(&via[k % 2], "POST", "/v1/groups", Some(body)) {
+                        acked.lock().unwrap().push(name);
+                    }
+                    k += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            while Instant::now() < until {
+                let reason = request(&c.agents[i].listen, "GET", "/v1/status", None)
+                    .map(|(_, v)| {
+                        v["standing"]["reason"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                c.disk_bit |= reason.contains("cannot write") || reason.contains("could not write");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = burst.join();
             let _ = std::fs::remove_file(fill);
         }
         Fault::JoinDuringCut | Fault::RemoveDuringCut => {
