@@ -247,8 +247,24 @@ pub fn check_unique(
     Ok(())
 }
 
-/// Applies one command. On error the state is unchanged.
+/// Applies one command. On error the state is unchanged: every command checks all it
+/// refuses before it changes anything, and debug builds (the tests and the simulator's
+/// seeds) check that a refusal left the state exactly as it was.
 pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result {
+    #[cfg(debug_assertions)]
+    let before = state.clone();
+    let result = apply_unchecked(state, cmd);
+    #[cfg(debug_assertions)]
+    if let Err(e) = &result {
+        assert!(
+            *state == before,
+            "apply refused {cmd:?} ({e}) but changed the state"
+        );
+    }
+    result
+}
+
+fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
     match cmd {
         Command::Bootstrap {
             cluster_name,
@@ -729,7 +745,10 @@ fn move_group(
             node.state
         )));
     }
-    let g = group_mut(state, group)?;
+    let g = state
+        .groups
+        .get(group)
+        .ok_or_else(|| ApplyError::not_found("group", group))?;
     if !g.may_run_on(to) {
         return Err(ApplyError::Invalid(format!(
             "node {to:?} is not a possible owner of group {group:?} (possible owners: {})",
@@ -741,21 +760,11 @@ fn move_group(
             "group {group:?} is already owned by {to:?}"
         )));
     }
-    g.drained_from = match kind {
-        MoveKind::Drain => g.owner.clone(),
-        MoveKind::Failover => g.drained_from.take(),
-        MoveKind::Operator | MoveKind::Failback => None,
-    };
     if let Some(m) = &g.migration {
         return Err(ApplyError::Conflict(format!(
             "group {group:?} is still completing its live migration from {:?}; try again",
             m.from
         )));
-    }
-    g.failover_request = None;
-    if kind == MoveKind::Operator {
-        // An operator's move is a deliberate retry.
-        g.failed_moves.clear();
     }
     // A failover move follows a failure: the group stops, nothing is migrated.
     let live = kind != MoveKind::Failover && live_groups(state).contains(group);
@@ -764,7 +773,18 @@ fn move_group(
             "group {group:?} cannot be quick-migrated: not every resource of it can migrate"
         )));
     }
+    // Every refusal is above: from here on the command changes the state.
     let g = group_mut(state, group)?;
+    g.drained_from = match kind {
+        MoveKind::Drain => g.owner.clone(),
+        MoveKind::Failover => g.drained_from.take(),
+        MoveKind::Operator | MoveKind::Failback => None,
+    };
+    g.failover_request = None;
+    if kind == MoveKind::Operator {
+        // An operator's move is a deliberate retry.
+        g.failed_moves.clear();
+    }
     g.moving = Some(Move {
         to: to.to_string(),
         kind,

@@ -191,10 +191,18 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn emit(&mut self, cmd: Command) {
-        // Planned from this very state, so it applies; a refusal would be a planner bug,
-        // and leaving the command out keeps the plan consistent with the state.
-        if apply(self.s.to_mut(), &cmd).is_ok() {
-            self.plan.commands.push(cmd);
+        // Planned from this very state, so it applies: a refusal is a planner bug. Debug
+        // builds stop on it; a release build leaves the command out (keeping the plan
+        // consistent with the state) and says so in the cluster log.
+        match apply(self.s.to_mut(), &cmd) {
+            Ok(()) => self.plan.commands.push(cmd),
+            Err(e) => {
+                debug_assert!(false, "the planner emitted {cmd:?}, refused: {e}");
+                self.plan.log.push(LogEntry::new(
+                    Component::FM,
+                    format!("planner error, a planned change was refused and left out: {e}"),
+                ));
+            }
         }
     }
 

@@ -899,3 +899,58 @@ fn a_handover_is_refused_once_its_move_was_cancelled() {
     assert_eq!(s.groups["g"].owner.as_deref(), Some("n2"));
     assert_eq!(s.groups["g"].epoch, epoch + 1);
 }
+
+#[test]
+fn a_refused_move_changes_nothing_it_would_have_changed() {
+    let mut s = cluster();
+    // A group drained from n1, with a failover requested and a failed move remembered:
+    // everything an accepted operator's move clears.
+    move_to(&mut s, "g", "n2", MoveKind::Drain);
+    ok(
+        &mut s,
+        Command::CancelMove {
+            group: "g".into(),
+            failed: Some("it did not start there".into()),
+        },
+    );
+    s.groups.get_mut("g").unwrap().failover_request = Some("it failed on n1".into());
+    assert!(s.groups["g"].drained_from.is_some() && !s.groups["g"].failed_moves.is_empty());
+    // Refused because g cannot migrate (a process resource)...
+    create(&mut s, "disk", "g", &[]);
+    let quick = Command::MoveGroup {
+        group: "g".into(),
+        to: "n2".into(),
+        kind: MoveKind::Operator,
+        quick: true,
+    };
+    let e = refused(&mut s, quick);
+    assert!(e.contains("cannot be quick-migrated"), "{e}");
+    // ... and because it is still completing a live migration.
+    let mut vm = spec("vm", "h", &[]);
+    vm.migratable = true;
+    ok(&mut s, Command::CreateResource { spec: vm });
+    ok(
+        &mut s,
+        Command::SetOwner {
+            group: "h".into(),
+            node: "n1".into(),
+        },
+    );
+    move_to(&mut s, "h", "n2", MoveKind::Drain);
+    ok(
+        &mut s,
+        Command::MigratedOwner {
+            group: "h".into(),
+            node: "n2".into(),
+            resources: vec!["vm".into()],
+        },
+    );
+    let back = Command::MoveGroup {
+        group: "h".into(),
+        to: "n1".into(),
+        kind: MoveKind::Failover,
+        quick: false,
+    };
+    let e = refused(&mut s, back);
+    assert!(e.contains("still completing its live migration"), "{e}");
+}
