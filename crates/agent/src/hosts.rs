@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use vigil_core::model::ClusterState;
 use vigil_core::props::ResourceProps;
 use vigil_rhs::protocol::{self, Checks, FromHost, ToHost};
@@ -57,8 +57,9 @@ pub struct Hosts {
     events: mpsc::Sender<HostEvent>,
     next_generation: u64,
     next_instance: u64,
-    /// The node's lease as every RHS must know it (see `ToHost::Lease`).
-    lease: Option<u64>,
+    /// The node's lease as every RHS must know it (see `ToHost::Lease`), from the Node
+    /// Manager; each RHS's writer sends it.
+    lease: watch::Receiver<Option<u64>>,
     /// Control requests waiting for their RHS's answer, by id, with the RHS asked.
     controls: HashMap<u64, (String, oneshot::Sender<Result<String, String>>)>,
     next_control: u64,
@@ -85,6 +86,7 @@ impl Hosts {
         data_dir: PathBuf,
         node: String,
         events: mpsc::Sender<HostEvent>,
+        lease: watch::Receiver<Option<u64>>,
     ) -> Self {
         Self {
             exe,
@@ -96,7 +98,7 @@ impl Hosts {
             events,
             next_generation: 1,
             next_instance: 1,
-            lease: None,
+            lease,
             controls: HashMap::new(),
             next_control: 1,
         }
@@ -258,15 +260,6 @@ impl Hosts {
         }
     }
 
-    /// Tells every RHS how long the node's lease runs (CLOCK_MONOTONIC ns; `None`: no lease).
-    pub fn set_lease(&mut self, until_mono_ns: Option<u64>) {
-        self.lease = until_mono_ns;
-        let names: Vec<String> = self.hosts.keys().cloned().collect();
-        for host in names {
-            self.send(&host, ToHost::Lease { until_mono_ns });
-        }
-    }
-
     /// Asks every RHS to terminate its resources and exit.
     pub fn shutdown_all(&mut self) {
         for h in self.hosts.values() {
@@ -388,7 +381,7 @@ impl Hosts {
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
         let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
         let (rd, wr) = stream.into_split();
-        tokio::spawn(write_loop(wr, rx));
+        tokio::spawn(write_loop(wr, rx, self.lease.clone()));
         let events = self.events.clone();
         let name = host.to_string();
         let silence_limit = self.silence_limit;
@@ -421,24 +414,37 @@ impl Hosts {
                 resources: BTreeSet::new(),
             },
         );
-        self.send(
-            host,
-            ToHost::Lease {
-                until_mono_ns: self.lease,
-            },
-        );
         Ok(())
     }
 }
 
-async fn write_loop(mut wr: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<ToHost>) {
+/// Writes to one RHS: the hello, the lease, then what the main loop queues. A change of the
+/// lease (`lease`, published by the Node Manager) goes before anything still queued, so the
+/// RHS learns of a renewal however many commands wait, and never receives a command under a
+/// lease older than the one the command was decided under.
+async fn write_loop(
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<ToHost>,
+    mut lease: watch::Receiver<Option<u64>>,
+) {
     let hello = ToHost::Hello {
         version: protocol::VERSION,
     };
     if protocol::write_frame(&mut wr, &hello).await.is_err() {
         return;
     }
-    while let Some(msg) = rx.recv().await {
+    lease.mark_changed();
+    loop {
+        let msg = tokio::select! {
+            biased;
+            Ok(()) = lease.changed() => ToHost::Lease {
+                until_mono_ns: *lease.borrow_and_update(),
+            },
+            msg = rx.recv() => match msg {
+                Some(msg) => msg,
+                None => return,
+            },
+        };
         if protocol::write_frame(&mut wr, &msg).await.is_err() {
             return;
         }
@@ -502,5 +508,51 @@ async fn read_loop(
 fn kill(pid: u32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A renewal published while commands wait for a busy RHS is written before them (the
+    /// lease used to travel through the main loop and then this queue: a burst of work left
+    /// 5 000 resources fenced by their RHS under a lease the agent held).
+    #[tokio::test]
+    async fn a_lease_change_goes_to_the_rhs_before_what_is_queued() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (_, wr) = ours.into_split();
+        let (tx, rx) = mpsc::channel(16);
+        let (lease_tx, lease_rx) = watch::channel(Some(1));
+        let online = |r: &str| ToHost::Online {
+            resource: r.to_string(),
+        };
+        for r in ["a", "b", "c"] {
+            tx.try_send(online(r)).unwrap();
+        }
+        lease_tx.send_replace(Some(2));
+        let writer = tokio::spawn(write_loop(wr, rx, lease_rx));
+        let mut rd = theirs;
+        let mut next = async || {
+            protocol::read_frame::<_, ToHost>(&mut rd)
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert!(matches!(next().await, ToHost::Hello { .. }));
+        let lease = |until: u64| ToHost::Lease {
+            until_mono_ns: Some(until),
+        };
+        assert_eq!(next().await, lease(2), "the latest lease, before the queue");
+        for r in ["a", "b", "c"] {
+            assert_eq!(next().await, online(r));
+        }
+        // Later changes still arrive, in order with what is queued after them.
+        lease_tx.send_replace(Some(3));
+        assert_eq!(next().await, lease(3));
+        tx.send(online("d")).await.unwrap();
+        assert_eq!(next().await, online("d"));
+        drop(tx);
+        writer.await.unwrap();
     }
 }

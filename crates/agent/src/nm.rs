@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use vigil_core::command::Command;
 use vigil_core::lease::LeaseConfig;
 use vigil_core::model::NodeState;
@@ -27,6 +27,11 @@ pub struct Nm {
     /// instant the database records is on it).
     started: Instant,
     core: Arc<Mutex<NodeManager>>,
+    /// The lease's end (CLOCK_MONOTONIC ns; `None`: no lease), for the RHS processes. Each
+    /// RHS's writer reads it before anything queued for that RHS, so a renewal reaches the
+    /// RHS even while the main loop is busy (a burst of thousands of reports once let the
+    /// RHS processes fence themselves on a lease the agent held).
+    lease: Arc<watch::Sender<Option<u64>>>,
 }
 
 impl Nm {
@@ -36,6 +41,7 @@ impl Nm {
             cfg,
             started: Instant::now(),
             core: Arc::new(Mutex::new(NodeManager::new(name, cfg))),
+            lease: Arc::new(watch::channel(None).0),
         }
     }
 
@@ -55,6 +61,11 @@ impl Nm {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The lease's end as the RHS processes are told it (see `Nm::lease`).
+    pub fn lease_watch(&self) -> watch::Receiver<Option<u64>> {
+        self.lease.subscribe()
     }
 
     pub fn is_fenced(&self) -> bool {
@@ -146,12 +157,12 @@ pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
         };
         // The RHS processes enforce the same lease themselves, in case this agent stops. They
         // hear of it before the RCM acts on this tick (an RHS still fenced by the last lease
-        // would refuse what a re-leased RCM starts).
+        // would refuse what a re-leased RCM starts): published before the actions below, and
+        // written to each RHS before what is queued for it.
         let until = nm.lock().lease_until_ms(now);
         let until_mono_ns = until.map(|u| vigil_rhs::protocol::mono_ns() + (u - now) * 1_000_000);
-        if main.send(Msg::Lease { until_mono_ns }).await.is_err() {
-            return;
-        }
+        nm.lease
+            .send_if_modified(|l| std::mem::replace(l, until_mono_ns) != until_mono_ns);
         for action in actions {
             match action {
                 NmAction::Send {

@@ -41,10 +41,6 @@ pub enum Msg {
         fenced: bool,
         reason: String,
     },
-    /// The lease now runs until this CLOCK_MONOTONIC instant (ns), for the RHS processes.
-    Lease {
-        until_mono_ns: Option<u64>,
-    },
     Call(Call),
     Shutdown,
     /// This node was removed from its cluster (the leader said so, or the voters refuse it):
@@ -82,6 +78,7 @@ impl Service {
         let silence = Duration::from_millis(opts.rhs_silence_ms);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_loop(db.clone(), queue));
+        let lease = nm.lease_watch();
         Ok(Self {
             nm,
             node: opts.name.clone(),
@@ -95,6 +92,7 @@ impl Service {
                 opts.data_dir.clone(),
                 opts.name.clone(),
                 events,
+                lease,
             ),
             log,
             started: Instant::now(),
@@ -433,7 +431,6 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
                 // Many applied entries, one reconcile pass (below).
                 Msg::Applied => applied = true,
                 Msg::Fence { fenced, reason } => svc.step(Input::Fence { fenced, reason }),
-                Msg::Lease { until_mono_ns } => svc.hosts.set_lease(until_mono_ns),
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
                 Msg::Removed { reason } => removed = Some(reason),
