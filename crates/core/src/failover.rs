@@ -200,7 +200,9 @@ impl Planner<'_> {
                 debug_assert!(false, "the planner emitted {cmd:?}, refused: {e}");
                 self.plan.log.push(LogEntry::new(
                     Component::FM,
-                    format!("planner error, a planned change was refused and left out: {e}"),
+                    format!(
+                        "planner error (please report it): {cmd:?} was refused and left out: {e}"
+                    ),
                 ));
             }
         }

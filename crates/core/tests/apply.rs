@@ -641,14 +641,17 @@ fn set_group_failure_and_node_state_need_existing_targets() {
     assert_eq!(refused(&mut s, cmd), r#"node "n9" does not exist"#);
 }
 
-fn move_to(state: &mut ClusterState, group: &str, to: &str, kind: MoveKind) {
-    let cmd = Command::MoveGroup {
+fn move_cmd(group: &str, to: &str, kind: MoveKind, quick: bool) -> Command {
+    Command::MoveGroup {
         group: group.into(),
         to: to.into(),
         kind,
-        quick: false,
-    };
-    ok(state, cmd);
+        quick,
+    }
+}
+
+fn move_to(state: &mut ClusterState, group: &str, to: &str, kind: MoveKind) {
+    ok(state, move_cmd(group, to, kind, false));
 }
 
 #[test]
@@ -704,15 +707,7 @@ fn the_cutover_moves_ownership_and_the_migration_ends_explicitly() {
         ("n1", vec!["vm".to_string()])
     );
     // No other move until the target has completed it.
-    let e = refused(
-        &mut s,
-        Command::MoveGroup {
-            group: "g".into(),
-            to: "n1".into(),
-            kind: MoveKind::Operator,
-            quick: false,
-        },
-    );
+    let e = refused(&mut s, move_cmd("g", "n1", MoveKind::Operator, false));
     assert!(
         e.contains("still completing its live migration from \"n1\""),
         "{e}"
@@ -917,13 +912,7 @@ fn a_refused_move_changes_nothing_it_would_have_changed() {
     assert!(s.groups["g"].drained_from.is_some() && !s.groups["g"].failed_moves.is_empty());
     // Refused because g cannot migrate (a process resource)...
     create(&mut s, "disk", "g", &[]);
-    let quick = Command::MoveGroup {
-        group: "g".into(),
-        to: "n2".into(),
-        kind: MoveKind::Operator,
-        quick: true,
-    };
-    let e = refused(&mut s, quick);
+    let e = refused(&mut s, move_cmd("g", "n2", MoveKind::Operator, true));
     assert!(e.contains("cannot be quick-migrated"), "{e}");
     // ... and because it is still completing a live migration.
     let mut vm = spec("vm", "h", &[]);
@@ -945,12 +934,6 @@ fn a_refused_move_changes_nothing_it_would_have_changed() {
             resources: vec!["vm".into()],
         },
     );
-    let back = Command::MoveGroup {
-        group: "h".into(),
-        to: "n1".into(),
-        kind: MoveKind::Failover,
-        quick: false,
-    };
-    let e = refused(&mut s, back);
+    let e = refused(&mut s, move_cmd("h", "n1", MoveKind::Failover, false));
     assert!(e.contains("still completing its live migration"), "{e}");
 }
