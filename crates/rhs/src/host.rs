@@ -168,10 +168,12 @@ impl Dispatcher {
             "RHS: the node's lease ran out with no renewal from the agent; terminating every resource"
         );
         self.fenced = true;
+        // The kill first, before anything awaits: each worker's own Terminate and report
+        // follow, and may wait behind a call in progress.
+        types::process::kill_all_groups();
         for slot in self.workers.values() {
             let _ = slot.tx.send(Cmd::Fence).await;
         }
-        types::process::kill_all_groups();
     }
 
     /// Handles one message from the agent; `false` when the RHS should stop.
