@@ -160,7 +160,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         }
     });
-    tokio::spawn(nm::run(svc.nm.clone(), db.clone(), tx.clone(), log.clone()));
+    let main = tx.clone();
+    tokio::spawn(nm::run(
+        svc.nm.clone(),
+        db.clone(),
+        log.clone(),
+        move |input| {
+            let main = main.clone();
+            async move { main.send(Msg::Rcm(input)).await.is_ok() }
+        },
+    ));
     tokio::spawn(fm::run(db.clone(), log.clone(), svc.nm.clone()));
     let stop = tx.clone();
     tokio::spawn(async move {
@@ -262,7 +271,7 @@ fn check_identity(opts: &AgentOptions) -> anyhow::Result<()> {
             opts.name
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            vigil_core::model::validate_name("node", &opts.name).map_err(|e| anyhow::anyhow!(e))?;
+            vigil_core::names::validate_name("node", &opts.name).map_err(|e| anyhow::anyhow!(e))?;
             std::fs::write(&path, format!("{}\n", opts.name))
                 .with_context(|| format!("cannot write {}", path.display()))
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use vigil_core::command::{ApplyError, Command};
-use vigil_core::model::validate_name;
+use vigil_core::names::validate_name;
 use vigil_db::{Db, node_id};
 
 /// How long the leader waits for a joining node to catch up before giving up on it.

@@ -7,15 +7,17 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use vigil_core::command::Command;
-use vigil_core::lease::LeaseConfig;
-use vigil_core::model::NodeState;
-use vigil_core::nm::{Heartbeat, HeartbeatReply, NmAction, NodeManager, Replica, Standing};
+use vigil_core::event::{Component, LogEntry};
+use vigil_core::exec;
+use vigil_core::lease::{LeaseConfig, NodeRecord};
+use vigil_core::model::{ClusterState, NodeState};
+use vigil_core::nm::{Heartbeat, HeartbeatReply, NodeManager, Replica, Standing};
+use vigil_core::rcm::Input;
 use vigil_db::{Db, node_id};
 
 use crate::clusterlog::ClusterLog;
-use crate::service::Msg;
 
 /// Shared by the heartbeat loop, the API's heartbeat handler, the failover manager's driver
 /// and status.
@@ -141,71 +143,97 @@ impl Nm {
 }
 
 /// Lease checks, heartbeats and node records every tenth of an interval, until the agent
-/// stops.
-pub async fn run(nm: Nm, db: Db, main: mpsc::Sender<Msg>, log: ClusterLog) {
-    let http = reqwest::Client::new();
+/// stops. What a tick does is [`exec::nm_tick`]; this loop gives it the clock and the I/O,
+/// and hands what the RCM must hear (fencing changes) to `to_rcm`, until that says the main
+/// loop is gone.
+pub async fn run<F, Fut>(nm: Nm, db: Db, log: ClusterLog, mut to_rcm: F)
+where
+    F: FnMut(Input) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut io = Io {
+        nm: nm.clone(),
+        db,
+        http: reqwest::Client::new(),
+        log,
+    };
     let interval = Duration::from_millis(nm.cfg.interval_ms);
     let mut tick = tokio::time::interval(interval / 10);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let r = nm.replica(&db);
-        let now = nm.now_ms();
-        let actions = {
-            let state = db.state();
-            nm.lock().tick(&r, &state, now)
-        };
-        // The RHS processes enforce the same lease themselves, in case this agent stops. They
-        // hear of it before the RCM acts on this tick (an RHS still fenced by the last lease
-        // would refuse what a re-leased RCM starts): published before the actions below, and
-        // written to each RHS before what is queued for it.
-        let until = nm.lock().lease_until_ms(now);
-        let until_mono_ns = until.map(|u| vigil_rhs::protocol::mono_ns() + (u - now) * 1_000_000);
-        nm.lease
-            .send_if_modified(|l| std::mem::replace(l, until_mono_ns) != until_mono_ns);
-        for action in actions {
-            match action {
-                NmAction::Send {
-                    heartbeat, sent_ms, ..
-                } => {
-                    let (nm, db, http) = (nm.clone(), db.clone(), http.clone());
-                    // Aside, so that a slow answer never delays the lease checks.
-                    tokio::spawn(async move {
-                        let reply = send(&db, &http, &heartbeat, interval).await;
-                        let now = nm.now_ms();
-                        nm.lock().answered(sent_ms, reply.as_ref(), now);
-                    });
-                }
-                NmAction::Record(record) => {
-                    let (nm, db, log) = (nm.clone(), db.clone(), log.clone());
-                    // Aside, so that a slow write never delays this node's own lease check.
-                    tokio::spawn(async move {
-                        let cmd = Command::SetNodeState {
-                            name: record.node.clone(),
-                            state: record.state,
-                        };
-                        match db.write(vec![cmd]).await {
-                            Ok(_) => log.append([vigil_core::event::LogEntry::new(
-                                vigil_core::event::Component::NM,
-                                record.reason,
-                            )]),
-                            Err(e) => tracing::warn!(
-                                "cannot record node {} {}: {e}",
-                                record.node,
-                                record.state
-                            ),
-                        }
-                        nm.lock().written(&record.node);
-                    });
-                }
-                NmAction::Fence { fenced, reason } => {
-                    if main.send(Msg::Fence { fenced, reason }).await.is_err() {
-                        return;
-                    }
-                }
-                NmAction::Log(entry) => log.append([entry]),
+        for input in exec::nm_tick(&mut io) {
+            if !to_rcm(input).await {
+                return;
             }
         }
+    }
+}
+
+/// The agent's side of [`exec::NmEnv`]. What reports back to the Node Manager (answers,
+/// written records) does so from a task of its own.
+struct Io {
+    nm: Nm,
+    db: Db,
+    http: reqwest::Client,
+    log: ClusterLog,
+}
+
+impl exec::Env for Io {
+    fn now_ms(&self) -> u64 {
+        self.nm.now_ms()
+    }
+
+    fn log(&mut self, entries: Vec<LogEntry>) {
+        self.log.append(entries);
+    }
+}
+
+impl exec::NmEnv for Io {
+    fn replica(&self) -> Replica {
+        self.nm.replica(&self.db)
+    }
+
+    /// The database's lock before the Node Manager's (see [`Nm::lock`]).
+    fn with_nm<R>(&mut self, decide: impl FnOnce(&mut NodeManager, &ClusterState) -> R) -> R {
+        let state = self.db.state();
+        decide(&mut self.nm.lock(), &state)
+    }
+
+    /// The RHS processes enforce the same lease themselves, in case this agent stops; each
+    /// RHS's writer sends it before what is queued for that RHS.
+    fn publish_lease(&mut self, until_ms: Option<u64>, now_ms: u64) {
+        let until_mono_ns =
+            until_ms.map(|u| vigil_rhs::protocol::mono_ns() + (u - now_ms) * 1_000_000);
+        self.nm
+            .lease
+            .send_if_modified(|l| std::mem::replace(l, until_mono_ns) != until_mono_ns);
+    }
+
+    /// Aside, so that a slow answer never delays the lease checks.
+    fn send_heartbeat(&mut self, _to: String, heartbeat: Heartbeat, sent_ms: u64, timeout_ms: u64) {
+        let (nm, db, http) = (self.nm.clone(), self.db.clone(), self.http.clone());
+        tokio::spawn(async move {
+            let limit = Duration::from_millis(timeout_ms);
+            let reply = send(&db, &http, &heartbeat, limit).await;
+            let now = nm.now_ms();
+            nm.lock().answered(sent_ms, reply.as_ref(), now);
+        });
+    }
+
+    /// Aside, so that a slow write never delays this node's own lease check.
+    fn record(&mut self, cmd: Command, record: NodeRecord) -> bool {
+        let (nm, db, log) = (self.nm.clone(), self.db.clone(), self.log.clone());
+        tokio::spawn(async move {
+            match db.write(vec![cmd]).await {
+                Ok(_) => log.append([LogEntry::new(Component::NM, record.reason)]),
+                Err(e) => {
+                    tracing::warn!("cannot record node {} {}: {e}", record.node, record.state)
+                }
+            }
+            nm.lock().written(&record.node);
+        });
+        true
     }
 }
 

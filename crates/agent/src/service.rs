@@ -3,12 +3,13 @@
 //! inputs goes through the pure RCM, and the resulting actions are executed here: database
 //! commands in one durable transaction, calls to the RHS, cluster log entries.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use vigil_core::command::Command;
 use vigil_core::event::{Component, LogEntry};
+use vigil_core::exec;
+use vigil_core::model::ClusterState;
 use vigil_core::model::ResourceState;
 use vigil_core::rcm::{Action, Input, Rcm, Report};
 use vigil_db::{Db, StateRef};
@@ -24,8 +25,6 @@ const BATCH_LIMIT: usize = 512;
 const WRITE_QUEUE: usize = 65_536;
 /// Most commands written as one log entry.
 const WRITE_BATCH: usize = 4_096;
-/// Most RCM passes one input may cause (database changes and failed calls cause more).
-const SETTLE_PASSES: usize = 4_096;
 /// How long a stopping agent waits for its RHS processes to terminate their resources.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -36,11 +35,8 @@ pub enum Msg {
     Host(HostEvent),
     /// The local replica applied more of the log.
     Applied,
-    /// The Node Manager lost (or regained) this node's lease.
-    Fence {
-        fenced: bool,
-        reason: String,
-    },
+    /// An input for the RCM from elsewhere in the agent: the Node Manager's fencing changes.
+    Rcm(Input),
     Call(Call),
     Shutdown,
     /// This node was removed from its cluster (the leader said so, or the voters refuse it):
@@ -130,172 +126,33 @@ impl Service {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Feeds one input to the RCM and executes what it decides, then what follows from that:
-    /// another pass when the database changed (the RCM should see it), and the failure of a
-    /// call that could not be made. Bounded by [`SETTLE_PASSES`].
+    /// Feeds one input to the RCM and carries out what it decides ([`exec::settle`]).
     pub fn step(&mut self, input: Input) {
-        let mut inputs = VecDeque::from([input]);
-        for _ in 0..SETTLE_PASSES {
-            let Some(input) = inputs.pop_front() else {
-                return;
-            };
-            let now = self.now_ms();
-            let state = self.db.state();
-            let actions = self.rcm.step(&state, input, now);
-            drop(state);
-            if self.execute(actions, &mut inputs) && inputs.is_empty() {
-                inputs.push_back(Input::Tick);
-            }
-        }
-        if !inputs.is_empty() {
+        let Service {
+            rcm,
+            db,
+            writes,
+            hosts,
+            log,
+            started,
+            ..
+        } = self;
+        let mut io = Io {
+            rcm,
+            db,
+            writes,
+            hosts,
+            log,
+            started: *started,
+        };
+        let left = exec::settle(&mut io, input);
+        if left > 0 {
             // Not expected; the pending timeouts heal whatever was left undone.
             tracing::error!(
-                "RCM did not settle within {SETTLE_PASSES} passes; {} inputs dropped",
-                inputs.len()
+                "RCM did not settle within {} passes; {left} inputs dropped",
+                exec::SETTLE_PASSES
             );
         }
-    }
-
-    /// Executes actions; returns whether the database changed.
-    fn execute(&mut self, actions: Vec<Action>, followups: &mut VecDeque<Input>) -> bool {
-        let mut cmds = Vec::new();
-        let mut logs = Vec::new();
-        let mut calls = Vec::new();
-        for a in actions {
-            match a {
-                Action::Db(c) => cmds.push(c),
-                Action::Log(entry) => logs.push(entry),
-                call => calls.push(call),
-            }
-        }
-        if !cmds.is_empty() && self.writes.try_send(cmds.clone()).is_err() {
-            tracing::error!(
-                "database write queue full; {} RCM records dropped",
-                cmds.len()
-            );
-        }
-        for call in calls {
-            self.call_rhs(call, followups);
-        }
-        self.log.append(logs);
-        // The RCM sees the effect of its commands once they are applied (`Msg::Applied`).
-        false
-    }
-
-    fn call_rhs(&mut self, action: Action, followups: &mut VecDeque<Input>) {
-        match action {
-            Action::Online { resource } => {
-                let state = self.db.state();
-                let result = self.hosts.online(&state, &resource);
-                drop(state);
-                if let Err(reason) = result {
-                    followups.push_back(Input::Report {
-                        resource,
-                        report: Report::Failed,
-                        reason,
-                        pid: None,
-                    });
-                }
-            }
-            Action::Offline { resource } => {
-                if !self.hosts.offline(&resource) {
-                    followups.push_back(Input::Report {
-                        resource,
-                        report: Report::Offline,
-                        reason: "not running in any RHS".to_string(),
-                        pid: None,
-                    });
-                }
-            }
-            Action::MigrateTo {
-                resource,
-                target,
-                quick,
-            } => {
-                let target_address = self
-                    .db
-                    .state()
-                    .nodes
-                    .get(&target)
-                    .map(|n| n.address.clone())
-                    .unwrap_or_default();
-                let msg = ToHost::MigrateTo {
-                    resource: resource.clone(),
-                    target,
-                    target_address,
-                    quick,
-                };
-                if !self.hosts.migrate(&resource, msg) {
-                    followups.push_back(Input::Report {
-                        resource,
-                        report: Report::MigrateFailed,
-                        reason: "not running in any RHS".to_string(),
-                        pid: None,
-                    });
-                }
-            }
-            Action::MigratePrepare {
-                resource,
-                source,
-                quick,
-            } => {
-                let state = self.db.state();
-                let opened = self.hosts.open_for(&state, &resource);
-                drop(state);
-                let msg = ToHost::MigratePrepare {
-                    resource: resource.clone(),
-                    source,
-                    quick,
-                };
-                self.migrate_or_report(followups, resource, opened, msg, Report::MigrateFailed);
-            }
-            Action::MigrateFrom {
-                resource,
-                source,
-                quick,
-            } => {
-                // The instance prepared for the migration receives it; open one only if none is
-                // (a quick migration prepares nothing).
-                let opened = if self.hosts.is_open(&resource) {
-                    Ok(())
-                } else {
-                    let state = self.db.state();
-                    self.hosts.open_for(&state, &resource)
-                };
-                let msg = ToHost::MigrateFrom {
-                    resource: resource.clone(),
-                    source,
-                    quick,
-                };
-                self.migrate_or_report(followups, resource, opened, msg, Report::Failed);
-            }
-            Action::Terminate { resource } => self.hosts.terminate(&resource),
-            Action::Close { resource } => self.hosts.close(&resource),
-            Action::Db(_) | Action::Log(_) => unreachable!("handled by execute"),
-        }
-    }
-
-    /// Sends a migration step to the RHS that `opened` put `resource` in; when it could not
-    /// be opened or has no RHS, the RCM hears `report` with the reason.
-    fn migrate_or_report(
-        &mut self,
-        followups: &mut VecDeque<Input>,
-        resource: String,
-        opened: Result<(), String>,
-        msg: ToHost,
-        report: Report,
-    ) {
-        let reason = match opened {
-            Err(e) => e,
-            Ok(()) if self.hosts.migrate(&resource, msg) => return,
-            Ok(()) => format!("{resource} has no resource host process (RHS) on this node"),
-        };
-        followups.push_back(Input::Report {
-            resource,
-            report,
-            reason,
-            pid: None,
-        });
     }
 
     fn on_host_event(&mut self, event: HostEvent) {
@@ -395,6 +252,133 @@ impl Service {
     }
 }
 
+/// The agent's side of [`exec::RcmEnv`]: the database's write queue, the RHS processes and
+/// the cluster log.
+struct Io<'a> {
+    rcm: &'a mut Rcm,
+    db: &'a Db,
+    writes: &'a mpsc::Sender<Vec<Command>>,
+    hosts: &'a mut Hosts,
+    log: &'a ClusterLog,
+    started: Instant,
+}
+
+impl exec::Env for Io<'_> {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn log(&mut self, entries: Vec<LogEntry>) {
+        self.log.append(entries);
+    }
+}
+
+impl exec::RcmEnv for Io<'_> {
+    fn with_rcm<R>(&mut self, decide: impl FnOnce(&mut Rcm, &ClusterState) -> R) -> R {
+        decide(self.rcm, &self.db.state())
+    }
+
+    /// To the write loop; the RCM sees the effect once applied (`Msg::Applied`).
+    fn write(&mut self, cmds: Vec<Command>) -> bool {
+        if let Err(e) = self.writes.try_send(cmds) {
+            let n = match e {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => {
+                    c.len()
+                }
+            };
+            tracing::error!("database write queue full; {n} RCM records dropped");
+        }
+        false
+    }
+
+    fn call(&mut self, call: Action) -> Result<(), String> {
+        const NOT_HOSTED: &str = "not running in any RHS";
+        match call {
+            Action::Online { resource } => self.hosts.online(&self.db.state(), &resource),
+            Action::Offline { resource } => self
+                .hosts
+                .offline(&resource)
+                .then_some(())
+                .ok_or(NOT_HOSTED.to_string()),
+            Action::MigrateTo {
+                resource,
+                target,
+                quick,
+            } => {
+                let target_address = self
+                    .db
+                    .state()
+                    .nodes
+                    .get(&target)
+                    .map(|n| n.address.clone())
+                    .unwrap_or_default();
+                let msg = ToHost::MigrateTo {
+                    resource: resource.clone(),
+                    target,
+                    target_address,
+                    quick,
+                };
+                self.hosts
+                    .migrate(&resource, msg)
+                    .then_some(())
+                    .ok_or(NOT_HOSTED.to_string())
+            }
+            Action::MigratePrepare {
+                resource,
+                source,
+                quick,
+            } => {
+                self.hosts.open_for(&self.db.state(), &resource)?;
+                let msg = ToHost::MigratePrepare {
+                    resource: resource.clone(),
+                    source,
+                    quick,
+                };
+                self.migrate(&resource, msg)
+            }
+            Action::MigrateFrom {
+                resource,
+                source,
+                quick,
+            } => {
+                // The instance prepared for the migration receives it; open one only if none is
+                // (a quick migration prepares nothing).
+                if !self.hosts.is_open(&resource) {
+                    self.hosts.open_for(&self.db.state(), &resource)?;
+                }
+                let msg = ToHost::MigrateFrom {
+                    resource: resource.clone(),
+                    source,
+                    quick,
+                };
+                self.migrate(&resource, msg)
+            }
+            Action::Terminate { resource } => {
+                self.hosts.terminate(&resource);
+                Ok(())
+            }
+            Action::Close { resource } => {
+                self.hosts.close(&resource);
+                Ok(())
+            }
+            Action::Db(_) | Action::Log(_) => unreachable!("exec::settle passes calls only"),
+        }
+    }
+}
+
+impl Io<'_> {
+    /// Sends a migration step to the RHS that `resource` was opened in.
+    fn migrate(&mut self, resource: &str, msg: ToHost) -> Result<(), String> {
+        if self.hosts.migrate(resource, msg) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{resource} has no resource host process (RHS) on this node"
+            ))
+        }
+    }
+}
+
 /// Runs the main loop until shutdown; returns an error if the database failed.
 pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), String> {
     // Nothing runs before the Node Manager grants a lease.
@@ -430,7 +414,7 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
                 Msg::Host(e) => svc.on_host_event(e),
                 // Many applied entries, one reconcile pass (below).
                 Msg::Applied => applied = true,
-                Msg::Fence { fenced, reason } => svc.step(Input::Fence { fenced, reason }),
+                Msg::Rcm(input) => svc.step(input),
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
                 Msg::Removed { reason } => removed = Some(reason),

@@ -12,8 +12,9 @@ use thiserror::Error;
 use crate::deps;
 use crate::model::{
     ClusterState, FailedMove, FailoverRecord, Group, Migration, Move, MoveKind, Node, NodeState,
-    PersistentState, Plugin, Resource, ResourceSpec, ResourceState, validate_name,
+    PersistentState, Plugin, Resource, ResourceSpec, ResourceState,
 };
+use crate::names::validate_name;
 use crate::props::{GroupProps, ResourceProps};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,9 +9,13 @@
 //! - [`deps`]: dependency order inside a group and cycle refusal.
 //! - [`restart`]: the restart policy (threshold within period, delay, exhaustion).
 //! - [`failover`]: the choice of the node a failed group goes to.
+//! - [`intent`]: operators' requests (move, drain, desired state) as commands, and when
+//!   each has been carried out; the API and the simulator share them.
 //! - [`rcm`]: the Resource Control Manager's reconcile loop: (database, local state, event,
 //!   now) → actions. The agent executes the actions and feeds results back as events.
 //! - [`event`]: the cluster log's structured entries.
+//! - [`exec`]: carrying out the RCM's and the Node Manager's actions over a small
+//!   environment trait, one implementation shared by the agent, the simulator and tests.
 //!
 //! Not here: sockets, processes, files, clocks, async. Time enters as `now_ms`, a monotonic
 //! millisecond count chosen by the caller, so the simulator and tests drive it directly.
@@ -19,9 +23,12 @@
 pub mod command;
 pub mod deps;
 pub mod event;
+pub mod exec;
 pub mod failover;
+pub mod intent;
 pub mod lease;
 pub mod model;
+pub mod names;
 pub mod nm;
 pub mod params;
 pub mod props;

@@ -407,7 +407,7 @@ impl GroupProps {
             "> 0 and at most 2592000",
         )?;
         if let Some(c) = &self.anti_affinity_class
-            && crate::model::validate_name("anti-affinity class", c).is_err()
+            && crate::names::validate_name("anti-affinity class", c).is_err()
         {
             return Err(PropError::Invalid {
                 name: "anti_affinity_class",

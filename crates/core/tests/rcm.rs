@@ -1,13 +1,16 @@
 //! The RCM's reconcile loop, `Rcm::step`, driven against a database built with `apply`.
 //!
-//! `Node` plays the agent: it feeds one input to the RCM, applies every `Action::Db` command
-//! back into the database (ignoring refusals, as the agent does), lets the failover manager
+//! `Node` plays the agent: it feeds one input to the RCM through the agent's executor, which
+//! applies every `Action::Db` command back into the database (ignoring refusals, as the
+//! agent does) and settles, lets the failover manager
 //! (this node is also the leader) plan on the result, and hands all the actions to the test,
 //! which mostly looks at the calls into the RHS: "online x", "offline x", "terminate x".
 
 use vigil_core::command::{Command, Target, apply};
 use vigil_core::event::LogEntry;
+use vigil_core::exec;
 use vigil_core::failover;
+use vigil_core::intent;
 use vigil_core::model::PersistentState::{Offline as Off, Online as On};
 use vigil_core::model::ResourceState::{Failed, Offline, OfflinePending, Online, OnlinePending};
 use vigil_core::model::{
@@ -15,6 +18,46 @@ use vigil_core::model::{
 };
 use vigil_core::props::{GroupProps, ResourceProps, RestartAction};
 use vigil_core::rcm::{Action, Input, Rcm, Report};
+
+/// The test's side of the executor: the RCM's records are applied at once (refusals
+/// ignored, as the agent does), and the RHS takes every call.
+struct Env<'a> {
+    db: &'a mut ClusterState,
+    rcm: &'a mut Rcm,
+    now: u64,
+    seen: Vec<Action>,
+    /// The RHS cannot take any call, for this reason.
+    refuse: Option<String>,
+}
+
+impl exec::Env for Env<'_> {
+    fn now_ms(&self) -> u64 {
+        self.now
+    }
+
+    fn log(&mut self, _entries: Vec<LogEntry>) {}
+}
+
+impl exec::RcmEnv for Env<'_> {
+    fn with_rcm<R>(&mut self, decide: impl FnOnce(&mut Rcm, &ClusterState) -> R) -> R {
+        decide(self.rcm, self.db)
+    }
+
+    fn write(&mut self, cmds: Vec<Command>) -> bool {
+        for cmd in &cmds {
+            let _ = apply(self.db, cmd);
+        }
+        true
+    }
+
+    fn call(&mut self, _call: Action) -> Result<(), String> {
+        self.refuse.clone().map_or(Ok(()), Err)
+    }
+
+    fn decided(&mut self, actions: &[Action]) {
+        self.seen.extend_from_slice(actions);
+    }
+}
 
 /// restart_delay_ms of every test resource.
 const DELAY: u64 = 1_000;
@@ -43,6 +86,8 @@ fn props_with(action: RestartAction, threshold: u32) -> ResourceProps {
 struct Node {
     db: ClusterState,
     rcm: Rcm,
+    /// The RHS cannot take calls: why (`None`: it takes them all).
+    refuse: Option<String>,
 }
 
 impl Node {
@@ -88,6 +133,7 @@ impl Node {
         Self {
             db,
             rcm: Rcm::new("n1"),
+            refuse: None,
         }
     }
 
@@ -116,14 +162,18 @@ impl Node {
         all
     }
 
+    /// The input through the agent's executor ([`exec::settle`]); every action the RCM made,
+    /// in its order.
     fn rcm_step(&mut self, input: Input, now: u64) -> Vec<Action> {
-        let actions = self.rcm.step(&self.db, input, now);
-        for a in &actions {
-            if let Action::Db(cmd) = a {
-                let _ = apply(&mut self.db, cmd);
-            }
-        }
-        actions
+        let mut env = Env {
+            db: &mut self.db,
+            rcm: &mut self.rcm,
+            now,
+            seen: Vec::new(),
+            refuse: self.refuse.clone(),
+        };
+        assert_eq!(exec::settle(&mut env, input), 0, "the RCM settles");
+        env.seen
     }
 
     /// When the failover manager wants to plan again.
@@ -147,8 +197,9 @@ impl Node {
 
     /// The operator sets the desired state of `target`, as the agent relays it.
     fn desire(&mut self, target: Target, state: PersistentState, now: u64) -> Vec<Action> {
-        apply(&mut self.db, &Command::SetPersistentState { target, state }).unwrap();
-        let resources = self.db.resources.keys().cloned().collect();
+        let (cmd, _, touch) = intent::set_desired(&self.db, target, state);
+        apply(&mut self.db, &cmd).unwrap();
+        let resources = touch.resources(&self.db);
         self.step(Input::Operator { resources }, now)
     }
 
@@ -893,4 +944,31 @@ fn a_failed_live_migration_leaves_the_group_running_here() {
     assert!(g.moving.is_none());
     assert_eq!(g.failed_moves[0].to, "n2");
     assert_eq!(n.db_state("vm"), ResourceState::Online);
+}
+
+#[test]
+fn a_start_the_rhs_cannot_take_fails_and_is_retried_after_the_restart_delay() {
+    let mut n = Node::new(&[("web", &[])]);
+    n.refuse = Some("web has no RHS: fork failed".into());
+    n.desire_group(On, 0);
+    // The executor turned the refused call into the report the RCM would have waited for.
+    assert_eq!(n.db_state("web"), Failed);
+    assert!(
+        n.reason("web").contains("fork failed"),
+        "{}",
+        n.reason("web")
+    );
+    n.refuse = None;
+    assert_eq!(calls(&n.tick(DELAY - 1)), Vec::<String>::new());
+    assert_eq!(calls(&n.tick(DELAY)), ["online web"]);
+}
+
+#[test]
+fn an_offline_of_what_no_rhs_runs_is_done_at_once() {
+    let mut n = Node::new(&[("web", &[])]);
+    n.start(0);
+    n.refuse = Some("not running in any RHS".into());
+    let actions = n.desire_group(Off, 10);
+    assert_eq!(calls(&actions), ["offline web"]);
+    assert_eq!(n.db_state("web"), Offline);
 }

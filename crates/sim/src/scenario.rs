@@ -108,9 +108,9 @@ fn kv(word: &str) -> Result<(&str, &str), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {word:?}"))
 }
 
-/// Sets a group property, by its name or its scenario abbreviation.
-pub fn group_prop(props: &mut GroupProps, key: &str, value: &str) -> Result<(), String> {
-    let name = match key {
+/// A group property's full name from its scenario abbreviation.
+fn group_prop_name(key: &str) -> &str {
+    match key {
         "preferred" => "preferred_owners",
         "possible" => "possible_owners",
         "threshold" => "failover_threshold",
@@ -119,8 +119,7 @@ pub fn group_prop(props: &mut GroupProps, key: &str, value: &str) -> Result<(), 
         "failback" => "auto_failback",
         "anti" => "anti_affinity_class",
         other => other,
-    };
-    props.set(name, value).map_err(|e| e.to_string())
+    }
 }
 
 impl Scenario {
@@ -193,7 +192,9 @@ impl Scenario {
                     let mut props = GroupProps::default();
                     for w in &words[2..] {
                         let (k, v) = kv(w).map_err(err)?;
-                        group_prop(&mut props, k, v).map_err(err)?;
+                        props
+                            .set(group_prop_name(k), v)
+                            .map_err(|e| err(e.to_string()))?;
                     }
                     let owner = props
                         .preferred_owners
@@ -414,7 +415,7 @@ fn parse_step(words: &[&str]) -> Result<Step, String> {
             let mut changes = Vec::new();
             for p in pairs {
                 let (k, v) = kv(p)?;
-                changes.push((k.to_string(), v.to_string()));
+                changes.push((group_prop_name(k).to_string(), v.to_string()));
             }
             Step::SetGroup {
                 group: g.to_string(),

@@ -14,10 +14,12 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use vigil_core::command::{Command, apply};
 use vigil_core::event::LogEntry;
+use vigil_core::exec;
 use vigil_core::failover;
+use vigil_core::intent;
 use vigil_core::lease::LeaseConfig;
 use vigil_core::model::{ClusterState, NodeState, ResourceState};
-use vigil_core::nm::{Heartbeat, HeartbeatReply, NmAction, NodeManager, Replica as NmView};
+use vigil_core::nm::{Heartbeat, HeartbeatReply, NodeManager, Replica as NmView};
 use vigil_core::rcm::{Action, Input, Rcm, Report};
 
 use crate::raft::{self, Disk, Replica, Role};
@@ -706,9 +708,12 @@ impl World {
     }
 
     /// What node `n`'s Node Manager observes of its replica.
-    fn view(&mut self, n: &str) -> NmView {
+    fn view(&self, n: &str) -> NmView {
         let now = self.now;
-        let a = self.agent(n);
+        let a = self.nodes[n]
+            .agent
+            .as_ref()
+            .expect("a running node has an agent");
         NmView {
             term: a.raft.term(),
             leader: a.raft.leader.clone(),
@@ -788,67 +793,19 @@ impl World {
         }
     }
 
-    /// The node's Node Manager, every tick.
+    /// The node's Node Manager, every tick: the agent's [`exec::nm_tick`] on this node.
     fn nm_tick(&mut self, n: &str) {
-        let now = self.now;
-        let view = self.view(n);
-        let a = self.agent(n);
-        let actions = a.nm.tick(&view, &a.raft.state, now);
-        // The agent tells its RHS processes the lease's end (same machine, no delay), before
-        // the RCM acts on the tick.
-        let until = a.nm.lease_until_ms(now);
-        self.nodes.get_mut(n).expect("known").rhs_deadline = Some(until.unwrap_or(0));
-        for action in actions {
-            match action {
-                NmAction::Send {
-                    to,
-                    heartbeat,
-                    sent_ms,
-                    timeout_ms,
-                } => {
-                    self.agent(n).heartbeats.insert(sent_ms);
-                    self.push(
-                        now + timeout_ms,
-                        Ev::HeartbeatTimeout {
-                            node: n.to_string(),
-                            sent_ms,
-                        },
-                    );
-                    self.send(
-                        n,
-                        &to,
-                        Net::Heartbeat {
-                            hb: heartbeat,
-                            sent_ms,
-                        },
-                    );
-                }
-                NmAction::Record(record) => {
-                    let cmd = Command::SetNodeState {
-                        name: record.node.clone(),
-                        state: record.state,
-                    };
-                    let a = self.agent(n);
-                    match a.raft.propose(vec![cmd], now) {
-                        Some((index, out)) => {
-                            a.records.insert(index, record);
-                            self.send_raft(n, out);
-                            self.applied(n);
-                        }
-                        None => a.nm.written(&record.node),
-                    }
-                }
-                NmAction::Fence { fenced, reason } => {
-                    let short = if fenced {
-                        "lease expired: self-fencing"
-                    } else {
-                        "lease granted"
-                    };
-                    self.say(n, format!("NM {short}"));
-                    self.rcm_step(n, Input::Fence { fenced, reason });
-                }
-                NmAction::Log(_) => {}
+        let inputs = exec::nm_tick(&mut On { w: self, n });
+        for input in inputs {
+            if let Input::Fence { fenced, .. } = &input {
+                let short = if *fenced {
+                    "lease expired: self-fencing"
+                } else {
+                    "lease granted"
+                };
+                self.say(n, format!("NM {short}"));
             }
+            self.rcm_step(n, input);
         }
     }
 
@@ -950,35 +907,13 @@ impl World {
         self.send(n, &leader, Net::Forward { id, cmds });
     }
 
+    /// One input to the node's RCM: the agent's [`exec::settle`] on this node.
     fn rcm_step(&mut self, n: &str, input: Input) {
+        exec::settle(&mut On { w: self, n }, input);
         let now = self.now;
         let a = self.agent(n);
-        let actions = a.rcm.step(&a.raft.state, input, now);
-        let wake = a.rcm.next_wakeup_ms(&a.raft.state);
-        let mut cmds = Vec::new();
-        for action in actions {
-            match action {
-                Action::Online { resource } => self.rhs_online(n, &resource),
-                Action::Offline { resource } => self.rhs_offline(n, &resource),
-                Action::Terminate { resource } => self.rhs_terminate(n, &resource),
-                Action::MigrateTo {
-                    resource, target, ..
-                } => self.rhs_migrate_to(n, &resource, &target),
-                Action::MigrateFrom { resource, .. } => self.rhs_migrate_from(n, &resource),
-                Action::MigratePrepare { resource, .. } => {
-                    self.prepared.insert((resource, n.to_string()));
-                }
-                Action::Close { .. } => {}
-                Action::Db(c) => cmds.push(c),
-                Action::Log(e) => self.note(n, &e),
-            }
-        }
-        if !cmds.is_empty() {
-            self.write_rcm(n, cmds);
-        }
-        if let Some(t) = wake {
+        if let Some(t) = a.rcm.next_wakeup_ms(&a.raft.state) {
             let t = t.max(now + 1);
-            let a = self.agent(n);
             if a.wake.is_none_or(|w| t < w) {
                 a.wake = Some(t);
                 self.push(t, Ev::RcmTick(n.to_string()));
@@ -1264,40 +1199,29 @@ impl World {
             Step::Fix { resource, node } => {
                 self.broken.remove(&(resource, node));
             }
-            Step::Operator(cmd) => self.operator(vec![cmd]),
+            Step::Operator(Command::SetPersistentState { target, state }) => {
+                let (cmd, _, touch) = intent::set_desired(self.db(), target, state);
+                self.operator(cmd, Some(touch));
+            }
+            Step::Operator(cmd) => self.operator(cmd, None),
             Step::SetGroup { group, changes } => {
                 let Some(mut props) = self.db().groups.get(&group).map(|g| g.props.clone()) else {
                     self.say("-", format!("operator: no group {group}"));
                     return;
                 };
                 for (k, v) in &changes {
-                    if let Err(e) = crate::scenario::group_prop(&mut props, k, v) {
+                    if let Err(e) = props.set(k, v) {
                         self.say("-", format!("operator: refused: {e}"));
                         return;
                     }
                 }
-                self.operator(vec![Command::SetGroupProps { group, props }]);
+                self.operator(Command::SetGroupProps { group, props }, None);
             }
             Step::Move { group, to } => {
-                let db = self.db().clone();
-                let from = db.groups.get(&group).and_then(|g| g.owner.clone());
-                let to = to.or_else(|| {
-                    failover::choose_target(
-                        &db,
-                        &group,
-                        from.as_deref(),
-                        true,
-                        self.base_ms + self.now,
-                    )
-                });
-                match to {
-                    Some(to) => self.operator(vec![Command::MoveGroup {
-                        group,
-                        to,
-                        kind: vigil_core::model::MoveKind::Operator,
-                        quick: false,
-                    }]),
-                    None => self.say("-", format!("operator: no node can take {group}")),
+                let now = self.base_ms + self.now;
+                match intent::move_group(self.db(), &group, to.as_deref(), false, now) {
+                    Ok((cmd, _)) => self.operator(cmd, None),
+                    Err(e) => self.say("-", format!("operator: {e}")),
                 }
             }
         }
@@ -1315,27 +1239,28 @@ impl World {
             .map(|(n, _)| n.clone())
     }
 
-    /// An operator command through the leader; the owners' RCMs forget past failures of
-    /// what it touched, as the API does.
-    fn operator(&mut self, cmds: Vec<Command>) {
+    /// An operator command through the leader. A desired-state change (`touch`) then makes
+    /// the owners' RCMs forget past failures of what it touched, as the API does.
+    fn operator(&mut self, cmd: Command, touch: Option<intent::Touch>) {
         let Some(l) = self.operator_leader() else {
-            self.say("-", format!("operator: no leader, refused {cmds:?}"));
+            self.say("-", format!("operator: no leader, refused {cmd:?}"));
             return;
         };
         let mut probe = self.agent(&l).raft.state.clone();
-        for c in &cmds {
-            if let Err(e) = apply(&mut probe, c) {
-                self.say("-", format!("operator: refused: {e}"));
-                return;
-            }
+        if let Err(e) = apply(&mut probe, &cmd) {
+            self.say("-", format!("operator: refused: {e}"));
+            return;
         }
-        self.say("-", format!("operator: {cmds:?}"));
+        self.say("-", format!("operator: {cmd:?}"));
         let now = self.now;
-        let touched: Vec<String> = probe.resources.keys().cloned().collect();
-        if let Some((_, out)) = self.agent(&l).raft.propose(cmds, now) {
+        if let Some((_, out)) = self.agent(&l).raft.propose(vec![cmd], now) {
             self.send_raft(&l, out);
             self.applied(&l);
         }
+        let Some(touch) = touch else {
+            return;
+        };
+        let touched = touch.resources(&probe);
         let owners: BTreeSet<String> = probe
             .groups
             .values()
@@ -1443,5 +1368,107 @@ impl World {
             }
         }
         Ok(())
+    }
+}
+
+/// One simulated node as its agent's executor sees the world ([`exec`]): virtual time, its
+/// replica's copy, the simulated RHS and network.
+struct On<'w> {
+    w: &'w mut World,
+    n: &'w str,
+}
+
+impl exec::Env for On<'_> {
+    fn now_ms(&self) -> u64 {
+        self.w.now
+    }
+
+    fn log(&mut self, entries: Vec<LogEntry>) {
+        for e in &entries {
+            self.w.note(self.n, e);
+        }
+    }
+}
+
+impl exec::RcmEnv for On<'_> {
+    fn with_rcm<R>(&mut self, decide: impl FnOnce(&mut Rcm, &ClusterState) -> R) -> R {
+        let a = self.w.agent(self.n);
+        decide(&mut a.rcm, &a.raft.state)
+    }
+
+    fn write(&mut self, cmds: Vec<Command>) -> bool {
+        self.w.write_rcm(self.n, cmds);
+        false
+    }
+
+    /// The simulated RHS takes every call; what it does comes later, as a report.
+    fn call(&mut self, call: Action) -> Result<(), String> {
+        let (w, n) = (&mut *self.w, self.n);
+        match call {
+            Action::Online { resource } => w.rhs_online(n, &resource),
+            Action::Offline { resource } => w.rhs_offline(n, &resource),
+            Action::Terminate { resource } => w.rhs_terminate(n, &resource),
+            Action::MigrateTo {
+                resource, target, ..
+            } => w.rhs_migrate_to(n, &resource, &target),
+            Action::MigrateFrom { resource, .. } => w.rhs_migrate_from(n, &resource),
+            Action::MigratePrepare { resource, .. } => {
+                w.prepared.insert((resource, n.to_string()));
+            }
+            Action::Close { .. } => {}
+            Action::Db(_) | Action::Log(_) => unreachable!("exec::settle passes calls only"),
+        }
+        Ok(())
+    }
+}
+
+impl exec::NmEnv for On<'_> {
+    fn replica(&self) -> NmView {
+        self.w.view(self.n)
+    }
+
+    fn with_nm<R>(&mut self, decide: impl FnOnce(&mut NodeManager, &ClusterState) -> R) -> R {
+        let a = self.w.agent(self.n);
+        decide(&mut a.nm, &a.raft.state)
+    }
+
+    /// The agent tells its RHS processes (same machine, no delay).
+    fn publish_lease(&mut self, until_ms: Option<u64>, _now_ms: u64) {
+        let node = self.w.nodes.get_mut(self.n).expect("known");
+        node.rhs_deadline = Some(until_ms.unwrap_or(0));
+    }
+
+    fn send_heartbeat(&mut self, to: String, heartbeat: Heartbeat, sent_ms: u64, timeout_ms: u64) {
+        let (w, n) = (&mut *self.w, self.n);
+        w.agent(n).heartbeats.insert(sent_ms);
+        w.push(
+            w.now + timeout_ms,
+            Ev::HeartbeatTimeout {
+                node: n.to_string(),
+                sent_ms,
+            },
+        );
+        w.send(
+            n,
+            &to,
+            Net::Heartbeat {
+                hb: heartbeat,
+                sent_ms,
+            },
+        );
+    }
+
+    /// Proposed to the node's replica (a lone voter commits it at once); noted once applied.
+    fn record(&mut self, cmd: Command, record: vigil_core::lease::NodeRecord) -> bool {
+        let (w, n) = (&mut *self.w, self.n);
+        let now = w.now;
+        let a = w.agent(n);
+        let Some((index, out)) = a.raft.propose(vec![cmd], now) else {
+            return false;
+        };
+        a.records.insert(index, record);
+        w.send_raft(n, out);
+        w.applied(n);
+        true
     }
 }

@@ -1,0 +1,175 @@
+//! Carrying out the core's decisions, once for every world. The agent, the simulator and
+//! the RCM's tests each give a node's view of the world ([`RcmEnv`], [`NmEnv`]); what to do
+//! with the [`Action`]s and [`NmAction`]s, in which order, and what follows when a call cannot
+//! be made is decided here, so the simulator's seeds run the code the agent runs.
+
+use std::collections::VecDeque;
+
+use crate::command::Command;
+use crate::event::LogEntry;
+use crate::lease::NodeRecord;
+use crate::model::ClusterState;
+use crate::nm::{Heartbeat, NmAction, NodeManager, Replica};
+use crate::rcm::{Action, Input, Rcm, Report};
+
+/// Most RCM passes one input may cause (database changes and failed calls cause more).
+pub const SETTLE_PASSES: usize = 4_096;
+
+/// What every node's world gives its decisions: a clock and the cluster log.
+pub trait Env {
+    /// This node's millisecond clock (monotonic).
+    fn now_ms(&self) -> u64;
+    fn log(&mut self, entries: Vec<LogEntry>);
+}
+
+/// How a node's RCM acts on its world.
+pub trait RcmEnv: Env {
+    /// Runs `decide` on this node's RCM and its copy of the cluster database.
+    fn with_rcm<R>(&mut self, decide: impl FnOnce(&mut Rcm, &ClusterState) -> R) -> R;
+    /// Queues the RCM's records for the database, in the order given. `true` when the copy
+    /// that [`RcmEnv::with_rcm`] reads shows them already (the RCM then gets another pass);
+    /// the agent and the simulator see them later, once replicated and applied.
+    fn write(&mut self, cmds: Vec<Command>) -> bool;
+    /// Makes one call into the RHS: any action but [`Action::Db`] and [`Action::Log`].
+    /// `Err(reason)` when it could not be made; the RCM then hears why ([`refused`]).
+    fn call(&mut self, call: Action) -> Result<(), String>;
+    /// Sees every pass's actions, in the order the RCM made them, before they are carried
+    /// out (a trace; tests look at it).
+    fn decided(&mut self, _actions: &[Action]) {}
+}
+
+/// Feeds one input to the RCM and carries out what it decides, then what follows from that:
+/// another pass when the database changed, and the report of a call that could not be made.
+/// Bounded by [`SETTLE_PASSES`]; returns how many inputs were left (0 unless the RCM did not
+/// settle, which is not expected: its timeouts heal what was left undone).
+pub fn settle(env: &mut impl RcmEnv, input: Input) -> usize {
+    let mut inputs = VecDeque::from([input]);
+    for _ in 0..SETTLE_PASSES {
+        let Some(input) = inputs.pop_front() else {
+            return 0;
+        };
+        let now = env.now_ms();
+        let actions = env.with_rcm(|rcm, state| rcm.step(state, input, now));
+        env.decided(&actions);
+        if carry_out(env, actions, &mut inputs) && inputs.is_empty() {
+            inputs.push_back(Input::Tick);
+        }
+    }
+    inputs.len()
+}
+
+/// The database's records first (a call's report can only come after them), then the calls
+/// in the order the RCM made them, then the log. Returns whether the database changed.
+fn carry_out(env: &mut impl RcmEnv, actions: Vec<Action>, followups: &mut VecDeque<Input>) -> bool {
+    let mut cmds = Vec::new();
+    let mut logs = Vec::new();
+    let mut calls = Vec::new();
+    for a in actions {
+        match a {
+            Action::Db(c) => cmds.push(c),
+            Action::Log(entry) => logs.push(entry),
+            call => calls.push(call),
+        }
+    }
+    let changed = !cmds.is_empty() && env.write(cmds);
+    for call in calls {
+        let resource = resource_of(&call).to_string();
+        let report = report_if_refused(&call);
+        if let (Err(reason), Some(report)) = (env.call(call), report) {
+            followups.push_back(refused(resource, report, reason));
+        }
+    }
+    if !logs.is_empty() {
+        env.log(logs);
+    }
+    changed
+}
+
+/// What the RCM hears when a call could not be made: the report it would otherwise wait for.
+pub fn refused(resource: String, report: Report, reason: String) -> Input {
+    Input::Report {
+        resource,
+        report,
+        reason,
+        pid: None,
+    }
+}
+
+/// The report that stands for `call` when it cannot be made: a start that cannot be made
+/// failed, a stop of what does not run is done, a migration that cannot begin failed.
+/// Terminate and Close need no answer.
+fn report_if_refused(call: &Action) -> Option<Report> {
+    match call {
+        Action::Online { .. } | Action::MigrateFrom { .. } => Some(Report::Failed),
+        Action::Offline { .. } => Some(Report::Offline),
+        Action::MigrateTo { .. } | Action::MigratePrepare { .. } => Some(Report::MigrateFailed),
+        Action::Terminate { .. } | Action::Close { .. } | Action::Db(_) | Action::Log(_) => None,
+    }
+}
+
+fn resource_of(call: &Action) -> &str {
+    match call {
+        Action::Online { resource }
+        | Action::Offline { resource }
+        | Action::Terminate { resource }
+        | Action::Close { resource }
+        | Action::MigrateTo { resource, .. }
+        | Action::MigratePrepare { resource, .. }
+        | Action::MigrateFrom { resource, .. } => resource,
+        Action::Db(_) | Action::Log(_) => "",
+    }
+}
+
+/// How a node's Node Manager acts on its world.
+pub trait NmEnv: Env {
+    /// What this node observes of its Raft replica now.
+    fn replica(&self) -> Replica;
+    /// Runs `decide` on this node's Node Manager and its copy of the cluster database.
+    fn with_nm<R>(&mut self, decide: impl FnOnce(&mut NodeManager, &ClusterState) -> R) -> R;
+    /// Tells the RHS processes where the lease ends (`None`: no lease), on this node's clock.
+    fn publish_lease(&mut self, until_ms: Option<u64>, now_ms: u64);
+    /// Sends `heartbeat` to the leader `to`; its answer (or none within `timeout_ms`) goes to
+    /// [`NodeManager::answered`] with `sent_ms`.
+    fn send_heartbeat(&mut self, to: String, heartbeat: Heartbeat, sent_ms: u64, timeout_ms: u64);
+    /// Writes `cmd`, the record of a node's state, and logs `record.reason` once it is
+    /// written; [`NodeManager::written`] follows either way. `false`: refused at once (this
+    /// node cannot propose), and the caller reports it written.
+    fn record(&mut self, cmd: Command, record: NodeRecord) -> bool;
+}
+
+/// One tick of the Node Manager: it decides, the lease's end is published before anything
+/// else happens (an RHS still fenced by the last lease would refuse what a re-leased RCM
+/// starts), and its actions are carried out. Returns what the RCM must hear.
+pub fn nm_tick(env: &mut impl NmEnv) -> Vec<Input> {
+    let replica = env.replica();
+    let now = env.now_ms();
+    let (actions, until) = env.with_nm(|nm, state| {
+        let actions = nm.tick(&replica, state, now);
+        (actions, nm.lease_until_ms(now))
+    });
+    env.publish_lease(until, now);
+    let mut rcm = Vec::new();
+    for action in actions {
+        match action {
+            NmAction::Send {
+                to,
+                heartbeat,
+                sent_ms,
+                timeout_ms,
+            } => env.send_heartbeat(to, heartbeat, sent_ms, timeout_ms),
+            NmAction::Record(record) => {
+                let cmd = Command::SetNodeState {
+                    name: record.node.clone(),
+                    state: record.state,
+                };
+                let node = record.node.clone();
+                if !env.record(cmd, record) {
+                    env.with_nm(|nm, _| nm.written(&node));
+                }
+            }
+            NmAction::Fence { fenced, reason } => rcm.push(Input::Fence { fenced, reason }),
+            NmAction::Log(entry) => env.log(vec![entry]),
+        }
+    }
+    rcm
+}
