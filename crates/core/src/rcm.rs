@@ -19,6 +19,10 @@ use crate::failover;
 use crate::model::{ClusterState, Group, PersistentState, Resource, ResourceState};
 use crate::restart::{Decision, History};
 
+mod migrate;
+
+use migrate::Leg;
+
 /// What an RHS reported about a resource.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "state")]
@@ -33,6 +37,8 @@ pub enum Report {
         progress: bool,
     },
     /// The resource failed (a check said no, its process died with a failure, a call failed).
+    /// Whatever the instance was running has been terminated already: the RHS does that
+    /// before it reports (about a running instance), and the RCM does not terminate again.
     Failed,
     /// The resource's configuration is wrong on this node (an OCF agent's 2, 5 or 6, a
     /// plugin's configuration error): restarting here cannot help, so it is not restarted
@@ -96,6 +102,17 @@ pub enum Input {
     Tick,
 }
 
+/// Who found a failure, which decides who ends the instance: one side, never both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// The RHS, which called Terminate before it reported (`here_useless`: a configuration
+    /// error on this node, which no restart here can mend).
+    ByRhs { here_useless: bool },
+    /// The RCM itself (a timeout, a simulated failure, a lost RHS, a move gone wrong): it
+    /// terminates.
+    ByRcm,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Online {
@@ -157,19 +174,6 @@ struct Local {
     leg: Option<Leg>,
 }
 
-/// A resource's part in a live move.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Leg {
-    /// Source: migrate_to (to this node) in flight.
-    Sending(String),
-    /// Source: migrated to this node; what is left here is stopped once it has completed.
-    Sent(String),
-    /// Target, before the cutover: prepared to receive the instance from this node.
-    Incoming(String),
-    /// Target: migrate_from issued (a later restart is a plain start).
-    Receiving,
-}
-
 /// How long a failover request may go unanswered (its write lost) before it is sent again.
 const REQUEST_RESEND_MS: u64 = 10_000;
 /// How long a step of a handover this node wrote (the new owner, the end of a migration, a
@@ -221,20 +225,6 @@ impl Rcm {
 
     pub fn is_fenced(&self) -> bool {
         self.fenced
-    }
-
-    fn leg(&self, resource: &str) -> Option<&Leg> {
-        self.resources.get(resource).and_then(|l| l.leg.as_ref())
-    }
-
-    fn is_sent(&self, resource: &str) -> bool {
-        matches!(self.leg(resource), Some(Leg::Sent(_)))
-    }
-
-    fn set_leg(&mut self, resource: &str, leg: Option<Leg>) {
-        if let Some(l) = self.resources.get_mut(resource) {
-            l.leg = leg;
-        }
     }
 
     /// What this node knows of a resource it tracks: state, pid, and the reason of its last
@@ -349,7 +339,7 @@ impl Rcm {
                         ResourceState::OfflinePending => {
                             self.transition(out, &name, ResourceState::Offline, &reason, None);
                         }
-                        s if s.may_run() => self.fail(out, &name, &reason, now, false),
+                        s if s.may_run() => self.fail(out, &name, &reason, now, Found::ByRcm),
                         _ => {}
                     }
                 }
@@ -361,7 +351,7 @@ impl Rcm {
             Input::SimulateFailure { resource } => {
                 if self.state(&resource).may_run() {
                     let reason = "simulated failure (vigil resource fail)";
-                    self.fail(out, &resource, reason, now, false);
+                    self.fail(out, &resource, reason, now, Found::ByRcm);
                 }
             }
             Input::Operator { resources } => {
@@ -467,7 +457,10 @@ impl Rcm {
                 self.transition(out, name, ResourceState::Offline, &why, None);
             }
             (Report::Failed, ResourceState::Online | ResourceState::OnlinePending) => {
-                self.fail(out, name, &reason, now, false);
+                let found = Found::ByRhs {
+                    here_useless: false,
+                };
+                self.fail(out, name, &reason, now, found);
             }
             (Report::Notice, ResourceState::Online) => {
                 out.push(Action::Db(Command::RecordState {
@@ -503,7 +496,8 @@ impl Rcm {
                 self.migration_failed(out, name, &reason);
             }
             (Report::FailedHere, ResourceState::Online | ResourceState::OnlinePending) => {
-                self.fail(out, name, &reason, now, true);
+                let found = Found::ByRhs { here_useless: true };
+                self.fail(out, name, &reason, now, found);
             }
             // Anything else is stale (a report about an instance already terminated).
             _ => {}
@@ -516,52 +510,6 @@ impl Rcm {
             entry = entry.group(&r.group, out.db.group_epoch(&r.group));
         }
         out.push(Action::Log(entry));
-    }
-
-    /// A migrate_to failed (the type left the resource running here). If nothing of the
-    /// group has migrated yet, the move is abandoned and the group stays here; otherwise the
-    /// rest of the group follows cold (stopped here, started on the target), so that nothing
-    /// is left running without an owner.
-    fn migration_failed(&mut self, out: &mut Out, name: &str, reason: &str) {
-        let Some(group) = out.db.resources.get(name).map(|r| r.group.clone()) else {
-            return;
-        };
-        let Some(g) = out.db.groups.get(&group) else {
-            return;
-        };
-        let target = g.moving.as_ref().map_or("?", |m| m.to.as_str()).to_string();
-        let sent = out
-            .db
-            .group_resources(&group)
-            .any(|r| self.is_sent(&r.name));
-        if sent {
-            self.cold.insert(group.clone(), g.epoch);
-            self.log_resource(
-                out,
-                name,
-                format!(
-                    "live migration to {target} failed ({reason}); others already migrated: the rest of the group moves cold"
-                ),
-            );
-        } else {
-            self.log_resource(
-                out,
-                name,
-                format!(
-                    "live migration to {target} failed ({reason}): the group stays on {}",
-                    self.node
-                ),
-            );
-            if let Some(m) = &g.moving {
-                let failed = format!("live migration of {name} failed: {reason}");
-                self.abandoned
-                    .insert(group.clone(), (m.to.clone(), failed.clone(), out.now));
-                out.push(Action::Db(Command::CancelMove {
-                    group,
-                    failed: Some(failed),
-                }));
-            }
-        }
     }
 
     fn on_out_of_band_stop(&mut self, out: &mut Out, name: &str, reason: &str) {
@@ -605,16 +553,19 @@ impl Rcm {
         out.push(Action::Log(entry));
     }
 
-    /// The resource failed: terminate it and apply the restart policy (`here_useless`: a
-    /// configuration error on this node, which no restart here can mend).
-    fn fail(&mut self, out: &mut Out, name: &str, reason: &str, now: u64, here_useless: bool) {
+    /// The resource failed: terminate it, unless the RHS already did, and apply the restart
+    /// policy.
+    fn fail(&mut self, out: &mut Out, name: &str, reason: &str, now: u64, found: Found) {
         let Some(r) = out.db.resources.get(name) else {
             return;
         };
         let (group, epoch) = (r.group.clone(), out.db.group_epoch(&r.group));
-        out.push(Action::Terminate {
-            resource: name.to_string(),
-        });
+        let here_useless = matches!(found, Found::ByRhs { here_useless: true });
+        if found == Found::ByRcm {
+            out.push(Action::Terminate {
+                resource: name.to_string(),
+            });
+        }
         self.transition(out, name, ResourceState::Failed, reason, None);
         let local = self
             .resources
@@ -821,73 +772,6 @@ impl Rcm {
         self.prepare_incoming(out);
     }
 
-    /// Live moves to this node: before the source migrates anything, get each resource ready
-    /// to receive its instance (tracked here, so that fencing ends it too); drop what was
-    /// prepared for a move that is over without arriving.
-    fn prepare_incoming(&mut self, out: &mut Out) {
-        let db = out.db;
-        for g in db.groups.values() {
-            let Some(m) = g.moving.as_ref().filter(|m| m.live && m.to == self.node) else {
-                continue;
-            };
-            let Some(source) = g.owner.clone() else {
-                continue;
-            };
-            for r in db.group_resources(&g.name) {
-                let local = self.resources.entry(r.name.clone()).or_default();
-                if local.leg.is_some() || local.state != ResourceState::Offline {
-                    continue;
-                }
-                local.leg = Some(Leg::Incoming(source.clone()));
-                out.push(Action::MigratePrepare {
-                    resource: r.name.clone(),
-                    source: source.clone(),
-                    quick: m.quick,
-                });
-            }
-        }
-        let stale: Vec<String> = self
-            .resources
-            .iter()
-            .filter(|(name, l)| {
-                let Some(Leg::Incoming(source)) = &l.leg else {
-                    return false;
-                };
-                if l.state != ResourceState::Offline {
-                    return false;
-                }
-                let Some(g) = db
-                    .resources
-                    .get(*name)
-                    .and_then(|r| db.groups.get(&r.group))
-                else {
-                    return true;
-                };
-                let still_coming = g
-                    .moving
-                    .as_ref()
-                    .is_some_and(|m| m.live && m.to == self.node)
-                    && g.owner.as_ref() == Some(source);
-                let arrived = g.owner.as_deref() == Some(self.node.as_str())
-                    && g.migration.as_ref().is_some_and(|mi| &mi.from == source);
-                !still_coming && !arrived
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in stale {
-            self.set_leg(&name, None);
-            out.push(Action::Terminate {
-                resource: name.clone(),
-            });
-            if db.resources.get(&name).is_none_or(|r| {
-                db.groups.get(&r.group).and_then(|g| g.owner.as_deref()) != Some(&self.node)
-            }) {
-                self.resources.remove(&name);
-                out.push(Action::Close { resource: name });
-            }
-        }
-    }
-
     /// Drops what this node no longer needs to know: resources deleted from the database
     /// (terminated if somehow still running) and stopped resources of groups it no longer owns.
     fn forget_departed(&mut self, out: &mut Out) {
@@ -961,7 +845,7 @@ impl Rcm {
                 for name in &order {
                     if self.is_sent(name) {
                         let why = "migrated away, but the move was abandoned; recovering here";
-                        self.fail(out, name, why, now, false);
+                        self.fail(out, name, why, now, Found::ByRcm);
                     }
                 }
             }
@@ -1020,177 +904,6 @@ impl Rcm {
                 node: Some(self.node.clone()),
             }));
         }
-    }
-
-    /// A live move, on the source: migrate the running resources to the target one at a time
-    /// (providers first), then write the new owner. Nothing is stopped here until the target
-    /// has completed the migration (see [`Rcm::take_offline`]).
-    fn live_move(&mut self, out: &mut Out, group: &str, order: &[String], now: u64) {
-        let db = out.db;
-        let Some(g) = db.groups.get(group) else {
-            return;
-        };
-        let Some(m) = &g.moving else {
-            return;
-        };
-        if let Some((to, failed, sent)) = self.abandoned.get(group).filter(|(to, ..)| *to == m.to) {
-            // Our CancelMove is on its way; written again if it seems lost.
-            if now >= sent + STEP_RESEND_MS {
-                let (to, failed) = (to.clone(), failed.clone());
-                self.abandoned
-                    .insert(group.to_string(), (to, failed.clone(), now));
-                out.push(Action::Db(Command::CancelMove {
-                    group: group.to_string(),
-                    failed: Some(failed),
-                }));
-            }
-            return;
-        }
-        // The failover manager retargeted the move (its target went Down) after resources
-        // had migrated there: those instances died with it; recover them here.
-        let stranded: Vec<String> = order
-            .iter()
-            .filter(|n| matches!(self.leg(n), Some(Leg::Sent(to)) if *to != m.to))
-            .cloned()
-            .collect();
-        for name in stranded {
-            let why = format!(
-                "migrated to a node that went Down; the move now goes to {}: recovering here",
-                m.to
-            );
-            self.fail(out, &name, &why, now, false);
-        }
-        let settling = order.iter().any(|n| {
-            matches!(
-                self.state(n),
-                ResourceState::OnlinePending | ResourceState::OfflinePending
-            ) || matches!(self.leg(n), Some(Leg::Sending(_)))
-        });
-        if settling {
-            return;
-        }
-        if self.cold.get(group) == Some(&g.epoch) {
-            // Stop what did not migrate, dependents first, before handing over.
-            let unsent = |rcm: &Self, n: &str| !rcm.is_sent(n);
-            for name in order.iter().rev() {
-                if !self.state(name).may_run() || !unsent(self, name) {
-                    continue;
-                }
-                let dependents_stopped = db
-                    .group_resources(group)
-                    .filter(|d| d.depends_on.contains(name) && unsent(self, &d.name))
-                    .all(|d| !self.state(&d.name).may_run());
-                if dependents_stopped {
-                    let reason = format!("moving cold to {} (its live migration failed)", m.to);
-                    if let Some(l) = self.resources.get_mut(name) {
-                        l.progress_ms = now;
-                    }
-                    self.transition(out, name, ResourceState::OfflinePending, &reason, None);
-                    out.push(Action::Offline {
-                        resource: name.clone(),
-                    });
-                }
-            }
-            if order
-                .iter()
-                .any(|n| unsent(self, n) && self.state(n).may_run())
-            {
-                return;
-            }
-        } else if let Some(next) = order
-            .iter()
-            .find(|n| self.state(n) == ResourceState::Online && self.leg(n).is_none())
-        {
-            self.set_leg(next, Some(Leg::Sending(m.to.clone())));
-            self.log_resource(
-                out,
-                next,
-                format!(
-                    "{} migration to {} ({} move): migrate_to started",
-                    if m.quick { "quick" } else { "live" },
-                    m.to,
-                    m.kind
-                ),
-            );
-            out.push(Action::MigrateTo {
-                resource: next.clone(),
-                target: m.to.clone(),
-                quick: m.quick,
-            });
-            return;
-        }
-        if self.pending_step(&self.handed, group, g.epoch, now) {
-            return;
-        }
-        self.handed.insert(group.to_string(), (g.epoch, now));
-        let migrated: Vec<String> = order.iter().filter(|n| self.is_sent(n)).cloned().collect();
-        out.push(Action::Db(Command::MigratedOwner {
-            group: group.to_string(),
-            node: m.to.clone(),
-            resources: migrated.clone(),
-        }));
-        let reason = format!(
-            "migrated {} to {}: ownership moves at the cutover ({} move)",
-            if migrated.is_empty() {
-                "nothing (nothing ran)".to_string()
-            } else {
-                migrated.join(", ")
-            },
-            m.to,
-            m.kind
-        );
-        out.push(Action::Log(
-            LogEntry::new(Component::RCM, reason)
-                .group(group, g.epoch)
-                .change(&self.node, &m.to),
-        ));
-    }
-
-    /// A live move, on the target: once every migrated resource has been completed (or has
-    /// failed, or is not wanted), say so, so that the source stops what is left there.
-    fn complete_migration(
-        &mut self,
-        out: &mut Out,
-        group: &str,
-        order: &[String],
-        want: &BTreeMap<&str, bool>,
-    ) {
-        let Some(g) = out.db.groups.get(group) else {
-            return;
-        };
-        let Some(mi) = &g.migration else {
-            // Completed: later restarts of these resources are plain starts.
-            for name in order {
-                if self.leg(name) == Some(&Leg::Receiving) {
-                    self.set_leg(name, None);
-                }
-            }
-            return;
-        };
-        if mi.from == self.node || self.pending_step(&self.completed, group, g.epoch, out.now) {
-            return;
-        }
-        let done = mi.resources.iter().all(|n| {
-            let state = self.state(n);
-            state != ResourceState::OnlinePending
-                && (self.leg(n) == Some(&Leg::Receiving)
-                    || state == ResourceState::Failed
-                    || !want.get(n.as_str()).copied().unwrap_or(false))
-        });
-        if !done {
-            return;
-        }
-        self.completed.insert(group.to_string(), (g.epoch, out.now));
-        out.push(Action::Db(Command::EndMigration {
-            group: group.to_string(),
-        }));
-        let reason = format!(
-            "live migration from {} complete on {}: {} may stop what is left there",
-            mi.from, self.node, mi.from
-        );
-        out.push(Action::Log(
-            LogEntry::new(Component::RCM, reason).group(group, g.epoch),
-        ));
     }
 
     /// A group being moved: once nothing of it runs here, write its new owner (the target
@@ -1450,7 +1163,7 @@ impl Rcm {
             local.state, r.props.pending_timeout_ms
         );
         if local.state == ResourceState::OnlinePending {
-            self.fail(out, &r.name, &reason, now, false);
+            self.fail(out, &r.name, &reason, now, Found::ByRcm);
         } else {
             out.push(Action::Terminate {
                 resource: r.name.clone(),

@@ -358,13 +358,11 @@ fn desired_equal_to_reported_gives_no_actions() {
 }
 
 #[test]
-fn failed_resource_is_terminated_then_restarted_after_restart_delay() {
+fn failed_resource_is_restarted_after_restart_delay_and_terminated_by_one_side_only() {
     let mut n = Node::new(&[("web", &[])]);
     n.start(0);
-    assert_eq!(
-        calls(&n.report("web", Report::Failed, 5_000)),
-        ["terminate web"]
-    );
+    // The RHS terminated what it reported Failed: the RCM does not call Terminate again.
+    assert_eq!(calls(&n.report("web", Report::Failed, 5_000)), NONE);
     assert_eq!(
         (n.db_state("web"), n.reason("web")),
         (Failed, "rhs says so")
@@ -387,15 +385,12 @@ fn exhausted_restarts_on_a_single_node_fail_the_group_until_the_retry_period() {
         props_with(RestartAction::RestartThenFailover, 1),
     );
     n.start(0);
-    assert_eq!(
-        calls(&n.report("web", Report::Failed, 10_000)),
-        ["terminate web"]
-    );
+    assert_eq!(calls(&n.report("web", Report::Failed, 10_000)), NONE);
     assert_eq!(calls(&n.tick(10_000 + DELAY)), ["online web"]);
     n.report("web", Report::Online, 11_500);
 
     let actions = n.report("web", Report::Failed, 12_000);
-    assert_eq!(calls(&actions), ["terminate web"]);
+    assert_eq!(calls(&actions), NONE);
     let failures = group_failures(&actions);
     assert_eq!(failures.len(), 1);
     let failure = n.db.groups["g"]
@@ -444,8 +439,8 @@ fn exhausted_restarts_fail_the_group_over_to_another_node() {
     .unwrap();
     n.start(0);
     let actions = n.report("web", Report::Failed, 1_000);
-    // Terminated, nothing else runs: the group is handed over at once.
-    assert_eq!(calls(&actions), ["terminate web", "close web"]);
+    // Terminated by its RHS, nothing else runs: the group is handed over at once.
+    assert_eq!(calls(&actions), ["close web"]);
     let cmds = db_commands(&actions);
     let position = |wanted: &Command| cmds.iter().position(|c| *c == wanted);
     let request = cmds
@@ -485,7 +480,7 @@ fn restart_action_restart_exhausted_stays_failed_until_the_retry_period() {
     n.report("web", Report::Online, 11_500);
 
     let actions = n.report("web", Report::Failed, 12_000);
-    assert_eq!(calls(&actions), ["terminate web"]);
+    assert_eq!(calls(&actions), NONE);
     assert_eq!(group_failures(&actions), []);
     assert_eq!(n.db.groups["g"].failure, None);
     assert_eq!(n.rcm.next_wakeup_ms(&n.db), Some(12_000 + RETRY));
@@ -507,10 +502,7 @@ fn restart_action_restart_exhausted_stays_failed_until_the_retry_period() {
 fn restart_action_none_never_restarts_in_place() {
     let mut n = Node::with_props(&[("web", &[])], props_with(RestartAction::None, 3));
     n.start(0);
-    assert_eq!(
-        calls(&n.report("web", Report::Failed, 1_000)),
-        ["terminate web"]
-    );
+    assert_eq!(calls(&n.report("web", Report::Failed, 1_000)), NONE);
     assert_eq!(calls(&n.tick(1_000 + DELAY)), NONE);
     assert_eq!(calls(&n.tick(1_000 + RETRY)), ["online web"]);
 }
@@ -548,7 +540,7 @@ fn failed_provider_takes_dependents_offline_and_they_return_after_it_recovers() 
     n.start(0);
     assert_eq!(
         calls(&n.report("disk", Report::Failed, 5_000)),
-        ["terminate disk", "offline app"]
+        ["offline app"]
     );
     assert_eq!(
         (n.db_state("app"), n.reason("app")),
@@ -873,7 +865,7 @@ fn a_configuration_error_is_not_restarted_here_and_the_group_fails_over() {
     n.start(0);
     // Three restarts are allowed, but none helps a configuration error on this node.
     let actions = n.report("web", Report::FailedHere, 1_000);
-    assert_eq!(calls(&actions), ["terminate web", "close web"]);
+    assert_eq!(calls(&actions), ["close web"]);
     let reasons: Vec<&str> = logs(&actions).iter().map(|l| l.reason.as_str()).collect();
     assert!(
         reasons
@@ -971,4 +963,15 @@ fn an_offline_of_what_no_rhs_runs_is_done_at_once() {
     let actions = n.desire_group(Off, 10);
     assert_eq!(calls(&actions), ["offline web"]);
     assert_eq!(n.db_state("web"), Offline);
+}
+
+#[test]
+fn a_failure_the_rcm_finds_itself_is_terminated_by_the_rcm() {
+    let mut n = Node::new(&[("web", &[])]);
+    n.start(0);
+    let simulate = Input::SimulateFailure {
+        resource: "web".into(),
+    };
+    assert_eq!(calls(&n.step(simulate, 1_000)), ["terminate web"]);
+    assert_eq!(n.db_state("web"), Failed);
 }

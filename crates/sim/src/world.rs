@@ -23,7 +23,7 @@ use vigil_core::nm::{Heartbeat, HeartbeatReply, NodeManager, Replica as NmView};
 use vigil_core::rcm::{Action, Input, Rcm, Report};
 
 use crate::raft::{self, Disk, Replica, Role};
-use crate::random::Rng;
+use crate::rng::Rng;
 
 /// Unix ms at virtual time 0: 2026-01-01 00:00 UTC (a scenario may start later in the day).
 pub const EPOCH_BASE_MS: u64 = 1_767_225_600_000;
