@@ -3,6 +3,8 @@
 //! Properties are the cluster's own settings for a resource (how often to check it, how to
 //! restart it); parameters (see [`crate::params`]) belong to the resource type.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -13,7 +15,7 @@ pub enum PropError {
     #[error("{name} must be {expected}, got {value:?}")]
     Invalid {
         name: &'static str,
-        expected: &'static str,
+        expected: Cow<'static, str>,
         value: String,
     },
 }
@@ -39,7 +41,7 @@ impl RestartAction {
             "restart_then_failover" => Ok(Self::RestartThenFailover),
             _ => Err(PropError::Invalid {
                 name: "restart_action",
-                expected: "one of none, restart, restart_then_failover",
+                expected: Cow::Borrowed("one of none, restart, restart_then_failover"),
                 value: value.to_string(),
             }),
         }
@@ -74,15 +76,15 @@ pub struct ResourceProps {
 impl Default for ResourceProps {
     fn default() -> Self {
         Self {
-            looks_alive_ms: 5_000,
-            is_alive_ms: 60_000,
+            looks_alive_ms: LOOKS_ALIVE_MS.default,
+            is_alive_ms: IS_ALIVE_MS.default,
             restart_action: RestartAction::RestartThenFailover,
-            restart_threshold: 3,
-            restart_period_s: 900,
-            restart_delay_ms: 500,
-            pending_timeout_ms: 180_000,
-            retry_period_on_failure_s: 3_600,
-            deadlock_timeout_ms: 60_000,
+            restart_threshold: RESTART_THRESHOLD.default as u32,
+            restart_period_s: RESTART_PERIOD_S.default,
+            restart_delay_ms: RESTART_DELAY_MS.default,
+            pending_timeout_ms: PENDING_TIMEOUT_MS.default,
+            retry_period_on_failure_s: RETRY_PERIOD_ON_FAILURE_S.default,
+            deadlock_timeout_ms: DEADLOCK_TIMEOUT_MS.default,
             separate_monitor: false,
         }
     }
@@ -93,6 +95,75 @@ impl Default for ResourceProps {
 const MAX_MS: u64 = 86_400_000;
 /// Upper bound for every second property: thirty days.
 const MAX_S: u64 = 30 * 86_400;
+
+/// A numeric property, declared once: its name, Windows' default, and its range. Defaults,
+/// parsing, validation and the message for a bad value all come from the declaration.
+#[derive(Clone, Copy, Debug)]
+struct Numeric {
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+}
+
+impl Numeric {
+    const fn new(name: &'static str, default: u64, min: u64, max: u64) -> Self {
+        Self {
+            name,
+            default,
+            min,
+            max,
+        }
+    }
+
+    /// What a good value is, in words.
+    fn expected(self) -> String {
+        match self.min {
+            0 => format!("at most {}", self.max),
+            1 => format!("> 0 and at most {}", self.max),
+            min => format!("between {min} and {}", self.max),
+        }
+    }
+
+    fn check(self, v: u64) -> Result<(), PropError> {
+        if (self.min..=self.max).contains(&v) {
+            Ok(())
+        } else {
+            Err(self.invalid(v.to_string(), self.expected()))
+        }
+    }
+
+    /// Parses and checks a value given as text.
+    fn parse<T: TryFrom<u64>>(self, value: &str) -> Result<T, PropError> {
+        let v: u64 = value
+            .trim()
+            .parse()
+            .map_err(|_| self.invalid(value.to_string(), "a whole number".to_string()))?;
+        self.check(v)?;
+        T::try_from(v).map_err(|_| self.invalid(value.to_string(), self.expected()))
+    }
+
+    fn invalid(self, value: String, expected: String) -> PropError {
+        PropError::Invalid {
+            name: self.name,
+            expected: Cow::Owned(expected),
+            value,
+        }
+    }
+}
+
+const LOOKS_ALIVE_MS: Numeric = Numeric::new("looks_alive_ms", 5_000, 10, MAX_MS);
+const IS_ALIVE_MS: Numeric = Numeric::new("is_alive_ms", 60_000, 10, MAX_MS);
+const RESTART_THRESHOLD: Numeric = Numeric::new("restart_threshold", 3, 0, 1_000);
+const RESTART_PERIOD_S: Numeric = Numeric::new("restart_period_s", 900, 1, MAX_S);
+const RESTART_DELAY_MS: Numeric = Numeric::new("restart_delay_ms", 500, 0, MAX_MS);
+const PENDING_TIMEOUT_MS: Numeric = Numeric::new("pending_timeout_ms", 180_000, 1, MAX_MS);
+const RETRY_PERIOD_ON_FAILURE_S: Numeric =
+    Numeric::new("retry_period_on_failure_s", 3_600, 1, MAX_S);
+const DEADLOCK_TIMEOUT_MS: Numeric = Numeric::new("deadlock_timeout_ms", 60_000, 100, MAX_MS);
+/// Group properties (`failover_threshold` has no default: `None`, see [`GroupProps`]).
+const FAILOVER_THRESHOLD: Numeric = Numeric::new("failover_threshold", 0, 0, 1_000);
+const FAILOVER_PERIOD_S: Numeric = Numeric::new("failover_period_s", 21_600, 1, MAX_S);
 
 impl ResourceProps {
     pub const NAMES: &'static [&'static str] = &[
@@ -110,63 +181,14 @@ impl ResourceProps {
 
     /// Checks every property's range; the error names the first bad one and its value.
     pub fn validate(&self) -> Result<(), PropError> {
-        range(
-            "looks_alive_ms",
-            self.looks_alive_ms,
-            10,
-            MAX_MS,
-            "between 10 and 86400000",
-        )?;
-        range(
-            "is_alive_ms",
-            self.is_alive_ms,
-            10,
-            MAX_MS,
-            "between 10 and 86400000",
-        )?;
-        range(
-            "restart_threshold",
-            self.restart_threshold.into(),
-            0,
-            1_000,
-            "between 0 and 1000",
-        )?;
-        range(
-            "restart_period_s",
-            self.restart_period_s,
-            1,
-            MAX_S,
-            "> 0 and at most 2592000",
-        )?;
-        range(
-            "restart_delay_ms",
-            self.restart_delay_ms,
-            0,
-            MAX_MS,
-            "at most 86400000",
-        )?;
-        range(
-            "pending_timeout_ms",
-            self.pending_timeout_ms,
-            1,
-            MAX_MS,
-            "> 0 and at most 86400000",
-        )?;
-        range(
-            "retry_period_on_failure_s",
-            self.retry_period_on_failure_s,
-            1,
-            MAX_S,
-            "> 0 and at most 2592000",
-        )?;
-        range(
-            "deadlock_timeout_ms",
-            self.deadlock_timeout_ms,
-            100,
-            MAX_MS,
-            "between 100 and 86400000",
-        )?;
-        Ok(())
+        LOOKS_ALIVE_MS.check(self.looks_alive_ms)?;
+        IS_ALIVE_MS.check(self.is_alive_ms)?;
+        RESTART_THRESHOLD.check(self.restart_threshold.into())?;
+        RESTART_PERIOD_S.check(self.restart_period_s)?;
+        RESTART_DELAY_MS.check(self.restart_delay_ms)?;
+        PENDING_TIMEOUT_MS.check(self.pending_timeout_ms)?;
+        RETRY_PERIOD_ON_FAILURE_S.check(self.retry_period_on_failure_s)?;
+        DEADLOCK_TIMEOUT_MS.check(self.deadlock_timeout_ms)
     }
 
     /// Sets one property from its text form (CLI `--prop k=v`, API); on error nothing changes.
@@ -180,23 +202,21 @@ impl ResourceProps {
 
     fn set_unchecked(&mut self, name: &str, value: &str) -> Result<(), PropError> {
         match name {
-            "looks_alive_ms" => self.looks_alive_ms = parse_num(name_of(name), value)?,
-            "is_alive_ms" => self.is_alive_ms = parse_num(name_of(name), value)?,
+            "looks_alive_ms" => self.looks_alive_ms = LOOKS_ALIVE_MS.parse(value)?,
+            "is_alive_ms" => self.is_alive_ms = IS_ALIVE_MS.parse(value)?,
             "restart_action" => self.restart_action = RestartAction::parse(value)?,
-            "restart_threshold" => {
-                self.restart_threshold = parse_num::<u32>(name_of(name), value)?;
-            }
-            "restart_period_s" => self.restart_period_s = parse_num(name_of(name), value)?,
-            "restart_delay_ms" => self.restart_delay_ms = parse_num(name_of(name), value)?,
-            "pending_timeout_ms" => self.pending_timeout_ms = parse_num(name_of(name), value)?,
+            "restart_threshold" => self.restart_threshold = RESTART_THRESHOLD.parse(value)?,
+            "restart_period_s" => self.restart_period_s = RESTART_PERIOD_S.parse(value)?,
+            "restart_delay_ms" => self.restart_delay_ms = RESTART_DELAY_MS.parse(value)?,
+            "pending_timeout_ms" => self.pending_timeout_ms = PENDING_TIMEOUT_MS.parse(value)?,
             "retry_period_on_failure_s" => {
-                self.retry_period_on_failure_s = parse_num(name_of(name), value)?;
+                self.retry_period_on_failure_s = RETRY_PERIOD_ON_FAILURE_S.parse(value)?;
             }
-            "deadlock_timeout_ms" => self.deadlock_timeout_ms = parse_num(name_of(name), value)?,
+            "deadlock_timeout_ms" => self.deadlock_timeout_ms = DEADLOCK_TIMEOUT_MS.parse(value)?,
             "separate_monitor" => {
                 self.separate_monitor = parse_bool(value).ok_or_else(|| PropError::Invalid {
                     name: "separate_monitor",
-                    expected: "true or false",
+                    expected: Cow::Borrowed("true or false"),
                     value: value.to_string(),
                 })?;
             }
@@ -225,7 +245,9 @@ impl Failback {
     pub fn parse(value: &str) -> Result<Self, PropError> {
         let bad = || PropError::Invalid {
             name: "auto_failback",
-            expected: "never, immediate or window:START-END (hours 0-23, START != END)",
+            expected: Cow::Borrowed(
+                "never, immediate or window:START-END (hours 0-23, START != END)",
+            ),
             value: value.to_string(),
         };
         match value.trim() {
@@ -326,7 +348,7 @@ impl Priority {
             "no_auto_start" => Ok(Self::NoAutoStart),
             _ => Err(PropError::Invalid {
                 name: "priority",
-                expected: "one of high, medium, low, no_auto_start",
+                expected: Cow::Borrowed("one of high, medium, low, no_auto_start"),
                 value: value.to_string(),
             }),
         }
@@ -361,8 +383,8 @@ impl Default for GroupProps {
             preferred_owners: Vec::new(),
             possible_owners: Vec::new(),
             failover_threshold: None,
-            failover_period_s: 21_600,
-            retry_period_on_failure_s: 3_600,
+            failover_period_s: FAILOVER_PERIOD_S.default,
+            retry_period_on_failure_s: RETRY_PERIOD_ON_FAILURE_S.default,
             auto_failback: Failback::Never,
             priority: Priority::Medium,
             anti_affinity_class: None,
@@ -384,34 +406,16 @@ impl GroupProps {
 
     pub fn validate(&self) -> Result<(), PropError> {
         if let Some(t) = self.failover_threshold {
-            range(
-                "failover_threshold",
-                t.into(),
-                0,
-                1_000,
-                "between 0 and 1000",
-            )?;
+            FAILOVER_THRESHOLD.check(t.into())?;
         }
-        range(
-            "failover_period_s",
-            self.failover_period_s,
-            1,
-            MAX_S,
-            "> 0 and at most 2592000",
-        )?;
-        range(
-            "retry_period_on_failure_s",
-            self.retry_period_on_failure_s,
-            1,
-            MAX_S,
-            "> 0 and at most 2592000",
-        )?;
+        FAILOVER_PERIOD_S.check(self.failover_period_s)?;
+        RETRY_PERIOD_ON_FAILURE_S.check(self.retry_period_on_failure_s)?;
         if let Some(c) = &self.anti_affinity_class
             && crate::names::validate_name("anti-affinity class", c).is_err()
         {
             return Err(PropError::Invalid {
                 name: "anti_affinity_class",
-                expected: "1-64 characters from a-z A-Z 0-9 - _ .",
+                expected: Cow::Borrowed("1-64 characters from a-z A-Z 0-9 - _ ."),
                 value: c.clone(),
             });
         }
@@ -435,11 +439,11 @@ impl GroupProps {
             "possible_owners" => next.possible_owners = list(value),
             "failover_threshold" if optional => next.failover_threshold = None,
             "failover_threshold" => {
-                next.failover_threshold = Some(parse_num("failover_threshold", value)?);
+                next.failover_threshold = Some(FAILOVER_THRESHOLD.parse(value)?);
             }
-            "failover_period_s" => next.failover_period_s = parse_num("failover_period_s", value)?,
+            "failover_period_s" => next.failover_period_s = FAILOVER_PERIOD_S.parse(value)?,
             "retry_period_on_failure_s" => {
-                next.retry_period_on_failure_s = parse_num("retry_period_on_failure_s", value)?;
+                next.retry_period_on_failure_s = RETRY_PERIOD_ON_FAILURE_S.parse(value)?;
             }
             "auto_failback" => next.auto_failback = Failback::parse(value)?,
             "priority" => next.priority = Priority::parse(value)?,
@@ -453,45 +457,11 @@ impl GroupProps {
     }
 }
 
-fn name_of(name: &str) -> &'static str {
-    ResourceProps::NAMES
-        .iter()
-        .find(|n| **n == name)
-        .copied()
-        .unwrap_or("property")
-}
-
-fn parse_num<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, PropError> {
-    value.trim().parse().map_err(|_| PropError::Invalid {
-        name,
-        expected: "a whole number",
-        value: value.to_string(),
-    })
-}
-
 pub fn parse_bool(value: &str) -> Option<bool> {
     match value.trim() {
         "true" | "yes" | "1" | "on" => Some(true),
         "false" | "no" | "0" | "off" => Some(false),
         _ => None,
-    }
-}
-
-fn range(
-    name: &'static str,
-    v: u64,
-    lo: u64,
-    hi: u64,
-    expected: &'static str,
-) -> Result<(), PropError> {
-    if (lo..=hi).contains(&v) {
-        Ok(())
-    } else {
-        Err(PropError::Invalid {
-            name,
-            expected,
-            value: v.to_string(),
-        })
     }
 }
 
@@ -536,6 +506,46 @@ mod tests {
         assert!(
             err.to_string().starts_with("unknown property \"colour\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn each_numeric_property_is_declared_once_with_a_default_in_its_range() {
+        let all = [
+            LOOKS_ALIVE_MS,
+            IS_ALIVE_MS,
+            RESTART_THRESHOLD,
+            RESTART_PERIOD_S,
+            RESTART_DELAY_MS,
+            PENDING_TIMEOUT_MS,
+            RETRY_PERIOD_ON_FAILURE_S,
+            DEADLOCK_TIMEOUT_MS,
+            FAILOVER_THRESHOLD,
+            FAILOVER_PERIOD_S,
+        ];
+        for n in all {
+            n.check(n.default).unwrap();
+            assert!(
+                ResourceProps::NAMES.contains(&n.name) || GroupProps::NAMES.contains(&n.name),
+                "{} is not a property",
+                n.name
+            );
+            // The message says the declared range, whatever the value's type.
+            let mut r = ResourceProps::default();
+            let mut g = GroupProps::default();
+            let over = (n.max + 1).to_string();
+            let err = if ResourceProps::NAMES.contains(&n.name) {
+                r.set(n.name, &over).unwrap_err()
+            } else {
+                g.set(n.name, &over).unwrap_err()
+            };
+            assert!(err.to_string().contains(&n.max.to_string()), "{err}");
+        }
+        let mut p = ResourceProps::default();
+        let err = p.set("restart_threshold", "4294967297").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "restart_threshold must be at most 1000, got \"4294967297\""
         );
     }
 
