@@ -235,6 +235,9 @@ impl Service {
                     report,
                     reason,
                     pid,
+                    // A worker's report is about its instance; the dispatcher's (instance 0)
+                    // about none.
+                    ended: instance != 0,
                 });
             }
             FromHost::ControlReply { id, result } => self.hosts.control_reply(id, result),

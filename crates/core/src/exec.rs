@@ -86,12 +86,14 @@ fn carry_out(env: &mut impl RcmEnv, actions: Vec<Action>, followups: &mut VecDeq
 }
 
 /// What the RCM hears when a call could not be made: the report it would otherwise wait for.
+/// It names no instance (`ended: false`), so the RCM ends whatever may run.
 pub fn refused(resource: String, report: Report, reason: String) -> Input {
     Input::Report {
         resource,
         report,
         reason,
         pid: None,
+        ended: false,
     }
 }
 

@@ -37,8 +37,8 @@ pub enum Report {
         progress: bool,
     },
     /// The resource failed (a check said no, its process died with a failure, a call failed).
-    /// Whatever the instance was running has been terminated already: the RHS does that
-    /// before it reports (about a running instance), and the RCM does not terminate again.
+    /// An RHS worker terminates the instance before it reports this (see `Input::Report`'s
+    /// `ended`), and the RCM then does not terminate again.
     Failed,
     /// The resource's configuration is wrong on this node (an OCF agent's 2, 5 or 6, a
     /// plugin's configuration error): restarting here cannot help, so it is not restarted
@@ -80,6 +80,11 @@ pub enum Input {
         report: Report,
         reason: String,
         pid: Option<u32>,
+        /// The report is about one instance, which the RHS ended before it reported a
+        /// failure (its worker terminates first). `false` for a report that names no
+        /// instance (a call refused before it reached one): a newer instance may run by
+        /// the time it arrives, and the RCM terminates whatever runs.
+        ended: bool,
     },
     /// An RHS process died: the resources it hosted are gone with it.
     HostLost {
@@ -102,15 +107,23 @@ pub enum Input {
     Tick,
 }
 
-/// Who found a failure, which decides who ends the instance: one side, never both.
+/// How the RCM learned of a failure, which decides who ends the instance: one side, never
+/// both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Found {
-    /// The RHS, which called Terminate before it reported (`here_useless`: a configuration
-    /// error on this node, which no restart here can mend).
-    ByRhs { here_useless: bool },
-    /// The RCM itself (a timeout, a simulated failure, a lost RHS, a move gone wrong): it
-    /// terminates.
-    ByRcm,
+struct Found {
+    /// The RHS ended the instance before it reported it: the RCM does not terminate it again.
+    /// Otherwise the RCM terminates: a failure it found itself (a timeout, a simulated
+    /// failure, a lost RHS, a move gone wrong), or a report that names no instance.
+    ended: bool,
+    /// A configuration error on this node, which no restart here can mend.
+    here_useless: bool,
+}
+
+impl Found {
+    const BY_RCM: Found = Found {
+        ended: false,
+        here_useless: false,
+    };
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -332,14 +345,15 @@ impl Rcm {
                 report,
                 reason,
                 pid,
-            } => self.on_report(out, &resource, report, reason, pid, now),
+                ended,
+            } => self.on_report(out, &resource, report, reason, pid, ended),
             Input::HostLost { resources, reason } => {
                 for name in resources {
                     match self.state(&name) {
                         ResourceState::OfflinePending => {
                             self.transition(out, &name, ResourceState::Offline, &reason, None);
                         }
-                        s if s.may_run() => self.fail(out, &name, &reason, now, Found::ByRcm),
+                        s if s.may_run() => self.fail(out, &name, &reason, now, Found::BY_RCM),
                         _ => {}
                     }
                 }
@@ -351,7 +365,7 @@ impl Rcm {
             Input::SimulateFailure { resource } => {
                 if self.state(&resource).may_run() {
                     let reason = "simulated failure (vigil resource fail)";
-                    self.fail(out, &resource, reason, now, Found::ByRcm);
+                    self.fail(out, &resource, reason, now, Found::BY_RCM);
                 }
             }
             Input::Operator { resources } => {
@@ -429,8 +443,9 @@ impl Rcm {
         report: Report,
         reason: String,
         pid: Option<u32>,
-        now: u64,
+        ended: bool,
     ) {
+        let now = out.now;
         let Some(local) = self.resources.get_mut(name) else {
             return;
         };
@@ -451,13 +466,16 @@ impl Rcm {
             }
             (Report::Failed | Report::FailedHere, ResourceState::OfflinePending) => {
                 let why = format!("offline failed ({reason}); terminated");
-                out.push(Action::Terminate {
-                    resource: name.to_string(),
-                });
+                if !ended {
+                    out.push(Action::Terminate {
+                        resource: name.to_string(),
+                    });
+                }
                 self.transition(out, name, ResourceState::Offline, &why, None);
             }
             (Report::Failed, ResourceState::Online | ResourceState::OnlinePending) => {
-                let found = Found::ByRhs {
+                let found = Found {
+                    ended,
                     here_useless: false,
                 };
                 self.fail(out, name, &reason, now, found);
@@ -496,7 +514,10 @@ impl Rcm {
                 self.migration_failed(out, name, &reason);
             }
             (Report::FailedHere, ResourceState::Online | ResourceState::OnlinePending) => {
-                let found = Found::ByRhs { here_useless: true };
+                let found = Found {
+                    ended,
+                    here_useless: true,
+                };
                 self.fail(out, name, &reason, now, found);
             }
             // Anything else is stale (a report about an instance already terminated).
@@ -560,8 +581,8 @@ impl Rcm {
             return;
         };
         let (group, epoch) = (r.group.clone(), out.db.group_epoch(&r.group));
-        let here_useless = matches!(found, Found::ByRhs { here_useless: true });
-        if found == Found::ByRcm {
+        let here_useless = found.here_useless;
+        if !found.ended {
             out.push(Action::Terminate {
                 resource: name.to_string(),
             });
@@ -845,7 +866,7 @@ impl Rcm {
                 for name in &order {
                     if self.is_sent(name) {
                         let why = "migrated away, but the move was abandoned; recovering here";
-                        self.fail(out, name, why, now, Found::ByRcm);
+                        self.fail(out, name, why, now, Found::BY_RCM);
                     }
                 }
             }
@@ -1163,7 +1184,7 @@ impl Rcm {
             local.state, r.props.pending_timeout_ms
         );
         if local.state == ResourceState::OnlinePending {
-            self.fail(out, &r.name, &reason, now, Found::ByRcm);
+            self.fail(out, &r.name, &reason, now, Found::BY_RCM);
         } else {
             out.push(Action::Terminate {
                 resource: r.name.clone(),

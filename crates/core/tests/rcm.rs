@@ -186,11 +186,23 @@ impl Node {
     }
 
     fn report(&mut self, resource: &str, report: Report, now: u64) -> Vec<Action> {
+        self.report_ended(resource, report, true, now)
+    }
+
+    /// A report; `ended`: about an instance its RHS ended (see `Input::Report`).
+    fn report_ended(
+        &mut self,
+        resource: &str,
+        report: Report,
+        ended: bool,
+        now: u64,
+    ) -> Vec<Action> {
         let input = Input::Report {
             resource: resource.into(),
             report,
             reason: "rhs says so".into(),
             pid: None,
+            ended,
         };
         self.step(input, now)
     }
@@ -305,6 +317,7 @@ fn online_starts_providers_first_and_dependents_after_they_report_online() {
         report: Report::Online,
         reason: "up".into(),
         pid: Some(42),
+        ended: true,
     };
     assert_eq!(
         calls(&n.step(input, 200)),
@@ -973,5 +986,16 @@ fn a_failure_the_rcm_finds_itself_is_terminated_by_the_rcm() {
         resource: "web".into(),
     };
     assert_eq!(calls(&n.step(simulate, 1_000)), ["terminate web"]);
+    assert_eq!(n.db_state("web"), Failed);
+}
+
+#[test]
+fn a_failure_report_that_names_no_instance_terminates_whatever_runs() {
+    // A Failed from the RHS's dispatcher (instance 0: "not open", "no lease") can arrive after
+    // the RCM has started a newer instance; nothing vouches that one is ended.
+    let mut n = Node::new(&[("web", &[])]);
+    n.start(0);
+    let actions = n.report_ended("web", Report::Failed, false, 1_000);
+    assert_eq!(calls(&actions), ["terminate web"]);
     assert_eq!(n.db_state("web"), Failed);
 }

@@ -683,6 +683,9 @@ impl Worker {
                     .await
             }
             Ok(Err(e)) | Err(e) => {
+                // Ended by force before the report: a worker's Failed always means its
+                // instance is ended, and the RCM does not terminate it again.
+                self.call("Terminate", |r| r.terminate()).await.ok();
                 self.report(Report::Failed, format!("Offline failed: {e}"), None)
                     .await
             }

@@ -1088,6 +1088,7 @@ impl World {
                 report,
                 reason,
                 pid: None,
+                ended: instance != 0,
             },
         );
     }
@@ -1184,9 +1185,11 @@ impl World {
             Step::Fail(r) => {
                 for n in self.running_on(&r) {
                     self.say(&n, format!("{r} fails"));
+                    // The RHS's worker ends its instance, then reports about it.
+                    let inst = self.instance_on(&r, &n);
                     self.rhs_terminate(&n, &r);
                     let now = self.now;
-                    self.report_at(now, &n, &r, 0, ReportKind::Died);
+                    self.report_at(now, &n, &r, inst, ReportKind::Died);
                 }
             }
             Step::Break {

@@ -182,7 +182,7 @@ impl Rcm {
                 "migrated to a node that went Down; the move now goes to {}: recovering here",
                 m.to
             );
-            self.fail(out, &name, &why, now, Found::ByRcm);
+            self.fail(out, &name, &why, now, Found::BY_RCM);
         }
         let settling = order.iter().any(|n| {
             matches!(

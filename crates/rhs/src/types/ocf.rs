@@ -447,9 +447,14 @@ impl Resource for OcfResource {
         self.stop().map(|()| None)
     }
 
+    /// A stop that fails is tried once more: Terminate answers to no one, and the RHS reports
+    /// the resource ended after it.
     fn terminate(&mut self) {
-        if let Err(e) = self.stop() {
-            tracing::warn!("terminate: {e}");
+        for attempt in 1..=2 {
+            match self.stop() {
+                Ok(()) => return,
+                Err(e) => tracing::warn!("terminate, stop attempt {attempt} of 2: {e}"),
+            }
         }
     }
 
