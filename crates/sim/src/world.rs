@@ -1040,11 +1040,15 @@ impl World {
                 self.rhs_terminate(n, r);
                 (Report::Offline, "stopped".to_string())
             }
-            ReportKind::Fenced => (
+            // About an instance that was ended: as the agent does, a report about an older
+            // instance than the one running now is dropped.
+            ReportKind::Fenced if current.is_none_or(|c| c == instance) => (
                 Report::Failed,
                 "terminated by its RHS: the node's lease ran out".to_string(),
             ),
-            ReportKind::Died => (Report::Failed, "simulated failure".to_string()),
+            ReportKind::Died if current.is_none_or(|c| c == instance) => {
+                (Report::Failed, "simulated failure".to_string())
+            }
             ReportKind::Migrated { target } if current == Some(instance) && instance != 0 => {
                 // The target must be reachable, prepared, and hold its lease.
                 let ready = self.powered(&target)
