@@ -73,9 +73,8 @@ fn carry_out(env: &mut impl RcmEnv, actions: Vec<Action>, followups: &mut VecDeq
     }
     let changed = !cmds.is_empty() && env.write(cmds);
     for call in calls {
-        let resource = resource_of(&call).to_string();
-        let report = report_if_refused(&call);
-        if let (Err(reason), Some(report)) = (env.call(call), report) {
+        let stands_for = refusal(&call).map(|(r, report)| (r.to_string(), report));
+        if let (Err(reason), Some((resource, report))) = (env.call(call), stands_for) {
             followups.push_back(refused(resource, report, reason));
         }
     }
@@ -87,7 +86,7 @@ fn carry_out(env: &mut impl RcmEnv, actions: Vec<Action>, followups: &mut VecDeq
 
 /// What the RCM hears when a call could not be made: the report it would otherwise wait for.
 /// It names no instance (`ended: false`), so the RCM ends whatever may run.
-pub fn refused(resource: String, report: Report, reason: String) -> Input {
+fn refused(resource: String, report: Report, reason: String) -> Input {
     Input::Report {
         resource,
         report,
@@ -97,28 +96,19 @@ pub fn refused(resource: String, report: Report, reason: String) -> Input {
     }
 }
 
-/// The report that stands for `call` when it cannot be made: a start that cannot be made
-/// failed, a stop of what does not run is done, a migration that cannot begin failed.
-/// Terminate and Close need no answer.
-fn report_if_refused(call: &Action) -> Option<Report> {
+/// The resource `call` is about and the report that stands for it when it cannot be made: a
+/// start that cannot be made failed, a stop of what does not run is done, a migration that
+/// cannot begin failed. Terminate and Close need no answer.
+fn refusal(call: &Action) -> Option<(&str, Report)> {
     match call {
-        Action::Online { .. } | Action::MigrateFrom { .. } => Some(Report::Failed),
-        Action::Offline { .. } => Some(Report::Offline),
-        Action::MigrateTo { .. } | Action::MigratePrepare { .. } => Some(Report::MigrateFailed),
+        Action::Online { resource } | Action::MigrateFrom { resource, .. } => {
+            Some((resource, Report::Failed))
+        }
+        Action::Offline { resource } => Some((resource, Report::Offline)),
+        Action::MigrateTo { resource, .. } | Action::MigratePrepare { resource, .. } => {
+            Some((resource, Report::MigrateFailed))
+        }
         Action::Terminate { .. } | Action::Close { .. } | Action::Db(_) | Action::Log(_) => None,
-    }
-}
-
-fn resource_of(call: &Action) -> &str {
-    match call {
-        Action::Online { resource }
-        | Action::Offline { resource }
-        | Action::Terminate { resource }
-        | Action::Close { resource }
-        | Action::MigrateTo { resource, .. }
-        | Action::MigratePrepare { resource, .. }
-        | Action::MigrateFrom { resource, .. } => resource,
-        Action::Db(_) | Action::Log(_) => "",
     }
 }
 

@@ -9,16 +9,24 @@ use crate::event::{Component, LogEntry};
 use crate::failover;
 use crate::model::{self, ClusterState, MoveKind, PersistentState};
 
-/// `vigil group move GROUP [--to NODE]`: the command and its log entry. Without a target,
-/// the node the failover manager would choose for a planned move (`now_unix_ms` dates its
-/// memory of failed moves).
+/// An operator's move, ready to write: where from, where to, the command and its log entry.
+#[derive(Clone, Debug)]
+pub struct OperatorMove {
+    pub from: String,
+    pub to: String,
+    pub cmd: Command,
+    pub log: LogEntry,
+}
+
+/// `vigil group move GROUP [--to NODE]`. Without a target, the node the failover manager
+/// would choose for a planned move (`now_unix_ms` dates its memory of failed moves).
 pub fn move_group(
     state: &ClusterState,
     group: &str,
     to: Option<&str>,
     quick: bool,
     now_unix_ms: u64,
-) -> Result<(Command, LogEntry), ApplyError> {
+) -> Result<OperatorMove, ApplyError> {
     let g = state
         .groups
         .get(group)
@@ -42,11 +50,11 @@ pub fn move_group(
         .change(&from, &to);
     let cmd = Command::MoveGroup {
         group: group.to_string(),
-        to,
+        to: to.clone(),
         kind: MoveKind::Operator,
         quick,
     };
-    Ok((cmd, log))
+    Ok(OperatorMove { from, to, cmd, log })
 }
 
 /// A move of `group` to `target` is over: it arrived and came to rest, or it went elsewhere

@@ -473,10 +473,13 @@ impl Rcm {
                 }
                 self.transition(out, name, ResourceState::Offline, &why, None);
             }
-            (Report::Failed, ResourceState::Online | ResourceState::OnlinePending) => {
+            (
+                report @ (Report::Failed | Report::FailedHere),
+                ResourceState::Online | ResourceState::OnlinePending,
+            ) => {
                 let found = Found {
                     ended,
-                    here_useless: false,
+                    here_useless: report == Report::FailedHere,
                 };
                 self.fail(out, name, &reason, now, found);
             }
@@ -512,13 +515,6 @@ impl Rcm {
             {
                 local.leg = None;
                 self.migration_failed(out, name, &reason);
-            }
-            (Report::FailedHere, ResourceState::Online | ResourceState::OnlinePending) => {
-                let found = Found {
-                    ended,
-                    here_useless: true,
-                };
-                self.fail(out, name, &reason, now, found);
             }
             // Anything else is stale (a report about an instance already terminated).
             _ => {}

@@ -60,7 +60,8 @@ fn a_group_change_touches_every_resource_of_the_group() {
 #[test]
 fn a_move_without_a_target_takes_the_failover_managers_choice_or_says_none_can() {
     let db = cluster(2, &[("web", &[])]);
-    let (cmd, log) = intent::move_group(&db, "g", None, false, 0).unwrap();
+    let intent::OperatorMove { cmd, log, .. } =
+        intent::move_group(&db, "g", None, false, 0).unwrap();
     assert_eq!(
         cmd,
         Command::MoveGroup {
@@ -91,7 +92,9 @@ fn a_move_is_settled_once_it_arrived_and_rested_and_its_outcome_says_why_not() {
         intent::move_settled(&db, "g", "n2"),
         "not moving: settled (elsewhere)"
     );
-    let (cmd, _) = intent::move_group(&db, "g", Some("n2"), false, 0).unwrap();
+    let cmd = intent::move_group(&db, "g", Some("n2"), false, 0)
+        .unwrap()
+        .cmd;
     apply(&mut db, &cmd).unwrap();
     assert!(!intent::move_settled(&db, "g", "n2"), "moving");
     let g = db.groups.get_mut("g").unwrap();
@@ -116,7 +119,9 @@ fn a_drain_has_ended_when_the_node_is_no_longer_draining_and_nothing_it_left_mov
     db.nodes.get_mut("n1").unwrap().draining = true;
     assert!(!intent::drain_settled(&db, "n1"));
     db.nodes.get_mut("n1").unwrap().draining = false;
-    let (cmd, _) = intent::move_group(&db, "g", Some("n2"), false, 0).unwrap();
+    let cmd = intent::move_group(&db, "g", Some("n2"), false, 0)
+        .unwrap()
+        .cmd;
     apply(&mut db, &cmd).unwrap();
     db.groups.get_mut("g").unwrap().drained_from = Some("n1".into());
     assert!(

@@ -1227,7 +1227,7 @@ impl World {
             Step::Move { group, to } => {
                 let now = self.base_ms + self.now;
                 match intent::move_group(self.db(), &group, to.as_deref(), false, now) {
-                    Ok((cmd, _)) => self.operator(cmd, None),
+                    Ok(m) => self.operator(m.cmd, None),
                     Err(e) => self.say("-", format!("operator: {e}")),
                 }
             }

@@ -126,17 +126,13 @@ pub(super) async fn move_group(
             )));
         }
     };
-    let (cmd, log) = intent::move_group(
+    let intent::OperatorMove { from, to, cmd, log } = intent::move_group(
         &api.db.state(),
         &name,
         req.to.as_deref(),
         quick,
         crate::fm::unix_ms(),
     )?;
-    let Command::MoveGroup { to, .. } = &cmd else {
-        unreachable!("intent::move_group makes a move")
-    };
-    let (to, from) = (to.clone(), log.from.clone().unwrap_or_default());
     api.commit(pending(vec![cmd], vec![log])?).await?;
     let (g, target) = (name.clone(), to.clone());
     let settled = api
