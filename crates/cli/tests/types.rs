@@ -325,6 +325,37 @@ fn a_planned_move_of_a_migratable_ocf_resource_migrates_it_instead_of_restarting
 }
 
 #[test]
+fn an_offline_whose_stop_fails_is_ended_by_its_rhs_before_it_is_reported() {
+    // The RHS owns Terminate after a failure it reports: a failed stop is followed by its
+    // Terminate (a second stop here), and the RCM, told the instance was ended, sends none.
+    let dir = tempfile::tempdir().unwrap();
+    let root = test_ocf_root(dir.path());
+    let mut a = Agent::new("n1");
+    let mut cmd = a.agent_command(true);
+    cmd.env("OCF_ROOT", &root);
+    a.spawn_with(cmd);
+    a.ok(&["group", "create", "g"]);
+    let state = dir.path().join("odd.state");
+    a.create(
+        "odd",
+        "g",
+        "ocf:vigiltest:Odd",
+        &[format!("state={}", state.display())],
+        &["--online"],
+    );
+    a.wait_state("odd", "Online");
+    let running = dir.path().join("odd.state.n1");
+    assert!(running.exists());
+    std::fs::write(dir.path().join("odd.state.stopfail"), "").unwrap();
+    a.ok(&["resource", "offline", "odd"]);
+    wait_until("the failed stop is reported", || {
+        a.logged("odd", "Offline failed")
+    });
+    a.wait_state("odd", "Offline");
+    wait_until("the RHS's Terminate stopped it", || !running.exists());
+}
+
+#[test]
 fn an_ocf_agent_that_answers_garbage_or_hangs_is_a_failure_with_a_clear_reason() {
     let dir = tempfile::tempdir().unwrap();
     let root = test_ocf_root(dir.path());
