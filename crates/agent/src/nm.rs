@@ -13,7 +13,7 @@ use vigil_core::event::{Component, LogEntry};
 use vigil_core::exec;
 use vigil_core::lease::{LeaseConfig, NodeRecord};
 use vigil_core::model::{ClusterState, NodeState};
-use vigil_core::nm::{Heartbeat, HeartbeatReply, NodeManager, Replica, Standing};
+use vigil_core::nm::{Heartbeat, HeartbeatReply, NmInput, NodeManager, Replica, Standing};
 use vigil_core::rcm::Input;
 use vigil_db::{Db, node_id};
 
@@ -110,11 +110,22 @@ impl Nm {
     }
 
     /// A heartbeat arrived: the leader answers (and may grant a lease); `Err` elsewhere.
-    pub fn on_heartbeat(&self, db: &Db, hb: &Heartbeat) -> Result<HeartbeatReply, String> {
-        let r = self.replica(db);
-        let now = self.now_ms();
-        let state = db.state();
-        self.lock().heartbeat(&r, &state, hb, now)
+    pub fn on_heartbeat(
+        &self,
+        db: &Db,
+        log: &ClusterLog,
+        http: &reqwest::Client,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatReply, String> {
+        let mut io = Io {
+            nm: self.clone(),
+            db: db.clone(),
+            http: http.clone(),
+            log: log.clone(),
+        };
+        io.step(NmInput::Heartbeat(hb))
+            .reply
+            .unwrap_or_else(|| Err(format!("{} gave no answer", self.name)))
     }
 
     /// Milliseconds since each node was last heard from, as this node knows it.
@@ -143,7 +154,7 @@ impl Nm {
 }
 
 /// Lease checks, heartbeats and node records every tenth of an interval, until the agent
-/// stops. What a tick does is [`exec::nm_tick`]; this loop gives it the clock and the I/O,
+/// stops. What a tick does is [`exec::nm_step`]; this loop gives it the clock and the I/O,
 /// and hands what the RCM must hear (fencing changes) to `to_rcm`, until that says the main
 /// loop is gone.
 pub async fn run<F, Fut>(nm: Nm, db: Db, log: ClusterLog, mut to_rcm: F)
@@ -162,7 +173,7 @@ where
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for input in exec::nm_tick(&mut io) {
+        for input in io.step(NmInput::Tick).rcm {
             if !to_rcm(input).await {
                 return;
             }
@@ -172,11 +183,24 @@ where
 
 /// The agent's side of [`exec::NmEnv`]. What reports back to the Node Manager (answers,
 /// written records) does so from a task of its own.
+#[derive(Clone)]
 struct Io {
     nm: Nm,
     db: Db,
     http: reqwest::Client,
     log: ClusterLog,
+}
+
+impl Io {
+    fn step(&mut self, input: NmInput) -> exec::NmOutcome {
+        exec::nm_step(self, input)
+    }
+
+    /// An input that only informs the Node Manager: it decides nothing the RCM must hear.
+    fn inform(&mut self, input: NmInput) {
+        let out = self.step(input);
+        debug_assert!(out.rcm.is_empty() && out.reply.is_none(), "{out:?}");
+    }
 }
 
 impl exec::Env for Io {
@@ -212,26 +236,25 @@ impl exec::NmEnv for Io {
 
     /// Aside, so that a slow answer never delays the lease checks.
     fn send_heartbeat(&mut self, _to: String, heartbeat: Heartbeat, sent_ms: u64, timeout_ms: u64) {
-        let (nm, db, http) = (self.nm.clone(), self.db.clone(), self.http.clone());
+        let mut io = self.clone();
         tokio::spawn(async move {
             let limit = Duration::from_millis(timeout_ms);
-            let reply = send(&db, &http, &heartbeat, limit).await;
-            let now = nm.now_ms();
-            nm.lock().answered(sent_ms, reply.as_ref(), now);
+            let reply = send(&io.db, &io.http, &heartbeat, limit).await;
+            io.inform(NmInput::Answered { sent_ms, reply });
         });
     }
 
     /// Aside, so that a slow write never delays this node's own lease check.
     fn record(&mut self, cmd: Command, record: NodeRecord) -> bool {
-        let (nm, db, log) = (self.nm.clone(), self.db.clone(), self.log.clone());
+        let mut io = self.clone();
         tokio::spawn(async move {
-            match db.write(vec![cmd]).await {
-                Ok(_) => log.append([LogEntry::new(Component::NM, record.reason)]),
+            match io.db.write(vec![cmd]).await {
+                Ok(_) => io.log.append([LogEntry::new(Component::NM, record.reason)]),
                 Err(e) => {
                     tracing::warn!("cannot record node {} {}: {e}", record.node, record.state)
                 }
             }
-            nm.lock().written(&record.node);
+            io.inform(NmInput::Written { node: record.node });
         });
         true
     }

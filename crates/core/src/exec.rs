@@ -9,7 +9,7 @@ use crate::command::Command;
 use crate::event::LogEntry;
 use crate::lease::NodeRecord;
 use crate::model::ClusterState;
-use crate::nm::{Heartbeat, NmAction, NodeManager, Replica};
+use crate::nm::{Heartbeat, HeartbeatReply, NmAction, NmInput, NodeManager, Replica};
 use crate::rcm::{Action, Input, Rcm, Report};
 
 /// Most RCM passes one input may cause (database changes and failed calls cause more).
@@ -120,27 +120,36 @@ pub trait NmEnv: Env {
     fn with_nm<R>(&mut self, decide: impl FnOnce(&mut NodeManager, &ClusterState) -> R) -> R;
     /// Tells the RHS processes where the lease ends (`None`: no lease), on this node's clock.
     fn publish_lease(&mut self, until_ms: Option<u64>, now_ms: u64);
-    /// Sends `heartbeat` to the leader `to`; its answer (or none within `timeout_ms`) goes to
-    /// [`NodeManager::answered`] with `sent_ms`.
+    /// Sends `heartbeat` to the leader `to`; its answer (or none within `timeout_ms`) comes
+    /// back as [`NmInput::Answered`] with `sent_ms`.
     fn send_heartbeat(&mut self, to: String, heartbeat: Heartbeat, sent_ms: u64, timeout_ms: u64);
     /// Writes `cmd`, the record of a node's state, and logs `record.reason` once it is
-    /// written; [`NodeManager::written`] follows either way. `false`: refused at once (this
-    /// node cannot propose), and the caller reports it written.
+    /// written; [`NmInput::Written`] follows either way. `false`: refused at once (this node
+    /// cannot propose), and the caller reports it written.
     fn record(&mut self, cmd: Command, record: NodeRecord) -> bool;
 }
 
-/// One tick of the Node Manager: it decides, the lease's end is published before anything
-/// else happens (an RHS still fenced by the last lease would refuse what a re-leased RCM
-/// starts), and its actions are carried out. Returns what the RCM must hear.
-pub fn nm_tick(env: &mut impl NmEnv) -> Vec<Input> {
+/// What one Node Manager input led to, for the caller to pass on.
+#[derive(Debug, Default)]
+pub struct NmOutcome {
+    /// What the RCM must hear (fencing changes).
+    pub rcm: Vec<Input>,
+    /// The answer to an [`NmInput::Heartbeat`].
+    pub reply: Option<Result<HeartbeatReply, String>>,
+}
+
+/// Feeds one input to the Node Manager. It decides, the lease's end is published before
+/// anything else happens (an RHS still fenced by the last lease would refuse what a
+/// re-leased RCM starts), and its actions are carried out.
+pub fn nm_step(env: &mut impl NmEnv, input: NmInput) -> NmOutcome {
     let replica = env.replica();
     let now = env.now_ms();
     let (actions, until) = env.with_nm(|nm, state| {
-        let actions = nm.tick(&replica, state, now);
+        let actions = nm.step(&replica, state, input, now);
         (actions, nm.lease_until_ms(now))
     });
     env.publish_lease(until, now);
-    let mut rcm = Vec::new();
+    let mut out = NmOutcome::default();
     for action in actions {
         match action {
             NmAction::Send {
@@ -156,12 +165,14 @@ pub fn nm_tick(env: &mut impl NmEnv) -> Vec<Input> {
                 };
                 let node = record.node.clone();
                 if !env.record(cmd, record) {
-                    env.with_nm(|nm, _| nm.written(&node));
+                    let written = NmInput::Written { node };
+                    env.with_nm(|nm, state| nm.step(&replica, state, written, now));
                 }
             }
-            NmAction::Fence { fenced, reason } => rcm.push(Input::Fence { fenced, reason }),
+            NmAction::Fence { fenced, reason } => out.rcm.push(Input::Fence { fenced, reason }),
+            NmAction::Reply(reply) => out.reply = Some(reply),
             NmAction::Log(entry) => env.log(vec![entry]),
         }
     }
-    rcm
+    out
 }

@@ -66,19 +66,40 @@ pub struct HeartbeatReply {
     pub refused: Option<String>,
 }
 
+/// What the Node Manager is told, through [`NodeManager::step`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NmInput {
+    /// Every tenth of a heartbeat interval ([`NodeManager::tick_ms`]): the leader renews its
+    /// own lease and decides node records; a follower sends its heartbeat when due; both
+    /// check their lease.
+    Tick,
+    /// A heartbeat arrived. Answered with one [`NmAction::Reply`].
+    Heartbeat(Heartbeat),
+    /// The answer to the heartbeat sent at `sent_ms` (`None`: none came in time, or it
+    /// failed).
+    Answered {
+        sent_ms: u64,
+        reply: Option<HeartbeatReply>,
+    },
+    /// A node record asked for by [`NmAction::Record`] was written, or failed to be.
+    Written { node: String },
+}
+
 /// What the environment must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NmAction {
-    /// Send `heartbeat` to the leader (at `to`'s address) and report its answer with
-    /// [`NodeManager::answered`], passing back `sent_ms`; wait for it at most `timeout_ms`.
+    /// Send `heartbeat` to the leader (at `to`'s address) and report its answer as
+    /// [`NmInput::Answered`], passing back `sent_ms`; wait for it at most `timeout_ms`.
     Send {
         to: String,
         heartbeat: Heartbeat,
         sent_ms: u64,
         timeout_ms: u64,
     },
-    /// Write the node state to the database and report with [`NodeManager::written`].
+    /// Write the node state to the database and report it as [`NmInput::Written`].
     Record(NodeRecord),
+    /// The answer to an [`NmInput::Heartbeat`]: `Err` when this node does not lead.
+    Reply(Result<HeartbeatReply, String>),
     /// Fenced (no usable lease: stop everything, start nothing) or not any more: for the RCM.
     Fence {
         fenced: bool,
@@ -160,7 +181,7 @@ impl NodeManager {
         &self.me
     }
 
-    /// How often [`NodeManager::tick`] is to be called: a tenth of the heartbeat interval.
+    /// How often [`NmInput::Tick`] is to be given: a tenth of the heartbeat interval.
     pub fn tick_ms(&self) -> u64 {
         (self.cfg.interval_ms / 10).max(1)
     }
@@ -269,9 +290,30 @@ impl NodeManager {
         r.former_append_ms.max(led)
     }
 
-    /// Every tenth of a heartbeat interval: the leader renews its own lease and decides node
-    /// records; a follower sends its heartbeat when due; both check their lease.
-    pub fn tick(&mut self, r: &Replica, db: &ClusterState, now: u64) -> Vec<NmAction> {
+    /// The one way in: `input`, with what this node observes of its replica and its copy of
+    /// the database at `now`, and what the environment must do about it.
+    pub fn step(
+        &mut self,
+        r: &Replica,
+        db: &ClusterState,
+        input: NmInput,
+        now: u64,
+    ) -> Vec<NmAction> {
+        match input {
+            NmInput::Tick => self.tick(r, db, now),
+            NmInput::Heartbeat(hb) => vec![NmAction::Reply(self.heartbeat(r, db, &hb, now))],
+            NmInput::Answered { sent_ms, reply } => {
+                self.answered(sent_ms, reply.as_ref(), now);
+                Vec::new()
+            }
+            NmInput::Written { node } => {
+                self.writing.remove(&node);
+                Vec::new()
+            }
+        }
+    }
+
+    fn tick(&mut self, r: &Replica, db: &ClusterState, now: u64) -> Vec<NmAction> {
         let mut out = Vec::new();
         if let Some(why) = &r.storage_failure {
             if self.storage_trouble(now).is_none() {
@@ -350,7 +392,7 @@ impl NodeManager {
     }
 
     /// A heartbeat arrived (on the leader). `Err` when this node does not lead.
-    pub fn heartbeat(
+    fn heartbeat(
         &mut self,
         r: &Replica,
         db: &ClusterState,
@@ -418,7 +460,7 @@ impl NodeManager {
     }
 
     /// The answer to the heartbeat sent at `sent_ms` (`None`: none came, or it failed).
-    pub fn answered(&mut self, sent_ms: u64, reply: Option<&HeartbeatReply>, now: u64) {
+    fn answered(&mut self, sent_ms: u64, reply: Option<&HeartbeatReply>, now: u64) {
         if reply.is_some() {
             self.answered_any_ms = Some(now);
         }
@@ -440,11 +482,6 @@ impl NodeManager {
             }
             None => self.unanswered = true,
         }
-    }
-
-    /// A node record was written (or failed to be).
-    pub fn written(&mut self, node: &str) {
-        self.writing.remove(node);
     }
 
     fn check_lease(&mut self, r: &Replica, now: u64, out: &mut Vec<NmAction>) {

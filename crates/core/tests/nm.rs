@@ -4,7 +4,9 @@
 use vigil_core::command::{Command, apply};
 use vigil_core::lease::LeaseConfig;
 use vigil_core::model::{ClusterState, NodeState};
-use vigil_core::nm::{Heartbeat, NmAction, NodeManager, Replica, Standing};
+use vigil_core::nm::{
+    Heartbeat, HeartbeatReply, NmAction, NmInput, NodeManager, Replica, Standing,
+};
 
 const CFG: LeaseConfig = LeaseConfig {
     interval_ms: 500,
@@ -29,6 +31,55 @@ fn set(s: &mut ClusterState, node: &str, state: NodeState) {
         state,
     };
     apply(s, &cmd).unwrap();
+}
+
+/// The tests' shorthand for [`NodeManager::step`]'s inputs.
+trait Steps {
+    fn tick(&mut self, r: &Replica, db: &ClusterState, now: u64) -> Vec<NmAction>;
+    fn heartbeat(
+        &mut self,
+        r: &Replica,
+        db: &ClusterState,
+        hb: &Heartbeat,
+        now: u64,
+    ) -> Result<HeartbeatReply, String>;
+    fn answered(&mut self, sent_ms: u64, reply: Option<&HeartbeatReply>, now: u64);
+    fn written(&mut self, node: &str);
+}
+
+impl Steps for NodeManager {
+    fn tick(&mut self, r: &Replica, db: &ClusterState, now: u64) -> Vec<NmAction> {
+        self.step(r, db, NmInput::Tick, now)
+    }
+
+    fn heartbeat(
+        &mut self,
+        r: &Replica,
+        db: &ClusterState,
+        hb: &Heartbeat,
+        now: u64,
+    ) -> Result<HeartbeatReply, String> {
+        match &self.step(r, db, NmInput::Heartbeat(hb.clone()), now)[..] {
+            [NmAction::Reply(reply)] => reply.clone(),
+            other => panic!("a heartbeat is answered with one reply, not {other:?}"),
+        }
+    }
+
+    /// Answers and written records decide nothing at once: they show at the next tick.
+    fn answered(&mut self, sent_ms: u64, reply: Option<&HeartbeatReply>, now: u64) {
+        let input = NmInput::Answered {
+            sent_ms,
+            reply: reply.cloned(),
+        };
+        let out = self.step(&Replica::default(), &ClusterState::default(), input, now);
+        assert_eq!(out, []);
+    }
+
+    fn written(&mut self, node: &str) {
+        let input = NmInput::Written { node: node.into() };
+        let out = self.step(&Replica::default(), &ClusterState::default(), input, 0);
+        assert_eq!(out, []);
+    }
 }
 
 fn voters() -> Vec<Vec<String>> {

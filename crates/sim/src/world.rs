@@ -19,7 +19,7 @@ use vigil_core::failover;
 use vigil_core::intent;
 use vigil_core::lease::LeaseConfig;
 use vigil_core::model::{ClusterState, NodeState, ResourceState};
-use vigil_core::nm::{Heartbeat, HeartbeatReply, NodeManager, Replica as NmView};
+use vigil_core::nm::{Heartbeat, HeartbeatReply, NmInput, NodeManager, Replica as NmView};
 use vigil_core::rcm::{Action, Input, Rcm, Report};
 
 use crate::raft::{self, Disk, Replica, Role};
@@ -552,8 +552,11 @@ impl World {
                     && !self.stopped(&node)
                     && self.agent(&node).heartbeats.remove(&sent_ms)
                 {
-                    let now = self.now;
-                    self.agent(&node).nm.answered(sent_ms, None, now);
+                    let answered = NmInput::Answered {
+                        sent_ms,
+                        reply: None,
+                    };
+                    self.nm_inform(&node, answered);
                 }
             }
             Ev::Resume(n) => self.resume(&n),
@@ -607,15 +610,13 @@ impl World {
                 self.applied(to);
             }
             Net::Heartbeat { hb, sent_ms } => {
-                let view = self.view(to);
-                let a = self.agent(to);
-                let reply = a.nm.heartbeat(&view, &a.raft.state, &hb, now).ok();
+                let out = exec::nm_step(&mut On { w: self, n: to }, NmInput::Heartbeat(hb));
+                let reply = out.reply.and_then(Result::ok);
                 self.send(to, from, Net::HeartbeatReply { reply, sent_ms });
             }
             Net::HeartbeatReply { reply, sent_ms } => {
-                let a = self.agent(to);
-                if a.heartbeats.remove(&sent_ms) {
-                    a.nm.answered(sent_ms, reply.as_ref(), now);
+                if self.agent(to).heartbeats.remove(&sent_ms) {
+                    self.nm_inform(to, NmInput::Answered { sent_ms, reply });
                 }
             }
             Net::Forward { id, cmds } => match self.agent(to).raft.propose(cmds, now) {
@@ -676,10 +677,9 @@ impl World {
                     },
                 );
             }
-            let a = self.agent(n);
-            if let Some(record) = a.records.remove(index) {
-                a.nm.written(&record.node);
+            if let Some(record) = self.agent(n).records.remove(index) {
                 self.say(n, format!("NM node {} {}", record.node, record.state));
+                self.nm_inform(n, NmInput::Written { node: record.node });
             }
         }
         self.check_epochs(n);
@@ -793,9 +793,15 @@ impl World {
         }
     }
 
-    /// The node's Node Manager, every tick: the agent's [`exec::nm_tick`] on this node.
+    /// An input that only informs the node's Node Manager (an answer, a written record).
+    fn nm_inform(&mut self, n: &str, input: NmInput) {
+        let out = exec::nm_step(&mut On { w: self, n }, input);
+        debug_assert!(out.rcm.is_empty() && out.reply.is_none(), "{out:?}");
+    }
+
+    /// The node's Node Manager, every tick: the agent's [`exec::nm_step`] on this node.
     fn nm_tick(&mut self, n: &str) {
-        let inputs = exec::nm_tick(&mut On { w: self, n });
+        let inputs = exec::nm_step(&mut On { w: self, n }, NmInput::Tick).rcm;
         for input in inputs {
             if let Input::Fence { fenced, .. } = &input {
                 let short = if *fenced {

@@ -17,7 +17,7 @@ pub(super) async fn heartbeat(
 ) -> ApiResult<Json<vigil_core::nm::HeartbeatReply>> {
     let Json(hb) = body?;
     api.nm
-        .on_heartbeat(&api.db, &hb)
+        .on_heartbeat(&api.db, &api.log, &api.http, hb)
         .map(Json)
         .map_err(|message| ApiError {
             status: StatusCode::CONFLICT,
