@@ -52,6 +52,10 @@ pub struct GroupView {
     pub owner: Option<String>,
     pub epoch: u64,
     pub failure: Option<String>,
+    /// Where it is in its life ([`vigil_core::model::Phase`]): "placed", "moving to n2 (Drain
+    /// move)", "failed until …: why", …
+    #[serde(default)]
+    pub phase: String,
     /// A handover in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving: Option<vigil_core::model::Move>,
@@ -129,7 +133,8 @@ pub fn status(s: &Service) -> StatusView {
             owner: g.owner.clone(),
             epoch: g.epoch,
             failure: g.failure.clone(),
-            moving: g.moving.clone(),
+            phase: g.phase().to_string(),
+            moving: g.moving().cloned(),
             props: g.props.clone(),
             resources: db
                 .group_resources(&g.name)

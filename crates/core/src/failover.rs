@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use crate::command::{Command, Target, apply};
 use crate::event::{Component, LogEntry};
 use crate::model::{
-    ClusterState, FailoverRecord, Group, GroupState, MoveKind, NodeState, PersistentState,
+    ClusterState, FailoverRecord, Group, GroupState, MoveKind, NodeState, PersistentState, Phase,
     ResourceState, group_state,
 };
 use crate::props::{Failback, GroupProps, Priority};
@@ -71,11 +71,11 @@ fn needs_attention(db: &ClusterState, g: &Group) -> bool {
         .as_ref()
         .and_then(|o| db.nodes.get(o))
         .is_some_and(|n| n.state != NodeState::Down && !n.witness);
-    !owner_can_run
-        || g.failure.is_some()
-        || g.failover_request.is_some()
-        || g.moving.is_some()
-        || g.props.auto_failback != Failback::Never
+    let under_way = match g.phase() {
+        Phase::Failed { .. } | Phase::FailoverRequested { .. } | Phase::Moving(_) => true,
+        Phase::Completing(_) | Phase::Placed => false,
+    };
+    !owner_can_run || under_way || g.props.auto_failback != Failback::Never
 }
 
 /// Group names in placement order: priority, then name.
@@ -164,7 +164,7 @@ fn hosted<'a>(
 ) -> impl Iterator<Item = &'a Group> + 'a {
     state.groups.values().filter(move |o| {
         o.name != g.name
-            && match &o.moving {
+            && match o.moving() {
                 Some(m) => m.to == node,
                 None => o.owner.as_deref() == Some(node),
             }
@@ -221,24 +221,12 @@ impl Planner<'_> {
         let Some(g) = self.s.groups.get(name).cloned() else {
             return;
         };
-        if g.failure.is_some() {
-            match g.retry_at_ms {
-                Some(t) if t <= self.now => {
-                    self.emit(Command::SetGroupFailure {
-                        group: name.to_string(),
-                        failure: None,
-                        retry_at_ms: None,
-                    });
-                    let reason = format!(
-                        "retry_period_on_failure_s={} passed: trying the group again",
-                        g.props.retry_period_on_failure_s
-                    );
-                    self.log(name, LogEntry::new(Component::FM, reason));
-                }
-                Some(t) => self.wake(t),
-                None => {}
-            }
-            return;
+        match g.phase() {
+            Phase::Failed { retry_at_ms, .. } => return self.retry(&g, retry_at_ms),
+            Phase::FailoverRequested { .. }
+            | Phase::Moving(_)
+            | Phase::Completing(_)
+            | Phase::Placed => {}
         }
         let owner_node = g.owner.as_ref().and_then(|o| self.s.nodes.get(o));
         match owner_node {
@@ -265,10 +253,13 @@ impl Planner<'_> {
             }
             Some(_) => {}
         }
-        if let Some(reason) = &g.failover_request {
-            return self.fail_over(&g, false, reason);
-        }
-        if let Some(m) = &g.moving {
+        let m = match g.phase() {
+            Phase::FailoverRequested { reason } => return self.fail_over(&g, false, reason),
+            Phase::Moving(m) => m,
+            Phase::Completing(_) | Phase::Placed => return self.failback(&g),
+            Phase::Failed { .. } => unreachable!("returned above"),
+        };
+        {
             // A live move may already have moved instances there: it is given up only when
             // its target is Down (they died with it), not when it is merely Paused, or the
             // source would recover what still runs on the target.
@@ -282,9 +273,27 @@ impl Planner<'_> {
             if !usable {
                 self.retarget(&g, &m.to, m.kind);
             }
-            return;
         }
-        self.failback(&g);
+    }
+
+    /// A Failed group is tried again once its retry period has passed.
+    fn retry(&mut self, g: &Group, retry_at_ms: Option<u64>) {
+        match retry_at_ms {
+            Some(t) if t <= self.now => {
+                self.emit(Command::SetGroupFailure {
+                    group: g.name.clone(),
+                    failure: None,
+                    retry_at_ms: None,
+                });
+                let reason = format!(
+                    "retry_period_on_failure_s={} passed: trying the group again",
+                    g.props.retry_period_on_failure_s
+                );
+                self.log(&g.name, LogEntry::new(Component::FM, reason));
+            }
+            Some(t) => self.wake(t),
+            None => {}
+        }
     }
 
     /// A handover's target can no longer take the group.
@@ -360,6 +369,7 @@ impl Planner<'_> {
             failure: Some(failure.clone()),
             retry_at_ms: Some(retry_at),
         });
+        // Whatever the phase said, no move outlives the failure.
         if g.moving.is_some() {
             self.emit(Command::CancelMove {
                 group: g.name.clone(),
@@ -525,7 +535,7 @@ impl Planner<'_> {
                 && g.owner.as_deref() != Some(node)
                 && !crate::model::settled(&self.s, &g.name)
         });
-        if arriving || owned.iter().any(|g| self.s.groups[*g].moving.is_some()) {
+        if arriving || owned.iter().any(|g| self.s.groups[*g].moving().is_some()) {
             return;
         }
         let owned = by_priority(&self.s, owned);

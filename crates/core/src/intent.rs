@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::command::{ApplyError, Command, Target};
 use crate::event::{Component, LogEntry};
 use crate::failover;
-use crate::model::{self, ClusterState, MoveKind, PersistentState};
+use crate::model::{self, ClusterState, MoveKind, PersistentState, Phase};
 
 /// An operator's move, ready to write: where from, where to, the command and its log entry.
 #[derive(Clone, Debug)]
@@ -61,11 +61,11 @@ pub fn move_group(
 /// (refused, failed, or moved again). A migration is over when the target has completed it,
 /// not at the cutover. A deleted group's move is over too.
 pub fn move_settled(state: &ClusterState, group: &str, target: &str) -> bool {
-    state.groups.get(group).is_none_or(|g| {
-        let arrived = g.owner.as_deref() == Some(target);
-        g.moving.is_none()
-            && g.migration.is_none()
-            && (!arrived || g.failure.is_some() || model::settled(state, group))
+    state.groups.get(group).is_none_or(|g| match g.phase() {
+        // The failover manager has yet to answer the request (a failover ends the move).
+        Phase::Moving(_) | Phase::Completing(_) | Phase::FailoverRequested { .. } => false,
+        Phase::Failed { .. } => true,
+        Phase::Placed => g.owner.as_deref() != Some(target) || model::settled(state, group),
     })
 }
 
@@ -93,7 +93,7 @@ pub fn drain_settled(state: &ClusterState, node: &str) -> bool {
         && !state
             .groups
             .values()
-            .any(|g| g.moving.is_some() && g.drained_from.as_deref() == Some(node))
+            .any(|g| g.moving().is_some() && g.drained_from.as_deref() == Some(node))
 }
 
 /// The groups on `node`, by name.
@@ -120,7 +120,7 @@ pub fn failback_groups(state: &ClusterState, node: &str) -> Vec<String> {
 pub fn moves_settled(state: &ClusterState, groups: &[String]) -> bool {
     groups
         .iter()
-        .all(|g| state.groups.get(g).is_none_or(|g| g.moving.is_none()))
+        .all(|g| state.groups.get(g).is_none_or(|g| g.moving().is_none()))
 }
 
 /// Nothing of `target` may run any more (see `ResourceState::may_run`): a delete may go on.

@@ -196,11 +196,106 @@ pub struct FailedMove {
     pub reason: String,
 }
 
-impl Group {
+/// Where a group is in its life, derived from its fields by one precedence, which every
+/// decision (the failover manager's plan, the RCM, the API's waits, status) matches on:
+///
+/// 1. **Failed** (`failure`) until an operator acts or `retry_at_ms` (leader's Unix ms)
+///    passes. Nothing of it runs; a move or a failover request is moot.
+/// 2. **FailoverRequested** (`failover_request`): its owner's RCM used up a resource's
+///    restarts and waits for the failover manager to place it. It outranks a move: the
+///    failover manager answers the request (a failover ends any move).
+/// 3. **Moving** (`moving`): a planned handover, cold or live.
+/// 4. **Completing** (`migration`): it arrived by live migration; its new owner completes
+///    each migrated resource, and the old owner keeps its copies until then.
+/// 5. **Placed**: on its owner (or on none), nothing under way.
+///
+/// The migration's handshake (the old owner keeps its copies until the new owner says it
+/// has completed) outlives a later failure or failover request, so the RCM reads
+/// [`Group::migration`] itself for that; everything else goes by the phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase<'a> {
+    Failed {
+        reason: &'a str,
+        retry_at_ms: Option<u64>,
+    },
+    FailoverRequested {
+        reason: &'a str,
+    },
+    Moving(&'a Move),
+    Completing(&'a Migration),
+    Placed,
+}
+
+impl Phase<'_> {
     /// Nothing of the group may start on its owner: it failed, awaits a failover decision,
     /// or is being handed over.
+    pub fn holds(&self) -> bool {
+        match self {
+            Phase::Failed { .. } | Phase::FailoverRequested { .. } | Phase::Moving(_) => true,
+            Phase::Completing(_) | Phase::Placed => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Phase<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Failed {
+                reason,
+                retry_at_ms: Some(t),
+            } => write!(f, "failed until {t} (Unix ms): {reason}"),
+            Phase::Failed {
+                reason,
+                retry_at_ms: None,
+            } => write!(f, "failed: {reason}"),
+            Phase::FailoverRequested { reason } => write!(f, "failover requested: {reason}"),
+            Phase::Moving(m) => {
+                let how = match (m.live, m.quick) {
+                    (true, true) => ", quick migration",
+                    (true, false) => ", live migration",
+                    _ => "",
+                };
+                write!(f, "moving to {} ({} move{how})", m.to, m.kind)
+            }
+            Phase::Completing(mi) => write!(f, "completing its migration from {}", mi.from),
+            Phase::Placed => write!(f, "placed"),
+        }
+    }
+}
+
+impl Group {
+    /// See [`Phase`].
+    pub fn phase(&self) -> Phase<'_> {
+        if let Some(reason) = &self.failure {
+            Phase::Failed {
+                reason,
+                retry_at_ms: self.retry_at_ms,
+            }
+        } else if let Some(reason) = &self.failover_request {
+            Phase::FailoverRequested { reason }
+        } else if let Some(m) = &self.moving {
+            Phase::Moving(m)
+        } else if let Some(mi) = &self.migration {
+            Phase::Completing(mi)
+        } else {
+            Phase::Placed
+        }
+    }
+
+    /// See [`Phase::holds`].
     pub fn is_held(&self) -> bool {
-        self.failure.is_some() || self.failover_request.is_some() || self.moving.is_some()
+        self.phase().holds()
+    }
+
+    /// The planned handover under way, if that is the group's phase.
+    pub fn moving(&self) -> Option<&Move> {
+        match self.phase() {
+            Phase::Moving(m) => Some(m),
+            Phase::Failed { .. }
+            | Phase::FailoverRequested { .. }
+            | Phase::Completing(_)
+            | Phase::Placed => None,
+        }
     }
 
     /// Whether `node` is one of the group's possible owners.
@@ -302,8 +397,12 @@ impl ClusterState {
 
 /// A group's state from its resources' recorded states.
 pub fn group_state(state: &ClusterState, group: &Group) -> GroupState {
-    if group.failure.is_some() {
-        return GroupState::Failed;
+    match group.phase() {
+        Phase::Failed { .. } => return GroupState::Failed,
+        Phase::FailoverRequested { .. }
+        | Phase::Moving(_)
+        | Phase::Completing(_)
+        | Phase::Placed => {}
     }
     let (mut online, mut offline, mut failed, mut pending, mut total) = (0, 0, 0, 0, 0);
     for r in state.group_resources(&group.name) {

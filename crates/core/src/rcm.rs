@@ -16,10 +16,13 @@ use crate::command::{Command, Target};
 use crate::deps;
 use crate::event::{Component, LogEntry};
 use crate::failover;
-use crate::model::{ClusterState, Group, PersistentState, Resource, ResourceState};
+use crate::model::{ClusterState, Group, PersistentState, Phase, Resource, ResourceState};
 use crate::restart::{Decision, History};
 
+mod memory;
 mod migrate;
+
+use memory::Memory;
 
 use migrate::Leg;
 
@@ -187,13 +190,6 @@ struct Local {
     leg: Option<Leg>,
 }
 
-/// How long a failover request may go unanswered (its write lost) before it is sent again.
-const REQUEST_RESEND_MS: u64 = 10_000;
-/// How long a step of a handover this node wrote (the new owner, the end of a migration, a
-/// cancelled move) may go unseen in the database before it is written again: longer than a
-/// write's timeout (5 s), so that only a write that surely failed is repeated; a repeat that
-/// finds the step done is refused or changes nothing.
-const STEP_RESEND_MS: u64 = 6_000;
 /// How long the database may show another state than this node knows before the RCM records
 /// it again: a record lost with a write that found no quorum must not leave status wrong.
 pub const RERECORD_MS: u64 = 3_000;
@@ -203,21 +199,9 @@ pub const RERECORD_MS: u64 = 3_000;
 pub struct Rcm {
     node: String,
     resources: BTreeMap<String, Local>,
-    /// Groups whose failover this node asked for, and when; held until the database shows
-    /// the failover manager's answer.
-    requested: BTreeMap<String, u64>,
-    /// Groups this node handed over (wrote the new owner for), at the epoch it did so, and
-    /// when.
-    handed: BTreeMap<String, (u64, u64)>,
-    /// Groups whose live migration this node declared complete, at the epoch it did so.
-    completed: BTreeMap<String, (u64, u64)>,
-    /// Live moves (group, epoch) in which a migrate_to failed after other resources of the
-    /// group had migrated: the rest of the group moves cold (stopped here, started there).
-    cold: BTreeMap<String, u64>,
-    /// Live moves (group → target) abandoned here after a failed migrate_to, until the
-    /// database shows the move cancelled: nothing is migrated again meanwhile.
-    /// With the reason sent and when.
-    abandoned: BTreeMap<String, (String, String, u64)>,
+    /// The steps it took for each group that the database may not show yet (see
+    /// [`memory`]).
+    memory: Memory,
     /// No lease: nothing may run here.
     fenced: bool,
 }
@@ -227,11 +211,7 @@ impl Rcm {
         Self {
             node: node.to_string(),
             resources: BTreeMap::new(),
-            requested: BTreeMap::new(),
-            handed: BTreeMap::new(),
-            completed: BTreeMap::new(),
-            cold: BTreeMap::new(),
-            abandoned: BTreeMap::new(),
+            memory: Memory::default(),
             fenced: false,
         }
     }
@@ -246,19 +226,6 @@ impl Rcm {
         self.resources
             .get(resource)
             .map(|l| (l.state, l.pid, l.reason.as_str()))
-    }
-
-    /// Whether a handover step for `group` at `epoch` was written and may still be on its
-    /// way (see [`STEP_RESEND_MS`]).
-    fn pending_step(
-        &self,
-        sent: &BTreeMap<String, (u64, u64)>,
-        group: &str,
-        epoch: u64,
-        now: u64,
-    ) -> bool {
-        sent.get(group)
-            .is_some_and(|(e, t)| *e == epoch && now < t + STEP_RESEND_MS)
     }
 
     /// This node's view of a resource's state (Offline if it has none).
@@ -278,18 +245,7 @@ impl Rcm {
         };
         self.handle(&mut out, input, now_ms);
         self.reconcile(&mut out, now_ms);
-        // A step due but not written again in this pass (it no longer applies as it was) is
-        // put off, so that no timer stays in the past (it would wake the loop forever).
-        for (_, t) in self.handed.values_mut().chain(self.completed.values_mut()) {
-            if *t + STEP_RESEND_MS <= now_ms {
-                *t = now_ms;
-            }
-        }
-        for (_, _, t) in self.abandoned.values_mut() {
-            if *t + STEP_RESEND_MS <= now_ms {
-                *t = now_ms;
-            }
-        }
+        self.memory.put_off(now_ms);
         out.actions
     }
 
@@ -308,14 +264,7 @@ impl Rcm {
                 _ => None,
             }
         });
-        let resends = self.requested.values().map(|t| t + REQUEST_RESEND_MS);
-        let steps = self
-            .handed
-            .values()
-            .chain(self.completed.values())
-            .map(|(_, t)| t + STEP_RESEND_MS)
-            .chain(self.abandoned.values().map(|(_, _, t)| t + STEP_RESEND_MS));
-        let resends = resends.chain(steps);
+        let resends = self.memory.next_resend_ms();
         let rerecords = self.resources.iter().filter_map(|(name, l)| {
             let r = db.resources.get(name)?;
             let owned = db.groups.get(&r.group)?.owner.as_deref() == Some(self.node.as_str());
@@ -335,7 +284,13 @@ impl Rcm {
     /// Nothing of the group may start here: it failed, awaits the failover manager, or is
     /// being handed over.
     fn is_held(&self, db: &ClusterState, group: &str) -> bool {
-        self.requested.contains_key(group) || db.groups.get(group).is_some_and(Group::is_held)
+        db.groups.get(group).is_some_and(|g| {
+            g.is_held()
+                || self
+                    .memory
+                    .get(group, g.epoch)
+                    .is_some_and(|m| m.requested.is_some())
+        })
     }
 
     fn handle(&mut self, out: &mut Out, input: Input, now: u64) {
@@ -371,7 +326,7 @@ impl Rcm {
             Input::Operator { resources } => {
                 for name in resources {
                     if let Some(group) = out.db.resources.get(&name).map(|r| &r.group) {
-                        self.requested.remove(group);
+                        self.memory.forget_request(group);
                     }
                     if let Some(l) = self.resources.get_mut(&name) {
                         l.history.reset();
@@ -652,7 +607,7 @@ impl Rcm {
     }
 
     fn request_failover(&mut self, out: &mut Out, group: &str, reason: String, now: u64) {
-        self.requested.insert(group.to_string(), now);
+        self.memory.at(group, out.db.group_epoch(group)).requested = Some(now);
         out.push(Action::Db(Command::RequestFailover {
             group: group.to_string(),
             from: self.node.clone(),
@@ -663,41 +618,11 @@ impl Rcm {
     /// Forgets requests the database has answered (or made moot), and sends again those
     /// whose write seems lost.
     fn follow_requests(&mut self, out: &mut Out, now: u64) {
-        let db = out.db;
-        self.requested.retain(|group, _| {
-            db.groups
-                .get(group)
-                .is_some_and(|g| g.owner.as_deref() == Some(self.node.as_str()) && !g.is_held())
-        });
-        let due: Vec<String> = self
-            .requested
-            .iter()
-            .filter(|(_, t)| now >= **t + REQUEST_RESEND_MS)
-            .map(|(g, _)| g.clone())
-            .collect();
-        for group in due {
+        self.memory.forget(out.db, &self.node);
+        for group in self.memory.requests_due(now) {
             let reason = format!("restarts exhausted on {} (request sent again)", self.node);
             self.request_failover(out, &group, reason, now);
         }
-        // What the database shows done (or moot) is forgotten.
-        self.handed.retain(|group, (epoch, _)| {
-            db.groups
-                .get(group)
-                .is_some_and(|g| g.epoch == *epoch && g.moving.is_some())
-        });
-        self.completed.retain(|group, (epoch, _)| {
-            db.groups
-                .get(group)
-                .is_some_and(|g| g.epoch == *epoch && g.migration.is_some())
-        });
-        self.cold
-            .retain(|group, epoch| db.group_epoch(group) == *epoch);
-        self.abandoned.retain(|group, (to, _, _)| {
-            db.groups
-                .get(group)
-                .and_then(|g| g.moving.as_ref())
-                .is_some_and(|m| &m.to == to)
-        });
     }
 
     fn transition(
@@ -762,7 +687,7 @@ impl Rcm {
             db.groups
                 .values()
                 .filter(|g| g.owner.as_deref() == Some(self.node.as_str()))
-                .filter(|g| by_group.contains_key(g.name.as_str()) || g.moving.is_some())
+                .filter(|g| by_group.contains_key(g.name.as_str()) || g.moving().is_some())
                 .map(|g| &g.name),
         );
         for group in &mine {
@@ -849,7 +774,7 @@ impl Rcm {
         let order = online_order(&members);
         let g = db.groups.get(group);
         if owned && !self_down {
-            if g.and_then(|g| g.moving.as_ref()).is_some_and(|m| m.live) {
+            if g.and_then(Group::moving).is_some_and(|m| m.live) {
                 self.live_move(out, group, &order, now);
                 for name in &order {
                     self.check_pending(out, members[name.as_str()], now);
@@ -929,15 +854,15 @@ impl Rcm {
         let Some(g) = out.db.groups.get(group) else {
             return;
         };
-        let Some(m) = &g.moving else {
+        let Some(m) = g.moving() else {
             return;
         };
-        if self.pending_step(&self.handed, group, g.epoch, out.now)
+        if self.memory.pending(group, g.epoch, |m| m.handed, out.now)
             || members.iter().any(|r| self.state(r).may_run())
         {
             return;
         }
-        self.handed.insert(group.to_string(), (g.epoch, out.now));
+        self.memory.at(group, g.epoch).handed = Some(out.now);
         out.push(Action::Db(Command::HandOver {
             group: group.to_string(),
             from: self.node.clone(),
@@ -1137,8 +1062,17 @@ impl Rcm {
             )
         } else if self.recorded_down(db) {
             format!("{} is recorded Down", self.node)
-        } else if let Some(m) = g.and_then(|g| g.moving.as_ref()) {
-            format!("group {} is moving to {} ({} move)", r.group, m.to, m.kind)
+        } else if let Some(why) = g.and_then(|g| match g.phase() {
+            Phase::Moving(m) => Some(format!(
+                "group {} is moving to {} ({} move)",
+                r.group, m.to, m.kind
+            )),
+            Phase::Failed { .. } | Phase::FailoverRequested { .. } => {
+                Some(format!("group {} failed", r.group))
+            }
+            Phase::Completing(_) | Phase::Placed => None,
+        }) {
+            why
         } else if self.is_held(db, &r.group) {
             format!("group {} failed", r.group)
         } else if r.persistent_state == PersistentState::Offline {

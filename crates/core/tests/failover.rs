@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 
 use vigil_core::command::{Command, Target, apply};
 use vigil_core::failover::plan;
-use vigil_core::model::{ClusterState, MoveKind, NodeState, PersistentState, ResourceSpec};
+use vigil_core::intent;
+use vigil_core::model::{ClusterState, MoveKind, NodeState, PersistentState, Phase, ResourceSpec};
 use vigil_core::props::{Failback, GroupProps, ResourceProps};
 
 fn ok(s: &mut ClusterState, cmd: Command) {
@@ -133,4 +134,83 @@ fn an_operators_move_is_not_failed_back() {
     }
     assert_eq!(s.groups["g"].owner.as_deref(), Some("n1"));
     assert!(!s.groups["g"].operator_placed);
+}
+
+/// A group's fields overlap (a move under way when its owner asks for a failover; a failure
+/// while it completes a migration); its phase says which counts, and the planner, the
+/// move's wait and status all go by it.
+#[test]
+fn a_failover_request_outranks_a_move_for_the_planner_the_wait_and_status() {
+    let mut s = cluster();
+    online_on(&mut s, "n1");
+    ok(
+        &mut s,
+        Command::MoveGroup {
+            group: "g".into(),
+            to: "n2".into(),
+            kind: MoveKind::Operator,
+            quick: false,
+        },
+    );
+    assert!(matches!(s.groups["g"].phase(), Phase::Moving(m) if m.to == "n2"));
+    assert!(!intent::move_settled(&s, "g", "n2"));
+    ok(
+        &mut s,
+        Command::RequestFailover {
+            group: "g".into(),
+            from: "n1".into(),
+            reason: "restarts exhausted".into(),
+        },
+    );
+    let g = &s.groups["g"];
+    assert!(g.moving.is_some(), "the move's record stays until answered");
+    assert_eq!(
+        g.phase(),
+        Phase::FailoverRequested {
+            reason: "restarts exhausted"
+        }
+    );
+    assert!(g.is_held());
+    assert_eq!(g.moving(), None, "status shows no move under way");
+    assert!(
+        !intent::move_settled(&s, "g", "n2"),
+        "the request is not answered yet"
+    );
+    assert!(intent::moves_settled(&s, &["g".to_string()]));
+    // The planner answers the request, not the operator's move: a failover move (the owner
+    // stops everything and hands over), which replaces it.
+    let p = plan(&s, 0, &BTreeSet::new());
+    assert!(
+        matches!(&p.commands[..], [Command::RecordFailover { .. }, Command::MoveGroup { to, kind: MoveKind::Failover, .. }] if to == "n2"),
+        "{:?}",
+        p.commands
+    );
+    for cmd in p.commands {
+        ok(&mut s, cmd);
+    }
+    assert!(
+        matches!(s.groups["g"].phase(), Phase::Moving(m) if m.kind == MoveKind::Failover && !m.live)
+    );
+    assert_eq!(s.groups["g"].failover_request, None);
+    // A failure outranks everything, and is where a move's wait ends.
+    ok(
+        &mut s,
+        Command::SetGroupFailure {
+            group: "g".into(),
+            failure: Some("no node left".into()),
+            retry_at_ms: Some(60_000),
+        },
+    );
+    assert_eq!(
+        s.groups["g"].phase(),
+        Phase::Failed {
+            reason: "no node left",
+            retry_at_ms: Some(60_000)
+        }
+    );
+    assert_eq!(
+        s.groups["g"].phase().to_string(),
+        "failed until 60000 (Unix ms): no node left"
+    );
+    assert!(intent::move_settled(&s, "g", "n1"));
 }

@@ -3,6 +3,7 @@
 //! migration either abandons the move or lets the rest of the group follow cold. The
 //! per-resource part in a move is its [`Leg`].
 
+use super::memory::{Abandoned, STEP_RESEND_MS};
 use super::*;
 
 /// A resource's part in a live move.
@@ -50,7 +51,7 @@ impl Rcm {
             .group_resources(&group)
             .any(|r| self.is_sent(&r.name));
         if sent {
-            self.cold.insert(group.clone(), g.epoch);
+            self.memory.at(&group, g.epoch).cold = true;
             self.log_resource(
                 out,
                 name,
@@ -69,8 +70,11 @@ impl Rcm {
             );
             if let Some(m) = &g.moving {
                 let failed = format!("live migration of {name} failed: {reason}");
-                self.abandoned
-                    .insert(group.clone(), (m.to.clone(), failed.clone(), out.now));
+                self.memory.at(&group, g.epoch).abandoned = Some(Abandoned {
+                    to: m.to.clone(),
+                    reason: failed.clone(),
+                    sent_ms: out.now,
+                });
                 out.push(Action::Db(Command::CancelMove {
                     group,
                     failed: Some(failed),
@@ -154,19 +158,21 @@ impl Rcm {
         let Some(g) = db.groups.get(group) else {
             return;
         };
-        let Some(m) = &g.moving else {
+        let Some(m) = g.moving() else {
             return;
         };
-        if let Some((to, failed, sent)) = self.abandoned.get(group).filter(|(to, ..)| *to == m.to) {
+        let abandoned = self
+            .memory
+            .get(group, g.epoch)
+            .and_then(|x| x.abandoned.as_ref());
+        if let Some(a) = abandoned.filter(|a| a.to == m.to).cloned() {
             // Our CancelMove is on its way; written again if it seems lost.
-            if now >= sent + STEP_RESEND_MS {
-                let (to, failed) = (to.clone(), failed.clone());
-                self.abandoned
-                    .insert(group.to_string(), (to, failed.clone(), now));
+            if now >= a.sent_ms + STEP_RESEND_MS {
                 out.push(Action::Db(Command::CancelMove {
                     group: group.to_string(),
-                    failed: Some(failed),
+                    failed: Some(a.reason.clone()),
                 }));
+                self.memory.at(group, g.epoch).abandoned = Some(Abandoned { sent_ms: now, ..a });
             }
             return;
         }
@@ -193,7 +199,7 @@ impl Rcm {
         if settling {
             return;
         }
-        if self.cold.get(group) == Some(&g.epoch) {
+        if self.memory.get(group, g.epoch).is_some_and(|x| x.cold) {
             // Stop what did not migrate, dependents first, before handing over.
             let unsent = |rcm: &Self, n: &str| !rcm.is_sent(n);
             for name in order.iter().rev() {
@@ -243,10 +249,10 @@ impl Rcm {
             });
             return;
         }
-        if self.pending_step(&self.handed, group, g.epoch, now) {
+        if self.memory.pending(group, g.epoch, |x| x.handed, now) {
             return;
         }
-        self.handed.insert(group.to_string(), (g.epoch, now));
+        self.memory.at(group, g.epoch).handed = Some(now);
         let migrated: Vec<String> = order.iter().filter(|n| self.is_sent(n)).cloned().collect();
         out.push(Action::Db(Command::MigratedOwner {
             group: group.to_string(),
@@ -291,7 +297,11 @@ impl Rcm {
             }
             return;
         };
-        if mi.from == self.node || self.pending_step(&self.completed, group, g.epoch, out.now) {
+        if mi.from == self.node
+            || self
+                .memory
+                .pending(group, g.epoch, |x| x.completed, out.now)
+        {
             return;
         }
         let done = mi.resources.iter().all(|n| {
@@ -304,7 +314,7 @@ impl Rcm {
         if !done {
             return;
         }
-        self.completed.insert(group.to_string(), (g.epoch, out.now));
+        self.memory.at(group, g.epoch).completed = Some(out.now);
         out.push(Action::Db(Command::EndMigration {
             group: group.to_string(),
         }));
