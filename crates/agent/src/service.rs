@@ -165,7 +165,65 @@ impl Service {
                 if !self.hosts.is_current(&host, generation) {
                     return;
                 }
-                self.on_host_message(&host, msg);
+                match msg {
+                    // Heartbeats stay in the host's reader (see `hosts::read_loop`).
+                    FromHost::Alive => {}
+                    FromHost::Hello { pid, .. } => {
+                        self.hosts.set_pid(&host, pid);
+                        self.log.append([LogEntry::new(
+                            Component::RHS,
+                            format!("RHS {host} started, pid {pid}"),
+                        )]);
+                    }
+                    FromHost::Status {
+                        resource,
+                        instance,
+                        report,
+                        reason,
+                        pid,
+                    } => {
+                        if instance != 0 && !self.hosts.is_current_instance(&resource, instance) {
+                            tracing::debug!(
+                                "dropped a late report about a replaced instance of {resource}: {report:?}"
+                            );
+                            return;
+                        }
+                        // Online, Offline and Migrated are logged by the RCM with the state change.
+                        if !matches!(report, Report::Online | Report::Offline | Report::Migrated) {
+                            let mut entry = LogEntry::new(
+                                Component::RHS,
+                                format!("{}: {reason}", report.name()),
+                            )
+                            .resource(&resource);
+                            let state = self.state();
+                            if let Some(r) = state.resources.get(&resource) {
+                                entry = entry.group(&r.group, state.group_epoch(&r.group));
+                            }
+                            drop(state);
+                            self.log.append([entry]);
+                        }
+                        self.step(Input::Report {
+                            resource,
+                            report,
+                            reason,
+                            pid,
+                            // A worker's report is about its instance; the dispatcher's (instance 0)
+                            // about none.
+                            ended: instance != 0,
+                        });
+                    }
+                    FromHost::ControlReply { id, result } => self.hosts.control_reply(id, result),
+                    FromHost::Deadlock {
+                        resource,
+                        entry_point,
+                        ..
+                    } => {
+                        self.step(Input::Deadlock {
+                            resource,
+                            entry_point,
+                        });
+                    }
+                }
             }
             HostEvent::Exited {
                 host,
@@ -190,66 +248,6 @@ impl Service {
             let pid = self.state().resources.get(r).and_then(|r| r.pid);
             if let Some(pgid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
                 let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-            }
-        }
-    }
-
-    fn on_host_message(&mut self, host: &str, msg: FromHost) {
-        match msg {
-            // Heartbeats stay in the host's reader (see `hosts::read_loop`).
-            FromHost::Alive => {}
-            FromHost::Hello { pid, .. } => {
-                self.hosts.set_pid(host, pid);
-                self.log.append([LogEntry::new(
-                    Component::RHS,
-                    format!("RHS {host} started, pid {pid}"),
-                )]);
-            }
-            FromHost::Status {
-                resource,
-                instance,
-                report,
-                reason,
-                pid,
-            } => {
-                if instance != 0 && !self.hosts.is_current_instance(&resource, instance) {
-                    tracing::debug!(
-                        "dropped a late report about a replaced instance of {resource}: {report:?}"
-                    );
-                    return;
-                }
-                // Online, Offline and Migrated are logged by the RCM with the state change.
-                if !matches!(report, Report::Online | Report::Offline | Report::Migrated) {
-                    let mut entry =
-                        LogEntry::new(Component::RHS, format!("{}: {reason}", report.name()))
-                            .resource(&resource);
-                    let state = self.state();
-                    if let Some(r) = state.resources.get(&resource) {
-                        entry = entry.group(&r.group, state.group_epoch(&r.group));
-                    }
-                    drop(state);
-                    self.log.append([entry]);
-                }
-                self.step(Input::Report {
-                    resource,
-                    report,
-                    reason,
-                    pid,
-                    // A worker's report is about its instance; the dispatcher's (instance 0)
-                    // about none.
-                    ended: instance != 0,
-                });
-            }
-            FromHost::ControlReply { id, result } => self.hosts.control_reply(id, result),
-            FromHost::Deadlock {
-                resource,
-                entry_point,
-                ..
-            } => {
-                self.step(Input::Deadlock {
-                    resource,
-                    entry_point,
-                });
             }
         }
     }
