@@ -165,19 +165,110 @@ const DEADLOCK_TIMEOUT_MS: Numeric = Numeric::new("deadlock_timeout_ms", 60_000,
 const FAILOVER_THRESHOLD: Numeric = Numeric::new("failover_threshold", 0, 0, 1_000);
 const FAILOVER_PERIOD_S: Numeric = Numeric::new("failover_period_s", 21_600, 1, MAX_S);
 
+/// One settable property of `P`: its name (once, here or in its [`Numeric`]) and how its
+/// text form is parsed into `P`. The unknown-property message, the API's list and `set`
+/// all come from the table.
+struct Settable<P> {
+    name: &'static str,
+    set: fn(&mut P, &str) -> Result<(), PropError>,
+}
+
+/// The property names of a table, comma-separated (for "unknown property" messages).
+fn names<P>(table: &[Settable<P>]) -> String {
+    let names: Vec<&str> = table.iter().map(|p| p.name).collect();
+    names.join(", ")
+}
+
+fn set_in<P>(table: &[Settable<P>], p: &mut P, name: &str, value: &str) -> Result<(), PropError> {
+    let prop = table
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| PropError::Unknown(name.to_string(), names(table)))?;
+    (prop.set)(p, value)
+}
+
+const RESOURCE_PROPS: &[Settable<ResourceProps>] = &[
+    Settable {
+        name: LOOKS_ALIVE_MS.name,
+        set: |p, v| {
+            p.looks_alive_ms = LOOKS_ALIVE_MS.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: IS_ALIVE_MS.name,
+        set: |p, v| {
+            p.is_alive_ms = IS_ALIVE_MS.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: "restart_action",
+        set: |p, v| {
+            p.restart_action = RestartAction::parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: RESTART_THRESHOLD.name,
+        set: |p, v| {
+            p.restart_threshold = RESTART_THRESHOLD.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: RESTART_PERIOD_S.name,
+        set: |p, v| {
+            p.restart_period_s = RESTART_PERIOD_S.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: RESTART_DELAY_MS.name,
+        set: |p, v| {
+            p.restart_delay_ms = RESTART_DELAY_MS.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: PENDING_TIMEOUT_MS.name,
+        set: |p, v| {
+            p.pending_timeout_ms = PENDING_TIMEOUT_MS.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: RETRY_PERIOD_ON_FAILURE_S.name,
+        set: |p, v| {
+            p.retry_period_on_failure_s = RETRY_PERIOD_ON_FAILURE_S.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: DEADLOCK_TIMEOUT_MS.name,
+        set: |p, v| {
+            p.deadlock_timeout_ms = DEADLOCK_TIMEOUT_MS.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: "separate_monitor",
+        set: |p, v| {
+            p.separate_monitor = parse_bool(v).ok_or_else(|| PropError::Invalid {
+                name: "separate_monitor",
+                expected: Cow::Borrowed("true or false"),
+                value: v.to_string(),
+            })?;
+            Ok(())
+        },
+    },
+];
+
 impl ResourceProps {
-    pub const NAMES: &'static [&'static str] = &[
-        "looks_alive_ms",
-        "is_alive_ms",
-        "restart_action",
-        "restart_threshold",
-        "restart_period_s",
-        "restart_delay_ms",
-        "pending_timeout_ms",
-        "retry_period_on_failure_s",
-        "deadlock_timeout_ms",
-        "separate_monitor",
-    ];
+    /// The names of the properties `set` takes.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        RESOURCE_PROPS.iter().map(|p| p.name)
+    }
 
     /// Checks every property's range; the error names the first bad one and its value.
     pub fn validate(&self) -> Result<(), PropError> {
@@ -201,28 +292,7 @@ impl ResourceProps {
     }
 
     fn set_unchecked(&mut self, name: &str, value: &str) -> Result<(), PropError> {
-        match name {
-            "looks_alive_ms" => self.looks_alive_ms = LOOKS_ALIVE_MS.parse(value)?,
-            "is_alive_ms" => self.is_alive_ms = IS_ALIVE_MS.parse(value)?,
-            "restart_action" => self.restart_action = RestartAction::parse(value)?,
-            "restart_threshold" => self.restart_threshold = RESTART_THRESHOLD.parse(value)?,
-            "restart_period_s" => self.restart_period_s = RESTART_PERIOD_S.parse(value)?,
-            "restart_delay_ms" => self.restart_delay_ms = RESTART_DELAY_MS.parse(value)?,
-            "pending_timeout_ms" => self.pending_timeout_ms = PENDING_TIMEOUT_MS.parse(value)?,
-            "retry_period_on_failure_s" => {
-                self.retry_period_on_failure_s = RETRY_PERIOD_ON_FAILURE_S.parse(value)?;
-            }
-            "deadlock_timeout_ms" => self.deadlock_timeout_ms = DEADLOCK_TIMEOUT_MS.parse(value)?,
-            "separate_monitor" => {
-                self.separate_monitor = parse_bool(value).ok_or_else(|| PropError::Invalid {
-                    name: "separate_monitor",
-                    expected: Cow::Borrowed("true or false"),
-                    value: value.to_string(),
-                })?;
-            }
-            _ => return Err(PropError::Unknown(name.to_string(), Self::NAMES.join(", "))),
-        }
-        Ok(())
+        set_in(RESOURCE_PROPS, self, name, value)
     }
 }
 
@@ -392,17 +462,84 @@ impl Default for GroupProps {
     }
 }
 
+/// A comma-separated list; empty items are dropped.
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// An empty value clears an optional property.
+fn given(v: &str) -> Option<&str> {
+    Some(v.trim()).filter(|v| !v.is_empty())
+}
+
+const GROUP_PROPS: &[Settable<GroupProps>] = &[
+    Settable {
+        name: "preferred_owners",
+        set: |p, v| {
+            p.preferred_owners = list(v);
+            Ok(())
+        },
+    },
+    Settable {
+        name: "possible_owners",
+        set: |p, v| {
+            p.possible_owners = list(v);
+            Ok(())
+        },
+    },
+    Settable {
+        name: FAILOVER_THRESHOLD.name,
+        set: |p, v| {
+            p.failover_threshold = given(v).map(|v| FAILOVER_THRESHOLD.parse(v)).transpose()?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: FAILOVER_PERIOD_S.name,
+        set: |p, v| {
+            p.failover_period_s = FAILOVER_PERIOD_S.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: RETRY_PERIOD_ON_FAILURE_S.name,
+        set: |p, v| {
+            p.retry_period_on_failure_s = RETRY_PERIOD_ON_FAILURE_S.parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: "auto_failback",
+        set: |p, v| {
+            p.auto_failback = Failback::parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: "priority",
+        set: |p, v| {
+            p.priority = Priority::parse(v)?;
+            Ok(())
+        },
+    },
+    Settable {
+        name: "anti_affinity_class",
+        set: |p, v| {
+            p.anti_affinity_class = given(v).map(str::to_string);
+            Ok(())
+        },
+    },
+];
+
 impl GroupProps {
-    pub const NAMES: &'static [&'static str] = &[
-        "preferred_owners",
-        "possible_owners",
-        "failover_threshold",
-        "failover_period_s",
-        "retry_period_on_failure_s",
-        "auto_failback",
-        "priority",
-        "anti_affinity_class",
-    ];
+    /// The names of the properties `set` takes.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        GROUP_PROPS.iter().map(|p| p.name)
+    }
 
     pub fn validate(&self) -> Result<(), PropError> {
         if let Some(t) = self.failover_threshold {
@@ -426,31 +563,7 @@ impl GroupProps {
     /// comma-separated; an empty value clears a list or an optional property.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), PropError> {
         let mut next = self.clone();
-        let list = |v: &str| -> Vec<String> {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        };
-        let optional = value.trim().is_empty();
-        match name {
-            "preferred_owners" => next.preferred_owners = list(value),
-            "possible_owners" => next.possible_owners = list(value),
-            "failover_threshold" if optional => next.failover_threshold = None,
-            "failover_threshold" => {
-                next.failover_threshold = Some(FAILOVER_THRESHOLD.parse(value)?);
-            }
-            "failover_period_s" => next.failover_period_s = FAILOVER_PERIOD_S.parse(value)?,
-            "retry_period_on_failure_s" => {
-                next.retry_period_on_failure_s = RETRY_PERIOD_ON_FAILURE_S.parse(value)?;
-            }
-            "auto_failback" => next.auto_failback = Failback::parse(value)?,
-            "priority" => next.priority = Priority::parse(value)?,
-            "anti_affinity_class" if optional => next.anti_affinity_class = None,
-            "anti_affinity_class" => next.anti_affinity_class = Some(value.trim().to_string()),
-            _ => return Err(PropError::Unknown(name.to_string(), Self::NAMES.join(", "))),
-        }
+        set_in(GROUP_PROPS, &mut next, name, value)?;
         next.validate()?;
         *self = next;
         Ok(())
@@ -529,7 +642,8 @@ mod tests {
                 n.check(n.default).unwrap();
             }
             assert!(
-                ResourceProps::NAMES.contains(&n.name) || GroupProps::NAMES.contains(&n.name),
+                ResourceProps::names().any(|p| p == n.name)
+                    || GroupProps::names().any(|p| p == n.name),
                 "{} is not a property",
                 n.name
             );
@@ -537,7 +651,7 @@ mod tests {
             let mut r = ResourceProps::default();
             let mut g = GroupProps::default();
             let over = (n.max + 1).to_string();
-            let err = if ResourceProps::NAMES.contains(&n.name) {
+            let err = if ResourceProps::names().any(|p| p == n.name) {
                 r.set(n.name, &over).unwrap_err()
             } else {
                 g.set(n.name, &over).unwrap_err()

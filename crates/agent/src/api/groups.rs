@@ -6,7 +6,7 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateGroup {
     name: String,
-    /// Group properties by name (see [`GroupProps::NAMES`]); lists as JSON arrays or
+    /// Group properties by name (see [`GroupProps::names`]); lists as JSON arrays or
     /// comma-separated text.
     #[serde(default)]
     props: BTreeMap<String, Value>,
