@@ -187,21 +187,22 @@ fn set_in<P>(table: &[Settable<P>], p: &mut P, name: &str, value: &str) -> Resul
     (prop.set)(p, value)
 }
 
+/// A numeric property: its declaration (which names it) and the field it sets.
+macro_rules! numeric {
+    ($decl:ident, $field:ident) => {
+        Settable {
+            name: $decl.name,
+            set: |p, v| {
+                p.$field = $decl.parse(v)?;
+                Ok(())
+            },
+        }
+    };
+}
+
 const RESOURCE_PROPS: &[Settable<ResourceProps>] = &[
-    Settable {
-        name: LOOKS_ALIVE_MS.name,
-        set: |p, v| {
-            p.looks_alive_ms = LOOKS_ALIVE_MS.parse(v)?;
-            Ok(())
-        },
-    },
-    Settable {
-        name: IS_ALIVE_MS.name,
-        set: |p, v| {
-            p.is_alive_ms = IS_ALIVE_MS.parse(v)?;
-            Ok(())
-        },
-    },
+    numeric!(LOOKS_ALIVE_MS, looks_alive_ms),
+    numeric!(IS_ALIVE_MS, is_alive_ms),
     Settable {
         name: "restart_action",
         set: |p, v| {
@@ -209,48 +210,12 @@ const RESOURCE_PROPS: &[Settable<ResourceProps>] = &[
             Ok(())
         },
     },
-    Settable {
-        name: RESTART_THRESHOLD.name,
-        set: |p, v| {
-            p.restart_threshold = RESTART_THRESHOLD.parse(v)?;
-            Ok(())
-        },
-    },
-    Settable {
-        name: RESTART_PERIOD_S.name,
-        set: |p, v| {
-            p.restart_period_s = RESTART_PERIOD_S.parse(v)?;
-            Ok(())
-        },
-    },
-    Settable {
-        name: RESTART_DELAY_MS.name,
-        set: |p, v| {
-            p.restart_delay_ms = RESTART_DELAY_MS.parse(v)?;
-            Ok(())
-        },
-    },
-    Settable {
-        name: PENDING_TIMEOUT_MS.name,
-        set: |p, v| {
-            p.pending_timeout_ms = PENDING_TIMEOUT_MS.parse(v)?;
-            Ok(())
-        },
-    },
-    Settable {
-        name: RETRY_PERIOD_ON_FAILURE_S.name,
-        set: |p, v| {
-            p.retry_period_on_failure_s = RETRY_PERIOD_ON_FAILURE_S.parse(v)?;
-            Ok(())
-        },
-    },
-    Settable {
-        name: DEADLOCK_TIMEOUT_MS.name,
-        set: |p, v| {
-            p.deadlock_timeout_ms = DEADLOCK_TIMEOUT_MS.parse(v)?;
-            Ok(())
-        },
-    },
+    numeric!(RESTART_THRESHOLD, restart_threshold),
+    numeric!(RESTART_PERIOD_S, restart_period_s),
+    numeric!(RESTART_DELAY_MS, restart_delay_ms),
+    numeric!(PENDING_TIMEOUT_MS, pending_timeout_ms),
+    numeric!(RETRY_PERIOD_ON_FAILURE_S, retry_period_on_failure_s),
+    numeric!(DEADLOCK_TIMEOUT_MS, deadlock_timeout_ms),
     Settable {
         name: "separate_monitor",
         set: |p, v| {
@@ -498,20 +463,8 @@ const GROUP_PROPS: &[Settable<GroupProps>] = &[
             Ok(())
         },
     },
-    Settable {
-        name: FAILOVER_PERIOD_S.name,
-        set: |p, v| {
-            p.failover_period_s = FAILOVER_PERIOD_S.parse(v)?;
-            Ok(())
-        },
-    },
-    Settable {
-        name: RETRY_PERIOD_ON_FAILURE_S.name,
-        set: |p, v| {
-            p.retry_period_on_failure_s = RETRY_PERIOD_ON_FAILURE_S.parse(v)?;
-            Ok(())
-        },
-    },
+    numeric!(FAILOVER_PERIOD_S, failover_period_s),
+    numeric!(RETRY_PERIOD_ON_FAILURE_S, retry_period_on_failure_s),
     Settable {
         name: "auto_failback",
         set: |p, v| {
