@@ -138,17 +138,23 @@ pub struct NmOutcome {
     pub reply: Option<Result<HeartbeatReply, String>>,
 }
 
-/// Feeds one input to the Node Manager. It decides, the lease's end is published before
-/// anything else happens (an RHS still fenced by the last lease would refuse what a
-/// re-leased RCM starts), and its actions are carried out.
+/// Feeds one input to the Node Manager. It decides, and its actions are carried out. At a
+/// tick, the lease's end is published before anything else happens (an RHS still fenced by
+/// the last lease would refuse what a re-leased RCM starts). Only ticks publish: the agent
+/// feeds answers and heartbeats from other tasks, and a value one of those read before a
+/// tick could land after the tick's own, putting back a lease the tick had just ended (or
+/// ending one it had just granted). The tick loop is one task, so its values land in order.
 pub fn nm_step(env: &mut impl NmEnv, input: NmInput) -> NmOutcome {
     let replica = env.replica();
     let now = env.now_ms();
+    let tick = input == NmInput::Tick;
     let (actions, until) = env.with_nm(|nm, state| {
         let actions = nm.step(&replica, state, input, now);
         (actions, nm.lease_until_ms(now))
     });
-    env.publish_lease(until, now);
+    if tick {
+        env.publish_lease(until, now);
+    }
     let mut out = NmOutcome::default();
     for action in actions {
         match action {

@@ -259,20 +259,18 @@ impl Planner<'_> {
             Phase::Completing(_) | Phase::Placed => return self.failback(&g),
             Phase::Failed { .. } => unreachable!("returned above"),
         };
-        {
-            // A live move may already have moved instances there: it is given up only when
-            // its target is Down (they died with it), not when it is merely Paused, or the
-            // source would recover what still runs on the target.
-            let target = self.s.nodes.get(&m.to);
-            let reachable = if m.live {
-                target.is_some_and(|n| n.state != NodeState::Down && !n.witness)
-            } else {
-                target.is_some_and(|n| n.can_take_groups())
-            };
-            let usable = reachable && g.may_run_on(&m.to);
-            if !usable {
-                self.retarget(&g, &m.to, m.kind);
-            }
+        // A live move may already have moved instances there: it is given up only when
+        // its target is Down (they died with it), not when it is merely Paused, or the
+        // source would recover what still runs on the target.
+        let target = self.s.nodes.get(&m.to);
+        let reachable = if m.live {
+            target.is_some_and(|n| n.state != NodeState::Down && !n.witness)
+        } else {
+            target.is_some_and(|n| n.can_take_groups())
+        };
+        let usable = reachable && g.may_run_on(&m.to);
+        if !usable {
+            self.retarget(&g, &m.to, m.kind);
         }
     }
 

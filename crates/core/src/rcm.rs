@@ -857,7 +857,7 @@ impl Rcm {
         let Some(m) = g.moving() else {
             return;
         };
-        if self.memory.pending(group, g.epoch, |m| m.handed, out.now)
+        if self.memory.pending(group, g.epoch, |x| x.handed, out.now)
             || members.iter().any(|r| self.state(r).may_run())
         {
             return;
