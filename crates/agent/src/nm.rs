@@ -56,7 +56,6 @@ impl Nm {
         t.saturating_duration_since(self.started).as_millis() as u64
     }
 
-    /// Lock order: the database's lock (a `StateRef`) before this one, never the reverse.
     fn lock(&self) -> std::sync::MutexGuard<'_, NodeManager> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -74,8 +73,7 @@ impl Nm {
         self.lock().is_fenced()
     }
 
-    /// What this node observes of its Raft replica now. Takes the database's lock itself:
-    /// call it before holding a `StateRef`.
+    /// What this node observes of its Raft replica now.
     pub fn replica(&self, db: &Db) -> Replica {
         let m = db.metrics();
         let applied_index = db.applied_index();
@@ -95,7 +93,6 @@ impl Nm {
             .map(|c| c.iter().map(|id| name_of(*id)).collect())
             .collect();
         let leader = m.current_leader.map(name_of);
-        drop(state);
         Replica {
             term: m.current_term,
             leading: m.state == vigil_db::ServerState::Leader,
@@ -218,7 +215,6 @@ impl exec::NmEnv for Io {
         self.nm.replica(&self.db)
     }
 
-    /// The database's lock before the Node Manager's (see [`Nm::lock`]).
     fn with_nm<R>(&mut self, decide: impl FnOnce(&mut NodeManager, &ClusterState) -> R) -> R {
         let state = self.db.state();
         decide(&mut self.nm.lock(), &state)

@@ -3,6 +3,7 @@
 //! inputs goes through the pure RCM, and the resulting actions are executed here: database
 //! commands in one durable transaction, calls to the RHS, cluster log entries.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -12,7 +13,7 @@ use vigil_core::exec;
 use vigil_core::model::ClusterState;
 use vigil_core::model::ResourceState;
 use vigil_core::rcm::{Action, Input, Rcm, Report};
-use vigil_db::{Db, StateRef};
+use vigil_db::Db;
 use vigil_rhs::protocol::{FromHost, ToHost};
 
 use crate::AgentOptions;
@@ -96,8 +97,8 @@ impl Service {
         })
     }
 
-    /// This node's copy of the cluster database; hold it briefly.
-    pub fn state(&self) -> StateRef<'_> {
+    /// This node's copy of the cluster database (an immutable snapshot).
+    pub fn state(&self) -> Arc<ClusterState> {
         self.db.state()
     }
 
@@ -199,7 +200,6 @@ impl Service {
                             if let Some(r) = state.resources.get(&resource) {
                                 entry = entry.group(&r.group, state.group_epoch(&r.group));
                             }
-                            drop(state);
                             self.log.append([entry]);
                         }
                         self.step(Input::Report {

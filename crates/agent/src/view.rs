@@ -91,8 +91,8 @@ pub struct HostView {
 pub fn status(s: &Service) -> StatusView {
     let metrics = s.db.metrics();
     let members = s.db.members();
-    let witnesses: Vec<String> = s
-        .state()
+    let db = s.state();
+    let witnesses: Vec<String> = db
         .nodes
         .values()
         .filter(|n| n.witness)
@@ -109,17 +109,14 @@ pub fn status(s: &Service) -> StatusView {
         }
         .to_string()
     };
-    // Everything that takes the database lock itself comes before `db` holds it: a second
-    // read lock on one thread deadlocks once a writer queues between the two.
     let applied_index = s.applied_index();
     let standing = s.nm.standing(&s.nm.replica(&s.db));
     let fenced = s.nm.is_fenced();
-    let names: Vec<String> = s.state().nodes.keys().cloned().collect();
-    let refused: std::collections::BTreeMap<String, String> = names
-        .into_iter()
-        .filter_map(|n| s.db.refused_by(&n).map(|r| (n, r)))
+    let refused: std::collections::BTreeMap<String, String> = db
+        .nodes
+        .keys()
+        .filter_map(|n| s.db.refused_by(n).map(|r| (n.clone(), r)))
         .collect();
-    let db = s.state();
     let leader = metrics
         .current_leader
         .and_then(|id| db.nodes.values().find(|n| vigil_db::node_id(&n.name) == id))

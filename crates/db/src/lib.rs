@@ -28,6 +28,7 @@ use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics};
 use thiserror::Error;
 use tokio::sync::watch;
 use vigil_core::command::{ApplyError, Command};
+use vigil_core::model::ClusterState;
 
 use crate::batch::{Batcher, Failed};
 use crate::network::{CLUSTER_HEADER, Clocks, ClusterId, Network};
@@ -363,16 +364,16 @@ impl Db {
             .collect()
     }
 
-    /// This node's copy of the state machine (as far as it has applied the log).
-    pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
+    /// The state machine's lock, held only to read a field or clone the state's `Arc`.
+    fn read(&self) -> RwLockReadGuard<'_, SmData> {
         self.data.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// This node's copy of the cluster database. Hold it briefly (applying waits for it), and
-    /// never take a second one on the same thread while holding it: once a writer queues
-    /// between the two, the second blocks forever.
-    pub fn state(&self) -> StateRef<'_> {
-        StateRef(self.read())
+    /// This node's copy of the cluster database as of its last applied entry: an immutable
+    /// snapshot that holds no lock, so a reader may keep it as long as it likes and take
+    /// another. Applying a write while a snapshot is held copies the state once.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.read().state.clone()
     }
 
     /// Index of the last log entry applied to this node's copy.
@@ -832,17 +833,6 @@ fn raft_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> DbErro
 
 /// A committed write: its log index and each command's result.
 type Written = (u64, Vec<Result<(), ApplyError>>);
-
-/// A read lock on this node's copy of the cluster database.
-pub struct StateRef<'a>(RwLockReadGuard<'a, SmData>);
-
-impl std::ops::Deref for StateRef<'_> {
-    type Target = vigil_core::model::ClusterState;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0.state
-    }
-}
 
 /// Whether a failed forward may be tried again.
 enum Retry {

@@ -551,7 +551,9 @@ fn last_log_id(db: &redb::Database) -> StorageResult<Option<LogId<NodeId>>> {
 pub struct SmData {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, openraft::BasicNode>,
-    pub state: ClusterState,
+    /// Shared with readers ([`crate::Db::state`]); applying copies it first only while a
+    /// reader still holds the previous one.
+    pub state: Arc<ClusterState>,
     /// Recent writes by id, so that one proposed twice is applied once.
     #[serde(default)]
     pub writes: AppliedWrites,
@@ -561,13 +563,14 @@ impl SmData {
     /// Applies one entry's writes; a write whose id was applied before is skipped and answered
     /// with its first outcome.
     fn apply_request(&mut self, req: &Request) -> Vec<Result<(), vigil_core::command::ApplyError>> {
-        let mut results: Vec<_> = req.cmds.iter().map(|c| apply(&mut self.state, c)).collect();
+        let state = Arc::make_mut(&mut self.state);
+        let mut results: Vec<_> = req.cmds.iter().map(|c| apply(state, c)).collect();
         for w in &req.writes {
             if let Some(first) = self.writes.get(&w.id) {
                 results.extend(first.results());
                 continue;
             }
-            let mine: Vec<_> = w.cmds.iter().map(|c| apply(&mut self.state, c)).collect();
+            let mine: Vec<_> = w.cmds.iter().map(|c| apply(state, c)).collect();
             self.writes.insert(w.id, Outcome::of(&mine));
             results.extend(mine);
         }

@@ -73,7 +73,7 @@ impl Node {
     }
 
     fn groups(&self) -> Vec<String> {
-        self.db().read().state.groups.keys().cloned().collect()
+        self.db().state().groups.keys().cloned().collect()
     }
 }
 
@@ -347,7 +347,36 @@ async fn a_write_proposed_twice_is_applied_once() {
     let again = n.db().raft().client_write(propose()).await.unwrap();
     assert_eq!(first.data.results, again.data.results);
     assert!(first.data.results[1].is_err(), "the group existed already");
-    let failovers = n.db().read().state.groups["g"].failovers.len();
+    let failovers = n.db().state().groups["g"].failovers.len();
     assert_eq!(failovers, 1, "counted twice: applied twice");
     n.stop().await;
+}
+
+/// A reader keeps its snapshot across writes: it sees the state it took, never blocks the
+/// write, and may take a second, newer one meanwhile. (With a read lock as the reader's
+/// handle, the write below waited for the lock until the timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_keeps_its_snapshot_while_writes_apply() {
+    let mut a = Node::start("a").await;
+    a.db().initialize(&a.addr).await.unwrap();
+    wait_until("a leads", || a.db().is_leader()).await;
+    let db = a.db().clone();
+    db.write(vec![group("first")]).await.unwrap();
+    let before = db.state();
+    let written = tokio::time::timeout(Duration::from_secs(10), db.write(vec![group("second")]))
+        .await
+        .expect("a write waited for a reader's snapshot");
+    assert!(written.unwrap()[0].is_ok());
+    let after = db.state();
+    assert_eq!(before.groups.keys().collect::<Vec<_>>(), ["first"]);
+    assert_eq!(after.groups.keys().collect::<Vec<_>>(), ["first", "second"]);
+    drop(before);
+    db.write(vec![group("third")]).await.unwrap();
+    assert_eq!(db.state().groups.len(), 3);
+    assert_eq!(
+        after.groups.len(),
+        2,
+        "a held snapshot changed under its reader"
+    );
+    a.stop().await;
 }
