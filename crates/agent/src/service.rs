@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use vigil_core::command::Command;
 use vigil_core::event::{Component, LogEntry};
-use vigil_core::exec;
+use vigil_core::exec::{self, Env as _};
 use vigil_core::model::ClusterState;
 use vigil_core::model::ResourceState;
 use vigil_core::rcm::{Action, Input, Rcm, Report};
@@ -123,40 +123,9 @@ impl Service {
         self.version.subscribe()
     }
 
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// Feeds one input to the RCM and carries out what it decides ([`exec::settle`]).
-    pub fn step(&mut self, input: Input) {
-        let Service {
-            rcm,
-            db,
-            writes,
-            hosts,
-            log,
-            started,
-            ..
-        } = self;
-        let mut io = Io {
-            rcm,
-            db,
-            writes,
-            hosts,
-            log,
-            started: *started,
-        };
-        let left = exec::settle(&mut io, input);
-        if left > 0 {
-            // Not expected; the pending timeouts heal whatever was left undone.
-            tracing::error!(
-                "RCM did not settle within {} passes; {left} inputs dropped",
-                exec::SETTLE_PASSES
-            );
-        }
-    }
-
-    fn on_host_event(&mut self, event: HostEvent) {
+    /// What an RHS's event means to the RCM, if anything: drops what a replaced RHS or
+    /// instance sent, records pids, and logs what the RCM does not log itself.
+    fn input_of(&mut self, event: HostEvent) -> Option<Input> {
         match event {
             HostEvent::Message {
                 host,
@@ -164,17 +133,18 @@ impl Service {
                 msg,
             } => {
                 if !self.hosts.is_current(&host, generation) {
-                    return;
+                    return None;
                 }
                 match msg {
                     // Heartbeats stay in the host's reader (see `hosts::read_loop`).
-                    FromHost::Alive => {}
+                    FromHost::Alive => None,
                     FromHost::Hello { pid, .. } => {
                         self.hosts.set_pid(&host, pid);
                         self.log.append([LogEntry::new(
                             Component::RHS,
                             format!("RHS {host} started, pid {pid}"),
                         )]);
+                        None
                     }
                     FromHost::Status {
                         resource,
@@ -187,7 +157,7 @@ impl Service {
                             tracing::debug!(
                                 "dropped a late report about a replaced instance of {resource}: {report:?}"
                             );
-                            return;
+                            return None;
                         }
                         // Online, Offline and Migrated are logged by the RCM with the state change.
                         if !matches!(report, Report::Online | Report::Offline | Report::Migrated) {
@@ -202,7 +172,7 @@ impl Service {
                             }
                             self.log.append([entry]);
                         }
-                        self.step(Input::Report {
+                        Some(Input::Report {
                             resource,
                             report,
                             reason,
@@ -210,19 +180,20 @@ impl Service {
                             // A worker's report is about its instance; the dispatcher's (instance 0)
                             // about none.
                             ended: instance != 0,
-                        });
+                        })
                     }
-                    FromHost::ControlReply { id, result } => self.hosts.control_reply(id, result),
+                    FromHost::ControlReply { id, result } => {
+                        self.hosts.control_reply(id, result);
+                        None
+                    }
                     FromHost::Deadlock {
                         resource,
                         entry_point,
                         ..
-                    } => {
-                        self.step(Input::Deadlock {
-                            resource,
-                            entry_point,
-                        });
-                    }
+                    } => Some(Input::Deadlock {
+                        resource,
+                        entry_point,
+                    }),
                 }
             }
             HostEvent::Exited {
@@ -230,13 +201,11 @@ impl Service {
                 generation,
                 reason,
             } => {
-                let Some(resources) = self.hosts.lost(&host, generation) else {
-                    return;
-                };
+                let resources = self.hosts.lost(&host, generation)?;
                 self.kill_leftovers(&resources);
                 self.log
                     .append([LogEntry::new(Component::RHS, reason.clone())]);
-                self.step(Input::HostLost { resources, reason });
+                Some(Input::HostLost { resources, reason })
             }
         }
     }
@@ -253,18 +222,9 @@ impl Service {
     }
 }
 
-/// The agent's side of [`exec::RcmEnv`]: the database's write queue, the RHS processes and
-/// the cluster log.
-struct Io<'a> {
-    rcm: &'a mut Rcm,
-    db: &'a Db,
-    writes: &'a mpsc::Sender<Vec<Command>>,
-    hosts: &'a mut Hosts,
-    log: &'a ClusterLog,
-    started: Instant,
-}
-
-impl exec::Env for Io<'_> {
+/// The agent's world for the executor: the database's write queue, the RHS processes and the
+/// cluster log.
+impl exec::Env for Service {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -274,9 +234,9 @@ impl exec::Env for Io<'_> {
     }
 }
 
-impl exec::RcmEnv for Io<'_> {
+impl exec::RcmEnv for Service {
     fn with_rcm<R>(&mut self, decide: impl FnOnce(&mut Rcm, &ClusterState) -> R) -> R {
-        decide(self.rcm, &self.db.state())
+        decide(&mut self.rcm, &self.db.state())
     }
 
     /// To the write loop; the RCM sees the effect once applied (`Msg::Applied`).
@@ -367,7 +327,7 @@ impl exec::RcmEnv for Io<'_> {
     }
 }
 
-impl Io<'_> {
+impl Service {
     /// Sends a migration step to the RHS that `resource` was opened in.
     fn migrate(&mut self, resource: &str, msg: ToHost) -> Result<(), String> {
         if self.hosts.migrate(resource, msg) {
@@ -383,10 +343,13 @@ impl Io<'_> {
 /// Runs the main loop until shutdown; returns an error if the database failed.
 pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), String> {
     // Nothing runs before the Node Manager grants a lease.
-    svc.step(Input::Fence {
-        fenced: true,
-        reason: "agent started: waiting for a lease before running anything".to_string(),
-    });
+    exec::settle(
+        &mut svc,
+        Input::Fence {
+            fenced: true,
+            reason: "agent started: waiting for a lease before running anything".to_string(),
+        },
+    );
     loop {
         let wake = svc
             .rcm
@@ -395,7 +358,7 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
         let sleep = tokio::time::sleep(Duration::from_millis(wake.unwrap_or(3_600_000)));
         let first = tokio::select! {
             msg = rx.recv() => msg,
-            _ = sleep => None.or(Some(Msg::Call(Box::new(|s: &mut Service| s.step(Input::Tick))))),
+            _ = sleep => Some(Msg::Rcm(Input::Tick)),
         };
         let Some(first) = first else {
             break;
@@ -412,17 +375,23 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
         let mut removed = None;
         for msg in batch {
             match msg {
-                Msg::Host(e) => svc.on_host_event(e),
+                Msg::Host(e) => {
+                    if let Some(input) = svc.input_of(e) {
+                        exec::settle(&mut svc, input);
+                    }
+                }
                 // Many applied entries, one reconcile pass (below).
                 Msg::Applied => applied = true,
-                Msg::Rcm(input) => svc.step(input),
+                Msg::Rcm(input) => {
+                    exec::settle(&mut svc, input);
+                }
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
                 Msg::Removed { reason } => removed = Some(reason),
             }
         }
         if applied {
-            svc.step(Input::Tick);
+            exec::settle(&mut svc, Input::Tick);
         }
         svc.version.send_modify(|v| *v += 1);
         if let Some(reason) = removed {

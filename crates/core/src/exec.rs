@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use crate::command::Command;
-use crate::event::LogEntry;
+use crate::event::{Component, LogEntry};
 use crate::lease::NodeRecord;
 use crate::model::ClusterState;
 use crate::nm::{Heartbeat, HeartbeatReply, NmAction, NmInput, NodeManager, Replica};
@@ -40,8 +40,11 @@ pub trait RcmEnv: Env {
 
 /// Feeds one input to the RCM and carries out what it decides, then what follows from that:
 /// another pass when the database changed, and the report of a call that could not be made.
+/// Each pass carries out the database's records first (a call's report can only come after
+/// them), then the calls in the order the RCM made them, then the log.
 /// Bounded by [`SETTLE_PASSES`]; returns how many inputs were left (0 unless the RCM did not
-/// settle, which is not expected: its timeouts heal what was left undone).
+/// settle, which is not expected: its timeouts heal what was left undone, and the cluster log
+/// says so).
 pub fn settle(env: &mut impl RcmEnv, input: Input) -> usize {
     let mut inputs = VecDeque::from([input]);
     for _ in 0..SETTLE_PASSES {
@@ -51,37 +54,36 @@ pub fn settle(env: &mut impl RcmEnv, input: Input) -> usize {
         let now = env.now_ms();
         let actions = env.with_rcm(|rcm, state| rcm.step(state, input, now));
         env.decided(&actions);
-        if carry_out(env, actions, &mut inputs) && inputs.is_empty() {
+        let (mut cmds, mut logs, mut calls) = (Vec::new(), Vec::new(), Vec::new());
+        for a in actions {
+            match a {
+                Action::Db(c) => cmds.push(c),
+                Action::Log(entry) => logs.push(entry),
+                call => calls.push(call),
+            }
+        }
+        let changed = !cmds.is_empty() && env.write(cmds);
+        for call in calls {
+            let stands_for = refusal(&call).map(|(r, report)| (r.to_string(), report));
+            if let (Err(reason), Some((resource, report))) = (env.call(call), stands_for) {
+                inputs.push_back(refused(resource, report, reason));
+            }
+        }
+        if !logs.is_empty() {
+            env.log(logs);
+        }
+        if changed && inputs.is_empty() {
             inputs.push_back(Input::Tick);
         }
     }
-    inputs.len()
-}
-
-/// The database's records first (a call's report can only come after them), then the calls
-/// in the order the RCM made them, then the log. Returns whether the database changed.
-fn carry_out(env: &mut impl RcmEnv, actions: Vec<Action>, followups: &mut VecDeque<Input>) -> bool {
-    let mut cmds = Vec::new();
-    let mut logs = Vec::new();
-    let mut calls = Vec::new();
-    for a in actions {
-        match a {
-            Action::Db(c) => cmds.push(c),
-            Action::Log(entry) => logs.push(entry),
-            call => calls.push(call),
-        }
+    let left = inputs.len();
+    if left > 0 {
+        env.log(vec![LogEntry::new(
+            Component::RCM,
+            format!("did not settle within {SETTLE_PASSES} passes; {left} inputs dropped"),
+        )]);
     }
-    let changed = !cmds.is_empty() && env.write(cmds);
-    for call in calls {
-        let stands_for = refusal(&call).map(|(r, report)| (r.to_string(), report));
-        if let (Err(reason), Some((resource, report))) = (env.call(call), stands_for) {
-            followups.push_back(refused(resource, report, reason));
-        }
-    }
-    if !logs.is_empty() {
-        env.log(logs);
-    }
-    changed
+    left
 }
 
 /// What the RCM hears when a call could not be made: the report it would otherwise wait for.

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use vigil_core::command::{ApplyError, Command, Target, check_unique};
 use vigil_core::event::{Component, LogEntry};
+use vigil_core::exec;
 use vigil_core::failover;
 use vigil_core::intent;
 use vigil_core::model::{PersistentState, ResourceSpec};
@@ -263,7 +264,7 @@ impl Api {
             Some(then) => {
                 self.call(move |s| {
                     let input = then(s);
-                    s.step(input);
+                    exec::settle(s, input);
                 })
                 .await
             }

@@ -303,9 +303,12 @@ pub(super) async fn resource_action(
                 s.log.append([
                     LogEntry::new(Component::RCM, "operator simulates a failure").resource(&n),
                 ]);
-                s.step(Input::SimulateFailure {
-                    resource: n.clone(),
-                });
+                exec::settle(
+                    s,
+                    Input::SimulateFailure {
+                        resource: n.clone(),
+                    },
+                );
                 Ok(())
             })
             .await??;
