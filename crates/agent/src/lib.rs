@@ -15,7 +15,6 @@ pub mod api;
 pub mod clusterlog;
 pub mod fm;
 pub mod hosts;
-pub mod http;
 pub mod membership;
 pub mod nm;
 pub mod service;
@@ -43,6 +42,8 @@ pub struct AgentOptions {
     pub bootstrap: bool,
     /// Join the cluster that the agent at this HOST:PORT belongs to.
     pub join: Option<String>,
+    /// The join token for `join` (`vigil token create --join` on a member).
+    pub token: Option<String>,
     /// A voter that hosts no resources.
     pub witness: bool,
     pub cluster_name: String,
@@ -55,10 +56,28 @@ pub struct AgentOptions {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
+    vigil_tls::install_provider();
+    private_data_dir(&opts)?;
     let _lock = lock_data_dir(&opts)?;
     check_identity(&opts)?;
+    if opts.join.is_some() != opts.token.is_some() && !opts.bootstrap {
+        let fix = match opts.join {
+            Some(_) => {
+                "--join needs --token TOKEN (`vigil token create --join` on a member prints the whole command)"
+            }
+            None => "--token goes with --join HOST:PORT",
+        };
+        bail!("{fix}");
+    }
+    let tls = vigil_tls::Tls::default();
+    if let Some(creds) = vigil_tls::Creds::load(&opts.data_dir)? {
+        tls.load(&creds).with_context(|| {
+            format!(
+                "the node's certificate in {} cannot be used",
+                opts.data_dir.display()
+            )
+        })?;
+    }
     // Its clock starts before the database opens: every instant the database notes is on it.
     let nm = nm::Nm::new(
         &opts.name,
@@ -71,6 +90,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         &opts.data_dir.join("raft.redb"),
         &opts.name,
         Timing::default(),
+        &tls,
     )
     .await?;
     let member = db.is_initialized().await?;
@@ -112,6 +132,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         };
         db.set_cluster_id(&id);
+        if tls.identity().is_none() {
+            bail!(
+                "data dir {dir} holds a member's database but no node certificate ({}, {}, {}); it was made by a Vigil without TLS: remove the node from its cluster, then join again with a token",
+                vigil_tls::CA_FILE,
+                vigil_tls::CERT_FILE,
+                vigil_tls::KEY_FILE
+            );
+        }
     }
     let log = ClusterLog::open(&opts.data_dir, &opts.name)
         .with_context(|| format!("cannot open the cluster log in {dir}"))?;
@@ -128,21 +156,30 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         svc.subscribe(),
         db.clone(),
         svc.nm.clone(),
+        tls.clone(),
     )
     .merge(db.router());
-    tokio::spawn(http::serve(listener, router));
+    let socket = local_socket(&opts)?;
+    tokio::spawn(vigil_tls::server::serve(
+        listener,
+        tls.server_config(),
+        router.clone(),
+    ));
+    tokio::spawn(vigil_tls::server::serve_local(socket, router));
     if !member {
-        form_or_join(&opts, &listen, &db, &log).await?;
+        form_or_join(&opts, &listen, &db, &log, &tls).await?;
     }
+    private_data_dir(&opts)?;
     log.append([LogEntry::new(
         Component::NM,
         format!(
-            "agent {} up, API on http://{listen}, pid {}",
+            "agent {} up, API on https://{listen} and {}, pid {}",
             opts.name,
+            opts.data_dir.join(SOCKET).display(),
             std::process::id()
         ),
     )]);
-    eprintln!("vigil agent {} listening on http://{listen}", opts.name);
+    eprintln!("vigil agent {} listening on https://{listen}", opts.name);
     let forward = tx.clone();
     tokio::spawn(async move {
         while let Some(e) = host_rx.recv().await {
@@ -188,6 +225,7 @@ async fn form_or_join(
     listen: &str,
     db: &Db,
     log: &ClusterLog,
+    tls: &vigil_tls::Tls,
 ) -> anyhow::Result<()> {
     if opts.bootstrap {
         let id = format!(
@@ -195,6 +233,18 @@ async fn form_or_join(
             vigil_db::random_u64(),
             vigil_db::random_u64()
         );
+        // The CA, and this node's certificate from it (its key made here, as every node's).
+        let now = std::time::SystemTime::now();
+        let ca = vigil_tls::Ca::generate(&id, now)?;
+        let (key_pem, csr) = vigil_tls::new_key(&opts.name)?;
+        let issued = ca.sign(&csr, &id, &opts.name, vigil_tls::NODE_CERT_LIFETIME, now)?;
+        let creds = vigil_tls::Creds {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: issued.cert_pem.clone(),
+            key_pem,
+        };
+        creds.save(&opts.data_dir)?;
+        tls.load(&creds)?;
         write_cluster_id(opts, &id)?;
         db.set_cluster_id(&id);
         db.initialize(listen).await?;
@@ -202,6 +252,20 @@ async fn form_or_join(
             Command::Bootstrap {
                 cluster_name: opts.cluster_name.clone(),
                 cluster_id: id.clone(),
+            },
+            Command::SetCa {
+                ca: vigil_core::security::CaKeys {
+                    cert_pem: ca.cert_pem.clone(),
+                    key_pem: ca.key_pem.clone(),
+                },
+            },
+            Command::Certify {
+                node: opts.name.clone(),
+                cert: vigil_core::security::CertRecord {
+                    fingerprint: issued.fingerprint.clone(),
+                    not_before_s: issued.not_before_s,
+                    not_after_s: issued.not_after_s,
+                },
             },
             Command::AddNode {
                 name: opts.name.clone(),
@@ -230,10 +294,13 @@ async fn form_or_join(
         return Ok(());
     }
     let seed = opts.join.as_deref().expect("checked by the caller");
-    let id = membership::cluster_of(seed).await?;
+    let token = opts.token.as_deref().expect("checked at the start");
+    let (id, creds) = membership::certify(seed, token, &opts.name).await?;
+    creds.save(&opts.data_dir)?;
+    tls.load(&creds)?;
     write_cluster_id(opts, &id)?;
     db.set_cluster_id(&id);
-    membership::join(seed, &id, &opts.name, listen, opts.witness).await?;
+    membership::join(&db.peer_client(), seed, &opts.name, listen, opts.witness).await?;
     // Our own AddNode arrives with the log.
     let mut applied = db.subscribe();
     let name = opts.name.clone();
@@ -324,6 +391,45 @@ async fn wait_for_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+}
+
+/// The agent's Unix socket in its data dir: local root's way in, without a token.
+pub const SOCKET: &str = "vigil.sock";
+
+/// Binds the agent's Unix socket (mode 0600: only its owner, root, may connect; the agent
+/// checks the peer's uid as well).
+fn local_socket(opts: &AgentOptions) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = opts.data_dir.join(SOCKET);
+    // A socket left by an agent that died (the data dir's lock is ours: no agent runs here).
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(listener)
+}
+
+/// The data dir is its owner's only (0700), and so is each file in it (0600: the database,
+/// the keys, the cluster log). Called at the start (for files of an older agent) and once
+/// the agent's files exist. (The agent keeps the default umask: its resource processes
+/// inherit it, and their files are theirs to decide.)
+fn private_data_dir(opts: &AgentOptions) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = &opts.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make data dir {} private", dir.display()))?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_file() && mode & 0o077 != 0 {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & 0o700))
+                .with_context(|| format!("cannot make {} private", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// One agent per data dir: a second one would run every resource twice.

@@ -32,46 +32,97 @@ impl From<ApplyError> for Refused {
     }
 }
 
-/// Joining side: the id of the cluster the agent at `seed` belongs to.
-pub async fn cluster_of(seed: &str) -> anyhow::Result<String> {
-    let url = format!("http://{seed}/v1/cluster/identity");
-    let reach = |e: reqwest::Error| {
-        anyhow::anyhow!("cannot reach the cluster at {seed}: {e} (is a vigil agent running there?)")
-    };
-    let body: serde_json::Value = reqwest::Client::new()
-        .get(&url)
-        .timeout(Duration::from_secs(10))
+/// Joining side, first step: trades the join token and a signing request for this node's
+/// certificate, at the agent at `seed` (checked, before anything is sent, to be a node of
+/// the cluster whose CA the token names). The key is made here and never leaves the node.
+/// Returns the cluster's id and the node's credentials.
+pub async fn certify(
+    seed: &str,
+    token: &str,
+    name: &str,
+) -> anyhow::Result<(String, vigil_tls::Creds)> {
+    let parts = vigil_core::security::parse_join_token(token)
+        .map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    let ca_hash = parts.ca_hash.clone().unwrap_or_default();
+    let (key_pem, csr) = vigil_tls::new_key(name)?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(vigil_tls::pinned_client(vigil_tls::Pin::Hash(
+            ca_hash.clone(),
+        ))?)
+        .build()?;
+    let resp = client
+        .post(format!("https://{seed}/v1/cluster/certify"))
+        .json(&json!({ "token": token, "name": name, "csr": csr }))
+        .timeout(Duration::from_secs(30))
         .send()
         .await
-        .map_err(reach)?
-        .json()
-        .await
-        .map_err(reach)?;
-    match body["id"].as_str() {
-        Some(id) if !id.is_empty() => Ok(id.to_string()),
-        _ => anyhow::bail!("the agent at {seed} does not say which cluster it belongs to: {body}"),
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot get a certificate from {seed}: {} (is a vigil agent of the cluster the token names, CA {ca_hash}, running there?)",
+                error_chain(&e)
+            )
+        })?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let why = body["error"].as_str().unwrap_or("no reason given");
+        anyhow::bail!("the cluster at {seed} refused to admit {name}: {why}");
     }
+    let field = |k: &str| {
+        body[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("the answer from {seed} has no {k}: {body}"))
+    };
+    let (cluster, ca_pem, cert_pem) = (field("cluster_id")?, field("ca_pem")?, field("cert_pem")?);
+    if vigil_tls::ca_hash(&ca_pem)? != ca_hash {
+        anyhow::bail!("{seed} answered with a CA whose hash is not the token's {ca_hash}");
+    }
+    Ok((
+        cluster,
+        vigil_tls::Creds {
+            ca_pem,
+            cert_pem,
+            key_pem,
+        },
+    ))
 }
 
-/// Joining side: asks the agent at `seed` to admit this node into cluster `cluster`.
+/// An error with its causes (a TLS refusal is two or three levels down).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Joining side, second step: asks the agent at `seed` (with this node's new certificate,
+/// through `http`) to admit this node.
 pub async fn join(
+    http: &reqwest::Client,
     seed: &str,
-    cluster: &str,
     name: &str,
     addr: &str,
     witness: bool,
 ) -> anyhow::Result<()> {
-    let url = format!("http://{seed}/v1/cluster/join");
-    let resp = reqwest::Client::new()
+    let url = format!("https://{seed}/v1/cluster/join");
+    let resp = http
         .post(&url)
-        .header(vigil_db::network::CLUSTER_HEADER, cluster)
         .json(&json!({ "name": name, "address": addr, "witness": witness }))
         .timeout(ADMIT_LIMIT + Duration::from_secs(10))
         .send()
         .await
         .map_err(|e| {
             anyhow::anyhow!(
-                "cannot reach the cluster at {seed}: {e} (is a vigil agent running there?)"
+                "cannot reach the cluster at {seed}: {} (is a vigil agent running there?)",
+                error_chain(&e)
             )
         })?;
     let status = resp.status();
@@ -137,12 +188,13 @@ async fn probe(db: &Db, name: &str, addr: &str) -> Result<(), Refused> {
             "cannot reach {name} at {addr} ({why}): a node must answer at the address it joins with; is that its --listen address, reachable from the leader?"
         ))
     };
-    let answer: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{addr}/v1/cluster/identity"))
+    let answer: serde_json::Value = db
+        .peer_client()
+        .get(format!("https://{addr}/v1/cluster/identity"))
         .timeout(PROBE_LIMIT)
         .send()
         .await
-        .map_err(|e| unreachable(e.to_string()))?
+        .map_err(|e| unreachable(error_chain(&e)))?
         .json()
         .await
         .map_err(|e| unreachable(format!("not a vigil agent: {e}")))?;
@@ -191,9 +243,10 @@ pub async fn remove(db: &Db, name: &str) -> Result<(), Refused> {
 fn notify_removed(db: &Db, name: &str, addr: &str) {
     let (header, cluster) = db.cluster_header();
     let (name, addr, by) = (name.to_string(), addr.to_string(), db.name().to_string());
+    let http = db.peer_client();
     tokio::spawn(async move {
-        let sent = reqwest::Client::new()
-            .post(format!("http://{addr}/v1/cluster/removed"))
+        let sent = http
+            .post(format!("https://{addr}/v1/cluster/removed"))
             .header(header, cluster)
             .json(&json!({ "by": by }))
             .timeout(PROBE_LIMIT)

@@ -161,8 +161,8 @@ where
 {
     let mut io = Io {
         nm: nm.clone(),
+        http: db.peer_client(),
         db,
-        http: reqwest::Client::new(),
         log,
     };
     let interval = Duration::from_millis(nm.cfg.interval_ms);
@@ -266,7 +266,7 @@ async fn send(
     let leader = db.leader_addr()?;
     let (header, cluster) = db.cluster_header();
     let resp = http
-        .post(format!("http://{leader}/v1/nm/heartbeat"))
+        .post(format!("https://{leader}/v1/nm/heartbeat"))
         .header(header, cluster)
         .json(hb)
         .timeout(limit)

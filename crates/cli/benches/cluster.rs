@@ -99,17 +99,26 @@ fn main() {
         wait_until("n3 Down", || {
             node_state(&n1, "n3").as_deref() == Some("Down")
         });
-        let rec: Value = n1
-            .log()
-            .into_iter()
-            .filter(|r| r["seq"].as_u64().unwrap_or(0) > after)
-            .find(|r| {
-                r["reason"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with("node n3 silent")
-            })
-            .expect("Down record");
+        // The leader records it, and either of n1 and n2 may lead.
+        let mut rec: Option<Value> = None;
+        wait_until("the Down record", || {
+            rec = [(&n1, after), (&n2, 0)].into_iter().find_map(|(a, from)| {
+                a.log()
+                    .into_iter()
+                    .filter(|r| r["seq"].as_u64().unwrap_or(0) > from)
+                    .find(|r| {
+                        let reason = r["reason"].as_str().unwrap_or("");
+                        reason.starts_with("node n3 ")
+                            && reason.ends_with("; Down")
+                            && r["time"]
+                                .as_str()
+                                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                                > Some(killed)
+                    })
+            });
+            rec.is_some()
+        });
+        let rec = rec.expect("Down record");
         let at = humantime::parse_rfc3339(rec["time"].as_str().unwrap()).unwrap();
         down.push(ms(at.duration_since(killed).unwrap_or_default()));
         n3.spawn(false);

@@ -61,7 +61,7 @@ fn heartbeat_args(tuned: bool) -> Vec<&'static str> {
 fn start(a: &mut Agent, bootstrap: bool, seed: Option<&str>, tuned: bool) {
     let mut cmd = a.agent_command(bootstrap);
     if let Some(seed) = seed {
-        cmd.args(["--join", seed]);
+        cmd.args(support::join_args(seed));
     }
     cmd.args(heartbeat_args(tuned));
     a.spawn_with(cmd);

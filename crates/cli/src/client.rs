@@ -1,5 +1,8 @@
 //! The CLI's HTTP client: JSON in, JSON out, the agent's `{"error": ...}` turned into an
 //! error message, and a hint when the agent cannot be reached.
+//!
+//! Two ways to an agent: its Unix socket (root on a node, no token), or its HTTPS port with
+//! an API token, checking that the server is a node of the cluster whose CA it was given.
 
 use anyhow::{Context, anyhow};
 use reqwest::Method;
@@ -19,21 +22,65 @@ pub fn seg(name: &str) -> String {
     out
 }
 
+/// Where and how the CLI reaches an agent.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    /// `https://HOST:PORT`; `None`: the local socket.
+    pub endpoint: Option<String>,
+    pub socket: std::path::PathBuf,
+    pub token: Option<String>,
+    /// The cluster CA's certificate (PEM file).
+    pub ca: Option<std::path::PathBuf>,
+}
+
 pub struct Client {
     base: String,
+    /// What the errors call the agent.
+    shown: String,
+    token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    pub fn new(endpoint: &str) -> anyhow::Result<Self> {
-        if !endpoint.starts_with("http://") {
+    pub fn new(t: &Target) -> anyhow::Result<Self> {
+        vigil_tls::install_provider();
+        let Some(endpoint) = &t.endpoint else {
+            if !t.socket.exists() {
+                return Err(anyhow!(
+                    "no agent socket at {} (run vigil as root on a node, pass --socket PATH, or --endpoint https://HOST:PORT with --token and --ca)",
+                    t.socket.display()
+                ));
+            }
+            return Ok(Self {
+                base: "http://localhost".to_string(),
+                shown: t.socket.display().to_string(),
+                token: t.token.clone(),
+                http: reqwest::Client::builder()
+                    .unix_socket(t.socket.clone())
+                    .build()
+                    .context("cannot build the HTTP client")?,
+            });
+        };
+        if !endpoint.starts_with("https://") {
             return Err(anyhow!(
-                "--endpoint / VIGIL_ENDPOINT {endpoint:?} must start with http://"
+                "--endpoint / VIGIL_ENDPOINT {endpoint:?} must start with https://"
             ));
         }
+        let ca = t.ca.as_ref().ok_or_else(|| {
+            anyhow!(
+                "--endpoint {endpoint} needs --ca FILE (or VIGIL_CA): the cluster CA's certificate, ca.pem in any node's data dir, to check the agent is the cluster's"
+            )
+        })?;
+        let pem = std::fs::read_to_string(ca)
+            .with_context(|| format!("cannot read --ca {}", ca.display()))?;
+        let config = vigil_tls::pinned_client(vigil_tls::Pin::Ca(pem))
+            .map_err(|e| anyhow!("--ca {}: {e}", ca.display()))?;
         Ok(Self {
             base: endpoint.trim_end_matches('/').to_string(),
+            shown: endpoint.trim_end_matches('/').to_string(),
+            token: t.token.clone(),
             http: reqwest::Client::builder()
+                .tls_backend_preconfigured(config)
                 .build()
                 .context("cannot build the HTTP client")?,
         })
@@ -58,13 +105,17 @@ impl Client {
     async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
         if let Some(body) = body {
             req = req.json(&body);
         }
         let resp = req.send().await.map_err(|e| {
             anyhow!(
-                "cannot reach the agent at {}: {e} (is `vigil agent` running? set --endpoint or VIGIL_ENDPOINT)",
-                self.base
+                "cannot reach the agent at {}: {} (is `vigil agent` running? set --endpoint or VIGIL_ENDPOINT)",
+                self.shown,
+                vigil_agent::membership::error_chain(&e)
             )
         })?;
         let status = resp.status();

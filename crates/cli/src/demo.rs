@@ -61,7 +61,7 @@ fn start_agent(
     dir: &Path,
     name: &str,
     listen: &str,
-    join: Option<&str>,
+    join: Option<(&str, &str)>,
     keep: bool,
 ) -> anyhow::Result<AgentProcess> {
     let exe = std::env::current_exe().context("cannot find the vigil binary")?;
@@ -76,7 +76,7 @@ fn start_agent(
         .stdout(Stdio::null())
         .stderr(stderr);
     match join {
-        Some(seed) => cmd.args(["--join", seed]),
+        Some((seed, token)) => cmd.args(["--join", seed, "--token", token]),
         None if dir.join(name).exists() => &mut cmd,
         None => cmd.arg("--bootstrap"),
     };
@@ -88,6 +88,19 @@ fn start_agent(
     Ok(AgentProcess {
         child: cmd.spawn().context("cannot start vigil agent")?,
         keep,
+    })
+}
+
+/// A client on node `name`'s Unix socket, once the agent has made it.
+async fn local_client(dir: &Path, name: &str) -> anyhow::Result<Client> {
+    let socket = dir.join(name).join(vigil_agent::SOCKET);
+    wait_for(&format!("{name}'s socket"), async || {
+        socket.exists().then_some(())
+    })
+    .await?;
+    Client::new(&crate::client::Target {
+        socket,
+        ..Default::default()
     })
 }
 
@@ -138,12 +151,22 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     println!("== starting a three-node cluster in {}", dir.display());
     let mut listens = Vec::new();
     let mut agents = Vec::new();
-    let mut clients = Vec::new();
+    let mut clients: Vec<Client> = Vec::new();
     for (i, name) in NODES.iter().enumerate() {
         let listen = format!("127.0.0.1:{}", free_port()?);
-        let seed = listens.first().map(String::as_str);
+        // Each further node joins with a join token made on the first.
+        let token = match clients.first() {
+            Some(first) => {
+                let v = first
+                    .post("/v1/tokens", json!({ "kind": "join", "ttl_s": 600 }))
+                    .await?;
+                Some(v["token"].as_str().unwrap_or_default().to_string())
+            }
+            None => None,
+        };
+        let seed = listens.first().map(String::as_str).zip(token.as_deref());
         let agent = start_agent(&dir, name, &listen, seed, keep)?;
-        let c = Client::new(&format!("http://{listen}"))?;
+        let c = local_client(&dir, name).await?;
         let n = i + 1;
         wait_for(&format!("{name} is Up"), async || {
             let v = c.get("/v1/status").await.ok()?;
@@ -152,7 +175,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         })
         .await?;
         println!(
-            "   {name}: agent pid {}, API http://{listen}",
+            "   {name}: agent pid {}, API https://{listen}",
             agent.child.id()
         );
         listens.push(listen);
@@ -236,15 +259,15 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         );
         for (j, name) in NODES.iter().enumerate() {
             println!(
-                "   {name}  API http://{}  pid {}",
+                "   {name}  API https://{}  pid {}",
                 listens[j],
                 agents[j].child.id()
             );
         }
         println!("   service  {url}");
         println!(
-            "   export VIGIL_ENDPOINT=http://{}; vigil status",
-            listens[0]
+            "   export VIGIL_SOCKET={}; vigil status",
+            dir.join(NODES[0]).join(vigil_agent::SOCKET).display()
         );
         println!("   data     {}", dir.display());
         let pids: Vec<String> = agents.iter().map(|a| a.child.id().to_string()).collect();

@@ -13,7 +13,8 @@ use serde_json::{Map, Value, json};
 
 use client::Client;
 
-const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7440";
+/// Where the agent's Unix socket is on a node installed the default way.
+const DEFAULT_SOCKET: &str = "/var/lib/vigil/vigil.sock";
 
 #[derive(Parser)]
 #[command(
@@ -22,9 +23,18 @@ const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7440";
     about = "Vigil keeps services and VMs available on a cluster of Linux machines"
 )]
 struct Cli {
-    /// The agent's API.
-    #[arg(long, global = true, env = "VIGIL_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    endpoint: String,
+    /// The agent's API, https://HOST:PORT (default: the local agent's socket).
+    #[arg(long, global = true, env = "VIGIL_ENDPOINT")]
+    endpoint: Option<String>,
+    /// The local agent's Unix socket (root on a node needs no token there).
+    #[arg(long, global = true, env = "VIGIL_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// An API token (`vigil token create --role …`), for --endpoint.
+    #[arg(long, global = true, env = "VIGIL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The cluster CA's certificate (ca.pem in a node's data dir), for --endpoint.
+    #[arg(long, global = true, env = "VIGIL_CA")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -73,6 +83,44 @@ enum Cmd {
     /// Cluster nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Join tokens and API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The nodes' certificates.
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a token; its secret is shown once, here.
+    Create {
+        /// A join token: prints the command that joins a new node with it.
+        #[arg(long, conflicts_with = "role", required_unless_present = "role")]
+        join: bool,
+        /// An API token with this role: admin, operator or viewer.
+        #[arg(long)]
+        role: Option<String>,
+        /// How long it is valid (for example 1h, 30d; a join token's default is 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// How many nodes a join token admits (default 1).
+        #[arg(long, requires = "join")]
+        uses: Option<u32>,
+        /// A label for it.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// The tokens (never their secrets).
+    List,
+    /// Revoke a token at once.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Every node's certificate expiry, and the CA's.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -104,8 +152,16 @@ struct AgentArgs {
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
     /// Join the cluster of the agent at HOST:PORT (with an empty data dir).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", requires = "token")]
     join: Option<String>,
+    /// The join token (`vigil token create --join` on a member prints the whole command).
+    #[arg(
+        long,
+        env = "VIGIL_JOIN_TOKEN",
+        requires = "join",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     /// A voter that hosts no resources: two nodes and a witness survive the loss of a node.
     #[arg(long)]
     witness: bool,
@@ -337,6 +393,7 @@ struct LogArgs {
 }
 
 fn main() -> ExitCode {
+    vigil_tls::install_provider();
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Agent(a) => run_agent(a),
@@ -348,7 +405,13 @@ fn main() -> ExitCode {
         }
         command => {
             end_quietly_on_closed_pipe();
-            run_client(&cli.endpoint, command)
+            let target = client::Target {
+                endpoint: cli.endpoint,
+                socket: cli.socket,
+                token: cli.token,
+                ca: cli.ca,
+            };
+            run_client(&target, command)
         }
     };
     match result {
@@ -404,6 +467,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir,
         bootstrap: a.bootstrap,
         join: a.join,
+        token: a.token,
         witness: a.witness,
         cluster_name: a.cluster_name,
         rhs_silence_ms: a.rhs_silence_ms,
@@ -412,11 +476,11 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     }))
 }
 
-fn run_client(endpoint: &str, command: Cmd) -> anyhow::Result<()> {
+fn run_client(target: &client::Target, command: Cmd) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = Client::new(endpoint)?;
+    let client = Client::new(target)?;
     rt.block_on(client_command(&client, command))
 }
 
@@ -460,6 +524,51 @@ fn prop_map(p: &PropFlags) -> anyhow::Result<Map<String, Value>> {
         m.insert("separate_monitor".to_string(), Value::Bool(true));
     }
     Ok(m)
+}
+
+async fn token_command(c: &Client, t: TokenCmd) -> anyhow::Result<()> {
+    match t {
+        TokenCmd::Create {
+            join,
+            role,
+            ttl,
+            uses,
+            name,
+        } => {
+            let mut body = json!({ "kind": if join { "join" } else { "api" }, "name": name });
+            if let Some(r) = role {
+                body["role"] = json!(r);
+            }
+            if let Some(t) = ttl {
+                body["ttl_s"] = json!(t.as_secs().max(1));
+            }
+            if let Some(u) = uses {
+                body["uses"] = json!(u);
+            }
+            let v = c.post("/v1/tokens", body).await?;
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            if let Some(cmd) = v["command"].as_str() {
+                eprintln!("join a node with:\n  {cmd}");
+            }
+            if let Some(e) = v["expires_s"].as_u64() {
+                eprintln!(
+                    "token {} expires at {}",
+                    v["id"].as_str().unwrap_or("?"),
+                    output::unix_time(e)
+                );
+            }
+        }
+        TokenCmd::List => {
+            let v = c.get("/v1/tokens").await?;
+            output::tokens(&v);
+        }
+        TokenCmd::Revoke { id } => {
+            c.delete(&format!("/v1/tokens/{}", client::seg(&id)))
+                .await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
@@ -543,6 +652,11 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
             }
         },
         Cmd::Log(l) => log_command(c, l).await?,
+        Cmd::Token(t) => token_command(c, t).await?,
+        Cmd::Cert(CertCmd::Status) => {
+            let v = c.get("/v1/certs").await?;
+            output::certs(&v);
+        }
         Cmd::Node(NodeCmd::Remove { name }) => {
             c.delete(&format!("/v1/nodes/{}", client::seg(&name)))
                 .await?;

@@ -175,3 +175,67 @@ pub fn log_record(r: &Value, format: Format) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Unix seconds as an RFC 3339 time.
+pub fn unix_time(s: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        .to_string()
+}
+
+fn opt_time(v: &Value) -> String {
+    v.as_u64().map_or("never".to_string(), unix_time)
+}
+
+pub fn tokens(v: &Value) {
+    let mut t = table(&["ID", "NAME", "KIND", "ROLE", "EXPIRES", "USES LEFT"]);
+    for tok in v["tokens"].as_array().into_iter().flatten() {
+        t.add_row(vec![
+            tok["id"].as_str().unwrap_or("").to_string(),
+            tok["name"].as_str().unwrap_or("").to_string(),
+            tok["kind"].as_str().unwrap_or("").to_string(),
+            tok["role"].as_str().unwrap_or("-").to_string(),
+            opt_time(&tok["expires_s"]),
+            tok["uses_left"]
+                .as_u64()
+                .map_or("-".to_string(), |u| u.to_string()),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn certs(v: &Value) {
+    let now = v["now_s"].as_u64().unwrap_or(0);
+    let days = |s: u64| format!("{:.1} days", s.saturating_sub(now) as f64 / 86_400.0);
+    if let Some(na) = v["ca"]["not_after_s"].as_u64() {
+        println!(
+            "CA {}  expires {} (in {})",
+            v["ca"]["hash"].as_str().unwrap_or("?"),
+            unix_time(na),
+            days(na)
+        );
+    }
+    let mut t = table(&["NODE", "EXPIRES", "IN", "FINGERPRINT"]);
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let node = n["node"].as_str().unwrap_or("").to_string();
+        match n["not_after_s"].as_u64() {
+            Some(na) => t.add_row(vec![
+                node,
+                unix_time(na),
+                days(na),
+                n["fingerprint"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(16)
+                    .collect(),
+            ]),
+            None => t.add_row(vec![
+                node,
+                "no certificate recorded".to_string(),
+                "-".into(),
+                "-".into(),
+            ]),
+        };
+    }
+    println!("{t}");
+}

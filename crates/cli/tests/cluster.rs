@@ -162,17 +162,19 @@ fn bad_joins_are_refused_and_the_cluster_is_unharmed() {
     // Joining through an address where nothing listens.
     let lost = Agent::new("n3");
     let mut cmd = lost.agent_command(false);
+    let token = support::join_token(&agents[0].listen);
     cmd.args(["--join", &format!("127.0.0.1:{}", support::free_port())]);
+    cmd.args(["--token", &token]);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot reach the cluster at 127.0.0.1:"),
+        err.contains("cannot get a certificate from 127.0.0.1:"),
         "{err}"
     );
     // A name already taken.
     let twin = Agent::new("n2");
     let mut cmd = twin.agent_command(false);
-    cmd.args(["--join", &agents[0].listen]);
+    cmd.args(support::join_args(&agents[0].listen));
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("node name \"n2\" is already taken"), "{err}");
@@ -230,7 +232,7 @@ fn two_nodes_and_a_witness_survive_the_loss_of_a_node() {
     let mut n2 = Agent::join("n2", &n1);
     let mut w = Agent::new("w");
     let mut cmd = w.agent_command(false);
-    cmd.args(["--join", &n1.listen, "--witness"]);
+    cmd.args(support::join_args(&n1.listen)).arg("--witness");
     w.spawn_with(cmd);
     wait_until("w is a witness", || {
         nodes(&n1).iter().any(|(n, r)| n == "w" && r == "witness")

@@ -256,7 +256,7 @@ fn two_nodes_with_the_test_agent(root: &Path) -> (Agent, Agent) {
     let with_root = |a: &mut Agent, join: Option<&Agent>| {
         let mut cmd = a.agent_command(join.is_none());
         if let Some(seed) = join {
-            cmd.args(["--join", &seed.listen]);
+            cmd.args(support::join_args(&seed.listen));
         }
         cmd.env("OCF_ROOT", root);
         a.spawn_with(cmd);

@@ -175,7 +175,7 @@ fn a_planned_move_migrates_the_vm_live_and_a_failed_one_leaves_it_running() {
     // A witness keeps a majority when n1 is killed below.
     let mut w = Agent::on("w", "127.0.0.4");
     let mut cmd = w.agent_command(false);
-    cmd.args(["--join", &n1.listen, "--witness"]);
+    cmd.args(support::join_args(&n1.listen)).arg("--witness");
     w.spawn_with(cmd);
     wait_until("n2 and w are Up", || {
         n1.node_state("n2").as_deref() == Some("Up") && n1.node_state("w").as_deref() == Some("Up")

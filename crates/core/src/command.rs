@@ -16,6 +16,7 @@ use crate::model::{
 };
 use crate::names::validate_name;
 use crate::props::{GroupProps, ResourceProps};
+use crate::security::{CaKeys, CertRecord, Security, Token};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -35,9 +36,31 @@ pub enum Command {
     MarkWitness {
         name: String,
     },
-    /// Removes a node; refused while it owns a group.
+    /// Removes a node; refused while it owns a group. Its certificate is revoked.
     RemoveNode {
         name: String,
+    },
+    /// The cluster's CA (at bootstrap); refused once there is one.
+    SetCa {
+        ca: CaKeys,
+    },
+    /// Records the certificate issued to `node` (at its join, or at a renewal).
+    Certify {
+        node: String,
+        cert: CertRecord,
+    },
+    CreateToken {
+        token: Token,
+    },
+    /// Spends one use of join token `id` whose secret hashes to `hash`, at `at_s` (the
+    /// leader's Unix seconds); refused, saying why, as [`Security::check`] refuses.
+    UseToken {
+        id: String,
+        hash: String,
+        at_s: u64,
+    },
+    RevokeToken {
+        id: String,
     },
     SetNodeState {
         name: String,
@@ -281,6 +304,49 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
             state.cluster_name = Some(cluster_name.clone());
             state.cluster_id = Some(cluster_id.clone()).filter(|i| !i.is_empty());
         }
+        Command::SetCa { ca } => {
+            if state.security.ca.is_some() {
+                return Err(ApplyError::Conflict(
+                    "the cluster already has a CA".to_string(),
+                ));
+            }
+            state.security.ca = Some(ca.clone());
+        }
+        Command::Certify { node, cert } => {
+            validate_name("node", node).map_err(ApplyError::Invalid)?;
+            if state.security.revoked.contains(&cert.fingerprint) {
+                return Err(ApplyError::Conflict(format!(
+                    "certificate {} was revoked",
+                    cert.fingerprint
+                )));
+            }
+            state.security.certs.insert(node.clone(), cert.clone());
+        }
+        Command::CreateToken { token } => {
+            if state.security.tokens.contains_key(&token.id) {
+                return Err(ApplyError::Exists {
+                    kind: "token".into(),
+                    name: token.id.clone(),
+                });
+            }
+            state
+                .security
+                .tokens
+                .insert(token.id.clone(), token.clone());
+        }
+        Command::UseToken { id, hash, at_s } => {
+            let sec: &Security = &state.security;
+            sec.check(id, hash, true, *at_s)
+                .map_err(|e| ApplyError::Conflict(e.to_string()))?;
+            if let Some(t) = state.security.tokens.get_mut(id) {
+                t.uses_left = t.uses_left.map(|u| u - 1);
+            }
+        }
+        Command::RevokeToken { id } => {
+            if state.security.tokens.remove(id).is_none() {
+                return Err(ApplyError::not_found("token", id));
+            }
+        }
         Command::AddNode { name, address } => {
             validate_name("node", name).map_err(ApplyError::Invalid)?;
             if state.nodes.contains_key(name) {
@@ -335,6 +401,9 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                 )));
             }
             state.nodes.remove(name);
+            if let Some(cert) = state.security.certs.remove(name) {
+                state.security.revoked.insert(cert.fingerprint);
+            }
             for g in state.groups.values_mut() {
                 g.props.preferred_owners.retain(|n| n != name);
                 g.props.possible_owners.retain(|n| n != name);

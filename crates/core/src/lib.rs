@@ -13,6 +13,8 @@
 //!   each has been carried out; the API and the simulator share them.
 //! - [`rcm`]: the Resource Control Manager's reconcile loop: (database, local state, event,
 //!   now) → actions. The agent executes the actions and feeds results back as events.
+//! - [`security`]: the CA, issued certificates and tokens as the database holds them, and
+//!   the rules for a token's use.
 //! - [`event`]: the cluster log's structured entries.
 //! - [`exec`]: carrying out the RCM's and the Node Manager's actions over a small
 //!   environment trait, one implementation shared by the agent, the simulator and tests.
@@ -34,3 +36,4 @@ pub mod params;
 pub mod props;
 pub mod rcm;
 pub mod restart;
+pub mod security;

@@ -372,6 +372,9 @@ pub struct ClusterState {
     /// Registered plugin types by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, Plugin>,
+    /// The CA, issued certificates and tokens (never shown by the API).
+    #[serde(default)]
+    pub security: crate::security::Security,
 }
 
 impl ClusterState {

@@ -3,7 +3,8 @@
 //! [`vigil_core::model::ClusterState`]).
 //!
 //! - [`store`]: the log, vote and snapshots on redb; the in-memory state machine.
-//! - [`network`]: Raft messages over HTTP/JSON (`/raft/...` on the agent's listener).
+//! - [`network`]: Raft messages over HTTP/JSON and mutual TLS (`/raft/...` on the agent's
+//!   listener), taken only from the cluster's nodes.
 //! - [`Db`]: what the agent uses: read the local copy, write through the leader (forwarded
 //!   from any node), form and grow the cluster.
 //!
@@ -31,7 +32,7 @@ use vigil_core::command::{ApplyError, Command};
 use vigil_core::model::ClusterState;
 
 use crate::batch::{Batcher, Failed};
-use crate::network::{CLUSTER_HEADER, Clocks, ClusterId, Network};
+use crate::network::{CLUSTER_HEADER, Clocks, ClusterId, Network, NodeRoutes};
 use crate::store::{Health, LogStore, SmData, StateMachine};
 use crate::types::{NodeId, RequestId, TypeConfig, Write};
 
@@ -143,7 +144,14 @@ pub struct Db {
 impl Db {
     /// Opens the replica in `path` (created if absent), checks every page and record of it,
     /// and starts its Raft task. A damaged file is refused with what to do.
-    pub async fn open(path: &Path, name: &str, timing: Timing) -> Result<Self, DbError> {
+    /// `tls` is the node's credentials (they may arrive later, at a join): every connection
+    /// to a peer presents them and checks the peer's.
+    pub async fn open(
+        path: &Path,
+        name: &str,
+        timing: Timing,
+        tls: &vigil_tls::Tls,
+    ) -> Result<Self, DbError> {
         let open_err = |why: String| DbError::Open {
             path: path.display().to_string(),
             why,
@@ -180,12 +188,14 @@ impl Db {
         .validate()
         .map_err(|e| open_err(format!("Raft configuration: {e}")))?;
         let raft_http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls.client_config())
             .build()
             .map_err(|e| open_err(format!("HTTP client: {e}")))?;
         // Forwarded writes use a fresh connection each: a pooled one to a leader that just
         // died fails ambiguously (was the write sent?), while a refused connection surely
         // sent nothing and may be retried with the next leader.
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls.client_config())
             .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| open_err(format!("HTTP client: {e}")))?;
@@ -261,13 +271,50 @@ impl Db {
         self.cluster.set(id);
     }
 
-    /// Refuses node-to-node requests (`router` of the agent's own node routes) from another
-    /// cluster: the same check as the `/raft/` routes.
-    pub fn same_cluster<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
-        router.layer(axum::middleware::from_fn_with_state(
-            self.cluster.clone(),
-            network::same_cluster,
-        ))
+    /// Refuses node-to-node requests to `router` unless they come from a node of this
+    /// cluster (see [`network`]): the same check as the `/raft/` routes.
+    pub fn node_routes<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        self.judge().wrap(router)
+    }
+
+    fn judge(&self) -> NodeRoutes {
+        let db = self.clone();
+        NodeRoutes(Arc::new(move |cert| db.judge_peer(cert)))
+    }
+
+    /// Whether a certificate (one the CA signed) is a current node's of this cluster.
+    fn judge_peer(&self, cert: &vigil_tls::NodeCert) -> Result<(), network::Refusal> {
+        let ours = self.cluster.get().unwrap_or_default();
+        if cert.cluster != ours {
+            return Err(network::Refusal {
+                kind: "other_cluster".to_string(),
+                error: format!(
+                    "this node belongs to cluster {ours}, the certificate names cluster {}; refused",
+                    cert.cluster
+                ),
+            });
+        }
+        if self.state().security.revoked.contains(&cert.fingerprint) {
+            return Err(network::Refusal {
+                kind: "not_a_voter".to_string(),
+                error: format!(
+                    "node {} was removed from this cluster; its certificate is revoked",
+                    cert.node
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A client for this node's requests to its peers (mutual TLS, connections pooled).
+    pub fn peer_client(&self) -> reqwest::Client {
+        self.network.client()
+    }
+
+    /// Whether a certificate the CA signed is a current node's of this cluster (not another
+    /// cluster's, not a removed node's).
+    pub fn judge_cert(&self, cert: &vigil_tls::NodeCert) -> Result<(), String> {
+        self.judge_peer(cert).map_err(|r| r.error)
     }
 
     /// The header that names this node's cluster, for the agent's own node-to-node requests.
@@ -549,7 +596,7 @@ impl Db {
         let (header, cluster) = self.cluster_header();
         let resp = self
             .http
-            .post(format!("http://{leader}/raft/write"))
+            .post(format!("https://{leader}/raft/write"))
             .header(header, cluster)
             .json(&write)
             .timeout(limit + Duration::from_millis(500))
@@ -720,8 +767,8 @@ impl Db {
             .with_state(self.clone());
         let db = self.clone();
         let current = Arc::new(move || db.raft());
-        network::router(current, self.clocks.clone(), self.cluster.clone())
-            .merge(self.same_cluster(forwarded))
+        network::router(current, self.clocks.clone(), self.judge())
+            .merge(self.node_routes(forwarded))
     }
 }
 

@@ -1,5 +1,11 @@
-//! Raft messages between nodes: HTTP/JSON over the agent's API listener, under `/raft/`.
-//! The same axum + reqwest stack as the API, so one port serves both.
+//! Raft messages between nodes: HTTP/JSON over mutual TLS on the agent's listener, under
+//! `/raft/`. The same axum + reqwest stack as the API, so one port serves both.
+//!
+//! A message is taken only from a node of this cluster: its certificate chains to the
+//! cluster's CA (rustls checked that in the handshake), names this cluster, and is not a
+//! removed node's ([`NodeRoutes`]). And a node speaks only for itself: an append or a
+//! snapshot whose leader, or a vote whose candidate, is not the node the certificate names
+//! is refused and logged.
 //!
 //! Two clocks for the Node Manager's leases are kept here, from the messages themselves
 //! (see `vigil_core::lease`):
@@ -8,13 +14,13 @@
 //! - receiving side: when this node last began handling an append from each term
 //!   ([`Clocks::began`]): what it reports as its former instant to a later leader.
 //!
-//! Every request carries the cluster's id ([`CLUSTER_HEADER`]); a node of another cluster is
-//! refused before anything of its request is used.
+//! Every request also carries the cluster's id ([`CLUSTER_HEADER`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -33,7 +39,8 @@ use openraft::{BasicNode, Raft};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{NodeId, TypeConfig, node_id};
+use vigil_tls::{NodeCert, Peer};
 
 /// The HTTP header every node-to-node request carries: the id of the sender's cluster.
 pub const CLUSTER_HEADER: &str = "x-vigil-cluster";
@@ -157,6 +164,10 @@ impl Network {
     pub fn refusals(&self) -> Refusals {
         self.refusals.clone()
     }
+
+    pub fn client(&self) -> reqwest::Client {
+        self.http.clone()
+    }
 }
 
 pub struct Conn {
@@ -189,7 +200,7 @@ impl Conn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}/raft/{path}", self.addr);
+        let url = format!("https://{}/raft/{path}", self.addr);
         let resp = self
             .net
             .http
@@ -316,60 +327,113 @@ fn refuse(kind: &str, error: String) -> Response {
 }
 
 /// The receiving side: `/raft/append`, `/raft/vote`, `/raft/snapshot`.
-pub fn router(raft: CurrentRaft, clocks: Clocks, cluster: ClusterId) -> Router {
-    Router::new()
+pub fn router(raft: CurrentRaft, clocks: Clocks, nodes: NodeRoutes) -> Router {
+    let routes = Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         // Entry batches and snapshot chunks outgrow axum's 2 MB default.
         .layer(axum::extract::DefaultBodyLimit::max(RAFT_BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(cluster, same_cluster))
-        .with_state(Receiver { raft, clocks })
+        .with_state(Receiver { raft, clocks });
+    nodes.wrap(routes)
 }
 
-/// Refuses a request from another cluster's node (or one that names none): a node
-/// bootstrapped again by mistake must not merge its database into this one.
-pub async fn same_cluster(State(cluster): State<ClusterId>, req: Request, next: Next) -> Response {
-    let theirs = req
-        .headers()
-        .get(CLUSTER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    match cluster.get() {
-        Some(ours) if ours != theirs => {
-            let msg = if theirs.is_empty() {
-                format!("this node belongs to cluster {ours}; the request names no cluster")
-            } else {
-                format!(
-                    "this node belongs to cluster {ours}, the request comes from cluster {theirs}; refused"
-                )
-            };
-            refuse("other_cluster", msg)
-        }
-        None => refuse(
-            "unknown_cluster",
-            "this node does not know its cluster yet".to_string(),
-        ),
-        Some(_) => next.run(req).await,
+/// The node a node-to-node request comes from, as its certificate names it.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    pub id: NodeId,
+    pub name: String,
+}
+
+/// Decides whether a certificate is a current node's of this cluster (the cluster's id,
+/// and the certificates revoked at removals, are the database's).
+pub type Judge = Arc<dyn Fn(&NodeCert) -> Result<(), Refusal> + Send + Sync>;
+
+/// Node-to-node routes: refused unless the peer is a node of this cluster (see the
+/// module's documentation); the handlers get the [`Sender`].
+#[derive(Clone)]
+pub struct NodeRoutes(pub Judge);
+
+impl NodeRoutes {
+    pub fn wrap<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        router.layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            node_peer,
+        ))
     }
+}
+
+async fn node_peer(State(nodes): State<NodeRoutes>, mut req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<Peer>().cloned();
+    let path = req.uri().path().to_string();
+    let cert = match peer {
+        Some(Peer::Node(cert)) => cert,
+        _ => {
+            tracing::warn!("refused {path} from a client without a node certificate");
+            let body = Refusal {
+                kind: "not_a_node".to_string(),
+                error: format!(
+                    "{path} is for the cluster's nodes: it needs a node certificate from this cluster's CA"
+                ),
+            };
+            return (StatusCode::FORBIDDEN, Json(body)).into_response();
+        }
+    };
+    if let Err(refusal) = (nodes.0)(&cert) {
+        tracing::warn!("refused {path} from node {}: {}", cert.node, refusal.error);
+        return (StatusCode::CONFLICT, Json(refusal)).into_response();
+    }
+    req.extensions_mut().insert(Sender {
+        id: node_id(&cert.node),
+        name: cert.node,
+    });
+    next.run(req).await
+}
+
+/// A 409 answer for a node that speaks for another: its certificate names `from`.
+fn impostor(from: &Sender, what: &str, claimed: Option<NodeId>) -> Response {
+    let claimed = claimed.map_or("no node".to_string(), |c| format!("node id {c}"));
+    tracing::warn!(
+        "refused a {what} from node {} (id {}) in the name of {claimed}",
+        from.name,
+        from.id
+    );
+    refuse(
+        "impostor",
+        format!(
+            "a {what} from node {} (its certificate says so) in the name of {claimed}: a node speaks only for itself",
+            from.name
+        ),
+    )
 }
 
 async fn append(
     State(r): State<Receiver>,
+    Extension(from): Extension<Sender>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+) -> Response {
+    let leader = req.vote.leader_id().voted_for();
+    if leader != Some(from.id) {
+        return impostor(&from, "Raft append", leader);
+    }
     // Noted before Raft sees it: the leader sent it earlier still (see the module's docs).
     r.clocks.begin(req.vote.leader_id().get_term());
-    Json((r.raft)().append_entries(req).await)
+    Json((r.raft)().append_entries(req).await).into_response()
 }
 
 /// A candidate that is not a voter here (a node removed while it was away, which still
 /// believes it votes) is refused before Raft sees its higher term: it must not disturb the
 /// cluster, and the refusal tells it it was removed.
-async fn vote(State(r): State<Receiver>, Json(req): Json<VoteRequest<NodeId>>) -> Response {
+async fn vote(
+    State(r): State<Receiver>,
+    Extension(from): Extension<Sender>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Response {
     let raft = (r.raft)();
     let candidate = req.vote.leader_id().voted_for();
+    if candidate != Some(from.id) {
+        return impostor(&from, "Raft vote request", candidate);
+    }
     let voter = candidate.is_some_and(|c| {
         raft.metrics()
             .borrow()
@@ -390,8 +454,13 @@ async fn vote(State(r): State<Receiver>, Json(req): Json<VoteRequest<NodeId>>) -
 
 async fn snapshot(
     State(r): State<Receiver>,
+    Extension(from): Extension<Sender>,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+) -> Response {
+    let leader = req.vote.leader_id().voted_for();
+    if leader != Some(from.id) {
+        return impostor(&from, "Raft snapshot", leader);
+    }
     r.clocks.begin(req.vote.leader_id().get_term());
-    Json((r.raft)().install_snapshot(req).await)
+    Json((r.raft)().install_snapshot(req).await).into_response()
 }

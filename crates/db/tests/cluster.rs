@@ -1,4 +1,4 @@
-//! Three replicas in one process, talking real HTTP on 127.0.0.1: forming, replicating,
+//! Three replicas in one process, talking real HTTPS (mutual TLS) on 127.0.0.1: forming, replicating,
 //! losing the leader, losing the majority, restarting from disk.
 
 use std::time::{Duration, Instant};
@@ -14,7 +14,30 @@ struct Node {
     dir: tempfile::TempDir,
     db: Option<Db>,
     server: Option<JoinHandle<()>>,
+    tls: vigil_tls::Tls,
 }
+
+/// One CA for the test cluster; each node's certificate from it.
+fn credentials(name: &str) -> vigil_tls::Tls {
+    static CA: std::sync::OnceLock<vigil_tls::Ca> = std::sync::OnceLock::new();
+    vigil_tls::install_provider();
+    let now = std::time::SystemTime::now();
+    let ca = CA.get_or_init(|| vigil_tls::Ca::generate(CLUSTER, now).unwrap());
+    let (key_pem, csr) = vigil_tls::new_key(name).unwrap();
+    let issued = ca
+        .sign(&csr, CLUSTER, name, Duration::from_secs(3600), now)
+        .unwrap();
+    let tls = vigil_tls::Tls::default();
+    tls.load(&vigil_tls::Creds {
+        ca_pem: ca.cert_pem.clone(),
+        cert_pem: issued.cert_pem,
+        key_pem,
+    })
+    .unwrap();
+    tls
+}
+
+const CLUSTER: &str = "test-cluster";
 
 fn timing() -> Timing {
     Timing {
@@ -37,20 +60,27 @@ impl Node {
             dir: tempfile::tempdir().unwrap(),
             db: None,
             server: None,
+            tls: credentials(name),
         };
         n.serve(listener).await;
         n
     }
 
     async fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let db = Db::open(&self.dir.path().join("raft.redb"), &self.name, timing())
-            .await
-            .unwrap();
-        db.set_cluster_id("test-cluster");
+        let db = Db::open(
+            &self.dir.path().join("raft.redb"),
+            &self.name,
+            timing(),
+            &self.tls,
+        )
+        .await
+        .unwrap();
+        db.set_cluster_id(CLUSTER);
         let router = db.router();
-        self.server = Some(tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        }));
+        let config = self.tls.server_config();
+        self.server = Some(tokio::spawn(vigil_tls::server::serve(
+            listener, config, router,
+        )));
         self.db = Some(db);
     }
 

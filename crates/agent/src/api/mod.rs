@@ -30,10 +30,12 @@ use crate::membership;
 use crate::service::{Msg, Service};
 use crate::view;
 
+pub mod auth;
 mod groups;
 mod log;
 mod nodes;
 mod resources;
+mod security;
 mod types;
 
 use groups::{
@@ -45,6 +47,7 @@ use nodes::{drain_node, heartbeat, identity, join, remove_node, removed, resume_
 use resources::{
     control_resource, create_resource, delete_resource, prop_text, resource_action, update_resource,
 };
+use security::{certify, certs, create_token, list_tokens, revoke_token};
 use types::{list_types, register_type, show_type, unregister_type};
 
 /// How long a delete waits for the resources to stop before giving up.
@@ -61,7 +64,9 @@ pub struct Api {
     version: watch::Receiver<u64>,
     db: Db,
     nm: crate::nm::Nm,
+    /// This node's requests to its peers (mutual TLS).
     http: reqwest::Client,
+    tls: vigil_tls::Tls,
     /// This node's name.
     node: String,
 }
@@ -130,18 +135,20 @@ pub fn router(
     version: watch::Receiver<u64>,
     db: Db,
     nm: crate::nm::Nm,
+    tls: vigil_tls::Tls,
 ) -> Router {
     let api = Api {
         tx,
         log,
         version,
+        http: db.peer_client(),
         db,
         node: nm.name().to_string(),
         nm,
-        http: reqwest::Client::new(),
+        tls,
     };
-    // Node to node: refused unless the sender names this node's cluster.
-    let nodes = api.db.same_cluster(
+    // Node to node: refused unless the caller is a node of this cluster.
+    let nodes = api.db.node_routes(
         Router::new()
             .route("/v1/nm/heartbeat", post(heartbeat))
             .route("/v1/cluster/join", post(join))
@@ -149,6 +156,10 @@ pub fn router(
     );
     Router::new()
         .merge(nodes)
+        .route("/v1/cluster/certify", post(certify))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/v1/certs", get(certs))
         .route("/v1/status", get(status))
         .route("/v1/types", get(list_types).post(register_type))
         .route("/v1/types/{name}", get(show_type).delete(unregister_type))
@@ -177,6 +188,10 @@ pub fn router(
                 message: "no such API path".to_string(),
             }
         })
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            auth::authorize,
+        ))
         .with_state(api)
         .layer(axum::middleware::from_fn(json_errors))
 }
@@ -404,7 +419,7 @@ impl Api {
         let (header, cluster) = self.db.cluster_header();
         let mut req = self
             .http
-            .request(method, format!("http://{addr}{path}"))
+            .request(method, format!("https://{addr}{path}"))
             .header(header, cluster);
         if let Some(body) = body {
             req = req.json(&body);

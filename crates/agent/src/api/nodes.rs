@@ -1,6 +1,14 @@
 //! Nodes: heartbeats, joins and removals between nodes; an operator's drain and resume.
 
+use axum::Extension;
+use vigil_db::network::Sender;
+use vigil_tls::Peer;
+
 use super::*;
+
+/// The header with which a node passes a joining node's certificate fingerprint on to the
+/// leader (the leader checks it against the certificate it issued).
+const JOINER_HEADER: &str = "x-vigil-joiner";
 
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -13,9 +21,21 @@ pub(super) struct JoinRequest {
 
 pub(super) async fn heartbeat(
     State(api): State<Api>,
+    Extension(from): Extension<Sender>,
     body: Result<Json<vigil_core::nm::Heartbeat>, JsonRejection>,
 ) -> ApiResult<Json<vigil_core::nm::HeartbeatReply>> {
     let Json(hb) = body?;
+    if hb.name != from.name {
+        let message = format!(
+            "a heartbeat from node {} (its certificate says so) in the name of {}: a node speaks only for itself",
+            from.name, hb.name
+        );
+        tracing::warn!("refused {message}");
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message,
+        });
+    }
     api.nm
         .on_heartbeat(&api.db, &api.log, &api.http, hb)
         .map(Json)
@@ -55,17 +75,84 @@ pub(super) async fn removed(
     Ok(Json(json!({ "stopping": api.node })))
 }
 
+/// The second step of a join: the new node, with the certificate it got for its join token
+/// (see `certify`), asks to be admitted. Only the leader admits: elsewhere the request is
+/// passed on, with the certificate's fingerprint.
 pub(super) async fn join(
     State(api): State<Api>,
+    Extension(peer): Extension<Peer>,
+    Extension(from): Extension<Sender>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<JoinRequest>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    let body = serde_json::to_value(&req).expect("serializes");
-    if let Some(answer) = api
-        .on_leader(reqwest::Method::POST, "/v1/cluster/join", Some(body))
-        .await?
-    {
-        return Ok(answer);
+    let fingerprint = match &peer {
+        Peer::Node(cert) if cert.node == req.name => cert.fingerprint.clone(),
+        // A member passing a joining node's request on.
+        Peer::Node(_) if api.db.state().nodes.contains_key(&from.name) => headers
+            .get(JOINER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        _ => {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: format!(
+                    "node {} cannot ask to admit {}: a node joins with the certificate issued to it for a join token",
+                    from.name, req.name
+                ),
+            });
+        }
+    };
+    if !api.db.is_leader() {
+        let leader = api.db.leader_addr().ok_or_else(|| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "no leader is known right now; try again".to_string(),
+        })?;
+        let resp = api
+            .http
+            .post(format!("https://{leader}/v1/cluster/join"))
+            .header(JOINER_HEADER, &fingerprint)
+            .json(&req)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("cannot reach the leader at {leader}: {e}"),
+            })?;
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let value: Value = resp.json().await.unwrap_or_default();
+        return if status.is_success() {
+            Ok(Json(value))
+        } else {
+            Err(ApiError {
+                status,
+                message: value["error"].as_str().unwrap_or("refused").to_string(),
+            })
+        };
+    }
+    let issued = api
+        .db
+        .state()
+        .security
+        .certs
+        .get(&req.name)
+        .map(|c| c.fingerprint.clone());
+    if issued.as_deref() != Some(fingerprint.as_str()) || fingerprint.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "the certificate {} is not the one issued to {} for its join token; join again with a new token",
+                if fingerprint.is_empty() {
+                    "(none)"
+                } else {
+                    &fingerprint
+                },
+                req.name
+            ),
+        });
     }
     membership::admit(&api.db, &req.name, &req.address, req.witness).await?;
     let log = LogEntry::new(

@@ -173,23 +173,12 @@ fn now_ns() -> u128 {
 }
 
 /// One request with bounds on connecting and answering (a cut node must not hang the suite).
+/// One request to the agent listening on `addr`, over its Unix socket; `None` when it does
+/// not answer in time.
 fn request(addr: &str, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
-    use std::io::{Read, Write};
-    let sa: std::net::SocketAddr = addr.parse().ok()?;
-    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(500)).ok()?;
+    let mut s = std::os::unix::net::UnixStream::connect(crate::support::socket_of(addr)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(8))).ok()?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    crate::support::exchange(&mut s, method, path, body, &[]).ok()
 }
 
 fn sig(pid: u32, s: rustix::process::Signal) {
@@ -283,7 +272,7 @@ impl Cluster {
         let seed = agents[0].listen.clone();
         for a in agents[1..].iter_mut() {
             let mut cmd = a.agent_command(false);
-            cmd.args(["--join", &seed]);
+            cmd.args(crate::support::join_args(&seed));
             a.spawn_with(cmd);
         }
         wait_until("three nodes Up", || {
@@ -723,12 +712,14 @@ fn inject(c: &mut Cluster, kind: Fault, rng: &mut Rng) {
             let _ = std::fs::remove_file(fill);
         }
         Fault::JoinDuringCut | Fault::RemoveDuringCut => {
+            // The token is made before the cut (its write needs a quorum).
+            let join = (kind == Fault::JoinDuringCut)
+                .then(|| crate::support::join_args(&c.agents[(i + 1) % 3].listen));
             c.net.cut(host(i));
-            if kind == Fault::JoinDuringCut {
-                let seed = c.agents[(i + 1) % 3].listen.clone();
+            if let Some(join) = join {
                 let mut n4 = Agent::in_net(&c.net, 4, "n4");
                 let mut cmd = n4.agent_command(false);
-                cmd.args(["--join", &seed]);
+                cmd.args(join);
                 // A join may be refused during the cut; the agent exits then.
                 n4.spawn_nowait(cmd);
                 c.extra = Some(n4);

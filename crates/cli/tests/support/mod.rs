@@ -4,9 +4,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,6 +20,53 @@ pub const VIGIL_BUILT: &str = env!("CARGO_BIN_EXE_vigil");
 pub static VIGIL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     std::env::var("VIGIL_TEST_BIN").unwrap_or_else(|_| VIGIL_BUILT.to_string())
 });
+/// Each agent's Unix socket, by its listen address: the harness reaches an agent as root on
+/// its node does, with no token (the tests of tokens and TLS use [`https`]).
+static SOCKETS: LazyLock<Mutex<HashMap<String, PathBuf>>> = LazyLock::new(Default::default);
+
+/// The Unix socket of the agent listening on `listen`.
+pub fn socket_of(listen: &str) -> PathBuf {
+    SOCKETS
+        .lock()
+        .unwrap()
+        .get(listen)
+        .cloned()
+        .unwrap_or_else(|| panic!("no agent of this test listens on {listen}"))
+}
+
+/// `vigil` run against the agent at `listen`, over its socket.
+pub fn cli_at(listen: &str) -> Command {
+    let mut c = Command::new(&*VIGIL);
+    c.env("VIGIL_SOCKET", socket_of(listen))
+        .env_remove("VIGIL_ENDPOINT")
+        .env_remove("VIGIL_TOKEN");
+    c
+}
+
+/// A new join token from the agent at `seed`.
+pub fn join_token(seed: &str) -> String {
+    let out = cli_at(seed)
+        .args(["token", "create", "--join"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "vigil token create --join at {seed} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The agent options that join the cluster of the agent at `seed`, with a new join token.
+pub fn join_args(seed: &str) -> Vec<String> {
+    vec![
+        "--join".to_string(),
+        seed.to_string(),
+        "--token".to_string(),
+        join_token(seed),
+    ]
+}
+
 /// Upper bound for anything a test waits for; generous for a busy 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -61,11 +110,16 @@ impl Agent {
     }
 
     fn at(name: &str, listen: String, netns: Option<String>) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        SOCKETS.lock().unwrap().insert(
+            listen.clone(),
+            dir.path().join("data").join(vigil_agent::SOCKET),
+        );
         Agent {
             name: name.into(),
-            endpoint: format!("http://{listen}"),
+            endpoint: format!("https://{listen}"),
             listen,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             child: None,
             seen: Default::default(),
             netns,
@@ -76,7 +130,7 @@ impl Agent {
     pub fn join(name: &str, seed: &Agent) -> Agent {
         let mut a = Agent::new(name);
         let mut cmd = a.agent_command(false);
-        cmd.args(["--join", &seed.listen]);
+        cmd.args(join_args(&seed.listen));
         a.spawn_with(cmd);
         a
     }
@@ -84,7 +138,7 @@ impl Agent {
     /// Starts this (not yet started) agent joining the cluster of `seed`.
     pub fn start_joining(mut self, seed: &Agent) -> Agent {
         let mut cmd = self.agent_command(false);
-        cmd.args(["--join", &seed.listen]);
+        cmd.args(join_args(&seed.listen));
         self.spawn_with(cmd);
         self
     }
@@ -167,11 +221,12 @@ impl Agent {
 
     /// Runs the CLI against this agent.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(&*VIGIL)
-            .args(args)
-            .env("VIGIL_ENDPOINT", &self.endpoint)
-            .output()
-            .unwrap()
+        cli_at(&self.listen).args(args).output().unwrap()
+    }
+
+    /// The cluster CA's certificate, as this node keeps it.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir().join("ca.pem")
     }
 
     /// Runs the CLI inside network namespace `ns` (to ask a node that is cut off) and
@@ -180,7 +235,8 @@ impl Agent {
         let out = Command::new("ip")
             .args(["netns", "exec", ns, &VIGIL])
             .args(args)
-            .env("VIGIL_ENDPOINT", &self.endpoint)
+            .env("VIGIL_SOCKET", socket_of(&self.listen))
+            .env_remove("VIGIL_ENDPOINT")
             .output()
             .unwrap();
         assert!(
@@ -582,7 +638,8 @@ impl Agent {
     }
 }
 
-/// One HTTP/1.1 request to `addr` (HOST:PORT) with a JSON body; returns status and JSON.
+/// One HTTP/1.1 request to the agent listening on `addr` (HOST:PORT), over its Unix socket
+/// (as root on its node), with a JSON body; returns status and JSON.
 pub fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     http_with(addr, method, path, body, &[])
 }
@@ -595,8 +652,18 @@ pub fn http_with(
     body: Option<Value>,
     headers: &[(&str, &str)],
 ) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(socket_of(addr)).unwrap();
+    exchange(&mut s, method, path, body, headers).unwrap()
+}
+
+/// Writes one request and reads its answer (`Connection: close`).
+pub fn exchange(
+    s: &mut (impl std::io::Read + std::io::Write),
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Value)> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let extra: String = headers
         .iter()
@@ -606,17 +673,41 @@ pub fn http_with(
         s,
         "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    )?;
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify once it has answered.
+    if let Err(e) = s.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
+        return Err(e);
+    }
+    let resp = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// One HTTPS request to `addr` with the TLS client `config` (a node's, or one pinned to a
+/// cluster CA); `Err`: the connection or the handshake failed (the error says which).
+pub fn https(
+    addr: &str,
+    config: std::sync::Arc<vigil_tls::rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Value), String> {
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(WAIT))
+        .map_err(|e| e.to_string())?;
+    let name = vigil_tls::rustls::pki_types::ServerName::try_from("vigil").unwrap();
+    let conn = vigil_tls::rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut s = vigil_tls::rustls::StreamOwned::new(conn, tcp);
+    exchange(&mut s, method, path, body, headers).map_err(|e| e.to_string())
 }
 
 /// The Linux test guest (`scripts/make-test-guest.py`), built once into target/test-guest.

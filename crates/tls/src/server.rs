@@ -1,49 +1,112 @@
-//! Serving the agent's HTTP port: hyper's HTTP/1.1 server around the axum router, with one
-//! addition. hyper answers a request line longer than it parses (64 KiB) with a bare
+//! Serving the agent's port: TLS (rustls) on every TCP connection, and the agent's Unix
+//! socket for local root; hyper's HTTP/1.1 server around the axum router. Each request
+//! carries a [`Peer`] extension: the node its client certificate names, the local user, or
+//! nobody (then an API token decides).
+//!
+//! One addition to hyper: it answers a request line longer than it parses (64 KiB) with a bare
 //! `414 URI Too Long` before any router sees it; the API promises `{"error": ...}` on every
 //! answer. So each connection is read through [`Guarded`], which answers a request line
 //! longer than [`MAX_REQUEST_LINE`] itself, in JSON, and closes the connection.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use crate::Peer;
 use axum::Router;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, UnixListener};
+
+/// Longest a client may take over its TLS handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The longest request line accepted (method, path with query, version).
 pub const MAX_REQUEST_LINE: usize = 16 * 1024;
 
-/// Serves `router` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, router: Router) {
+/// Serves `router` over TLS (`tls`) on `listener` until the returned future is dropped
+/// (its connections end with it).
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors, say: wait a little rather than spin.
-                tracing::warn!("cannot accept a connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+        let (stream, from) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next() => continue,
         };
-        let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let io = TokioIo::new(Guarded::new(stream));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+        let _ = stream.set_nodelay(true);
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        conns.spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!("TLS handshake with {from} failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let peer = Peer::of_certs(stream.get_ref().1.peer_certificates());
+            serve_connection(stream, peer, router).await;
         });
     }
+}
+
+/// Serves `router` on the agent's Unix socket: the peer is the local user its credentials
+/// (`SO_PEERCRED`) name.
+pub async fn serve_local(listener: UnixListener, router: Router) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("cannot accept a local connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next() => continue,
+        };
+        let peer = match stream.peer_cred() {
+            Ok(cred) => Peer::Local { uid: cred.uid() },
+            Err(_) => Peer::Anonymous,
+        };
+        conns.spawn(serve_connection(stream, peer, router.clone()));
+    }
+}
+
+async fn serve_connection<S>(stream: S, peer: Peer, router: Router)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            let mut router = router.clone();
+            async move { tower_service::Service::call(&mut router, req).await }
+        });
+    let io = TokioIo::new(Guarded::new(stream));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
 }
 
 /// A connection whose request lines are checked for length as they are read (see the
 /// module's documentation). A request starts at the beginning of the connection and after
 /// every response; clients of this API do not pipeline.
-struct Guarded {
-    inner: TcpStream,
+struct Guarded<S> {
+    inner: S,
     /// Reading the request line of a request.
     at_line: bool,
     /// Bytes of that line seen so far.
@@ -60,8 +123,8 @@ struct Guarded {
 /// Most of an over-long request's head read and dropped before the refusal goes out anyway.
 const MAX_DISCARD: usize = 4 << 20;
 
-impl Guarded {
-    fn new(inner: TcpStream) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    fn new(inner: S) -> Self {
         Self {
             inner,
             at_line: true,
@@ -119,7 +182,7 @@ impl Guarded {
     }
 }
 
-impl AsyncRead for Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -184,7 +247,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

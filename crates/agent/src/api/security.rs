@@ -1,0 +1,289 @@
+//! Tokens (`/v1/tokens`), certificates (`/v1/certs`), and the first step of a join
+//! (`/v1/cluster/certify`): a new node trades a join token and a signing request for its
+//! certificate.
+
+use vigil_core::security::{CertRecord, Role, Token, TokenKind, parse_join_token, token_string};
+use vigil_tls::{Ca, NODE_CERT_LIFETIME};
+
+use super::auth::now_s;
+use super::*;
+
+/// A join token's default lifetime.
+const JOIN_TTL_S: u64 = 3600;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewToken {
+    /// `join` or `api`.
+    kind: String,
+    /// An API token's role.
+    role: Option<String>,
+    ttl_s: Option<u64>,
+    /// A join token's uses (default 1).
+    uses: Option<u32>,
+    #[serde(default)]
+    name: String,
+}
+
+pub(super) async fn create_token(
+    State(api): State<Api>,
+    body: Result<Json<NewToken>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let kind = match (req.kind.as_str(), req.role.as_deref()) {
+        ("join", None) => TokenKind::Join,
+        ("join", Some(_)) => return Err(ApiError::bad("a join token has no role")),
+        ("api", Some(r)) => TokenKind::Api(Role::parse(r).map_err(ApiError::bad)?),
+        ("api", None) => {
+            return Err(ApiError::bad(
+                "an API token needs a role: admin, operator or viewer",
+            ));
+        }
+        (other, _) => {
+            return Err(ApiError::bad(format!(
+                "token kind {other:?} is not join or api"
+            )));
+        }
+    };
+    if req.ttl_s == Some(0) {
+        return Err(ApiError::bad(
+            "ttl_s 0: a token must live at least a second",
+        ));
+    }
+    if req.uses == Some(0) {
+        return Err(ApiError::bad(
+            "uses 0: a join token must have at least one use",
+        ));
+    }
+    if req.uses.is_some() && kind != TokenKind::Join {
+        return Err(ApiError::bad("only a join token has a use count"));
+    }
+    if req.name.len() > 128 || req.name.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "token name: at most 128 characters, none of them control characters",
+        ));
+    }
+    let now = now_s();
+    let ttl = match kind {
+        TokenKind::Join => Some(req.ttl_s.unwrap_or(JOIN_TTL_S)),
+        TokenKind::Api(_) => req.ttl_s,
+    };
+    let (id, secret) = (vigil_tls::random_hex::<8>(), vigil_tls::random_hex::<16>());
+    let token = Token {
+        id: id.clone(),
+        name: req.name.clone(),
+        kind,
+        hash: vigil_tls::sha256_hex(secret.as_bytes()),
+        created_s: now,
+        expires_s: ttl.map(|t| now.saturating_add(t)),
+        uses_left: match kind {
+            TokenKind::Join => Some(req.uses.unwrap_or(1)),
+            TokenKind::Api(_) => None,
+        },
+    };
+    let ca_hash = api.tls.ca_hash().unwrap_or_default();
+    let text = token_string(kind, &id, &secret, &ca_hash);
+    let what = match kind {
+        TokenKind::Join => "join token".to_string(),
+        TokenKind::Api(r) => format!("API token with role {}", r.name()),
+    };
+    let log = LogEntry::new(Component::NM, format!("{what} {id} created"));
+    api.commit(pending(
+        vec![Command::CreateToken {
+            token: token.clone(),
+        }],
+        vec![log],
+    )?)
+    .await?;
+    let address = api
+        .db
+        .state()
+        .nodes
+        .get(&api.node)
+        .map(|n| n.address.clone())
+        .unwrap_or_default();
+    let command = (kind == TokenKind::Join).then(|| {
+        format!("vigil agent --name NAME --listen HOST:PORT --data-dir DIR --join {address} --token {text}")
+    });
+    Ok(Json(json!({
+        "id": id,
+        "token": text,
+        "kind": req.kind,
+        "role": req.role,
+        "expires_s": token.expires_s,
+        "uses": token.uses_left,
+        "command": command,
+    })))
+}
+
+fn token_view(t: &Token) -> Value {
+    let (kind, role) = match t.kind {
+        TokenKind::Join => ("join", None),
+        TokenKind::Api(r) => ("api", Some(r.name())),
+    };
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "kind": kind,
+        "role": role,
+        "created_s": t.created_s,
+        "expires_s": t.expires_s,
+        "uses_left": t.uses_left,
+    })
+}
+
+pub(super) async fn list_tokens(State(api): State<Api>) -> Json<Value> {
+    let state = api.db.state();
+    let tokens: Vec<Value> = state.security.tokens.values().map(token_view).collect();
+    Json(json!({ "tokens": tokens }))
+}
+
+pub(super) async fn revoke_token(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    if !api.db.state().security.tokens.contains_key(&id) {
+        return Err(ApplyError::NotFound {
+            kind: "token".into(),
+            name: id,
+        }
+        .into());
+    }
+    let log = LogEntry::new(Component::NM, format!("token {id} revoked"));
+    api.commit(pending(
+        vec![Command::RevokeToken { id: id.clone() }],
+        vec![log],
+    )?)
+    .await?;
+    Ok(Json(json!({ "revoked": id })))
+}
+
+/// Every node's certificate (as the database last recorded it) and the CA's.
+pub(super) async fn certs(State(api): State<Api>) -> Json<Value> {
+    let state = api.db.state();
+    let now = now_s();
+    let ca = state
+        .security
+        .ca
+        .as_ref()
+        .and_then(|ca| vigil_tls::validity(&ca.cert_pem).ok())
+        .map(
+            |(nb, na)| json!({ "not_before_s": nb, "not_after_s": na, "hash": api.tls.ca_hash() }),
+        );
+    let nodes: Vec<Value> = state
+        .nodes
+        .keys()
+        .map(|n| match state.security.certs.get(n) {
+            Some(c) => json!({
+                "node": n,
+                "fingerprint": c.fingerprint,
+                "not_before_s": c.not_before_s,
+                "not_after_s": c.not_after_s,
+                "expires_in_s": c.not_after_s.saturating_sub(now),
+            }),
+            None => json!({ "node": n, "missing": true }),
+        })
+        .collect();
+    Json(json!({ "now_s": now, "ca": ca, "nodes": nodes }))
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CertifyRequest {
+    token: String,
+    name: String,
+    csr: String,
+}
+
+/// A new node's certificate, for a join token (checked, then one use spent) and a signing
+/// request. Only the leader signs: elsewhere the request is passed on.
+pub(super) async fn certify(
+    State(api): State<Api>,
+    body: Result<Json<CertifyRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let refuse = |message: String| ApiError {
+        status: StatusCode::FORBIDDEN,
+        message,
+    };
+    let parts = parse_join_token(&req.token).map_err(|e| refuse(e.to_string()))?;
+    path_name("node", &req.name)?;
+    let forwarded = serde_json::to_value(&req).expect("serializes");
+    if let Some(answer) = api
+        .on_leader(
+            reqwest::Method::POST,
+            "/v1/cluster/certify",
+            Some(forwarded),
+        )
+        .await?
+    {
+        return Ok(answer);
+    }
+    let state = api.db.state();
+    let ca = state.security.ca.clone().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "this cluster has no CA (it was made before Vigil had one)".to_string(),
+    })?;
+    let cluster = state.cluster_id.clone().unwrap_or_default();
+    let ours = vigil_tls::ca_hash(&ca.cert_pem).unwrap_or_default();
+    if parts.ca_hash.as_deref() != Some(ours.as_str()) {
+        return Err(refuse(format!(
+            "the token names the cluster CA {}, this cluster's is {ours}: a token of another cluster",
+            parts.ca_hash.unwrap_or_default()
+        )));
+    }
+    if state.nodes.contains_key(&req.name) {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!("node name {:?} is already taken", req.name),
+        });
+    }
+    let hash = vigil_tls::sha256_hex(parts.secret.as_bytes());
+    let now = now_s();
+    state
+        .security
+        .check(&parts.id, &hash, true, now)
+        .map_err(|e| refuse(e.to_string()))?;
+    let issued = Ca {
+        cert_pem: ca.cert_pem.clone(),
+        key_pem: ca.key_pem.clone(),
+    }
+    .sign(
+        &req.csr,
+        &cluster,
+        &req.name,
+        NODE_CERT_LIFETIME,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| ApiError::bad(e.to_string()))?;
+    let spend = Command::UseToken {
+        id: parts.id.clone(),
+        hash,
+        at_s: now,
+    };
+    let record = Command::Certify {
+        node: req.name.clone(),
+        cert: CertRecord {
+            fingerprint: issued.fingerprint.clone(),
+            not_before_s: issued.not_before_s,
+            not_after_s: issued.not_after_s,
+        },
+    };
+    let results = api.db.write(vec![spend]).await?;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(refuse(e.to_string()));
+    }
+    let results = api.db.write(vec![record]).await?;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e.into());
+    }
+    api.log.append([LogEntry::new(
+        Component::NM,
+        format!(
+            "certificate issued to joining node {} with join token {}",
+            req.name, parts.id
+        ),
+    )]);
+    Ok(Json(json!({
+        "cluster_id": cluster,
+        "ca_pem": ca.cert_pem,
+        "cert_pem": issued.cert_pem,
+    })))
+}
