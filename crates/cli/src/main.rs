@@ -403,6 +403,11 @@ fn main() -> ExitCode {
             raise_fd_limit();
             vigil_rhs::host::main(fd).map_err(|e| anyhow::anyhow!("RHS {host}: {e}"))
         }
+        Cmd::Demo { keep } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(demo::run(keep))),
         command => {
             end_quietly_on_closed_pipe();
             let target = client::Target {
@@ -695,8 +700,7 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
                 println!("failed back: {}", names.join(", "));
             }
         }
-        Cmd::Demo { keep } => demo::run(keep).await?,
-        Cmd::Agent(_) | Cmd::Rhs { .. } | Cmd::PluginProbe { .. } => {
+        Cmd::Agent(_) | Cmd::Rhs { .. } | Cmd::PluginProbe { .. } | Cmd::Demo { .. } => {
             unreachable!("handled in main")
         }
     }

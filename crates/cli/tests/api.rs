@@ -74,9 +74,8 @@ fn every_error_answer_is_json() {
 #[test]
 fn the_cli_ends_quietly_when_its_reader_goes_away() {
     let a = Agent::start();
-    let mut child = std::process::Command::new(&*support::VIGIL)
+    let mut child = support::cli_at(&a.listen)
         .args(["type", "list"])
-        .env("VIGIL_ENDPOINT", &a.endpoint)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -96,12 +95,11 @@ fn parallel_creates_of_one_unique_value_let_exactly_one_through() {
     let param = format!("state={}", state.display());
     let outs: Vec<_> = (0..20)
         .map(|i| {
-            let (endpoint, param) = (a.endpoint.clone(), param.clone());
+            let (listen, param) = (a.listen.clone(), param.clone());
             std::thread::spawn(move || {
-                std::process::Command::new(&*support::VIGIL)
+                support::cli_at(&listen)
                     .args(["resource", "create", &format!("d{i}"), "--group", "g"])
                     .args(["--type", "ocf:heartbeat:Dummy", "--param", &param])
-                    .env("VIGIL_ENDPOINT", endpoint)
                     .output()
                     .unwrap()
             })

@@ -181,27 +181,26 @@ fn a_follower_whose_disk_fills_fences_itself_says_why_and_recovers() {
 #[test]
 fn joins_that_cannot_finish_are_refused_and_leave_the_quorum_alone() {
     let (n1, n2, mut n3) = three(["127.0.0.61", "127.0.0.62", "127.0.0.63"]);
-    let cluster = n1.status()["cluster_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    // Two joins at once, of nodes that answer at no address.
+    // Two joins at once, of nodes (certified with join tokens) that answer at no address.
     let ghosts: Vec<_> = ["ghost1", "ghost2"]
         .iter()
         .map(|name| {
-            let (addr, cluster, name) = (n1.listen.clone(), cluster.clone(), name.to_string());
+            let tls = support::certified(&n1.listen, name);
+            let (addr, name) = (n1.listen.clone(), name.to_string());
             std::thread::spawn(move || {
                 let body = json!({
                     "name": name,
                     "address": format!("127.0.0.1:{}", support::free_port()),
                 });
-                support::http_with(
+                support::https(
                     &addr,
+                    std::sync::Arc::new(tls.client_config()),
                     "POST",
                     "/v1/cluster/join",
                     Some(body),
-                    &[("x-vigil-cluster", &cluster)],
+                    &[],
                 )
+                .unwrap()
             })
         })
         .collect();

@@ -601,13 +601,30 @@ fn bad_input_gets_a_clear_error_and_loses_nothing() {
     assert_eq!(a.status()["groups"], before, "nothing stored changed");
     let out = a.cli(&["status"]);
     assert!(out.status.success());
-    let bad_endpoint = std::process::Command::new(&*support::VIGIL)
-        .args(["--endpoint", "http://127.0.0.1:1", "status"])
-        .output()
-        .unwrap();
+    let bad_endpoint = |args: &[&str]| {
+        let out = std::process::Command::new(&*support::VIGIL)
+            .args(args)
+            .arg("status")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let ca = a.ca_file();
+    let ca = ca.to_str().unwrap();
+    let err = bad_endpoint(&["--endpoint", "https://127.0.0.1:1", "--ca", ca]);
     assert!(
-        String::from_utf8_lossy(&bad_endpoint.stderr)
-            .contains("cannot reach the agent at http://127.0.0.1:1")
+        err.contains("cannot reach the agent at https://127.0.0.1:1"),
+        "{err}"
+    );
+    let err = bad_endpoint(&["--endpoint", "http://127.0.0.1:1"]);
+    assert!(err.contains("must start with https://"), "{err}");
+    let err = bad_endpoint(&["--endpoint", "https://127.0.0.1:1"]);
+    assert!(err.contains("needs --ca FILE"), "{err}");
+    let err = bad_endpoint(&["--socket", "/nonexistent/vigil.sock"]);
+    assert!(
+        err.contains("no agent socket at /nonexistent/vigil.sock"),
+        "{err}"
     );
 }
 

@@ -227,16 +227,8 @@ fn a_planned_move_migrates_the_vm_live_and_a_failed_one_leaves_it_running() {
 
     // The way back fails: n1 (the target) is killed while the migration runs. The VM keeps
     // running on n2, the same QEMU, and the group stays there.
-    let mut back = std::process::Command::new(&*support::VIGIL)
-        .args([
-            "--endpoint",
-            &n2.endpoint,
-            "group",
-            "move",
-            "g",
-            "--to",
-            "n1",
-        ])
+    let mut back = support::cli_at(&n2.listen)
+        .args(["group", "move", "g", "--to", "n1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -211,6 +211,20 @@ impl Conn {
             .send()
             .await
             .map_err(|e| {
+                if let Some(why) = certificate_refused(&e) {
+                    let refusal = Refusal {
+                        kind: "bad_certificate".to_string(),
+                        error: format!(
+                            "the node at {} has no certificate of this cluster (another cluster's node, or not a vigil node): {why}",
+                            self.addr
+                        ),
+                    };
+                    let old = self.net.refusals.lock().insert(self.target, refusal.clone());
+                    if old.as_ref() != Some(&refusal) {
+                        tracing::warn!("{}", refusal.error);
+                    }
+                    return RPCError::Unreachable(Unreachable::new(&AnyErr(refusal.error)));
+                }
                 // Only a refused connection is Unreachable, after which openraft sends the peer
                 // nothing for 500 ms, longer than an election timeout. A slow answer (an append
                 // outlives its heartbeat-long deadline when the peer's disk or CPU is busy) is
@@ -246,6 +260,20 @@ impl Conn {
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+}
+
+/// The TLS refusal in a request's error, if the peer's certificate (or ours, as the peer
+/// said) was refused.
+fn certificate_refused(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if text.contains("certificate") || text.contains("UnknownIssuer") {
+            return Some(text);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// A refusal's text as an error.

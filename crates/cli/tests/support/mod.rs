@@ -710,6 +710,42 @@ pub fn https(
     exchange(&mut s, method, path, body, headers).map_err(|e| e.to_string())
 }
 
+/// A client that accepts only a node of the cluster whose join token (or CA file) it holds.
+pub fn pinned(pin: vigil_tls::Pin) -> std::sync::Arc<vigil_tls::rustls::ClientConfig> {
+    std::sync::Arc::new(vigil_tls::pinned_client(pin).unwrap())
+}
+
+/// Certifies a new node `name` with a join token from the agent at `seed`, as `vigil agent
+/// --join` does (but without starting an agent): its credentials, loaded.
+pub fn certified(seed: &str, name: &str) -> vigil_tls::Tls {
+    vigil_tls::install_provider();
+    let token = join_token(seed);
+    let hash = vigil_core::security::parse_join_token(&token)
+        .unwrap()
+        .ca_hash
+        .unwrap();
+    let (key_pem, csr) = vigil_tls::new_key(name).unwrap();
+    let body = serde_json::json!({ "token": token, "name": name, "csr": csr });
+    let (code, v) = https(
+        seed,
+        pinned(vigil_tls::Pin::Hash(hash)),
+        "POST",
+        "/v1/cluster/certify",
+        Some(body),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{v}");
+    let tls = vigil_tls::Tls::default();
+    tls.load(&vigil_tls::Creds {
+        ca_pem: v["ca_pem"].as_str().unwrap().to_string(),
+        cert_pem: v["cert_pem"].as_str().unwrap().to_string(),
+        key_pem,
+    })
+    .unwrap();
+    tls
+}
+
 /// The Linux test guest (`scripts/make-test-guest.py`), built once into target/test-guest.
 pub fn guest() -> (String, String) {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

@@ -1,0 +1,547 @@
+//! Nobody gets into the cluster who does not belong: a client with no credentials (from a
+//! network namespace of its own), a node of another cluster, a removed node that kept its
+//! certificate, a member posing as another node, tokens whose role is too low, and join
+//! tokens that are used up, expired, unknown, malformed or another cluster's. Each is
+//! refused, and the cluster is left as it was.
+
+mod support;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use support::{Agent, Net, https, pinned, wait_until};
+use vigil_tls::rustls;
+
+/// What the cluster holds that an attacker would change: nodes, groups, tokens, the term.
+fn stored(a: &Agent) -> Value {
+    let s = a.status();
+    let tokens = a.ok(&["token", "list"]);
+    json!({ "nodes": s["nodes"].as_array().unwrap().iter().map(|n| n["name"].clone()).collect::<Vec<_>>(),
+            "groups": s["groups"], "term": s["term"], "tokens": tokens })
+}
+
+/// Every route of the agent's port, with a body that parses where one is needed.
+fn routes() -> Vec<(&'static str, &'static str, Value)> {
+    let forged_append = json!({
+        "vote": { "leader_id": { "term": u64::MAX, "node_id": 1 }, "committed": true },
+        "prev_log_id": null, "entries": [], "leader_commit": null
+    });
+    let forged_vote = json!({
+        "vote": { "leader_id": { "term": u64::MAX, "node_id": 1 }, "committed": false },
+        "last_log_id": null
+    });
+    vec![
+        ("GET", "/v1/status", json!(null)),
+        ("GET", "/v1/types", json!(null)),
+        ("GET", "/v1/types/process", json!(null)),
+        ("GET", "/v1/log", json!(null)),
+        ("GET", "/v1/cluster/identity", json!(null)),
+        ("GET", "/v1/tokens", json!(null)),
+        ("GET", "/v1/certs", json!(null)),
+        ("POST", "/v1/types", json!({ "library": "/tmp/x.so" })),
+        ("DELETE", "/v1/types/process", json!(null)),
+        ("DELETE", "/v1/nodes/n1", json!(null)),
+        ("POST", "/v1/nodes/n1/drain", json!({})),
+        ("POST", "/v1/nodes/n1/resume", json!({})),
+        ("POST", "/v1/groups", json!({ "name": "evil" })),
+        ("DELETE", "/v1/groups/g", json!(null)),
+        ("PATCH", "/v1/groups/g", json!({ "props": {} })),
+        ("POST", "/v1/groups/g/move", json!({})),
+        ("POST", "/v1/groups/g/online", json!({})),
+        ("POST", "/v1/groups/g/offline", json!({})),
+        (
+            "POST",
+            "/v1/resources",
+            json!({ "name": "r", "group": "g", "type": "process", "params": { "command": "[\"id\"]" } }),
+        ),
+        ("DELETE", "/v1/resources/r", json!(null)),
+        ("PATCH", "/v1/resources/r", json!({ "params": {} })),
+        ("POST", "/v1/resources/r/control", json!({ "request": "x" })),
+        ("POST", "/v1/resources/r/online", json!({})),
+        ("POST", "/v1/resources/r/offline", json!({})),
+        ("POST", "/v1/resources/r/fail", json!({})),
+        (
+            "POST",
+            "/v1/tokens",
+            json!({ "kind": "api", "role": "admin" }),
+        ),
+        ("DELETE", "/v1/tokens/0000000000000000", json!(null)),
+        ("POST", "/raft/append", forged_append),
+        ("POST", "/raft/vote", forged_vote),
+        ("POST", "/raft/snapshot", json!({})),
+        ("POST", "/raft/write", json!({})),
+        (
+            "POST",
+            "/v1/nm/heartbeat",
+            json!({ "name": "n1", "term": 1, "former_age_ms": null }),
+        ),
+        ("POST", "/v1/cluster/removed", json!({ "by": "n1" })),
+        (
+            "POST",
+            "/v1/cluster/join",
+            json!({ "name": "evil", "address": "10.0.0.9:7440" }),
+        ),
+        (
+            "POST",
+            "/v1/cluster/certify",
+            json!({ "token": "vj1.nope", "name": "evil", "csr": "x" }),
+        ),
+    ]
+}
+
+/// The status a caller with no credentials gets on a route.
+fn refused_anonymously(path: &str) -> u16 {
+    if path.starts_with("/raft/")
+        || path == "/v1/nm/heartbeat"
+        || path == "/v1/cluster/removed"
+        || path == "/v1/cluster/join"
+        || path == "/v1/cluster/certify"
+    {
+        403
+    } else {
+        401
+    }
+}
+
+/// Run in the client's own namespace: each route once, over TLS without checking the server
+/// (an attacker does not care who answers); prints the statuses as JSON.
+const PROBE: &str = r#"
+import json, ssl, sys, http.client
+addr, routes = sys.argv[1], json.loads(sys.argv[2])
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+out = []
+for method, path, body in routes:
+    host, port = addr.rsplit(":", 1)
+    c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10)
+    data = None if body is None else json.dumps(body)
+    c.request(method, path, body=data, headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    out.append([method, path, r.status, r.read().decode()])
+    c.close()
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_client_without_credentials_is_refused_on_every_route() {
+    let net = Net::new();
+    let mut n1 = Agent::in_net(&net, 1, "n1");
+    n1.spawn(true);
+    n1.ok(&["group", "create", "g"]);
+    n1.ok(&["token", "create", "--join"]);
+    net.host(2);
+    let before = stored(&n1);
+    let routes = routes();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.ns(2), "python3", "-c", PROBE])
+        .arg(&n1.listen)
+        .arg(serde_json::to_string(&routes).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<(String, String, u16, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answers.len(), routes.len());
+    for (method, path, status, body) in &answers {
+        assert_eq!(
+            *status,
+            refused_anonymously(path),
+            "{method} {path} answered {status}: {body}"
+        );
+        assert!(body.contains("\"error\""), "{method} {path}: {body}");
+    }
+    assert_eq!(stored(&n1), before, "nothing stored changed");
+    n1.ok(&["status"]);
+}
+
+/// A TLS client that presents `creds` and trusts any server (as an attacker would).
+fn presenting(creds: &vigil_tls::Creds) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    #[derive(Debug)]
+    struct Any;
+    impl rustls::client::danger::ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    vigil_tls::install_provider();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(creds.cert_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes()).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Any))
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+fn creds_of(a: &Agent) -> vigil_tls::Creds {
+    vigil_tls::Creds::load(&a.data_dir()).unwrap().unwrap()
+}
+
+fn vote(candidate: &str) -> Value {
+    json!({
+        "vote": { "leader_id": { "term": u64::MAX, "node_id": vigil_db::node_id(candidate) }, "committed": false },
+        "last_log_id": null
+    })
+}
+
+fn append(leader: &str) -> Value {
+    json!({
+        "vote": { "leader_id": { "term": u64::MAX, "node_id": vigil_db::node_id(leader) }, "committed": true },
+        "prev_log_id": null, "entries": [], "leader_commit": null
+    })
+}
+
+#[test]
+fn other_clusters_removed_nodes_and_impostors_are_refused() {
+    let n1 = Agent::start();
+    let n2 = Agent::join("n2", &n1);
+    let mut n3 = Agent::join("n3", &n1);
+    wait_until("three nodes", || {
+        n1.status()["nodes"].as_array().unwrap().len() == 3
+    });
+    n1.ok(&["group", "create", "g"]);
+
+    // A node of another cluster: its certificate is from another CA. The handshake fails.
+    let other = Agent::start();
+    let foreign = presenting(&creds_of(&other));
+    let before = stored(&n1);
+    for (path, body) in [("/raft/vote", vote("n1")), ("/raft/append", append("n1"))] {
+        let r = https(&n1.listen, foreign.clone(), "POST", path, Some(body), &[]);
+        assert!(
+            r.is_err(),
+            "{path} with another cluster's certificate: {r:?}"
+        );
+    }
+    let r = https(&n1.listen, foreign, "GET", "/v1/status", None, &[]);
+    assert!(
+        r.is_err(),
+        "status with another cluster's certificate: {r:?}"
+    );
+
+    // A member posing as another node: its certificate says who it is.
+    let n2_tls = presenting(&creds_of(&n2));
+    let hb = json!({ "name": "n3", "term": 1, "former_age_ms": null });
+    let (code, v) = https(
+        &n1.listen,
+        n2_tls.clone(),
+        "POST",
+        "/v1/nm/heartbeat",
+        Some(hb),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("speaks only for itself"),
+        "{v}"
+    );
+    for (path, body) in [("/raft/vote", vote("n1")), ("/raft/append", append("n1"))] {
+        let (code, v) = https(&n1.listen, n2_tls.clone(), "POST", path, Some(body), &[]).unwrap();
+        assert_eq!(code, 409, "{path}: {v}");
+        assert_eq!(v["kind"], "impostor", "{path}: {v}");
+    }
+    assert_eq!(stored(&n1), before, "nothing changed");
+
+    // A removed node keeps its certificate, which has not expired: refused from then on.
+    let n3_creds = creds_of(&n3);
+    n1.ok(&["node", "remove", "n3"]);
+    n3.kill();
+    let removed = presenting(&n3_creds);
+    let before = stored(&n1);
+    for (path, body) in [
+        ("/raft/vote", vote("n3")),
+        ("/raft/append", append("n3")),
+        (
+            "/v1/nm/heartbeat",
+            json!({ "name": "n3", "term": 1, "former_age_ms": null }),
+        ),
+    ] {
+        let (code, v) = https(&n1.listen, removed.clone(), "POST", path, Some(body), &[]).unwrap();
+        assert_eq!(code, 409, "{path}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("revoked"),
+            "{path}: {v}"
+        );
+    }
+    let (code, v) = https(&n1.listen, removed, "GET", "/v1/status", None, &[]).unwrap();
+    assert_eq!(code, 401, "{v}");
+    assert_eq!(stored(&n1), before, "nothing changed");
+    n1.ok(&["group", "create", "after"]);
+    drop((n1, n2, n3, other));
+}
+
+/// (method, path, body, the role it needs).
+fn roles_table() -> Vec<(&'static str, &'static str, Value, &'static str)> {
+    vec![
+        ("GET", "/v1/status", json!(null), "viewer"),
+        ("GET", "/v1/log", json!(null), "viewer"),
+        ("GET", "/v1/types", json!(null), "viewer"),
+        ("GET", "/v1/certs", json!(null), "viewer"),
+        ("GET", "/v1/cluster/identity", json!(null), "viewer"),
+        ("POST", "/v1/groups/g/online", json!({}), "operator"),
+        ("POST", "/v1/groups/g/offline", json!({}), "operator"),
+        (
+            "POST",
+            "/v1/groups/g/move",
+            json!({ "to": "n1" }),
+            "operator",
+        ),
+        ("POST", "/v1/nodes/n1/resume", json!({}), "operator"),
+        ("POST", "/v1/resources/nope/fail", json!({}), "operator"),
+        ("POST", "/v1/groups", json!({ "name": "new" }), "admin"),
+        ("PATCH", "/v1/groups/g", json!({ "props": {} }), "admin"),
+        (
+            "POST",
+            "/v1/resources",
+            json!({ "name": "r", "group": "g", "type": "process", "params": { "command": "[\"sleep\", \"60\"]" } }),
+            "admin",
+        ),
+        (
+            "POST",
+            "/v1/resources/nope/control",
+            json!({ "request": "x" }),
+            "admin",
+        ),
+        (
+            "POST",
+            "/v1/types",
+            json!({ "library": "/nonexistent.so" }),
+            "admin",
+        ),
+        ("GET", "/v1/tokens", json!(null), "admin"),
+        (
+            "POST",
+            "/v1/tokens",
+            json!({ "kind": "api", "role": "viewer" }),
+            "admin",
+        ),
+        ("DELETE", "/v1/groups/nope", json!(null), "admin"),
+        ("DELETE", "/v1/nodes/nope", json!(null), "admin"),
+    ]
+}
+
+fn rank(role: &str) -> u8 {
+    match role {
+        "viewer" => 1,
+        "operator" => 2,
+        "admin" => 3,
+        _ => 0,
+    }
+}
+
+#[test]
+fn each_route_takes_the_roles_it_should() {
+    let a = Agent::start();
+    a.ok(&["group", "create", "g"]);
+    let token = |role: &str| {
+        a.ok(&["token", "create", "--role", role])
+            .trim()
+            .to_string()
+    };
+    let tokens = [
+        ("none", None),
+        ("viewer", Some(token("viewer"))),
+        ("operator", Some(token("operator"))),
+        ("admin", Some(token("admin"))),
+    ];
+    let ca = std::fs::read_to_string(a.ca_file()).unwrap();
+    let client = pinned(vigil_tls::Pin::Ca(ca));
+    for (method, path, body, need) in roles_table() {
+        for (who, t) in &tokens {
+            let header = t.as_ref().map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = header
+                .iter()
+                .map(|h| ("Authorization", h.as_str()))
+                .collect();
+            let body = (!body.is_null()).then(|| body.clone());
+            let (code, v) = https(&a.listen, client.clone(), method, path, body, &headers).unwrap();
+            match (t, rank(who) >= rank(need)) {
+                (None, _) => {
+                    assert_eq!(code, 401, "{method} {path} without a token: {v}");
+                    assert!(v["error"].as_str().unwrap().contains(need), "{v}");
+                }
+                (Some(_), false) => {
+                    assert_eq!(code, 403, "{method} {path} as {who}: {v}");
+                    assert!(
+                        v["error"]
+                            .as_str()
+                            .unwrap()
+                            .contains(&format!("needs role {need}")),
+                        "{v}"
+                    );
+                }
+                (Some(_), true) => assert!(
+                    code != 401 && code != 403,
+                    "{method} {path} as {who} refused: {code} {v}"
+                ),
+            }
+        }
+    }
+    // Bad tokens: 401, saying what is wrong.
+    let secret_wrong = tokens[3].1.clone().unwrap();
+    let mut wrong = secret_wrong.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == '0' { '1' } else { '0' });
+    for (bad, says) in [
+        ("va1.nope", "malformed"),
+        (wrong.as_str(), "wrong secret"),
+        (
+            "va1.0123456789abcdef.0123456789abcdef0123456789abcdef",
+            "unknown token",
+        ),
+    ] {
+        let h = format!("Bearer {bad}");
+        let (code, v) = https(
+            &a.listen,
+            client.clone(),
+            "GET",
+            "/v1/status",
+            None,
+            &[("Authorization", &h)],
+        )
+        .unwrap();
+        assert_eq!(code, 401, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{bad}: {v}");
+    }
+    // The CLI over HTTPS: a viewer reads status, and is told which role creating needs.
+    let ca = a.ca_file();
+    let viewer = tokens[1].1.clone().unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(&*support::VIGIL)
+            .args([
+                "--endpoint",
+                &a.endpoint,
+                "--ca",
+                ca.to_str().unwrap(),
+                "--token",
+                &viewer,
+            ])
+            .args(args)
+            .env_remove("VIGIL_SOCKET")
+            .output()
+            .unwrap()
+    };
+    assert!(cli(&["status"]).status.success());
+    let out = cli(&["group", "create", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs role admin"));
+    // A revoked token is refused at once.
+    let id = viewer.split('.').nth(1).unwrap().to_string();
+    a.ok(&["token", "revoke", &id]);
+    let out = cli(&["status"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown token"));
+}
+
+/// Starts `a` joining with `token` and expects it to be refused; its stderr.
+fn refused_join(a: &Agent, seed: &Agent, token: &str) -> String {
+    let mut cmd = a.agent_command(false);
+    cmd.args(["--join", &seed.listen, "--token", token]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "the join with {token} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn join_tokens_that_are_used_up_expired_unknown_malformed_or_another_clusters_are_refused() {
+    let n1 = Agent::start();
+    let once = n1
+        .ok(&["token", "create", "--join", "--uses", "1"])
+        .trim()
+        .to_string();
+    let mut n2 = Agent::new("n2");
+    let mut cmd = n2.agent_command(false);
+    cmd.args(["--join", &n1.listen, "--token", &once]);
+    n2.spawn_with(cmd);
+    let before = stored(&n1);
+
+    let err = refused_join(&Agent::new("n3"), &n1, &once);
+    assert!(err.contains("is used up"), "{err}");
+
+    let short = n1
+        .ok(&["token", "create", "--join", "--ttl", "1s"])
+        .trim()
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let err = refused_join(&Agent::new("n3"), &n1, &short);
+    assert!(err.contains("expired"), "{err}");
+
+    let revoked = n1.ok(&["token", "create", "--join"]).trim().to_string();
+    n1.ok(&["token", "revoke", revoked.split('.').nth(1).unwrap()]);
+    let err = refused_join(&Agent::new("n3"), &n1, &revoked);
+    assert!(err.contains("unknown token"), "{err}");
+
+    let err = refused_join(&Agent::new("n3"), &n1, "vj1.garbage");
+    assert!(err.contains("malformed token"), "{err}");
+
+    // Another cluster's token names another CA: the new node finds the server is not of that
+    // cluster, and sends nothing.
+    let other = Agent::start();
+    let theirs = other.ok(&["token", "create", "--join"]).trim().to_string();
+    let err = refused_join(&Agent::new("n3"), &n1, &theirs);
+    assert!(err.contains("not from the cluster CA"), "{err}");
+
+    // The refused tokens changed nothing (the revoke and the new tokens aside).
+    let after = stored(&n1);
+    assert_eq!(after["nodes"], before["nodes"]);
+    assert_eq!(after["groups"], before["groups"]);
+    drop((n1, n2, other));
+}
+
+#[test]
+fn the_data_dir_and_its_secrets_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = Agent::start();
+    let dir = a.data_dir();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for f in [
+        "raft.redb",
+        "node.key",
+        "node.pem",
+        "ca.pem",
+        "cluster.log",
+        "vigil.sock",
+    ] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+}
