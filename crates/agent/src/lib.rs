@@ -52,11 +52,14 @@ pub struct AgentOptions {
     /// Node heartbeat interval; a lease lasts `heartbeat_interval_ms × heartbeat_threshold`.
     pub heartbeat_interval_ms: u64,
     pub heartbeat_threshold: u32,
+    /// How long the certificates this node signs (as leader) are valid.
+    pub cert_lifetime_s: u64,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     vigil_tls::install_provider();
+    vigil_tls::set_node_cert_lifetime(std::time::Duration::from_secs(opts.cert_lifetime_s));
     private_data_dir(&opts)?;
     let _lock = lock_data_dir(&opts)?;
     check_identity(&opts)?;
@@ -214,6 +217,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         let _ = stop.send(Msg::Shutdown).await;
     });
     tokio::spawn(watch_removal(db.clone(), tx.clone()));
+    tokio::spawn(renew_certificate(
+        db.clone(),
+        tls.clone(),
+        log.clone(),
+        opts.data_dir.clone(),
+    ));
     service::run(svc, rx)
         .await
         .map_err(|e| anyhow::anyhow!("agent stopped: {e}"))
@@ -237,7 +246,7 @@ async fn form_or_join(
         let now = std::time::SystemTime::now();
         let ca = vigil_tls::Ca::generate(&id, now)?;
         let (key_pem, csr) = vigil_tls::new_key(&opts.name)?;
-        let issued = ca.sign(&csr, &id, &opts.name, vigil_tls::NODE_CERT_LIFETIME, now)?;
+        let issued = ca.sign(&csr, &id, &opts.name, vigil_tls::node_cert_lifetime(), now)?;
         let creds = vigil_tls::Creds {
             ca_pem: ca.cert_pem.clone(),
             cert_pem: issued.cert_pem.clone(),
@@ -356,6 +365,97 @@ async fn watch_removal(db: Db, main: mpsc::Sender<Msg>) {
             return;
         }
     }
+}
+
+/// Renews this node's certificate in the last third of its life, at the leader, with the
+/// same key, and swaps it in without a restart. A failure is logged (once per reason) and
+/// shown in status, and tried again.
+async fn renew_certificate(db: Db, tls: vigil_tls::Tls, log: ClusterLog, dir: PathBuf) {
+    let check = (vigil_tls::node_cert_lifetime() / 20).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    loop {
+        tokio::time::sleep(check).await;
+        let Some(me) = tls.identity() else { continue };
+        let now = vigil_tls::unix_s(std::time::SystemTime::now());
+        if !vigil_tls::renewal_due(me.not_before_s, me.not_after_s, now) {
+            continue;
+        }
+        match renew_once(&db, &dir, &me.node).await {
+            Ok(creds) => match tls.load(&creds) {
+                Ok(new) => {
+                    tls.set_renewal_error(None);
+                    log.append([LogEntry::new(
+                        Component::NM,
+                        format!(
+                            "certificate of {} renewed; valid until Unix time {}",
+                            new.node, new.not_after_s
+                        ),
+                    )]);
+                }
+                Err(e) => tls.set_renewal_error(Some(e.to_string())),
+            },
+            Err(why) => {
+                let why = format!(
+                    "{why}; the certificate expires at Unix time {} ({} s from now)",
+                    me.not_after_s,
+                    me.not_after_s.saturating_sub(now)
+                );
+                if tls.renewal_error().as_deref().map(|w| w.split(';').next())
+                    != Some(why.split(';').next())
+                {
+                    log.append([LogEntry::new(
+                        Component::NM,
+                        format!("certificate renewal failed: {why}"),
+                    )]);
+                }
+                tls.set_renewal_error(Some(why));
+            }
+        }
+    }
+}
+
+async fn renew_once(
+    db: &Db,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<vigil_tls::Creds, String> {
+    let old = vigil_tls::Creds::load(dir)
+        .map_err(|e| e.to_string())?
+        .ok_or("the node's credentials are gone from its data dir")?;
+    let csr = vigil_tls::request_for(&old.key_pem, name).map_err(|e| e.to_string())?;
+    let leader = db.leader_addr().ok_or("no leader is known")?;
+    let resp = db
+        .peer_client()
+        .post(format!("https://{leader}/v1/cluster/renew"))
+        .json(&serde_json::json!({ "csr": csr }))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach the leader at {leader}: {}",
+                membership::error_chain(&e)
+            )
+        })?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(format!(
+            "the leader at {leader} refused: {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        ));
+    }
+    let creds = vigil_tls::Creds {
+        cert_pem: body["cert_pem"].as_str().unwrap_or_default().to_string(),
+        ..old
+    };
+    vigil_tls::Tls::default()
+        .load(&creds)
+        .map_err(|e| format!("the leader's answer: {e}"))?;
+    creds.save(dir).map_err(|e| e.to_string())?;
+    Ok(creds)
 }
 
 /// The file in the data dir that holds the id of the node's cluster.

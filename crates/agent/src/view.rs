@@ -28,6 +28,16 @@ pub struct StatusView {
     pub groups: Vec<GroupView>,
     /// The answering node's RHS processes.
     pub rhs: Vec<HostView>,
+    /// The answering node's certificate: when it expires, and why its renewal failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertView {
+    pub not_after_s: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -191,5 +201,6 @@ pub fn status(s: &Service) -> StatusView {
             .into_iter()
             .map(|(name, pid)| HostView { name, pid })
             .collect(),
+        certificate: None,
     }
 }

@@ -176,6 +176,9 @@ struct AgentArgs {
     /// Missed heartbeats before a node is suspected and its lease runs out.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
     heartbeat_threshold: u32,
+    /// How long the certificates this node signs are valid (renewed in their last third).
+    #[arg(long, default_value_t = 90 * 86_400, value_parser = clap::value_parser!(u64).range(10..=3 * 365 * 86_400))]
+    cert_lifetime_s: u64,
 }
 
 #[derive(Args, Default)]
@@ -478,6 +481,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         rhs_silence_ms: a.rhs_silence_ms,
         heartbeat_interval_ms: a.heartbeat_interval_ms,
         heartbeat_threshold: a.heartbeat_threshold,
+        cert_lifetime_s: a.cert_lifetime_s,
     }))
 }
 

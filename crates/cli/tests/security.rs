@@ -545,3 +545,50 @@ fn the_data_dir_and_its_secrets_are_private() {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
 }
+
+#[test]
+fn certificates_are_renewed_before_they_expire_without_a_restart() {
+    // 15 s certificates: renewed after about 10 s, the first ones expire at 15 s.
+    let short = ["--cert-lifetime-s", "15"];
+    let mut n1 = Agent::new("n1");
+    let mut cmd = n1.agent_command(true);
+    cmd.args(short);
+    n1.spawn_with(cmd);
+    let mut n2 = Agent::new("n2");
+    let mut cmd = n2.agent_command(false);
+    cmd.args(support::join_args(&n1.listen)).args(short);
+    n2.spawn_with(cmd);
+    let first = |a: &Agent| creds_of(a).cert_pem;
+    let (pem1, pem2) = (first(&n1), first(&n2));
+    let expiry = |a: &Agent| a.status()["certificate"]["not_after_s"].as_u64().unwrap();
+    let (until1, until2) = (expiry(&n1), expiry(&n2));
+    let start = std::time::Instant::now();
+    // Past the first certificates' end: every connection needs the new ones.
+    while start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_ne!(first(&n1), pem1, "n1 renewed");
+    assert_ne!(first(&n2), pem2, "n2 renewed");
+    assert!(expiry(&n1) > until1 && expiry(&n2) > until2);
+    assert!(n1.status()["certificate"]["renewal_error"].is_null());
+    // The same processes still talk to each other: a write through n2 reaches the leader.
+    n2.ok(&["group", "create", "after"]);
+    wait_until("both Up", || {
+        n1.status()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "Up")
+    });
+    assert!(n2.log().iter().any(|r| {
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("certificate of n2 renewed")
+    }));
+    let out = n1.ok(&["cert", "status"]);
+    assert!(
+        out.contains("n1") && out.contains("n2") && out.contains("CA sha256:"),
+        "{out}"
+    );
+}

@@ -33,8 +33,29 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 
-/// How long a node's certificate is valid.
+/// How long a node's certificate is valid, unless [`set_node_cert_lifetime`] says otherwise.
 pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+static LIFETIME: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets how long the certificates this process signs are valid (once, at the start; for
+/// drills and tests of renewal).
+pub fn set_node_cert_lifetime(d: Duration) {
+    let _ = LIFETIME.set(d);
+}
+
+/// How long the certificates this process signs are valid.
+pub fn node_cert_lifetime() -> Duration {
+    LIFETIME.get().copied().unwrap_or(NODE_CERT_LIFETIME)
+}
+
+/// Whether a certificate valid from `not_before_s` (backdated by [`BACKDATE`]) to
+/// `not_after_s` is due for renewal at `now_s`: in the last third of its life.
+pub fn renewal_due(not_before_s: u64, not_after_s: u64, now_s: u64) -> bool {
+    let start = not_before_s + BACKDATE.as_secs();
+    let life = not_after_s.saturating_sub(start);
+    not_after_s.saturating_sub(now_s) < life / 3
+}
 /// How long the CA's certificate is valid.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// A certificate starts this long before it is signed, so that a peer whose clock is a
@@ -395,9 +416,13 @@ struct Loaded {
     client: Arc<dyn ClientCertVerifier>,
 }
 
-/// A node's credentials, swapped in place (see the module's documentation).
+/// A node's credentials, swapped in place (see the module's documentation), and why the last
+/// renewal failed, if it did.
 #[derive(Clone, Default)]
-pub struct Tls(Arc<RwLock<Option<Arc<Loaded>>>>);
+pub struct Tls(
+    Arc<RwLock<Option<Arc<Loaded>>>>,
+    Arc<RwLock<Option<String>>>,
+);
 
 impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -450,6 +475,15 @@ impl Tls {
     /// What this node's current certificate says, once it has one.
     pub fn identity(&self) -> Option<NodeCert> {
         self.loaded().map(|l| l.me.clone())
+    }
+
+    /// Notes why renewing the certificate failed (`None`: it did not).
+    pub fn set_renewal_error(&self, why: Option<String>) {
+        *self.1.write().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    pub fn renewal_error(&self) -> Option<String> {
+        self.1.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The hash of the CA this node trusts.
@@ -731,6 +765,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(tls.ca_hash().unwrap(), ca.hash());
+    }
+
+    #[test]
+    fn renewal_is_due_in_the_last_third_of_a_certificates_life() {
+        let nb = 1_000 - BACKDATE.as_secs();
+        assert!(!renewal_due(nb, 1_900, 1_000));
+        assert!(!renewal_due(nb, 1_900, 1_599));
+        assert!(renewal_due(nb, 1_900, 1_601));
+        assert!(renewal_due(nb, 1_900, 2_000));
     }
 
     #[test]

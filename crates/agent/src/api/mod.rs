@@ -47,7 +47,7 @@ use nodes::{drain_node, heartbeat, identity, join, remove_node, removed, resume_
 use resources::{
     control_resource, create_resource, delete_resource, prop_text, resource_action, update_resource,
 };
-use security::{certify, certs, create_token, list_tokens, revoke_token};
+use security::{certify, certs, create_token, list_tokens, renew, revoke_token};
 use types::{list_types, register_type, show_type, unregister_type};
 
 /// How long a delete waits for the resources to stop before giving up.
@@ -152,7 +152,8 @@ pub fn router(
         Router::new()
             .route("/v1/nm/heartbeat", post(heartbeat))
             .route("/v1/cluster/join", post(join))
-            .route("/v1/cluster/removed", post(removed)),
+            .route("/v1/cluster/removed", post(removed))
+            .route("/v1/cluster/renew", post(renew)),
     );
     Router::new()
         .merge(nodes)
@@ -369,7 +370,11 @@ async fn status(
             }
         }
     }
-    let view = api.call(|s| view::status(s)).await?;
+    let mut view = api.call(|s| view::status(s)).await?;
+    view.certificate = api.tls.identity().map(|c| view::CertView {
+        not_after_s: c.not_after_s,
+        renewal_error: api.tls.renewal_error(),
+    });
     Ok(Json(serde_json::to_value(view).expect("status serializes")))
 }
 

@@ -3,7 +3,7 @@
 //! certificate.
 
 use vigil_core::security::{CertRecord, Role, Token, TokenKind, parse_join_token, token_string};
-use vigil_tls::{Ca, NODE_CERT_LIFETIME};
+use vigil_tls::Ca;
 
 use super::auth::now_s;
 use super::*;
@@ -184,6 +184,65 @@ pub(super) async fn certs(State(api): State<Api>) -> Json<Value> {
     Json(json!({ "now_s": now, "ca": ca, "nodes": nodes }))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RenewRequest {
+    csr: String,
+}
+
+/// A member's new certificate (a renewal: same key, same name). Only the leader signs; the
+/// name is the one the member's current certificate gives.
+pub(super) async fn renew(
+    State(api): State<Api>,
+    axum::Extension(from): axum::Extension<vigil_db::network::Sender>,
+    body: Result<Json<RenewRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    if !api.db.is_leader() {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("{} is not the leader; renew at the leader", api.node),
+        });
+    }
+    let state = api.db.state();
+    if !state.nodes.contains_key(&from.name) {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!("{} is not a member of this cluster", from.name),
+        });
+    }
+    let ca = state.security.ca.clone().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "this cluster has no CA".to_string(),
+    })?;
+    let cluster = state.cluster_id.clone().unwrap_or_default();
+    let issued = Ca {
+        cert_pem: ca.cert_pem.clone(),
+        key_pem: ca.key_pem,
+    }
+    .sign(
+        &req.csr,
+        &cluster,
+        &from.name,
+        vigil_tls::node_cert_lifetime(),
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| ApiError::bad(e.to_string()))?;
+    let record = Command::Certify {
+        node: from.name.clone(),
+        cert: CertRecord {
+            fingerprint: issued.fingerprint.clone(),
+            not_before_s: issued.not_before_s,
+            not_after_s: issued.not_after_s,
+        },
+    };
+    let results = api.db.write(vec![record]).await?;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e.into());
+    }
+    Ok(Json(json!({ "cert_pem": issued.cert_pem })))
+}
+
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CertifyRequest {
@@ -249,7 +308,7 @@ pub(super) async fn certify(
         &req.csr,
         &cluster,
         &req.name,
-        NODE_CERT_LIFETIME,
+        vigil_tls::node_cert_lifetime(),
         std::time::SystemTime::now(),
     )
     .map_err(|e| ApiError::bad(e.to_string()))?;
