@@ -274,6 +274,8 @@ async fn form_or_join(
                     fingerprint: issued.fingerprint.clone(),
                     not_before_s: issued.not_before_s,
                     not_after_s: issued.not_after_s,
+                    previous: None,
+                    pending: false,
                 },
             },
             Command::AddNode {

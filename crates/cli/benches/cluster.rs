@@ -49,12 +49,42 @@ fn node_state(a: &Agent, node: &str) -> Option<String> {
     a.node_state(node)
 }
 
-fn write(a: &Agent, name: &str) {
-    write_to(&a.listen, name);
+/// An operator's way in: HTTPS checked against the cluster CA, an admin API token.
+#[derive(Clone)]
+struct Operator {
+    tls: std::sync::Arc<vigil_tls::rustls::ClientConfig>,
+    auth: String,
 }
 
-fn write_to(addr: &str, name: &str) {
-    let (status, v) = support::http(addr, "POST", "/v1/groups", Some(json!({ "name": name })));
+impl Operator {
+    fn of(a: &Agent) -> Operator {
+        let token = a
+            .ok(&["token", "create", "--role", "admin"])
+            .trim()
+            .to_string();
+        let ca = std::fs::read_to_string(a.ca_file()).unwrap();
+        Operator {
+            tls: support::pinned(vigil_tls::Pin::Ca(ca)),
+            auth: format!("Bearer {token}"),
+        }
+    }
+}
+
+fn write(op: &Operator, a: &Agent, name: &str) {
+    write_to(op, &a.listen, name);
+}
+
+/// One write through the API over HTTPS (a connection of its own, with its handshake).
+fn write_to(op: &Operator, addr: &str, name: &str) {
+    let (status, v) = support::https(
+        addr,
+        op.tls.clone(),
+        "POST",
+        "/v1/groups",
+        Some(json!({ "name": name })),
+        &[("Authorization", &op.auth)],
+    )
+    .unwrap();
     assert_eq!(status, 200, "{v}");
 }
 
@@ -76,6 +106,7 @@ fn main() {
     let n2 = Agent::join("n2", &n1);
     let mut n3 = Agent::join("n3", &n1);
     wait_until("three voters", || voters(&n1) == 3);
+    let op = Operator::of(&n1);
     println!(
         "{:<34} {:>8.0} ms",
         "formation (3 fresh agents)",
@@ -131,7 +162,7 @@ fn main() {
     let mut lat = Vec::new();
     for i in 0..writes {
         let t = Instant::now();
-        write(&n1, &format!("w{i}"));
+        write(&op, &n1, &format!("w{i}"));
         lat.push(ms(t.elapsed()));
     }
     if !lat.is_empty() {
@@ -140,7 +171,7 @@ fn main() {
     let mut lat = Vec::new();
     for i in 0..writes / 4 {
         let t = Instant::now();
-        write(&n2, &format!("f{i}"));
+        write(&op, &n2, &format!("f{i}"));
         lat.push(ms(t.elapsed()));
     }
     if !lat.is_empty() {
@@ -163,10 +194,10 @@ fn main() {
         let per = concurrent / writers;
         std::thread::scope(|s| {
             for w in 0..writers {
-                let addr = n1.listen.clone();
+                let (addr, op) = (n1.listen.clone(), op.clone());
                 s.spawn(move || {
                     for i in 0..per {
-                        write_to(&addr, &format!("c{writers}-{w}-{i}"));
+                        write_to(&op, &addr, &format!("c{writers}-{w}-{i}"));
                     }
                 });
             }

@@ -282,6 +282,54 @@ fn other_clusters_removed_nodes_and_impostors_are_refused() {
     }
     assert_eq!(stored(&n1), before, "nothing changed");
 
+    // A removal notice from a member that does not lead.
+    let notice = json!({ "by": "n2" });
+    let (code, v) = https(
+        &n3.listen,
+        n2_tls.clone(),
+        "POST",
+        "/v1/cluster/removed",
+        Some(notice),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 409, "{v}");
+    assert!(n3.running());
+    // A member cannot stock up certificates: renewal only near the end of one's life.
+    let csr = vigil_tls::request_for(&creds_of(&n2).key_pem, "n2").unwrap();
+    let (code, v) = https(
+        &n1.listen,
+        n2_tls.clone(),
+        "POST",
+        "/v1/cluster/renew",
+        Some(json!({ "csr": csr })),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not due"), "{v}");
+    // A certificate got with a join token, for a node that never joined: good for its join
+    // only.
+    let lurker = support::certified(&n1.listen, "lurker");
+    let lurker = Arc::new(lurker.client_config());
+    for (method, path, body) in [
+        ("POST", "/raft/write", Some(json!({}))),
+        ("POST", "/raft/append", Some(append("lurker"))),
+        ("GET", "/v1/status", None),
+    ] {
+        let (code, v) = https(&n1.listen, lurker.clone(), method, path, body, &[]).unwrap();
+        assert!(code == 409 || code == 401, "{path}: {code} {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("has not joined"),
+            "{path}: {v}"
+        );
+    }
+    assert_eq!(
+        stored(&n1)["nodes"].as_array().unwrap().len(),
+        3,
+        "the lurker is no node"
+    );
+
     // A removed node keeps its certificate, which has not expired: refused from then on.
     let n3_creds = creds_of(&n3);
     n1.ok(&["node", "remove", "n3"]);

@@ -320,7 +320,14 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                     cert.fingerprint
                 )));
             }
-            state.security.certs.insert(node.clone(), cert.clone());
+            let mut cert = cert.clone();
+            if let Some(old) = state.security.certs.get(node) {
+                if let Some(older) = &old.previous {
+                    state.security.revoked.insert(older.clone());
+                }
+                cert.previous = Some(old.fingerprint.clone());
+            }
+            state.security.certs.insert(node.clone(), cert);
         }
         Command::CreateToken { token } => {
             if state.security.tokens.contains_key(&token.id) {
@@ -365,6 +372,9 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                     draining: false,
                 },
             );
+            if let Some(cert) = state.security.certs.get_mut(name) {
+                cert.pending = false;
+            }
         }
         Command::MarkWitness { name } => {
             if !state.nodes.contains_key(name) {
@@ -403,6 +413,7 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
             state.nodes.remove(name);
             if let Some(cert) = state.security.certs.remove(name) {
                 state.security.revoked.insert(cert.fingerprint);
+                state.security.revoked.extend(cert.previous);
             }
             for g in state.groups.values_mut() {
                 g.props.preferred_owners.retain(|n| n != name);

@@ -35,6 +35,39 @@ pub struct CertRecord {
     pub fingerprint: String,
     pub not_before_s: u64,
     pub not_after_s: u64,
+    /// The one before (still accepted: a renewal reaches the other copies after the node
+    /// uses its new certificate). The one before that is revoked at a renewal.
+    #[serde(default)]
+    pub previous: Option<String>,
+    /// Issued for a join token, to a node not admitted yet: good for its join only.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// Whether a certificate (one the CA signed, of this cluster) may speak for its node as this
+/// copy knows it; `joining`: for its own join (a pending certificate is good for that only).
+pub fn judge(sec: &Security, node: &str, fingerprint: &str, joining: bool) -> Result<(), String> {
+    if sec.revoked.contains(fingerprint) {
+        return Err(format!(
+            "node {node} was removed from this cluster, or its certificate replaced; its certificate is revoked"
+        ));
+    }
+    let Some(rec) = sec.certs.get(node) else {
+        // This copy has not heard of the node yet (it lags): it cannot tell, and refusing
+        // would keep it from catching up if that node leads.
+        return Ok(());
+    };
+    if rec.fingerprint != fingerprint && rec.previous.as_deref() != Some(fingerprint) {
+        return Err(format!(
+            "certificate {fingerprint} is not one this cluster issued to node {node} last (it was replaced)"
+        ));
+    }
+    if rec.pending && !joining {
+        return Err(format!(
+            "node {node} has a certificate for its join but has not joined"
+        ));
+    }
+    Ok(())
 }
 
 /// What an API token may do; each role may do everything of the roles before it.

@@ -230,6 +230,12 @@ impl Db {
             seq: Arc::default(),
         };
         tokio::spawn(recover_loop(Arc::downgrade(&db.core), db.reopener()));
+        // A server this node dials is judged as a client would be (a pending certificate is
+        // a joining node's, which the leader asks who it is).
+        let judge = db.clone();
+        tls.set_judge(Arc::new(move |cert| {
+            judge.judge_peer(cert, true).map_err(|r| r.error)
+        }));
         Ok(db)
     }
 
@@ -279,11 +285,15 @@ impl Db {
 
     fn judge(&self) -> NodeRoutes {
         let db = self.clone();
-        NodeRoutes(Arc::new(move |cert| db.judge_peer(cert)))
+        NodeRoutes(Arc::new(move |cert, joining| db.judge_peer(cert, joining)))
     }
 
     /// Whether a certificate (one the CA signed) is a current node's of this cluster.
-    fn judge_peer(&self, cert: &vigil_tls::NodeCert) -> Result<(), network::Refusal> {
+    fn judge_peer(
+        &self,
+        cert: &vigil_tls::NodeCert,
+        joining: bool,
+    ) -> Result<(), network::Refusal> {
         let ours = self.cluster.get().unwrap_or_default();
         if cert.cluster != ours {
             return Err(network::Refusal {
@@ -294,16 +304,16 @@ impl Db {
                 ),
             });
         }
-        if self.state().security.revoked.contains(&cert.fingerprint) {
-            return Err(network::Refusal {
-                kind: "not_a_voter".to_string(),
-                error: format!(
-                    "node {} was removed from this cluster; its certificate is revoked",
-                    cert.node
-                ),
-            });
-        }
-        Ok(())
+        vigil_core::security::judge(
+            &self.state().security,
+            &cert.node,
+            &cert.fingerprint,
+            joining,
+        )
+        .map_err(|error| network::Refusal {
+            kind: "not_a_voter".to_string(),
+            error,
+        })
     }
 
     /// A client for this node's requests to its peers (mutual TLS, connections pooled).
@@ -314,7 +324,7 @@ impl Db {
     /// Whether a certificate the CA signed is a current node's of this cluster (not another
     /// cluster's, not a removed node's).
     pub fn judge_cert(&self, cert: &vigil_tls::NodeCert) -> Result<(), String> {
-        self.judge_peer(cert).map_err(|r| r.error)
+        self.judge_peer(cert, false).map_err(|r| r.error)
     }
 
     /// The header that names this node's cluster, for the agent's own node-to-node requests.

@@ -375,7 +375,8 @@ pub struct Sender {
 
 /// Decides whether a certificate is a current node's of this cluster (the cluster's id,
 /// and the certificates revoked at removals, are the database's).
-pub type Judge = Arc<dyn Fn(&NodeCert) -> Result<(), Refusal> + Send + Sync>;
+/// The second argument: the request is the node's own join.
+pub type Judge = Arc<dyn Fn(&NodeCert, bool) -> Result<(), Refusal> + Send + Sync>;
 
 /// Node-to-node routes: refused unless the peer is a node of this cluster (see the
 /// module's documentation); the handlers get the [`Sender`].
@@ -407,7 +408,7 @@ async fn node_peer(State(nodes): State<NodeRoutes>, mut req: Request, next: Next
             return (StatusCode::FORBIDDEN, Json(body)).into_response();
         }
     };
-    if let Err(refusal) = (nodes.0)(&cert) {
+    if let Err(refusal) = (nodes.0)(&cert, path == "/v1/cluster/join") {
         tracing::warn!("refused {path} from node {}: {}", cert.node, refusal.error);
         return (StatusCode::CONFLICT, Json(refusal)).into_response();
     }
@@ -416,6 +417,33 @@ async fn node_peer(State(nodes): State<NodeRoutes>, mut req: Request, next: Next
         name: cert.node,
     });
     next.run(req).await
+}
+
+/// A leader's appends are taken only if it is in this copy's Raft membership (a voter or a
+/// learner), or this copy knows no membership yet (a joining node). openraft itself takes
+/// an append from any node with a high enough vote.
+fn not_a_member(r: &Receiver, from: &Sender) -> Option<Response> {
+    let raft = (r.raft)();
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let config = m.membership_config.membership();
+    let mut nodes = config.nodes().map(|(id, _)| *id).peekable();
+    // No membership known: a joining node, which takes its first leader's word.
+    nodes.peek()?;
+    if nodes.any(|id| id == from.id) {
+        return None;
+    }
+    tracing::warn!(
+        "refused Raft messages from {}: not in this node's membership",
+        from.name
+    );
+    Some(refuse(
+        "not_a_voter",
+        format!(
+            "node {} is not a member of this cluster's Raft (as this node knows it)",
+            from.name
+        ),
+    ))
 }
 
 /// A 409 answer for a node that speaks for another: its certificate names `from`.
@@ -443,6 +471,9 @@ async fn append(
     let leader = req.vote.leader_id().voted_for();
     if leader != Some(from.id) {
         return impostor(&from, "Raft append", leader);
+    }
+    if let Some(refused) = not_a_member(&r, &from) {
+        return refused;
     }
     // Noted before Raft sees it: the leader sent it earlier still (see the module's docs).
     r.clocks.begin(req.vote.leader_id().get_term());
@@ -488,6 +519,9 @@ async fn snapshot(
     let leader = req.vote.leader_id().voted_for();
     if leader != Some(from.id) {
         return impostor(&from, "Raft snapshot", leader);
+    }
+    if let Some(refused) = not_a_member(&r, &from) {
+        return refused;
     }
     r.clocks.begin(req.vote.leader_id().get_term());
     Json((r.raft)().install_snapshot(req).await).into_response()

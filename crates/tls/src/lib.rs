@@ -422,7 +422,12 @@ struct Loaded {
 pub struct Tls(
     Arc<RwLock<Option<Arc<Loaded>>>>,
     Arc<RwLock<Option<String>>>,
+    Arc<RwLock<Option<PeerJudge>>>,
 );
+
+/// Whether a certificate of this cluster may speak for its node (the database decides:
+/// removed and replaced certificates are refused).
+pub type PeerJudge = Arc<dyn Fn(&NodeCert) -> Result<(), String> + Send + Sync>;
 
 impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -475,6 +480,11 @@ impl Tls {
     /// What this node's current certificate says, once it has one.
     pub fn identity(&self) -> Option<NodeCert> {
         self.loaded().map(|l| l.me.clone())
+    }
+
+    /// Sets how the servers this node dials are judged beyond their chain.
+    pub fn set_judge(&self, judge: PeerJudge) {
+        *self.2.write().unwrap_or_else(|p| p.into_inner()) = Some(judge);
     }
 
     /// Notes why renewing the certificate failed (`None`: it did not).
@@ -607,9 +617,17 @@ impl ServerCertVerifier for PeerCheck {
             .ok_or_else(|| rustls::Error::General("this node has no cluster CA yet".to_string()))?;
         let name = ServerName::try_from(cluster_dns(&loaded.me.cluster))
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        loaded
-            .server
-            .verify_server_cert(end_entity, intermediates, &name, ocsp, now)
+        let verified =
+            loaded
+                .server
+                .verify_server_cert(end_entity, intermediates, &name, ocsp, now)?;
+        let judge = self.0.2.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(judge) = judge {
+            let cert =
+                read_node_cert(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+            judge(&cert).map_err(rustls::Error::General)?;
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

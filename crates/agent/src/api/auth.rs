@@ -84,10 +84,9 @@ fn unauthorized(message: String) -> Response {
 fn caller(api: &Api, req: &axum::extract::Request, need: Role) -> Result<Caller, String> {
     match req.extensions().get::<Peer>() {
         Some(Peer::Node(cert)) => {
-            return api
-                .db
-                .judge_cert(cert)
-                .map(|()| Caller::Node(cert.node.clone()));
+            // Removed, replaced and not-yet-joined certificates are refused here.
+            api.db.judge_cert(cert)?;
+            return Ok(Caller::Node(cert.node.clone()));
         }
         Some(Peer::Local { uid }) if *uid == 0 || *uid == rustix::process::geteuid().as_raw() => {
             return Ok(Caller::LocalRoot(*uid));

@@ -64,9 +64,23 @@ pub(super) struct RemovedNotice {
 /// The leader removed this node from the cluster: it stops.
 pub(super) async fn removed(
     State(api): State<Api>,
+    Extension(from): Extension<Sender>,
     body: Result<Json<RemovedNotice>, JsonRejection>,
 ) -> ApiResult {
     let Json(notice) = body?;
+    // Only the leader removes nodes (it tells the node once the removal is written).
+    let leader = api.db.raft().metrics().borrow().current_leader;
+    if leader != Some(from.id) || notice.by != from.name {
+        let message = format!(
+            "a removal notice from node {} (in the name of {}), which is not this node's leader",
+            from.name, notice.by
+        );
+        tracing::warn!("refused {message}");
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message,
+        });
+    }
     let reason = format!("the leader {} removed it", notice.by);
     api.tx
         .send(Msg::Removed { reason })

@@ -195,9 +195,23 @@ pub(super) struct RenewRequest {
 pub(super) async fn renew(
     State(api): State<Api>,
     axum::Extension(from): axum::Extension<vigil_db::network::Sender>,
+    axum::Extension(peer): axum::Extension<vigil_tls::Peer>,
     body: Result<Json<RenewRequest>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
+    // Only in the last third of the current certificate's life: a member cannot stock up
+    // certificates to use after its removal.
+    if let vigil_tls::Peer::Node(cert) = &peer
+        && !vigil_tls::renewal_due(cert.not_before_s, cert.not_after_s, now_s())
+    {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "the certificate of {} is not due for renewal (it expires at Unix time {})",
+                from.name, cert.not_after_s
+            ),
+        });
+    }
     if !api.db.is_leader() {
         return Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -234,6 +248,8 @@ pub(super) async fn renew(
             fingerprint: issued.fingerprint.clone(),
             not_before_s: issued.not_before_s,
             not_after_s: issued.not_after_s,
+            previous: None,
+            pending: false,
         },
     };
     let results = api.db.write(vec![record]).await?;
@@ -294,6 +310,23 @@ pub(super) async fn certify(
             message: format!("node name {:?} is already taken", req.name),
         });
     }
+    // Nodes speak for themselves by Raft id (a hash of the name): two names with one id
+    // would let one speak for the other.
+    let id = vigil_db::node_id(&req.name);
+    if let Some(other) = state
+        .nodes
+        .keys()
+        .chain(state.security.certs.keys())
+        .find(|n| *n != &req.name && vigil_db::node_id(n) == id)
+    {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "node name {:?} hashes to the same Raft id as node {other:?}; choose another name",
+                req.name
+            ),
+        });
+    }
     let hash = vigil_tls::sha256_hex(parts.secret.as_bytes());
     let now = now_s();
     state
@@ -323,6 +356,8 @@ pub(super) async fn certify(
             fingerprint: issued.fingerprint.clone(),
             not_before_s: issued.not_before_s,
             not_after_s: issued.not_after_s,
+            previous: None,
+            pending: true,
         },
     };
     let results = api.db.write(vec![spend]).await?;
