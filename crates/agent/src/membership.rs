@@ -241,13 +241,11 @@ pub async fn remove(db: &Db, name: &str) -> Result<(), Refused> {
 /// Tells a removed node it was removed (best effort: one that does not hear it learns it
 /// when the voters refuse its votes).
 fn notify_removed(db: &Db, name: &str, addr: &str) {
-    let (header, cluster) = db.cluster_header();
     let (name, addr, by) = (name.to_string(), addr.to_string(), db.name().to_string());
     let http = db.peer_client();
     tokio::spawn(async move {
         let sent = http
             .post(format!("https://{addr}/v1/cluster/removed"))
-            .header(header, cluster)
             .json(&json!({ "by": by }))
             .timeout(PROBE_LIMIT)
             .send()

@@ -264,10 +264,8 @@ async fn send(
     limit: Duration,
 ) -> Option<HeartbeatReply> {
     let leader = db.leader_addr()?;
-    let (header, cluster) = db.cluster_header();
     let resp = http
         .post(format!("https://{leader}/v1/nm/heartbeat"))
-        .header(header, cluster)
         .json(hb)
         .timeout(limit)
         .send()

@@ -32,7 +32,7 @@ use vigil_core::command::{ApplyError, Command};
 use vigil_core::model::ClusterState;
 
 use crate::batch::{Batcher, Failed};
-use crate::network::{CLUSTER_HEADER, Clocks, ClusterId, Network, NodeRoutes};
+use crate::network::{Clocks, ClusterId, Network, NodeRoutes};
 use crate::store::{Health, LogStore, SmData, StateMachine};
 use crate::types::{NodeId, RequestId, TypeConfig, Write};
 
@@ -201,7 +201,7 @@ impl Db {
             .map_err(|e| open_err(format!("HTTP client: {e}")))?;
         let id = node_id(name);
         let (clocks, cluster) = (Clocks::default(), ClusterId::default());
-        let network = Network::new(raft_http, clocks.clone(), cluster.clone());
+        let network = Network::new(raft_http, clocks.clone());
         let config = Arc::new(config);
         let raft = Raft::new(id, config.clone(), network.clone(), log, sm)
             .await
@@ -325,11 +325,6 @@ impl Db {
     /// cluster's, not a removed node's).
     pub fn judge_cert(&self, cert: &vigil_tls::NodeCert) -> Result<(), String> {
         self.judge_peer(cert, false).map_err(|r| r.error)
-    }
-
-    /// The header that names this node's cluster, for the agent's own node-to-node requests.
-    pub fn cluster_header(&self) -> (&'static str, String) {
-        (CLUSTER_HEADER, self.cluster.get().unwrap_or_default())
     }
 
     /// Why this node's database cannot write, if it cannot: a write failed (a full disk, an
@@ -603,11 +598,9 @@ impl Db {
                 why,
             })
         };
-        let (header, cluster) = self.cluster_header();
         let resp = self
             .http
             .post(format!("https://{leader}/raft/write"))
-            .header(header, cluster)
             .json(&write)
             .timeout(limit + Duration::from_millis(500))
             .send()

@@ -14,7 +14,6 @@
 //! - receiving side: when this node last began handling an append from each term
 //!   ([`Clocks::began`]): what it reports as its former instant to a later leader.
 //!
-//! Every request also carries the cluster's id ([`CLUSTER_HEADER`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -41,9 +40,6 @@ use serde::de::DeserializeOwned;
 
 use crate::types::{NodeId, TypeConfig, node_id};
 use vigil_tls::{NodeCert, Peer};
-
-/// The HTTP header every node-to-node request carries: the id of the sender's cluster.
-pub const CLUSTER_HEADER: &str = "x-vigil-cluster";
 
 /// Terms whose append times a node keeps (older ones cannot matter: a lease is seconds).
 const TERMS_KEPT: usize = 16;
@@ -147,16 +143,14 @@ impl Refusals {
 pub struct Network {
     http: reqwest::Client,
     clocks: Clocks,
-    cluster: ClusterId,
     refusals: Refusals,
 }
 
 impl Network {
-    pub fn new(http: reqwest::Client, clocks: Clocks, cluster: ClusterId) -> Self {
+    pub fn new(http: reqwest::Client, clocks: Clocks) -> Self {
         Self {
             http,
             clocks,
-            cluster,
             refusals: Refusals::default(),
         }
     }
@@ -205,7 +199,6 @@ impl Conn {
             .net
             .http
             .post(&url)
-            .header(CLUSTER_HEADER, self.net.cluster.get().unwrap_or_default())
             .json(req)
             .timeout(timeout)
             .send()

@@ -421,11 +421,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> ApiResult<Json<Value>> {
-        let (header, cluster) = self.db.cluster_header();
-        let mut req = self
-            .http
-            .request(method, format!("https://{addr}{path}"))
-            .header(header, cluster);
+        let mut req = self.http.request(method, format!("https://{addr}{path}"));
         if let Some(body) = body {
             req = req.json(&body);
         }
