@@ -75,6 +75,18 @@ impl ResourceType for ProcessType {
             ),
             spec("cwd", ParamKind::String, None, "working directory"),
             spec(
+                "user",
+                ParamKind::String,
+                None,
+                "run as this user (name or uid; recommended: not root), in its primary group unless group is given",
+            ),
+            spec(
+                "group",
+                ParamKind::String,
+                None,
+                "run in this group (name or gid)",
+            ),
+            spec(
                 "stop_signal",
                 ParamKind::Signal,
                 Some("TERM"),
@@ -160,6 +172,8 @@ struct Config {
     argv: Vec<String>,
     env: BTreeMap<String, String>,
     cwd: Option<String>,
+    /// Run as (uid, gid).
+    run_as: Option<(u32, u32)>,
     stop_signal: i32,
     stop_timeout: Duration,
     stop_exit_codes: Vec<i32>,
@@ -193,6 +207,7 @@ impl Config {
                 .map_or(Ok(BTreeMap::new()), params::parse_key_values)
                 .map_err(|e| bad("env", e))?,
             cwd: get("cwd").map(str::to_string),
+            run_as: run_as(get("user"), get("group"))?,
             stop_signal: get("stop_signal")
                 .map_or(Ok(15), params::parse_signal)
                 .map_err(|e| bad("stop_signal", e))?,
@@ -270,6 +285,10 @@ impl ProcessResource {
             .process_group(0);
         if let Some(cwd) = &self.cfg.cwd {
             cmd.current_dir(cwd);
+        }
+        if let Some((uid, gid)) = self.cfg.run_as {
+            // std sets the groups to `gid` alone, then the gid, then the uid.
+            cmd.uid(uid).gid(gid);
         }
         let child = spawn(cmd).map_err(|e| format!("cannot start {:?}: {e}", self.cfg.argv[0]))?;
         let pid = child.id();
@@ -583,9 +602,85 @@ fn spawn(mut cmd: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("spawner thread is gone"))?
 }
 
+/// The (uid, gid) of the `user` and `group` parameters: names from /etc/passwd and
+/// /etc/group, or numbers; the user's primary group unless `group` is given.
+fn run_as(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>, String> {
+    // NAME:x:ID:... lines; for passwd the primary gid is the fourth field.
+    fn lookup(file: &str, name: &str) -> Option<Vec<String>> {
+        std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
+            let f: Vec<String> = l.split(':').map(str::to_string).collect();
+            (f.len() >= 3 && (f[0] == name || f[2] == name)).then_some(f)
+        })
+    }
+    let number = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<u32>().ok());
+    let (uid, primary) = match user {
+        None => (None, None),
+        Some(u) => match lookup("/etc/passwd", u) {
+            Some(f) => (number(&f, 2), number(&f, 3)),
+            None => match u.parse::<u32>() {
+                Ok(uid) => (Some(uid), None),
+                Err(_) => {
+                    return Err(format!(
+                        "parameter user: no user {u:?} on this node (not in /etc/passwd, not a number)"
+                    ));
+                }
+            },
+        },
+    };
+    let gid = match group {
+        None => primary,
+        Some(g) => match lookup("/etc/group", g).and_then(|f| number(&f, 2)) {
+            Some(gid) => Some(gid),
+            None => Some(g.parse::<u32>().map_err(|_| {
+                format!(
+                    "parameter group: no group {g:?} on this node (not in /etc/group, not a number)"
+                )
+            })?),
+        },
+    };
+    match (uid, gid) {
+        (None, None) => Ok(None),
+        (Some(uid), Some(gid)) => Ok(Some((uid, gid))),
+        (Some(uid), None) => Err(format!(
+            "parameter user: uid {uid} has no entry in /etc/passwd; give group too"
+        )),
+        (None, Some(_)) => Err("parameter group needs user".to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_runs_as_its_user_and_group() {
+        assert!(
+            run_as(Some("no-such-user-x"), None)
+                .unwrap_err()
+                .contains("no user \"no-such-user-x\"")
+        );
+        assert!(run_as(None, Some("0")).unwrap_err().contains("needs user"));
+        assert_eq!(run_as(Some("root"), None), Ok(Some((0, 0))));
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("(not root: cannot start a process as another user here)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = dir.path().join("ids");
+        let script = format!("id -u > {0}; id -g >> {0}; id -G >> {0}", out.display());
+        let mut r = open(&[
+            ("command", &format!("sh -c '{script}'")),
+            ("user", "nobody"),
+            ("group", "nogroup"),
+        ]);
+        r.online().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let ids = std::fs::read_to_string(&out).unwrap();
+        let ids: Vec<&str> = ids.lines().collect();
+        assert_eq!(ids, ["65534", "65534", "65534"], "uid, gid, groups");
+    }
 
     fn open(params: &[(&str, &str)]) -> Box<dyn Resource> {
         let dir = std::env::temp_dir();
