@@ -406,7 +406,7 @@ impl Api {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "no leader is known right now (an election may be under way, or this node is cut off); try again".to_string(),
         })?;
-        self.forward(&leader, "the leader", method, path, body)
+        self.forward(&leader, "the leader", method, path, body, &[])
             .await
             .map(Some)
     }
@@ -420,8 +420,12 @@ impl Api {
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
+        headers: &[(&str, &str)],
     ) -> ApiResult<Json<Value>> {
         let mut req = self.http.request(method, format!("https://{addr}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(body) = body {
             req = req.json(&body);
         }

@@ -123,29 +123,17 @@ pub(super) async fn join(
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "no leader is known right now; try again".to_string(),
         })?;
-        let resp = api
-            .http
-            .post(format!("https://{leader}/v1/cluster/join"))
-            .header(JOINER_HEADER, &fingerprint)
-            .json(&req)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: format!("cannot reach the leader at {leader}: {e}"),
-            })?;
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let value: Value = resp.json().await.unwrap_or_default();
-        return if status.is_success() {
-            Ok(Json(value))
-        } else {
-            Err(ApiError {
-                status,
-                message: value["error"].as_str().unwrap_or("refused").to_string(),
-            })
-        };
+        let body = serde_json::to_value(&req).expect("serializes");
+        return api
+            .forward(
+                &leader,
+                "the leader",
+                reqwest::Method::POST,
+                "/v1/cluster/join",
+                Some(body),
+                &[(JOINER_HEADER, &fingerprint)],
+            )
+            .await;
     }
     let issued = api
         .db

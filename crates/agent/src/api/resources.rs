@@ -240,6 +240,7 @@ pub(super) async fn control_resource(
                 reqwest::Method::POST,
                 &path,
                 Some(body),
+                &[],
             )
             .await;
     }
