@@ -157,6 +157,7 @@ impl Hosts {
             type_name: r.type_name.clone(),
             library: db.plugins.get(&r.type_name).map(|p| p.library.clone()),
             params: r.params.clone(),
+            secret: r.secret.clone(),
             checks: Checks {
                 looks_alive_ms: r.props.looks_alive_ms,
                 is_alive_ms: r.props.is_alive_ms,

@@ -1,5 +1,7 @@
 //! What the API returns for `GET /v1/status`, shared with the CLI that prints it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use vigil_core::model::{GroupState, NodeState, PersistentState, ResourceState, group_state};
 
@@ -87,6 +89,9 @@ pub struct ResourceView {
     pub pid: Option<u32>,
     pub reason: String,
     pub depends_on: Vec<String>,
+    /// Its parameters, with each secret one's value shown as `(secret)`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
     /// The RHS that hosts it on the answering node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rhs: Option<String>,
@@ -155,6 +160,7 @@ pub fn status(s: &Service) -> StatusView {
                         pid: r.pid,
                         reason: r.state_reason.clone(),
                         depends_on: r.depends_on.clone(),
+                        params: vigil_core::params::shown(&r.params, &r.secret),
                         rhs: s.hosts.host_of(&r.name).map(str::to_string),
                     };
                     // A fenced node cannot record what it stopped, but it knows: for what

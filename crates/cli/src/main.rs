@@ -320,6 +320,10 @@ enum ResourceCmd {
         /// A type parameter as NAME=VALUE (repeat).
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// A parameter whose value is secret (a password, a key): never shown by status,
+        /// the log or the API, only its name (repeat).
+        #[arg(long = "secret-param", value_name = "NAME=VALUE")]
+        secret_params: Vec<String>,
         #[command(flatten)]
         props: PropFlags,
         /// A resource of the same group that must be Online first (repeat).
@@ -334,6 +338,9 @@ enum ResourceCmd {
         name: String,
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// Set a parameter and keep its value secret from now on (repeat).
+        #[arg(long = "secret-param", value_name = "NAME=VALUE")]
+        secret_params: Vec<String>,
         #[arg(long = "unset-param", value_name = "NAME")]
         unset_params: Vec<String>,
         #[command(flatten)]
@@ -503,6 +510,24 @@ fn pairs(flag: &str, items: &[String]) -> anyhow::Result<Map<String, Value>> {
         m.insert(k.to_string(), Value::String(v.to_string()));
     }
     Ok(m)
+}
+
+/// `--param` and `--secret-param` pairs together, and the names of the secret ones. A
+/// malformed secret pair is refused without repeating it.
+fn with_secrets(
+    params: &[String],
+    secret: &[String],
+) -> anyhow::Result<(Map<String, Value>, Vec<String>)> {
+    let mut m = pairs("--param", params)?;
+    let mut names = Vec::new();
+    for (i, item) in secret.iter().enumerate() {
+        let Some((k, v)) = item.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            anyhow::bail!("--secret-param number {} is not NAME=VALUE", i + 1);
+        };
+        m.insert(k.to_string(), Value::String(v.to_string()));
+        names.push(k.to_string());
+    }
+    Ok((m, names))
 }
 
 fn prop_map(p: &PropFlags) -> anyhow::Result<Map<String, Value>> {
@@ -731,13 +756,15 @@ async fn resource_command(c: &Client, cmd: ResourceCmd) -> anyhow::Result<()> {
             group,
             type_name,
             params,
+            secret_params,
             props,
             depends_on,
             online,
         } => {
+            let (params, secret) = with_secrets(&params, &secret_params)?;
             let body = json!({
                 "name": name, "group": group, "type": type_name,
-                "params": pairs("--param", &params)?, "props": prop_map(&props)?,
+                "params": params, "secret": secret, "props": prop_map(&props)?,
                 "depends_on": depends_on,
             });
             c.post("/v1/resources", body).await?;
@@ -749,16 +776,17 @@ async fn resource_command(c: &Client, cmd: ResourceCmd) -> anyhow::Result<()> {
         ResourceCmd::Set {
             name,
             params,
+            secret_params,
             unset_params,
             props,
             depends_on,
             no_dependencies,
         } => {
-            let mut p = pairs("--param", &params)?;
+            let (mut p, secret) = with_secrets(&params, &secret_params)?;
             for k in unset_params {
                 p.insert(k, Value::Null);
             }
-            let mut body = json!({ "params": p, "props": prop_map(&props)? });
+            let mut body = json!({ "params": p, "secret": secret, "props": prop_map(&props)? });
             if no_dependencies || !depends_on.is_empty() {
                 body["depends_on"] = json!(depends_on);
             }

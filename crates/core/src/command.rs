@@ -78,10 +78,13 @@ pub enum Command {
     CreateResource {
         spec: ResourceSpec,
     },
-    /// Replaces a resource's parameters, properties and dependencies.
+    /// Replaces a resource's parameters (and which of them are secret), properties and
+    /// dependencies.
     UpdateResource {
         name: String,
         params: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        secret: Vec<String>,
         props: ResourceProps,
         depends_on: Vec<String>,
     },
@@ -254,16 +257,22 @@ pub fn check_unique(
     type_name: &str,
     unique: &[String],
     params: &BTreeMap<String, String>,
+    secret: &[String],
 ) -> Result {
     for name in unique {
         let Some(value) = params.get(name) else {
             continue;
         };
+        let shown = if secret.contains(name) {
+            crate::params::HIDDEN.to_string()
+        } else {
+            format!("{value:?}")
+        };
         if let Some(other) = state.resources.values().find(|r| {
             r.name != resource && r.type_name == type_name && r.params.get(name) == Some(value)
         }) {
             return Err(ApplyError::Conflict(format!(
-                "parameter {name} = {value:?} must be unique among {type_name} resources, and resource {:?} has it",
+                "parameter {name} = {shown} must be unique among {type_name} resources, and resource {:?} has it",
                 other.name
             )));
         }
@@ -519,6 +528,7 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
         Command::UpdateResource {
             name,
             params,
+            secret,
             props,
             depends_on,
         } => {
@@ -530,10 +540,12 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                 .validate()
                 .map_err(|e| ApplyError::Invalid(format!("resource {name:?}: {e}")))?;
             let group = r.group.clone();
-            check_unique(state, name, &r.type_name, &r.unique, params)?;
+            check_secret(name, params, secret)?;
+            check_unique(state, name, &r.type_name, &r.unique, params, secret)?;
             check_dependencies(state, name, &group, depends_on)?;
             let r = state.resources.get_mut(name).expect("checked above");
             r.params = params.clone();
+            r.secret = secret.clone();
             r.props = props.clone();
             r.depends_on = depends_on.clone();
         }
@@ -986,12 +998,14 @@ fn create_resource(state: &mut ClusterState, spec: &ResourceSpec) -> Result {
         .validate()
         .map_err(|e| ApplyError::Invalid(format!("resource {:?}: {e}", spec.name)))?;
     check_dependencies(state, &spec.name, &spec.group, &spec.depends_on)?;
+    check_secret(&spec.name, &spec.params, &spec.secret)?;
     check_unique(
         state,
         &spec.name,
         &spec.type_name,
         &spec.unique,
         &spec.params,
+        &spec.secret,
     )?;
     state.resources.insert(
         spec.name.clone(),
@@ -1008,9 +1022,20 @@ fn create_resource(state: &mut ClusterState, spec: &ResourceSpec) -> Result {
             pid: None,
             migratable: spec.migratable,
             unique: spec.unique.clone(),
+            secret: spec.secret.clone(),
         },
     );
     Ok(())
+}
+
+/// Every parameter named secret is one the resource has.
+fn check_secret(resource: &str, params: &BTreeMap<String, String>, secret: &[String]) -> Result {
+    match secret.iter().find(|n| !params.contains_key(*n)) {
+        Some(n) => Err(ApplyError::Invalid(format!(
+            "resource {resource:?}: secret parameter {n:?} has no value"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Every dependency exists, is in the same group, and `name` with `depends_on` closes no cycle.

@@ -324,6 +324,10 @@ pub struct ResourceSpec {
     /// same value (OCF's `unique`). Checked by `apply`, so two creates cannot race past it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unique: Vec<String>,
+    /// Parameters whose values are secret (the type's schema says so, or the operator did):
+    /// never shown, and taken out of reasons and records ([`crate::params::redact`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,6 +350,10 @@ pub struct Resource {
     /// Parameters that must be unique among resources of its type (see [`ResourceSpec`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unique: Vec<String>,
+    /// Parameters whose values are secret (the type's schema says so, or the operator did):
+    /// never shown, and taken out of reasons and records ([`crate::params::redact`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret: Vec<String>,
 }
 
 /// A registered plugin type (`vigil type register`): a shared library with Vigil's C ABI,

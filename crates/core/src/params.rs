@@ -37,6 +37,67 @@ pub struct ParamSpec {
     pub unique: bool,
     pub default: Option<String>,
     pub description: String,
+    /// A password, key or token: its value is never shown by status, the log or the API
+    /// (only its name), and is taken out of every reason and record about the resource.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+}
+
+/// What is shown in place of a secret parameter's value.
+pub const HIDDEN: &str = "(secret)";
+
+/// The values of a resource's secret parameters, to take out of text about it: each whole
+/// value, and each `VALUE` of a `KEY=VALUE` list (an environment), longest first. Parts of
+/// fewer than 4 characters are left, or every digit would go; a whole value always goes.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    values: Vec<String>,
+}
+
+impl Secrets {
+    pub fn new(params: &BTreeMap<String, String>, secret: &[String]) -> Secrets {
+        let mut values: Vec<String> = Vec::new();
+        for v in secret.iter().filter_map(|n| params.get(n)) {
+            values.push(v.clone());
+            values.extend(
+                v.split(',')
+                    .filter_map(|pair| pair.split_once('=').map(|(_, v)| v))
+                    .filter(|v| v.len() >= 4)
+                    .map(str::to_string),
+            );
+        }
+        values.retain(|v| !v.is_empty());
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Secrets { values }
+    }
+
+    /// `text` with every secret value replaced by [`HIDDEN`].
+    pub fn hide(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in &self.values {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), HIDDEN);
+            }
+        }
+        out
+    }
+}
+
+/// `text` with the values of the `secret` parameters in `params` replaced by [`HIDDEN`].
+pub fn redact(text: &str, params: &BTreeMap<String, String>, secret: &[String]) -> String {
+    Secrets::new(params, secret).hide(text)
+}
+
+/// `params` as shown to operators: secret values replaced by [`HIDDEN`].
+pub fn shown(params: &BTreeMap<String, String>, secret: &[String]) -> BTreeMap<String, String> {
+    params
+        .iter()
+        .map(|(k, v)| {
+            let v = if secret.contains(k) { HIDDEN } else { v };
+            (k.clone(), v.to_string())
+        })
+        .collect()
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -85,7 +146,11 @@ pub fn validate(
         match params.get(&spec.name) {
             Some(value) => check_kind(spec.kind, value).map_err(|why| ParamError::Invalid {
                 name: spec.name.clone(),
-                value: value.clone(),
+                value: if spec.secret {
+                    HIDDEN.to_string()
+                } else {
+                    value.clone()
+                },
                 why,
             })?,
             None if spec.required => {
@@ -301,6 +366,7 @@ mod tests {
             unique: false,
             default: None,
             description: format!("the {name}"),
+            secret: false,
         }
     }
 
@@ -363,5 +429,29 @@ mod tests {
         p.insert("comand".into(), "x".into());
         let err = validate("process", &schema, &p).unwrap_err();
         assert!(err.to_string().contains("no parameter \"comand\""), "{err}");
+    }
+
+    #[test]
+    fn a_secret_value_is_never_echoed() {
+        let mut schema = [spec("port", ParamKind::Integer, true)];
+        schema[0].secret = true;
+        let p = BTreeMap::from([("port".to_string(), "hunter2".to_string())]);
+        let err = validate("t", &schema, &p).unwrap_err().to_string();
+        assert!(!err.contains("hunter2") && err.contains(HIDDEN), "{err}");
+        let p = BTreeMap::from([
+            ("env".to_string(), "PW=s3cr3t-pw,X=1".to_string()),
+            ("command".to_string(), "run-it".to_string()),
+        ]);
+        let secret = ["env".to_string()];
+        assert_eq!(
+            redact(
+                "env PW=s3cr3t-pw,X=1 had s3cr3t-pw; X=1 ran run-it",
+                &p,
+                &secret
+            ),
+            "env (secret) had (secret); X=1 ran run-it"
+        );
+        assert_eq!(shown(&p, &secret)["env"], HIDDEN);
+        assert_eq!(shown(&p, &secret)["command"], "run-it");
     }
 }

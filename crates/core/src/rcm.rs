@@ -515,6 +515,7 @@ impl Rcm {
             out.push(Action::Db(Command::UpdateResource {
                 name: name.to_string(),
                 params: r.params.clone(),
+                secret: r.secret.clone(),
                 props,
                 depends_on: r.depends_on.clone(),
             }));

@@ -32,6 +32,7 @@ fn spec(name: &str, group: &str, deps: &[&str]) -> ResourceSpec {
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
         migratable: false,
         unique: Vec::new(),
+        secret: Vec::new(),
     }
 }
 
@@ -119,6 +120,7 @@ fn update(state: &ClusterState, name: &str, deps: &[&str]) -> Command {
     Command::UpdateResource {
         name: name.into(),
         params: r.params.clone(),
+        secret: Vec::new(),
         props: r.props.clone(),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
     }
@@ -314,6 +316,7 @@ fn update_resource_replaces_params_props_and_dependencies() {
     let cmd = Command::UpdateResource {
         name: "app".into(),
         params,
+        secret: Vec::new(),
         props: props.clone(),
         depends_on: vec!["disk".into(), "log".into()],
     };
@@ -325,6 +328,7 @@ fn update_resource_replaces_params_props_and_dependencies() {
     let cmd = Command::UpdateResource {
         name: "ghost".into(),
         params: Default::default(),
+        secret: Vec::new(),
         props: ResourceProps::default(),
         depends_on: vec![],
     };
@@ -614,6 +618,7 @@ fn invalid_props_are_refused_naming_the_property() {
     let cmd = Command::UpdateResource {
         name: "web".into(),
         params: Default::default(),
+        secret: Vec::new(),
         props,
         depends_on: vec![],
     };
@@ -780,6 +785,7 @@ fn a_unique_parameter_value_is_refused_by_apply_naming_the_resource_that_has_it(
     let update = |name: &str, command: &str| Command::UpdateResource {
         name: name.into(),
         params: [("command".to_string(), command.to_string())].into(),
+        secret: Vec::new(),
         props: ResourceProps::default(),
         depends_on: vec![],
     };

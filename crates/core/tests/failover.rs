@@ -49,6 +49,7 @@ fn cluster() -> ClusterState {
         depends_on: vec![],
         migratable: false,
         unique: vec![],
+        secret: Vec::new(),
     };
     ok(&mut s, Command::CreateResource { spec });
     ok(

@@ -31,6 +31,7 @@ fn cluster(nodes: u32, resources: &[(&str, &[&str])]) -> ClusterState {
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
             migratable: false,
             unique: Vec::new(),
+            secret: Vec::new(),
         };
         apply(&mut db, &Command::CreateResource { spec }).unwrap();
     }

@@ -125,6 +125,7 @@ impl Node {
                     depends_on: deps.iter().map(|d| d.to_string()).collect(),
                     migratable: false,
                     unique: Vec::new(),
+                    secret: Vec::new(),
                 },
             });
         for cmd in setup.into_iter().chain(specs) {
@@ -674,6 +675,7 @@ fn deadlock_moves_the_resource_to_a_separate_monitor() {
     let expected = Command::UpdateResource {
         name: "web".into(),
         params: r.params.clone(),
+        secret: Vec::new(),
         props: ResourceProps {
             separate_monitor: true,
             ..props()

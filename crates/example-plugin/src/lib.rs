@@ -4,6 +4,8 @@
 //! - LooksAlive: the file exists. IsAlive: it still holds what Online wrote.
 //! - A `path` whose directory does not exist is a configuration error (not retried here).
 //! - `pending_polls=N`: Online answers "pending" N times first (a long Online).
+//! - `password`: a parameter its schema marks secret. The plugin answers it to the control
+//!   request `password`, carelessly, as a real one might in an error; the RHS takes it out.
 //! - `fault` makes it misbehave on purpose, for the isolation tests: `segv_on_online`
 //!   (a segmentation fault), `hang_on_is_alive` (never returns), `panic_on_online`.
 //!   (A plugin answering garbage is tested with a C plugin: the SDK cannot produce garbage.)
@@ -18,6 +20,7 @@ pub struct Marker {
     fault: Fault,
     /// Online answers "pending" this many more times before it does its work.
     pending_polls: u32,
+    password: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,7 @@ impl Plugin for Marker {
         };
         Ok(Marker {
             pending_polls,
+            password: ctx.params.get("password").cloned(),
             path: PathBuf::from(path),
             content: format!("{} on {} epoch {}\n", ctx.resource, ctx.node, ctx.epoch),
             fault,
@@ -120,7 +124,8 @@ impl Plugin for Marker {
     fn control(&mut self, request: &str) -> Result<String, String> {
         match request {
             "path" => Ok(self.path.display().to_string()),
-            other => Err(format!("unknown request {other:?}; known: path")),
+            "password" => Ok(format!("the password is {:?}", self.password)),
+            other => Err(format!("unknown request {other:?}; known: path, password")),
         }
     }
 }
@@ -142,6 +147,8 @@ vigil_plugin::export_plugin!(
     schema = r#"[
   {"name": "path", "kind": "string", "required": true, "default": null,
    "description": "absolute path of the marker file"},
+  {"name": "password", "kind": "string", "required": false, "default": null, "secret": true,
+   "description": "a secret the marker never uses (its schema marks it secret)"},
   {"name": "pending_polls", "kind": "integer", "required": false, "default": "0",
    "description": "answer pending this many times before coming online (a long Online)"},
   {"name": "fault", "kind": "string", "required": false, "default": "none",

@@ -22,6 +22,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use vigil_core::params::Secrets;
 use vigil_core::rcm::Report;
 
 use crate::protocol::{self, Checks, FromHost, ToHost};
@@ -201,6 +202,7 @@ impl Dispatcher {
                 type_name,
                 library,
                 params,
+                secret,
                 checks,
                 node,
                 node_address,
@@ -218,6 +220,7 @@ impl Dispatcher {
                     }
                     None => None,
                 };
+                let secrets = Secrets::new(&params, &secret);
                 let ctx = OpenContext {
                     resource: resource.clone(),
                     params,
@@ -235,6 +238,7 @@ impl Dispatcher {
                     type_name,
                     library,
                     checks,
+                    secrets,
                     previous,
                     done: done_tx,
                 };
@@ -341,6 +345,7 @@ struct Opening {
     type_name: String,
     library: Option<String>,
     checks: Checks,
+    secrets: Secrets,
     /// The worker of the instance this one replaces; wait for it to end first.
     previous: Option<oneshot::Receiver<()>>,
     /// Dropped when this worker ends.
@@ -386,6 +391,8 @@ struct Worker {
     /// This opening's number (see `ToHost::Open`).
     instance_id: u64,
     checks: Checks,
+    /// Taken out of every reason and reply.
+    secrets: Secrets,
     instance: Option<Instance>,
     open_error: Option<String>,
     /// The type promises LooksAlive never blocks: run it here, not on a thread.
@@ -403,6 +410,7 @@ impl Worker {
             type_name,
             library,
             checks,
+            secrets,
             previous,
             done: _done,
         } = opening;
@@ -414,6 +422,7 @@ impl Worker {
             name: ctx.resource.clone(),
             instance_id: instance,
             checks,
+            secrets,
             instance: None,
             open_error: None,
             inline_looks_alive: false,
@@ -493,7 +502,9 @@ impl Worker {
                     let result = w
                         .call("Control", move |r| r.control(&request))
                         .await
-                        .and_then(|r| r);
+                        .and_then(|r| r)
+                        .map(|ok| w.secrets.hide(&ok))
+                        .map_err(|e| w.secrets.hide(&e));
                     let _ = w
                         .out
                         .send((FromHost::ControlReply { id, result }, None))
@@ -565,7 +576,7 @@ impl Worker {
             resource: self.name.clone(),
             instance: self.instance_id,
             report,
-            reason: reason.into(),
+            reason: self.secrets.hide(&reason.into()),
             pid,
         };
         let _ = self.out.send((msg, None)).await;

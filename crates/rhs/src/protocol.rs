@@ -44,6 +44,9 @@ pub enum ToHost {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         library: Option<String>,
         params: BTreeMap<String, String>,
+        /// The parameters whose values are secret: no report or reply repeats them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        secret: Vec<String>,
         checks: Checks,
         node: String,
         /// This node's API address (`HOST:PORT`).

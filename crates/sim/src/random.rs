@@ -92,6 +92,7 @@ fn setup(rng: &mut Rng) -> (ClusterState, BTreeMap<String, ResourceSim>, Vec<Str
                 depends_on,
                 migratable,
                 unique: Vec::new(),
+                secret: Vec::new(),
             };
             ok(&mut db, Command::CreateResource { spec });
             sims.insert(

@@ -254,6 +254,7 @@ impl Scenario {
                         depends_on,
                         migratable,
                         unique: Vec::new(),
+                        secret: Vec::new(),
                     };
                     setup(&mut s.db, Command::CreateResource { spec }).map_err(err)?;
                 }

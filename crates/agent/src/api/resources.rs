@@ -1,6 +1,7 @@
 //! Resources: create with checked parameters, change, delete, control requests, and the
 //! online, offline and simulated-failure actions.
 
+use vigil_core::params;
 use vigil_rhs::types;
 
 use super::*;
@@ -14,6 +15,9 @@ pub(super) struct CreateResource {
     type_name: String,
     #[serde(default)]
     params: BTreeMap<String, String>,
+    /// Parameters to treat as secret, beyond those the type's schema marks (`--secret-param`).
+    #[serde(default)]
+    secret: Vec<String>,
     #[serde(default)]
     props: BTreeMap<String, Value>,
     #[serde(default)]
@@ -41,18 +45,33 @@ fn apply_props(props: &mut ResourceProps, changes: &BTreeMap<String, Value>) -> 
     Ok(())
 }
 
+/// What [`check_params`] found out about a resource's type.
+struct Checked {
+    migratable: bool,
+    /// Its unique parameters.
+    unique: Vec<String>,
+    /// The parameters that are secret: the schema's, and those asked for, that have a value.
+    secret: Vec<String>,
+}
+
 /// Checks parameters against the type (its schema, its own checks, the deadlock bound) and
 /// the type's unique parameters against the other resources (`apply` checks those again, when
 /// the write lands). Finding an OCF type runs its meta-data, so this runs off the async
-/// threads and outside the main loop. Answers whether the type can migrate, and the names of
-/// its unique parameters.
+/// threads and outside the main loop. `secret` names the parameters the operator says are
+/// secret; no error repeats their values.
 async fn check_params(
     api: &Api,
     resource: &str,
     type_name: &str,
     p: &BTreeMap<String, String>,
+    secret: &[String],
     props: &ResourceProps,
-) -> ApiResult<(bool, Vec<String>)> {
+) -> ApiResult<Checked> {
+    if let Some(n) = secret.iter().find(|n| !p.contains_key(*n)) {
+        return Err(ApiError::bad(format!(
+            "secret parameter {n:?} has no value (give it with --secret-param {n}=VALUE)"
+        )));
+    }
     let plugin = api.db.state().plugins.get(type_name).cloned();
     let (t, params, deadlock) = (type_name.to_string(), p.clone(), props.deadlock_timeout_ms);
     let checked = tokio::task::spawn_blocking(move || {
@@ -60,16 +79,29 @@ async fn check_params(
     })
     .await
     .map_err(|e| ApiError::bad(e.to_string()))?
-    .map_err(ApiError::bad)?;
+    .map_err(|e| ApiError::bad(params::redact(&e, p, secret)))?;
     let unique: Vec<String> = checked
         .schema
         .iter()
         .filter(|s| s.unique)
         .map(|s| s.name.clone())
         .collect();
+    let mut all_secret: Vec<String> = checked
+        .schema
+        .iter()
+        .filter(|s| s.secret && p.contains_key(&s.name))
+        .map(|s| s.name.clone())
+        .chain(secret.iter().cloned())
+        .collect();
+    all_secret.sort();
+    all_secret.dedup();
     let state = api.db.state();
-    check_unique(&state, resource, type_name, &unique, p)?;
-    Ok((checked.can_migrate, unique))
+    check_unique(&state, resource, type_name, &unique, p, &all_secret)?;
+    Ok(Checked {
+        migratable: checked.can_migrate,
+        unique,
+        secret: all_secret,
+    })
 }
 
 pub(super) async fn create_resource(
@@ -79,8 +111,15 @@ pub(super) async fn create_resource(
     let Json(req) = body?;
     let mut props = ResourceProps::default();
     apply_props(&mut props, &req.props)?;
-    let (migratable, unique) =
-        check_params(&api, &req.name, &req.type_name, &req.params, &props).await?;
+    let checked = check_params(
+        &api,
+        &req.name,
+        &req.type_name,
+        &req.params,
+        &req.secret,
+        &props,
+    )
+    .await?;
     let name = req.name.clone();
     let spec = ResourceSpec {
         name: req.name,
@@ -89,8 +128,9 @@ pub(super) async fn create_resource(
         params: req.params,
         props,
         depends_on: req.depends_on,
-        migratable,
-        unique,
+        migratable: checked.migratable,
+        unique: checked.unique,
+        secret: checked.secret,
     };
     let p = api
         .call(move |s| {
@@ -113,6 +153,9 @@ pub(super) struct UpdateResource {
     /// `null` removes a parameter.
     #[serde(default)]
     params: BTreeMap<String, Option<String>>,
+    /// Parameters to treat as secret from now on (a secret one stays secret).
+    #[serde(default)]
+    secret: Vec<String>,
     #[serde(default)]
     props: BTreeMap<String, Value>,
     #[serde(default)]
@@ -145,14 +188,22 @@ pub(super) async fn update_resource(
     }
     let mut props = read.props.clone();
     apply_props(&mut props, &req.props)?;
+    let secret: Vec<String> = (read.secret.iter())
+        .filter(|n| params.contains_key(*n))
+        .chain(&req.secret)
+        .cloned()
+        .collect();
     // Checking may run an agent's meta-data: not inside the main loop.
-    check_params(&api, &name, &read.type_name, &params, &props).await?;
+    let checked = check_params(&api, &name, &read.type_name, &params, &secret, &props).await?;
     let n = name.clone();
     let p = api
         .call(move |s| {
             let state = s.state();
             let unchanged = state.resources.get(&n).is_some_and(|r| {
-                r.params == read.params && r.props == read.props && r.depends_on == read.depends_on
+                r.params == read.params
+                    && r.secret == read.secret
+                    && r.props == read.props
+                    && r.depends_on == read.depends_on
             });
             if !unchanged {
                 return Err(ApiError::from(ApplyError::Conflict(format!(
@@ -162,6 +213,7 @@ pub(super) async fn update_resource(
             let cmd = Command::UpdateResource {
                 name: n.clone(),
                 params,
+                secret: checked.secret,
                 props,
                 depends_on: req.depends_on.unwrap_or(read.depends_on.clone()),
             };

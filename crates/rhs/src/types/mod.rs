@@ -192,6 +192,7 @@ pub(crate) fn optional(
         unique: false,
         default: default.map(str::to_string),
         description: description.to_string(),
+        secret: false,
     }
 }
 

@@ -596,6 +596,8 @@ pub fn parse_meta_data(xml: &str) -> Result<MetaData, String> {
                     .filter(|d| !d.is_empty())
                     .map(str::to_string),
                 description: desc(p),
+                // OCF meta-data has no such mark: `--secret-param` marks them.
+                secret: false,
             });
         }
     }
