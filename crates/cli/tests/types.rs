@@ -709,3 +709,89 @@ fn a_crashing_or_hanging_plugin_takes_down_only_its_own_rhs() {
     );
     assert!(alive(a.pid()));
 }
+
+#[test]
+fn a_secret_parameter_is_never_shown_in_status_errors_logs_or_replies() {
+    let a = Agent::start();
+    a.ok(&["group", "create", "g"]);
+    // Made secret by the operator: a command line that cannot start, so its error quotes it.
+    a.ok(&[
+        "resource",
+        "create",
+        "p",
+        "--group",
+        "g",
+        "--type",
+        "process",
+        "--secret-param",
+        "command=/nonexistent/hunter2-lamp --token=open-sesame",
+        "--online",
+    ]);
+    wait_until("the start failed", || a.logged("p", "cannot start"));
+    assert_eq!(a.resource("p")["params"]["command"], "(secret)");
+    let failed: Vec<String> = a
+        .reasons("p")
+        .into_iter()
+        .filter(|r| r.contains("cannot start"))
+        .collect();
+    assert!(failed.iter().all(|r| r.contains("(secret)")), "{failed:?}");
+    // Refused values are named by parameter, not repeated.
+    let e = a.err(&[
+        "resource",
+        "create",
+        "q",
+        "--group",
+        "g",
+        "--type",
+        "process",
+        "--param",
+        "command=/bin/true",
+        "--secret-param",
+        "stop_signal=SIGhunter2x",
+    ]);
+    assert!(e.contains("stop_signal") && !e.contains("hunter2"), "{e}");
+    let e = a.err(&["resource", "set", "p", "--secret-param", "hunter2-alone"]);
+    assert!(
+        e.contains("--secret-param number 1 is not NAME=VALUE") && !e.contains("hunter2"),
+        "{e}"
+    );
+    // A plain --param later keeps a secret parameter secret.
+    a.ok(&["resource", "set", "p", "--param", "command=/bin/sleep 600"]);
+    assert_eq!(a.resource("p")["params"]["command"], "(secret)");
+
+    // Made secret by the type's schema: the example plugin's password, given as a plain
+    // --param, and quoted back by the plugin in a control reply.
+    a.ok(&["type", "register", &example_plugin()]);
+    let marker = a.dir.path().join("marker");
+    a.create(
+        "m",
+        "g",
+        "marker",
+        &[
+            format!("path={}", marker.display()),
+            "password=hunter2-pw".into(),
+        ],
+        &["--online"],
+    );
+    a.wait_state("m", "Online");
+    let m = a.resource("m");
+    assert_eq!(m["params"]["password"], "(secret)");
+    assert_eq!(m["params"]["path"], marker.display().to_string());
+    assert_eq!(
+        a.ok(&["resource", "control", "m", "password"]).trim(),
+        "the password is Some(\"(secret)\")"
+    );
+
+    // Nowhere an operator or a log reader looks holds the values.
+    let shown = [
+        a.ok(&["status", "--output", "json"]),
+        a.ok(&["log", "--output", "json"]),
+        read(&a.data_dir().join("cluster.log")),
+        read(&a.dir.path().join("agent.stderr")),
+    ];
+    for text in shown {
+        for value in ["hunter2", "open-sesame"] {
+            assert!(!text.contains(value), "{value} shown in: {text}");
+        }
+    }
+}

@@ -59,9 +59,16 @@ impl Secrets {
         let mut values: Vec<String> = Vec::new();
         for v in secret.iter().filter_map(|n| params.get(n)) {
             values.push(v.clone());
+            // Its parts too, as a message may quote one: the words of a command line and the
+            // values of KEY=VALUE lists (long enough not to hide ordinary words).
+            let words = v.split_whitespace();
+            let pairs = v
+                .split([',', ' '])
+                .filter_map(|pair| pair.split_once('=').map(|(_, v)| v));
             values.extend(
-                v.split(',')
-                    .filter_map(|pair| pair.split_once('=').map(|(_, v)| v))
+                words
+                    .chain(pairs)
+                    .map(|w| w.trim_matches(['\'', '"']))
                     .filter(|v| v.len() >= 4)
                     .map(str::to_string),
             );
@@ -453,5 +460,19 @@ mod tests {
         );
         assert_eq!(shown(&p, &secret)["env"], HIDDEN);
         assert_eq!(shown(&p, &secret)["command"], "run-it");
+        // A word of a secret command line, quoted alone, is hidden too.
+        let p = BTreeMap::from([(
+            "command".to_string(),
+            "/opt/login --token='open-sesame' now".to_string(),
+        )]);
+        let secret = ["command".to_string()];
+        assert_eq!(
+            redact(
+                "cannot start \"/opt/login\": gone; token open-sesame",
+                &p,
+                &secret
+            ),
+            "cannot start \"(secret)\": gone; token (secret)"
+        );
     }
 }
