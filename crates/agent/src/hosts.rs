@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use vigil_core::model::ClusterState;
 use vigil_core::props::ResourceProps;
-use vigil_rhs::protocol::{self, Checks, FromHost, ToHost};
+use vigil_rhs::protocol::{self, Checks, FromHost, MigrationTls, ToHost};
 
 /// Bound of each RHS's outgoing queue.
 const HOST_QUEUE: usize = 16_384;
@@ -171,6 +171,12 @@ impl Hosts {
                 .unwrap_or_default(),
             epoch: db.group_epoch(&r.group),
             log_path: self.resource_log(resource),
+            migration_tls: db.cluster_id.as_deref().map(|id| {
+                Box::new(MigrationTls {
+                    creds_dir: self.data_dir.display().to_string(),
+                    hostname: vigil_tls::cluster_dns(id),
+                })
+            }),
         };
         self.send(&host, open);
         let placed = Placed {

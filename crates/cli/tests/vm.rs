@@ -247,6 +247,19 @@ fn a_planned_move_migrates_the_vm_live_and_a_failed_one_leaves_it_running() {
                 .as_u64()
                 .is_some_and(|b| b > 0)
     });
+    // The stream is TLS with the cluster's certificates, the target's name checked.
+    let params: serde_json::Value =
+        serde_json::from_str(&outside_qmp(&n2, "vm1", "query-migrate-parameters")).unwrap();
+    assert_eq!(
+        params["return"]["tls-creds"], "vigil-migration-tls",
+        "{params}"
+    );
+    assert!(
+        params["return"]["tls-hostname"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("vigil-")),
+        "{params}"
+    );
     n1.kill();
     wait_until("n2 gave the migration up", || {
         n2.reasons("vm1")

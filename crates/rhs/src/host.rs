@@ -208,6 +208,7 @@ impl Dispatcher {
                 node_address,
                 epoch,
                 log_path,
+                migration_tls,
             } => {
                 // The new instance opens only after the old one has closed.
                 let previous = match self.workers.remove(&resource) {
@@ -228,6 +229,7 @@ impl Dispatcher {
                     node_address,
                     epoch,
                     log_path: log_path.into(),
+                    migration_tls: migration_tls.map(|t| *t),
                 };
                 let (tx, rx) = mpsc::channel(CMD_QUEUE);
                 let (done_tx, done) = oneshot::channel();

@@ -26,6 +26,15 @@ pub struct Checks {
     pub deadlock_timeout_ms: u64,
 }
 
+/// Where a VM's live migration finds this node's certificate, and the name every member's
+/// certificate carries (the source checks the target's against it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationTls {
+    /// Holds `ca.pem`, `node.pem` and `node.key` (the agent's data dir).
+    pub creds_dir: String,
+    pub hostname: String,
+}
+
 /// Agent → RHS.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
@@ -55,6 +64,8 @@ pub enum ToHost {
         epoch: u64,
         /// Where the resource's own output goes.
         log_path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        migration_tls: Option<Box<MigrationTls>>,
     },
     Online {
         resource: String,

@@ -215,7 +215,12 @@ impl Ca {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, node.to_string());
-        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        // Key encipherment too, which ECDSA does not use: QEMU's TLS (GnuTLS, for the live
+        // migration stream) refuses a certificate whose critical key usage lacks it.
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,

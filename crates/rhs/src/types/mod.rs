@@ -29,6 +29,8 @@ pub struct OpenContext {
     pub node_address: String,
     pub epoch: u64,
     pub log_path: PathBuf,
+    /// This node's certificate for a VM's live migration (none: live migration is refused).
+    pub migration_tls: Option<crate::protocol::MigrationTls>,
 }
 
 /// The answer of a health check.

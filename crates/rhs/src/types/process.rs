@@ -694,6 +694,7 @@ mod tests {
             node_address: "127.0.0.1:7440".into(),
             epoch: 4,
             log_path: dir.join(format!("vigil-process-test-{}.log", std::process::id())),
+            migration_tls: None,
         };
         ProcessType.open(ctx).unwrap()
     }
@@ -773,6 +774,7 @@ mod tests {
             node_address: "127.0.0.1:7440".into(),
             epoch: 1,
             log_path: "/dev/null".into(),
+            migration_tls: None,
         };
         let err = ProcessType
             .open(ctx(&[("command", "x"), ("stop_timeout_ms", "soon")]))

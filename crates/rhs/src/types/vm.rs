@@ -15,10 +15,16 @@
 //!   restarted); QEMU vanishing without such an event is a failure; a pause (I/O error or an
 //!   outside `stop`) is reported in status and the log (and again when it runs on), not
 //!   treated as a failure.
-//! - Live migration: the target starts QEMU with `-incoming tcp:ADDR:PORT` (prepare); the
-//!   source migrates with `downtime-limit` and `max-bandwidth` and waits for completion
-//!   (a failure or timeout cancels it and leaves the VM running there); the target then
-//!   waits until its QEMU runs. Total time and QEMU's reported downtime are logged.
+//! - Live migration: the target starts QEMU with `-incoming defer`, gives it TLS
+//!   credentials (this node's certificate, `verify-peer=on`) and an authorization that lets
+//!   in only a client whose certificate names the source node, then listens on ADDR:PORT
+//!   (prepare); the source gives its QEMU its own certificate, checks the target's against
+//!   the name every member's certificate carries, migrates with `downtime-limit` and
+//!   `max-bandwidth` and waits for completion (a failure or timeout cancels it and leaves the
+//!   VM running there); the target then waits until its QEMU runs. The memory stream is
+//!   TLS end to end; nothing without a cluster certificate can feed the target. Total time
+//!   and QEMU's reported downtime are logged. (A quick migration goes through `state_dir`,
+//!   storage both nodes trust.)
 //! - `accel=auto` uses KVM when `/dev/kvm` opens, TCG otherwise; the Online reason says
 //!   which.
 
@@ -39,6 +45,7 @@ use super::{
     CallBound, Fault, Health, OpenContext, Progress, Resource, ResourceType, int_param as int,
     optional as spec,
 };
+use crate::protocol::MigrationTls;
 
 pub struct VmType;
 
@@ -52,6 +59,9 @@ const QMP_CHECK: Duration = Duration::from_secs(2);
 const PROBE: Duration = Duration::from_secs(2);
 /// A guest connection still open this long after connecting is the guest's own.
 const GUEST_SETTLE: Duration = Duration::from_millis(300);
+/// QEMU object ids of the migration's TLS credentials and of who may connect.
+const TLS_ID: &str = "vigil-migration-tls";
+const AUTHZ_ID: &str = "vigil-migration-authz";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum OfflineAction {
@@ -687,20 +697,75 @@ impl Vm {
             .map(|d| d.join(format!("{}.state", self.ctx.resource)))
     }
 
-    fn set_migration_parameters(&mut self) -> Result<(), String> {
+    /// Sets the migration's limits and its TLS settings: `tls` gives the credentials' id with
+    /// the target's expected name (source) or the authorization's id (target); `None` is a
+    /// migration to or from a file, without TLS.
+    fn set_migration_parameters(&mut self, tls: Option<Tls<'_>>) -> Result<(), String> {
         let bandwidth = match self.cfg.migration_bandwidth_mbps {
             0 => 1u64 << 40,
             mbps => mbps << 20,
+        };
+        let (hostname, authz) = match tls {
+            Some(Tls::Client { hostname }) => (hostname, ""),
+            Some(Tls::Server) => ("", AUTHZ_ID),
+            None => ("", ""),
         };
         self.qmp(
             "migrate-set-parameters",
             Some(json!({
                 "downtime-limit": self.cfg.migration_downtime_ms,
                 "max-bandwidth": bandwidth,
+                "tls-creds": if tls.is_some() { TLS_ID } else { "" },
+                "tls-hostname": hostname,
+                "tls-authz": authz,
             })),
             QMP_CHECK,
         )
         .map(|_| ())
+    }
+
+    /// This node's certificate as QEMU's TLS credentials for a live migration (`server`: the
+    /// target, letting in only `source`'s certificate; otherwise the source). QEMU reads the
+    /// files when the object is made: the copies in QEMU's layout are removed right after.
+    fn add_tls(&mut self, source: Option<&str>) -> Result<MigrationTls, String> {
+        let tls = self.ctx.migration_tls.clone().ok_or_else(|| {
+            "live migration needs this node's certificate, and the agent gave none".to_string()
+        })?;
+        let endpoint = if source.is_some() { "server" } else { "client" };
+        let dir = self
+            .ctx
+            .log_path
+            .with_file_name(format!("{}.tls-{endpoint}", self.ctx.resource));
+        let made = (|| {
+            write_tls_dir(&dir, Path::new(&tls.creds_dir), endpoint)?;
+            for id in [TLS_ID, AUTHZ_ID] {
+                // From an earlier attempt (its files may have been renewed since).
+                let _ = self.qmp("object-del", Some(json!({ "id": id })), QMP_CHECK);
+            }
+            self.qmp(
+                "object-add",
+                Some(json!({
+                    "qom-type": "tls-creds-x509", "id": TLS_ID, "dir": dir.display().to_string(),
+                    "endpoint": endpoint, "verify-peer": true,
+                })),
+                QMP_CHECK,
+            )?;
+            if let Some(source) = source {
+                // GnuTLS's form of the subject of the source's certificate.
+                let identity = format!("CN={source}");
+                self.qmp(
+                    "object-add",
+                    Some(
+                        json!({ "qom-type": "authz-simple", "id": AUTHZ_ID, "identity": identity }),
+                    ),
+                    QMP_CHECK,
+                )?;
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        made.map_err(|e: String| format!("cannot give QEMU this node's certificate: {e}"))?;
+        Ok(tls)
     }
 
     /// Polls `query-migrate` until it completes; returns QEMU's answer.
@@ -781,7 +846,7 @@ impl Vm {
     fn save_state(&mut self, file: &Path) -> Result<(), String> {
         self.qmp("stop", None, QMP_CHECK)?;
         let saved = (|| {
-            self.set_migration_parameters()?;
+            self.set_migration_parameters(None)?;
             let uri = format!("file:{}", file.display());
             self.qmp("migrate", Some(json!({ "uri": uri })), QMP_CHECK)?;
             self.wait_migration("saving the state")
@@ -796,7 +861,7 @@ impl Vm {
     /// is used up.
     fn restore_state(&mut self, file: &Path) -> Result<(), String> {
         self.launch(Some("defer".into()))?;
-        self.set_migration_parameters()?;
+        self.set_migration_parameters(None)?;
         let uri = format!("file:{}", file.display());
         self.qmp("migrate-incoming", Some(json!({ "uri": uri })), QMP_CHECK)?;
         self.wait_migration("restoring the saved state")?;
@@ -987,13 +1052,23 @@ impl Resource for Vm {
         Some(d)
     }
 
-    fn migrate_prepare(&mut self, _source: &str, quick: bool) -> Result<(), String> {
+    fn migrate_prepare(&mut self, source: &str, quick: bool) -> Result<(), String> {
         if quick {
             // The state arrives as a file; QEMU starts when it is there (MigrateFrom).
             return Ok(());
         }
-        let uri = format!("tcp:{}:{}", self.node_ip(), self.cfg.migration_port);
-        self.launch(Some(uri))
+        self.launch(Some("defer".into()))?;
+        let listening = (|| {
+            self.add_tls(Some(source))?;
+            self.set_migration_parameters(Some(Tls::Server))?;
+            let uri = format!("tcp:{}:{}", self.node_ip(), self.cfg.migration_port);
+            self.qmp("migrate-incoming", Some(json!({ "uri": uri })), QMP_CHECK)
+        })();
+        if let Err(e) = listening {
+            self.kill();
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn migrate_to(
@@ -1009,7 +1084,10 @@ impl Resource for Vm {
             .rsplit_once(':')
             .map_or(target_address, |(h, _)| h);
         let uri = format!("tcp:{host}:{}", self.cfg.migration_port);
-        self.set_migration_parameters()?;
+        let tls = self.add_tls(None)?;
+        self.set_migration_parameters(Some(Tls::Client {
+            hostname: &tls.hostname,
+        }))?;
         let started = Instant::now();
         // The target's QEMU may still be starting: retry the connection for a little while.
         let mut tries = 0;
@@ -1048,6 +1126,45 @@ impl Resource for Vm {
         self.started()
     }
 }
+/// A live migration's side of TLS (see [`Vm::set_migration_parameters`]).
+#[derive(Clone, Copy)]
+enum Tls<'a> {
+    Client { hostname: &'a str },
+    Server,
+}
+
+/// Copies the node's credentials from `creds` into `dir` under the names QEMU's
+/// `tls-creds-x509` looks for, readable by their owner only.
+fn write_tls_dir(dir: &Path, creds: &Path, endpoint: &str) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let key = format!("{endpoint}-key.pem");
+    let cert = format!("{endpoint}-cert.pem");
+    for (from, to) in [
+        ("ca.pem", "ca-cert.pem"),
+        ("node.pem", &cert),
+        ("node.key", &key),
+    ] {
+        let from = creds.join(from);
+        let text =
+            std::fs::read(&from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+        let to = dir.join(to);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&to)
+            .map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+        std::io::Write::write_all(&mut f, &text)
+            .map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+    }
+    Ok(())
+}
+
 /// A duration QEMU reports in ms ("4 ms"), or that it did not.
 fn reported_ms(v: &serde_json::Value) -> String {
     v.as_u64()
