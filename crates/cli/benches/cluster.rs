@@ -5,7 +5,8 @@
 //! - formation: three fresh agents (one --bootstrap, two --join) until all are voters;
 //! - kill -9 of a follower → the leader records it Down, p50/p99 (lease 2 s + margin 0.4 s
 //!   at the defaults), from the leader's cluster log against the moment of the kill;
-//! - write latency through the API (one writer, each write a new group), p50/p99;
+//! - write latency through the API (one writer, each write a new group), p50/p99, with a
+//!   connection per write and on one kept connection;
 //! - write throughput through the API (16 and 64 concurrent writers, a connection each
 //!   per request). `VIGIL_BENCH_ONLY=throughput` runs only these.
 
@@ -88,6 +89,57 @@ fn write_to(op: &Operator, addr: &str, name: &str) {
     assert_eq!(status, 200, "{v}");
 }
 
+/// One HTTPS connection for many requests (HTTP/1.1 keep-alive).
+struct KeptAlive {
+    s: std::io::BufReader<
+        vigil_tls::rustls::StreamOwned<vigil_tls::rustls::ClientConnection, std::net::TcpStream>,
+    >,
+}
+
+impl KeptAlive {
+    fn open(op: &Operator, addr: &str) -> KeptAlive {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = vigil_tls::rustls::pki_types::ServerName::try_from("vigil").unwrap();
+        let conn = vigil_tls::rustls::ClientConnection::new(op.tls.clone(), name).unwrap();
+        KeptAlive {
+            s: std::io::BufReader::new(vigil_tls::rustls::StreamOwned::new(conn, tcp)),
+        }
+    }
+
+    /// Creates group `name`; the answer must be 200 and say how long it is.
+    fn write(&mut self, op: &Operator, name: &str) {
+        use std::io::{BufRead, Read, Write};
+        let body = json!({ "name": name }).to_string();
+        let request = format!(
+            "POST /v1/groups HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            op.auth,
+            body.len()
+        );
+        let s = self.s.get_mut();
+        s.write_all(request.as_bytes()).unwrap();
+        s.flush().unwrap();
+        let mut line = String::new();
+        self.s.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        let mut length = None;
+        loop {
+            line.clear();
+            self.s.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse::<usize>().ok();
+            }
+        }
+        let mut answer = vec![0; length.expect("the answer says its length")];
+        self.s.read_exact(&mut answer).unwrap();
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (writes, concurrent, kills) = if quick {
@@ -167,6 +219,18 @@ fn main() {
     }
     if !lat.is_empty() {
         report("write latency (API, leader)", lat);
+    }
+    // The same writes on one connection kept alive (as a client that reuses it does): what
+    // TLS costs per request once the handshake is paid.
+    let mut lat = Vec::new();
+    if writes > 0 {
+        let mut conn = KeptAlive::open(&op, &n1.listen);
+        for i in 0..writes {
+            let t = Instant::now();
+            conn.write(&op, &format!("k{i}"));
+            lat.push(ms(t.elapsed()));
+        }
+        report("write latency (API, leader, kept)", lat);
     }
     let mut lat = Vec::new();
     for i in 0..writes / 4 {
