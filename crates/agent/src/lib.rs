@@ -12,6 +12,7 @@
 //! health checks and resource types (in `vigil-rhs`, in other processes).
 
 pub mod api;
+pub mod ca;
 pub mod clusterlog;
 pub mod fm;
 pub mod hosts;
@@ -160,6 +161,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         db.clone(),
         svc.nm.clone(),
         tls.clone(),
+        ca::CaKey::new(opts.data_dir.clone()),
     )
     .merge(db.router());
     let socket = local_socket(&opts)?;
@@ -223,6 +225,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         log.clone(),
         opts.data_dir.clone(),
     ));
+    tokio::spawn(ca::keep(
+        db.clone(),
+        ca::CaKey::new(opts.data_dir.clone()),
+        db.peer_client(),
+        log.clone(),
+        opts.name.clone(),
+    ));
     service::run(svc, rx)
         .await
         .map_err(|e| anyhow::anyhow!("agent stopped: {e}"))
@@ -253,6 +262,7 @@ async fn form_or_join(
             key_pem,
         };
         creds.save(&opts.data_dir)?;
+        ca.save_key(&opts.data_dir)?;
         tls.load(&creds)?;
         write_cluster_id(opts, &id)?;
         db.set_cluster_id(&id);
@@ -263,9 +273,9 @@ async fn form_or_join(
                 cluster_id: id.clone(),
             },
             Command::SetCa {
-                ca: vigil_core::security::CaKeys {
+                ca: vigil_core::security::CaCert {
                     cert_pem: ca.cert_pem.clone(),
-                    key_pem: ca.key_pem.clone(),
+                    legacy_key_pem: None,
                 },
             },
             Command::Certify {

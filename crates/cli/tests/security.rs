@@ -86,6 +86,14 @@ fn routes() -> Vec<(&'static str, &'static str, Value)> {
             "/v1/cluster/certify",
             json!({ "token": "vj1.nope", "name": "evil", "csr": "x" }),
         ),
+        ("POST", "/v1/cluster/renew", json!({ "csr": "x" })),
+        (
+            "POST",
+            "/v1/cluster/sign",
+            json!({ "csr": "x", "node": "evil" }),
+        ),
+        ("POST", "/v1/cluster/ca-key", json!({})),
+        ("POST", "/v1/cluster/ca-key/held", json!({})),
     ]
 }
 
@@ -96,6 +104,9 @@ fn refused_anonymously(path: &str) -> u16 {
         || path == "/v1/cluster/removed"
         || path == "/v1/cluster/join"
         || path == "/v1/cluster/certify"
+        || path == "/v1/cluster/renew"
+        || path == "/v1/cluster/sign"
+        || path.starts_with("/v1/cluster/ca-key")
     {
         403
     } else {
@@ -587,6 +598,7 @@ fn the_data_dir_and_its_secrets_are_private() {
         "node.key",
         "node.pem",
         "ca.pem",
+        "ca.key",
         "cluster.log",
         "vigil.sock",
     ] {
@@ -639,4 +651,119 @@ fn certificates_are_renewed_before_they_expire_without_a_restart() {
         out.contains("n1") && out.contains("n2") && out.contains("CA sha256:"),
         "{out}"
     );
+}
+
+/// Whether a record of `a`'s cluster log says `text`.
+fn logs(a: &Agent, text: &str) -> bool {
+    a.log()
+        .iter()
+        .any(|r| r["reason"].as_str().is_some_and(|t| t.contains(text)))
+}
+
+/// The Raft role of `node` as `a` sees it.
+fn role(a: &Agent, node: &str) -> String {
+    a.status()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n["role"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_containing(&p, needle));
+        } else if std::fs::read(&p)
+            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            found.push(p.display().to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn the_ca_key_stays_with_voters_that_run_resources_not_witnesses_nor_the_database() {
+    // A witness bootstraps: it holds the key until a voter that runs resources has it.
+    let mut w = Agent::new("w");
+    let mut cmd = w.agent_command(true);
+    cmd.arg("--witness");
+    w.spawn_with(cmd);
+    let key_file = |a: &Agent| a.data_dir().join(vigil_tls::CA_KEY_FILE);
+    let key = std::fs::read_to_string(key_file(&w)).unwrap();
+    // A line of the key's body: what any copy of the database holding it would show.
+    let line = key.lines().nth(1).unwrap().to_string();
+    let n2 = Agent::join("n2", &w);
+    wait_until("n2 holds the key and the witness gave it up", || {
+        key_file(&n2).exists() && !key_file(&w).exists()
+    });
+    assert_eq!(std::fs::read_to_string(key_file(&n2)).unwrap(), key);
+    assert!(logs(&w, "w no longer holds the CA key"));
+    assert_eq!(role(&w, "w"), "leader", "the witness still leads");
+
+    // The leader holds no key: n2 signs the next join for it.
+    let n3 = Agent::join("n3", &w);
+    wait_until("n3 holds the key", || key_file(&n3).exists());
+    assert!(logs(&n2, "certificate for n3 signed for the leader w"));
+    let mut w2 = Agent::new("w2");
+    let mut cmd = w2.agent_command(false);
+    cmd.args(support::join_args(&w.listen)).arg("--witness");
+    w2.spawn_with(cmd);
+    wait_until("w2 is a voting witness", || role(&w, "w2") == "witness");
+
+    // A witness asking for the key, and a member that does not lead asking for a
+    // signature, are refused.
+    let w2_tls = presenting(&creds_of(&w2));
+    let (code, v) = https(
+        &n2.listen,
+        w2_tls.clone(),
+        "POST",
+        "/v1/cluster/ca-key",
+        Some(json!({})),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("w2 may not hold the CA key"),
+        "{v}"
+    );
+    let (_, csr) = vigil_tls::new_key("evil").unwrap();
+    let (code, v) = https(
+        &n2.listen,
+        presenting(&creds_of(&n3)),
+        "POST",
+        "/v1/cluster/sign",
+        Some(json!({ "csr": csr, "node": "evil" })),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("n3 is not the leader"),
+        "{v}"
+    );
+
+    // No copy of the database, no log and no file of a witness holds the key.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!key_file(&w2).exists(), "a witness that joined has no key");
+    for a in [&w, &n2, &n3, &w2] {
+        let found: Vec<String> = files_containing(&a.data_dir(), &line)
+            .into_iter()
+            .filter(|f| !f.ends_with(vigil_tls::CA_KEY_FILE))
+            .collect();
+        assert!(found.is_empty(), "{}: the CA key is in {found:?}", a.name);
+    }
 }

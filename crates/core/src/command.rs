@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::names::validate_name;
 use crate::props::{GroupProps, ResourceProps};
-use crate::security::{CaKeys, CertRecord, Security, Token};
+use crate::security::{CaCert, CertRecord, Security, Token};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -42,8 +42,11 @@ pub enum Command {
     },
     /// The cluster's CA (at bootstrap); refused once there is one.
     SetCa {
-        ca: CaKeys,
+        ca: CaCert,
     },
+    /// Drops the CA key from a database made when it was kept there (once the leader holds
+    /// it in its data dir); nothing when there is none.
+    ForgetCaKey,
     /// Records the certificate issued to `node` (at its join, or at a renewal).
     Certify {
         node: String,
@@ -320,6 +323,11 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                 ));
             }
             state.security.ca = Some(ca.clone());
+        }
+        Command::ForgetCaKey => {
+            if let Some(ca) = &mut state.security.ca {
+                ca.legacy_key_pem = None;
+            }
         }
         Command::Certify { node, cert } => {
             validate_name("node", node).map_err(ApplyError::Invalid)?;

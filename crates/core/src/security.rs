@@ -15,16 +15,21 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The CA's certificate and key (PEM). Never shown by the API, status or logs.
+/// The CA's certificate (PEM). Its key is not in the database: the voters that run
+/// resources keep it in their data dirs (`ca.key`), so a learner or a witness never holds
+/// it (decision 0010).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CaKeys {
+pub struct CaCert {
     pub cert_pem: String,
-    pub key_pem: String,
+    /// The key, in a database made before it moved out (until a leader holding it in its
+    /// data dir forgets it here, `ForgetCaKey`). Never shown by the API, status or logs.
+    #[serde(default, rename = "key_pem", skip_serializing_if = "Option::is_none")]
+    pub legacy_key_pem: Option<String>,
 }
 
-impl fmt::Debug for CaKeys {
+impl fmt::Debug for CaCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("CaKeys { .. }")
+        f.write_str("CaCert { .. }")
     }
 }
 
@@ -133,7 +138,7 @@ pub struct Token {
 /// The security part of the cluster database.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Security {
-    pub ca: Option<CaKeys>,
+    pub ca: Option<CaCert>,
     /// The certificate last issued to each node.
     #[serde(default)]
     pub certs: BTreeMap<String, CertRecord>,
@@ -367,5 +372,21 @@ mod tests {
             parse_api_token("va1.xyz"),
             Err(TokenRefusal::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_ca_key_kept_in_an_older_database_is_read_then_forgotten_and_never_written_back() {
+        let old = r#"{"cert_pem":"CERT","key_pem":"KEY"}"#;
+        let ca: CaCert = serde_json::from_str(old).unwrap();
+        assert_eq!(ca.legacy_key_pem.as_deref(), Some("KEY"));
+        assert!(!format!("{ca:?}").contains("KEY"), "Debug hides it");
+        let mut state = crate::model::ClusterState::default();
+        state.security.ca = Some(ca);
+        crate::command::apply(&mut state, &crate::command::Command::ForgetCaKey).unwrap();
+        let ca = state.security.ca.clone().unwrap();
+        assert_eq!(ca.legacy_key_pem, None);
+        assert_eq!(ca.cert_pem, "CERT");
+        let text = serde_json::to_string(&ca).unwrap();
+        assert!(!text.contains("key_pem"), "{text}");
     }
 }

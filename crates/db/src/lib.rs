@@ -495,6 +495,29 @@ impl Db {
             .map(|n| n.addr.clone())
     }
 
+    /// The voters of the Raft membership this node knows: their ids and addresses.
+    pub fn voters(&self) -> Vec<(NodeId, String)> {
+        let m = self.metrics();
+        let config = m.membership_config.membership();
+        config
+            .voter_ids()
+            .map(|id| {
+                (
+                    id,
+                    config
+                        .get_node(&id)
+                        .map(|n| n.addr.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// The leader's id, if this node knows one.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.metrics().current_leader
+    }
+
     pub fn is_leader(&self) -> bool {
         self.metrics().state == ServerState::Leader
     }

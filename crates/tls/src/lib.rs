@@ -191,6 +191,40 @@ impl Ca {
         ca_hash(&self.cert_pem).unwrap_or_default()
     }
 
+    /// Whether the key is the certificate's (a key handed on by a peer is checked so).
+    pub fn check(&self) -> Result<(), TlsError> {
+        use rcgen::PublicKeyData;
+        use x509_parser::prelude::*;
+        let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(invalid("CA key"))?;
+        let der = first_cert(&self.cert_pem, "CA certificate")?;
+        let (_, cert) = X509Certificate::from_der(&der)
+            .map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+            return Err(TlsError::Invalid(
+                "the CA key is not the key of the cluster's CA certificate".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CA key in `dir` (`CA_KEY_FILE`), if this node holds it.
+    pub fn load_key(dir: &Path) -> Result<Option<String>, TlsError> {
+        let p = dir.join(CA_KEY_FILE);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TlsError::Io {
+                path: p.display().to_string(),
+                why: e.to_string(),
+            }),
+        }
+    }
+
+    /// Keeps the CA key in `dir`, readable by its owner only.
+    pub fn save_key(&self, dir: &Path) -> Result<(), TlsError> {
+        write_private(&dir.join(CA_KEY_FILE), self.key_pem.as_bytes())
+    }
+
     /// Signs the key of `csr_pem` as node `node` of `cluster`, valid for `lifetime` from
     /// `now`. Only the request's key is used: the names are the CA's to give.
     pub fn sign(
@@ -289,6 +323,20 @@ pub fn request_for(key_pem: &str, node: &str) -> Result<String, TlsError> {
         .map_err(invalid("certificate signing request"))
 }
 
+/// A certificate the CA signed, read from its PEM (one a peer signed on this node's behalf).
+pub fn issued_from_pem(pem: &str) -> Result<(Issued, NodeCert), TlsError> {
+    let cert = read_node_cert(&first_cert(pem, "certificate")?)?;
+    Ok((
+        Issued {
+            cert_pem: pem.to_string(),
+            fingerprint: cert.fingerprint.clone(),
+            not_before_s: cert.not_before_s,
+            not_after_s: cert.not_after_s,
+        },
+        cert,
+    ))
+}
+
 /// What a node certificate says: whose it is and how long it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeCert {
@@ -349,6 +397,8 @@ impl fmt::Debug for Creds {
 pub const CA_FILE: &str = "ca.pem";
 pub const CERT_FILE: &str = "node.pem";
 pub const KEY_FILE: &str = "node.key";
+/// The CA key, on the voters that hold it (not learners, not witnesses).
+pub const CA_KEY_FILE: &str = "ca.key";
 
 impl Creds {
     /// The credentials in `dir`, if it holds them.
@@ -787,5 +837,29 @@ mod tests {
             err.to_string().contains("node key and certificate"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_ca_key_is_checked_against_the_ca_certificate_and_kept_private() {
+        let now = SystemTime::now();
+        let ca = Ca::generate("c1", now).unwrap();
+        ca.check().unwrap();
+        let other = Ca::generate("c1", now).unwrap();
+        let mixed = Ca {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: other.key_pem.clone(),
+        };
+        let err = mixed.check().unwrap_err().to_string();
+        assert!(err.contains("not the key of the cluster's CA"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Ca::load_key(dir.path()).unwrap(), None);
+        ca.save_key(dir.path()).unwrap();
+        assert_eq!(Ca::load_key(dir.path()).unwrap(), Some(ca.key_pem.clone()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

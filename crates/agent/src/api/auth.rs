@@ -30,7 +30,15 @@ pub fn need(method: &Method, path: &str) -> Need {
     match (method.as_str(), segs.as_slice()) {
         (_, ["raft", ..])
         | (_, ["v1", "nm", "heartbeat"])
-        | (_, ["v1", "cluster", "removed" | "join" | "certify" | "renew"]) => Need::Own,
+        | (
+            _,
+            [
+                "v1",
+                "cluster",
+                "removed" | "join" | "certify" | "renew" | "sign" | "ca-key",
+            ],
+        )
+        | (_, ["v1", "cluster", "ca-key", "held"]) => Need::Own,
         ("GET", ["v1", "tokens", ..]) => Need::Role(Role::Admin),
         ("GET", _) => Need::Role(Role::Viewer),
         ("POST", ["v1", "groups", _, "move" | "online" | "offline"])

@@ -47,7 +47,10 @@ use nodes::{drain_node, heartbeat, identity, join, remove_node, removed, resume_
 use resources::{
     control_resource, create_resource, delete_resource, prop_text, resource_action, update_resource,
 };
-use security::{certify, certs, create_token, list_tokens, renew, revoke_token};
+use security::{
+    ca_key_held, certify, certs, create_token, hand_ca_key, list_tokens, renew, revoke_token,
+    sign_for_leader,
+};
 use types::{list_types, register_type, show_type, unregister_type};
 
 /// How long a delete waits for the resources to stop before giving up.
@@ -67,6 +70,8 @@ pub struct Api {
     /// This node's requests to its peers (mutual TLS).
     http: reqwest::Client,
     tls: vigil_tls::Tls,
+    /// The CA key, when this node holds it.
+    ca_key: crate::ca::CaKey,
     /// This node's name.
     node: String,
 }
@@ -136,8 +141,10 @@ pub fn router(
     db: Db,
     nm: crate::nm::Nm,
     tls: vigil_tls::Tls,
+    ca_key: crate::ca::CaKey,
 ) -> Router {
     let api = Api {
+        ca_key,
         tx,
         log,
         version,
@@ -153,7 +160,10 @@ pub fn router(
             .route("/v1/nm/heartbeat", post(heartbeat))
             .route("/v1/cluster/join", post(join))
             .route("/v1/cluster/removed", post(removed))
-            .route("/v1/cluster/renew", post(renew)),
+            .route("/v1/cluster/renew", post(renew))
+            .route("/v1/cluster/sign", post(sign_for_leader))
+            .route("/v1/cluster/ca-key", post(hand_ca_key))
+            .route("/v1/cluster/ca-key/held", post(ca_key_held)),
     );
     Router::new()
         .merge(nodes)

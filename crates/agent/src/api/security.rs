@@ -3,7 +3,6 @@
 //! certificate.
 
 use vigil_core::security::{CertRecord, Role, Token, TokenKind, parse_join_token, token_string};
-use vigil_tls::Ca;
 
 use super::auth::now_s;
 use super::*;
@@ -225,23 +224,7 @@ pub(super) async fn renew(
             message: format!("{} is not a member of this cluster", from.name),
         });
     }
-    let ca = state.security.ca.clone().ok_or_else(|| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: "this cluster has no CA".to_string(),
-    })?;
-    let cluster = state.cluster_id.clone().unwrap_or_default();
-    let issued = Ca {
-        cert_pem: ca.cert_pem.clone(),
-        key_pem: ca.key_pem,
-    }
-    .sign(
-        &req.csr,
-        &cluster,
-        &from.name,
-        vigil_tls::node_cert_lifetime(),
-        std::time::SystemTime::now(),
-    )
-    .map_err(|e| ApiError::bad(e.to_string()))?;
+    let issued = api.sign(&req.csr, &from.name).await?;
     let record = Command::Certify {
         node: from.name.clone(),
         cert: CertRecord {
@@ -333,18 +316,7 @@ pub(super) async fn certify(
         .security
         .check(&parts.id, &hash, true, now)
         .map_err(|e| refuse(e.to_string()))?;
-    let issued = Ca {
-        cert_pem: ca.cert_pem.clone(),
-        key_pem: ca.key_pem.clone(),
-    }
-    .sign(
-        &req.csr,
-        &cluster,
-        &req.name,
-        vigil_tls::node_cert_lifetime(),
-        std::time::SystemTime::now(),
-    )
-    .map_err(|e| ApiError::bad(e.to_string()))?;
+    let issued = api.sign(&req.csr, &req.name).await?;
     let spend = Command::UseToken {
         id: parts.id.clone(),
         hash,
@@ -380,4 +352,103 @@ pub(super) async fn certify(
         "ca_pem": ca.cert_pem,
         "cert_pem": issued.cert_pem,
     })))
+}
+
+impl Api {
+    /// A certificate for node `node` from signing request `csr` (here, or at a voter that
+    /// holds the CA key: `ca::sign`).
+    async fn sign(&self, csr: &str, node: &str) -> ApiResult<vigil_tls::Issued> {
+        crate::ca::sign(&self.db, &self.http, &self.ca_key, &self.node, csr, node)
+            .await
+            .map_err(|e| match e {
+                crate::ca::SignError::Bad(m) => ApiError::bad(m),
+                crate::ca::SignError::Unavailable(message) => ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                },
+            })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SignRequest {
+    csr: String,
+    node: String,
+}
+
+/// A certificate signed for the leader, which does not hold the CA key (`ca::sign`). Only
+/// the leader this node knows may ask.
+pub(super) async fn sign_for_leader(
+    State(api): State<Api>,
+    axum::Extension(from): axum::Extension<vigil_db::network::Sender>,
+    body: Result<Json<SignRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    path_name("node", &req.node)?;
+    if api.db.leader_id() != Some(from.id) {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "{} is not the leader {} knows; only the leader has certificates signed",
+                from.name, api.node
+            ),
+        });
+    }
+    let Some(ca) = api.ca_key.ca(&api.db) else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("{} does not hold the CA key", api.node),
+        });
+    };
+    let cluster = api.db.state().cluster_id.clone().unwrap_or_default();
+    let issued = ca
+        .sign(
+            &req.csr,
+            &cluster,
+            &req.node,
+            vigil_tls::node_cert_lifetime(),
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    api.log.append([LogEntry::new(
+        Component::NM,
+        format!(
+            "certificate for {} signed for the leader {} (it does not hold the CA key)",
+            req.node, from.name
+        ),
+    )]);
+    Ok(Json(json!({ "cert_pem": issued.cert_pem })))
+}
+
+/// The CA key, for a voter that is no witness (`ca::keep`). A node that may not hold it
+/// itself (a witness) forgets it once it has handed it on.
+pub(super) async fn hand_ca_key(
+    State(api): State<Api>,
+    axum::Extension(from): axum::Extension<vigil_db::network::Sender>,
+) -> ApiResult {
+    if !crate::ca::may_hold(&api.db, &from.name) {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "{} may not hold the CA key: only voters that are no witness do",
+                from.name
+            ),
+        });
+    }
+    let Some(ca) = api.ca_key.ca(&api.db) else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("{} does not hold the CA key", api.node),
+        });
+    };
+    if !crate::ca::may_hold(&api.db, &api.node) {
+        crate::ca::forget(&api.ca_key, &api.log, &api.node, &from.name);
+    }
+    Ok(Json(json!({ "key_pem": ca.key_pem })))
+}
+
+/// Whether this node holds the CA key (a witness asks before it forgets its own).
+pub(super) async fn ca_key_held(State(api): State<Api>) -> Json<Value> {
+    Json(json!({ "held": api.ca_key.ca(&api.db).is_some() }))
 }
