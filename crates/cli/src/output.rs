@@ -50,6 +50,16 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
             s.node
         ),
     }
+    if let Some(why) = s
+        .certificate
+        .as_ref()
+        .and_then(|c| c.renewal_error.as_ref())
+    {
+        println!(
+            "WARNING: {}'s certificate could not be renewed: {why}",
+            s.node
+        );
+    }
     let mut nodes = table(&["NODE", "STATE", "ROLE", "ADDRESS"]);
     for n in &s.nodes {
         nodes.add_row(vec![

@@ -767,3 +767,42 @@ fn the_ca_key_stays_with_voters_that_run_resources_not_witnesses_nor_the_databas
         assert!(found.is_empty(), "{}: the CA key is in {found:?}", a.name);
     }
 }
+
+#[test]
+fn a_renewal_that_fails_is_logged_and_shown_in_status_before_the_certificate_expires() {
+    // 30 s certificates, renewed from 20 s on: with the leader gone, n2 cannot renew.
+    let short = ["--cert-lifetime-s", "30"];
+    let mut n1 = Agent::new("n1");
+    let mut cmd = n1.agent_command(true);
+    cmd.args(short);
+    n1.spawn_with(cmd);
+    let mut n2 = Agent::new("n2");
+    let mut cmd = n2.agent_command(false);
+    cmd.args(support::join_args(&n1.listen)).args(short);
+    n2.spawn_with(cmd);
+    let until = n2.status()["certificate"]["not_after_s"].as_u64().unwrap();
+    n1.kill();
+    wait_until("n2 says its renewal failed", || {
+        n2.status()["certificate"]["renewal_error"].is_string()
+    });
+    let now = vigil_tls::unix_s(std::time::SystemTime::now());
+    assert!(
+        now < until,
+        "seen before the certificate expired ({now} < {until})"
+    );
+    let why = n2.status()["certificate"]["renewal_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        why.contains(&format!("expires at Unix time {until}")),
+        "{why}"
+    );
+    assert!(logs(&n2, "certificate renewal failed"), "{:#?}", n2.log());
+    let out = n2.ok(&["status"]);
+    assert!(
+        out.contains("WARNING: n2's certificate could not be renewed"),
+        "{out}"
+    );
+    n2.kill();
+}
