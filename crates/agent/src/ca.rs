@@ -6,6 +6,12 @@
 //! witness later) forgets it once another voter holds it. The leader signs joins and
 //! renewals with it, or, when it does not hold it (a witness leads), has a holder sign for
 //! it: a holder signs only for the leader it knows.
+//!
+//! A rotation (`vigil ca rotate`) makes a new CA at the leader, kept beside the old one
+//! (`ca-next.key`) and handed on like it. Every node then trusts both (its `ca.pem` lists
+//! the new CA first), renews its certificate from the new one at once, and when every
+//! node's certificate is from the new CA the leader ends the rotation: the new CA becomes
+//! the cluster's, the old one is trusted no more, and the holders keep only the new key.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +27,9 @@ use crate::clusterlog::ClusterLog;
 const CHECK: Duration = Duration::from_secs(1);
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The key of the new CA during a rotation, beside `vigil_tls::CA_KEY_FILE`.
+const NEXT_KEY_FILE: &str = "ca-next.key";
+
 /// Where this node keeps the CA key, when it holds it.
 #[derive(Clone)]
 pub struct CaKey {
@@ -32,11 +41,32 @@ impl CaKey {
         CaKey { dir }
     }
 
+    fn read(&self, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(file)).ok()
+    }
+
     /// The CA with its key, when this node holds the key (the certificate from `db`).
     pub fn ca(&self, db: &Db) -> Option<vigil_tls::Ca> {
         let key_pem = vigil_tls::Ca::load_key(&self.dir).ok().flatten()?;
         let cert_pem = db.state().security.ca.as_ref()?.cert_pem.clone();
         Some(vigil_tls::Ca { cert_pem, key_pem })
+    }
+
+    /// The new CA of a rotation under way, with its key, when this node holds it.
+    pub fn next(&self, db: &Db) -> Option<vigil_tls::Ca> {
+        let key_pem = self.read(NEXT_KEY_FILE)?;
+        let cert_pem = db.state().security.rotation.as_ref()?.ca.cert_pem.clone();
+        Some(vigil_tls::Ca { cert_pem, key_pem })
+    }
+
+    /// The CA that signs now: the new one during a rotation (none here while this node
+    /// lacks its key), the cluster's otherwise.
+    pub fn signer(&self, db: &Db) -> Option<vigil_tls::Ca> {
+        if db.state().security.rotation.is_some() {
+            self.next(db)
+        } else {
+            self.ca(db)
+        }
     }
 
     /// Keeps `ca`'s key, after checking it is the key of the CA's certificate.
@@ -45,15 +75,96 @@ impl CaKey {
         ca.save_key(&self.dir).map_err(|e| e.to_string())
     }
 
-    fn forget(&self) -> Result<(), String> {
-        let p = self.dir.join(vigil_tls::CA_KEY_FILE);
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("cannot remove {}: {e}", p.display()))
-            }
-            _ => Ok(()),
-        }
+    /// Keeps the key of a rotation's new CA, after checking it.
+    pub fn put_next(&self, ca: &vigil_tls::Ca) -> Result<(), String> {
+        ca.check().map_err(|e| e.to_string())?;
+        vigil_tls::write_private(&self.dir.join(NEXT_KEY_FILE), ca.key_pem.as_bytes())
+            .map_err(|e| e.to_string())
     }
+
+    /// Once a rotation has ended, the new key is the key (checked against the cluster's CA).
+    fn promote_next(&self, db: &Db) -> Result<bool, String> {
+        let Some(key_pem) = self.read(NEXT_KEY_FILE) else {
+            return Ok(false);
+        };
+        let Some(cert) = db.state().security.ca.clone() else {
+            return Ok(false);
+        };
+        let ca = vigil_tls::Ca {
+            cert_pem: cert.cert_pem,
+            key_pem,
+        };
+        if ca.check().is_err() {
+            return Ok(false);
+        }
+        std::fs::rename(
+            self.dir.join(NEXT_KEY_FILE),
+            self.dir.join(vigil_tls::CA_KEY_FILE),
+        )
+        .map_err(|e| format!("cannot make {NEXT_KEY_FILE} the CA key: {e}"))?;
+        Ok(true)
+    }
+
+    fn forget(&self) -> Result<(), String> {
+        for f in [vigil_tls::CA_KEY_FILE, NEXT_KEY_FILE] {
+            let p = self.dir.join(f);
+            if let Err(e) = std::fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(format!("cannot remove {}: {e}", p.display()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CAs a node trusts, as `ca.pem` lists them: the new one of a rotation first, then the
+/// cluster's.
+pub fn bundle(state: &vigil_core::model::ClusterState) -> String {
+    let sec = &state.security;
+    sec.rotation
+        .iter()
+        .map(|r| r.ca.cert_pem.as_str())
+        .chain(sec.ca.iter().map(|c| c.cert_pem.as_str()))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// The CA that issued `cert_pem`, among the ones the cluster trusts now (its hash).
+pub fn issuer(state: &vigil_core::model::ClusterState, cert_pem: &str) -> Option<String> {
+    let sec = &state.security;
+    let cas: Vec<&str> = sec
+        .rotation
+        .iter()
+        .map(|r| r.ca.cert_pem.as_str())
+        .chain(sec.ca.iter().map(|c| c.cert_pem.as_str()))
+        .collect();
+    vigil_tls::issuer_hash(cert_pem, &cas)
+}
+
+/// The hash of the CA new certificates come from (what a join token names).
+pub fn newest_hash(state: &vigil_core::model::ClusterState) -> Option<String> {
+    match &state.security.rotation {
+        Some(r) => Some(r.hash.clone()),
+        None => state
+            .security
+            .ca
+            .as_ref()
+            .and_then(|c| vigil_tls::ca_hash(&c.cert_pem).ok()),
+    }
+}
+
+/// Whether `node` must renew its certificate now: a rotation is under way and its
+/// certificate is not from the new CA.
+pub fn must_renew(state: &vigil_core::model::ClusterState, node: &str) -> bool {
+    state.security.rotation.as_ref().is_some_and(|r| {
+        state
+            .security
+            .certs
+            .get(node)
+            .and_then(|c| c.issuer.as_ref())
+            != Some(&r.hash)
+    })
 }
 
 /// Whether `node` may hold the CA key as this copy knows the cluster: a voter of the Raft
@@ -119,7 +230,7 @@ pub async fn sign(
     node: &str,
 ) -> Result<vigil_tls::Issued, SignError> {
     let cluster = db.state().cluster_id.clone().unwrap_or_default();
-    if let Some(ca) = key.ca(db) {
+    if let Some(ca) = key.signer(db) {
         return ca
             .sign(
                 csr,
@@ -160,9 +271,10 @@ pub async fn sign(
     )))
 }
 
-/// Keeps the key where it belongs: fetches it while this node may hold it and does not,
-/// forgets it once this node may not and another voter holds it, and moves a key kept in
-/// the database (made before it moved out) to the data dir and out of the database.
+/// Keeps the key where it belongs: fetches the key (and a rotation's new key) while this
+/// node may hold it and does not, forgets it once this node may not and another voter
+/// holds it, moves a key kept in the database (made before it moved out) to the data dir,
+/// and at the leader ends a rotation once every node has a certificate from the new CA.
 pub async fn keep(db: Db, key: CaKey, http: reqwest::Client, log: ClusterLog, me: String) {
     loop {
         tokio::time::sleep(CHECK).await;
@@ -170,50 +282,23 @@ pub async fn keep(db: Db, key: CaKey, http: reqwest::Client, log: ClusterLog, me
         let Some(cert) = state.security.ca.clone() else {
             continue;
         };
-        let held = key.ca(&db).is_some();
         let eligible = may_hold(&db, &me);
         if let Some(legacy) = &cert.legacy_key_pem {
-            if eligible && !held {
-                let ca = vigil_tls::Ca {
-                    cert_pem: cert.cert_pem.clone(),
-                    key_pem: legacy.clone(),
-                };
-                if let Err(e) = key.put(&ca) {
-                    tracing::warn!("cannot keep the CA key from the database: {e}");
-                }
-                continue;
-            }
-            if held && db.is_leader() {
-                if let Err(e) = db.write(vec![Command::ForgetCaKey]).await {
-                    tracing::warn!("cannot drop the CA key from the database: {e}");
-                } else {
-                    log.append([LogEntry::new(
-                        Component::DB,
-                        "the CA key moved out of the database into the data dirs of the voters that run resources".to_string(),
-                    )]);
-                }
-            }
+            legacy_key(&db, &key, &log, &cert.cert_pem, legacy, eligible).await;
             continue;
         }
-        if eligible && !held {
-            for addr in holders_to_ask(&db, &me) {
-                let got = ask(&http, &addr, "/v1/cluster/ca-key", json!({})).await;
-                let Ok(v) = got else { continue };
-                let ca = vigil_tls::Ca {
-                    cert_pem: cert.cert_pem.clone(),
-                    key_pem: v["key_pem"].as_str().unwrap_or_default().to_string(),
-                };
-                match key.put(&ca) {
-                    Ok(()) => {
-                        log.append([LogEntry::new(
-                            Component::NM,
-                            format!("{me} holds the CA key now (from {addr})"),
-                        )]);
-                        break;
-                    }
-                    Err(e) => tracing::warn!("the CA key from {addr}: {e}"),
-                }
-            }
+        match key.promote_next(&db) {
+            Ok(true) => log.append([LogEntry::new(
+                Component::NM,
+                format!("{me} holds only the new CA's key now (the rotation ended)"),
+            )]),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+        let held = key.ca(&db).is_some();
+        let next_missing = state.security.rotation.is_some() && key.next(&db).is_none();
+        if eligible && (!held || next_missing) {
+            fetch(&db, &key, &http, &log, &me, &state).await;
         } else if !eligible && held {
             for addr in holders_to_ask(&db, &me) {
                 let got = ask(&http, &addr, "/v1/cluster/ca-key/held", json!({})).await;
@@ -222,6 +307,132 @@ pub async fn keep(db: Db, key: CaKey, http: reqwest::Client, log: ClusterLog, me
                     break;
                 }
             }
+        }
+        if let Some(r) = &state.security.rotation
+            && db.is_leader()
+            && state.nodes.keys().all(|n| !must_renew(&state, n))
+        {
+            let hash = r.hash.clone();
+            match db.write(vec![Command::FinishCaRotation { hash: hash.clone() }]).await {
+                Ok(results) if results.iter().all(Result::is_ok) => log.append([LogEntry::new(
+                    Component::NM,
+                    format!(
+                        "CA rotation done: every node has a certificate from the CA {hash}; the old CA is no longer trusted"
+                    ),
+                )]),
+                Ok(results) => tracing::info!("the CA rotation cannot end yet: {results:?}"),
+                Err(e) => tracing::warn!("cannot end the CA rotation: {e}"),
+            }
+        }
+    }
+}
+
+/// Makes this node's `ca.pem` (and its TLS) trust the CAs the database says, once they
+/// differ. Called by the one task that writes the node's credentials (the renewal's).
+pub fn trust(dir: &std::path::Path, tls: &vigil_tls::Tls, state: &vigil_core::model::ClusterState) {
+    let want = bundle(state);
+    let Ok(Some(creds)) = vigil_tls::Creds::load(dir) else {
+        return;
+    };
+    if creds.ca_pem == want || want.is_empty() {
+        return;
+    }
+    let creds = vigil_tls::Creds {
+        ca_pem: want,
+        ..creds
+    };
+    // A node whose certificate is from neither CA (it missed a whole rotation) keeps what
+    // it has; it cannot talk to the cluster either way.
+    if let Err(e) = tls.load(&creds).and_then(|_| creds.save(dir)) {
+        tracing::warn!("cannot trust the cluster's CAs as its database lists them: {e}");
+    }
+}
+
+/// A key kept in an older database: a voter that may hold it takes it into its data dir,
+/// and a leader holding it there drops it from the database.
+async fn legacy_key(
+    db: &Db,
+    key: &CaKey,
+    log: &ClusterLog,
+    cert_pem: &str,
+    legacy: &str,
+    eligible: bool,
+) {
+    let held = key.ca(db).is_some();
+    if eligible && !held {
+        let ca = vigil_tls::Ca {
+            cert_pem: cert_pem.to_string(),
+            key_pem: legacy.to_string(),
+        };
+        if let Err(e) = key.put(&ca) {
+            tracing::warn!("cannot keep the CA key from the database: {e}");
+        }
+        return;
+    }
+    if held && db.is_leader() {
+        if let Err(e) = db.write(vec![Command::ForgetCaKey]).await {
+            tracing::warn!("cannot drop the CA key from the database: {e}");
+        } else {
+            log.append([LogEntry::new(
+                Component::DB,
+                "the CA key moved out of the database into the data dirs of the voters that run resources".to_string(),
+            )]);
+        }
+    }
+}
+
+/// Asks the other voters for the keys this node lacks (the CA's, a rotation's new one).
+async fn fetch(
+    db: &Db,
+    key: &CaKey,
+    http: &reqwest::Client,
+    log: &ClusterLog,
+    me: &str,
+    state: &vigil_core::model::ClusterState,
+) {
+    let Some(cert) = &state.security.ca else {
+        return;
+    };
+    for addr in holders_to_ask(db, me) {
+        let Ok(v) = ask(http, &addr, "/v1/cluster/ca-key", json!({})).await else {
+            continue;
+        };
+        let mut got = Vec::new();
+        if key.ca(db).is_none()
+            && let Some(k) = v["key_pem"].as_str()
+        {
+            let ca = vigil_tls::Ca {
+                cert_pem: cert.cert_pem.clone(),
+                key_pem: k.to_string(),
+            };
+            match key.put(&ca) {
+                Ok(()) => got.push("the CA key"),
+                Err(e) => tracing::warn!("the CA key from {addr}: {e}"),
+            }
+        }
+        if let Some(r) = &state.security.rotation
+            && key.next(db).is_none()
+            && let Some(k) = v["next_key_pem"].as_str()
+        {
+            let ca = vigil_tls::Ca {
+                cert_pem: r.ca.cert_pem.clone(),
+                key_pem: k.to_string(),
+            };
+            match key.put_next(&ca) {
+                Ok(()) => got.push("the new CA's key"),
+                Err(e) => tracing::warn!("the new CA key from {addr}: {e}"),
+            }
+        }
+        if !got.is_empty() {
+            log.append([LogEntry::new(
+                Component::NM,
+                format!("{me} holds {} now (from {addr})", got.join(" and ")),
+            )]);
+        }
+        let done =
+            key.ca(db).is_some() && (state.security.rotation.is_none() || key.next(db).is_some());
+        if done {
+            break;
         }
     }
 }

@@ -286,6 +286,7 @@ async fn form_or_join(
                     not_after_s: issued.not_after_s,
                     previous: None,
                     pending: false,
+                    issuer: Some(ca.hash()),
                 },
             },
             Command::AddNode {
@@ -379,21 +380,39 @@ async fn watch_removal(db: Db, main: mpsc::Sender<Msg>) {
     }
 }
 
-/// Renews this node's certificate in the last third of its life, at the leader, with the
-/// same key, and swaps it in without a restart. A failure is logged (once per reason) and
-/// shown in status, and tried again.
+/// Renews this node's certificate in the last third of its life (or at once during a CA
+/// rotation, from the new CA), at the leader, with the same key, and swaps it in without a
+/// restart. A failure is logged (once per reason) and shown in status, and tried again.
+/// The one writer of the node's credentials files: it also makes them trust the CAs the
+/// database lists (`ca::trust`).
 async fn renew_certificate(db: Db, tls: vigil_tls::Tls, log: ClusterLog, dir: PathBuf) {
     let check = (vigil_tls::node_cert_lifetime() / 20).clamp(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(60),
     );
+    let mut last = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(check).await;
+        // A rotation is noticed within a second; the lifetime is checked every `check`.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let Some(me) = tls.identity() else { continue };
+        ca::trust(&dir, &tls, &db.state());
         let now = vigil_tls::unix_s(std::time::SystemTime::now());
-        if !vigil_tls::renewal_due(me.not_before_s, me.not_after_s, now) {
+        // During a CA rotation, until this node's own certificate is from the new CA.
+        let state = db.state();
+        let rotating = state.security.rotation.as_ref().is_some_and(|r| {
+            vigil_tls::Creds::load(&dir)
+                .ok()
+                .flatten()
+                .and_then(|c| ca::issuer(&state, &c.cert_pem))
+                .as_ref()
+                != Some(&r.hash)
+        });
+        let due =
+            last.elapsed() >= check && vigil_tls::renewal_due(me.not_before_s, me.not_after_s, now);
+        if !rotating && !due {
             continue;
         }
+        last = tokio::time::Instant::now();
         match renew_once(&db, &dir, &me.node).await {
             Ok(creds) => match tls.load(&creds) {
                 Ok(new) => {
@@ -461,6 +480,7 @@ async fn renew_once(
     }
     let creds = vigil_tls::Creds {
         cert_pem: body["cert_pem"].as_str().unwrap_or_default().to_string(),
+        ca_pem: ca::bundle(&db.state()),
         ..old
     };
     vigil_tls::Tls::default()

@@ -121,6 +121,10 @@ enum TokenCmd {
 enum CertCmd {
     /// Every node's certificate expiry, and the CA's.
     Status,
+    /// Replace the cluster CA: every node trusts the old and the new CA, renews its
+    /// certificate from the new one, then the old one is dropped (no restart). Copy the new
+    /// ca.pem to the machines that pass --ca afterwards; join tokens made before are refused.
+    RotateCa,
 }
 
 #[derive(Subcommand)]
@@ -690,6 +694,13 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
         Cmd::Cert(CertCmd::Status) => {
             let v = c.get("/v1/certs").await?;
             output::certs(&v);
+        }
+        Cmd::Cert(CertCmd::RotateCa) => {
+            let v = c.post("/v1/ca/rotate", json!({})).await?;
+            println!(
+                "CA rotation to {} begun: every node renews its certificate from the new CA; `vigil cert status` shows the nodes still to renew",
+                v["rotating_to"].as_str().unwrap_or("?")
+            );
         }
         Cmd::Node(NodeCmd::Remove { name }) => {
             c.delete(&format!("/v1/nodes/{}", client::seg(&name)))

@@ -224,7 +224,25 @@ pub fn certs(v: &Value) {
             days(na)
         );
     }
-    let mut t = table(&["NODE", "EXPIRES", "IN", "FINGERPRINT"]);
+    if let Some(r) = v["rotation"].as_object() {
+        let behind: Vec<&str> = r["behind"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "CA rotation to {} under way since {}; nodes still on the old CA: {}",
+            r["hash"].as_str().unwrap_or("?"),
+            unix_time(r["since_s"].as_u64().unwrap_or(0)),
+            if behind.is_empty() {
+                "none".to_string()
+            } else {
+                behind.join(", ")
+            }
+        );
+    }
+    let mut t = table(&["NODE", "EXPIRES", "IN", "FINGERPRINT", "ISSUER"]);
     for n in v["nodes"].as_array().into_iter().flatten() {
         let node = n["node"].as_str().unwrap_or("").to_string();
         match n["not_after_s"].as_u64() {
@@ -238,10 +256,14 @@ pub fn certs(v: &Value) {
                     .chars()
                     .take(16)
                     .collect(),
+                n["issuer"]
+                    .as_str()
+                    .map_or("-".to_string(), |h| h.chars().take(23).collect()),
             ]),
             None => t.add_row(vec![
                 node,
                 "no certificate recorded".to_string(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
             ]),

@@ -806,3 +806,129 @@ fn a_renewal_that_fails_is_logged_and_shown_in_status_before_the_certificate_exp
     );
     n2.kill();
 }
+
+#[test]
+fn the_ca_rotates_without_a_restart_and_the_old_ca_is_trusted_no_more() {
+    let mut n1 = Agent::new("n1");
+    n1.spawn(true);
+    let n2 = Agent::join("n2", &n1);
+    let n3 = Agent::join("n3", &n1);
+    wait_until("n2 and n3 hold the key", || {
+        [&n2, &n3]
+            .iter()
+            .all(|a| a.data_dir().join(vigil_tls::CA_KEY_FILE).exists())
+    });
+    n1.ok(&["group", "create", "g", "--preferred-owners", "n2"]);
+    n1.create(
+        "p",
+        "g",
+        "process",
+        &["command=[\"sleep\", \"600\"]"],
+        &["--online"],
+    );
+    let pid = n1.wait_online("p");
+    n2.seen_pid(pid);
+    let old_ca = std::fs::read_to_string(n1.ca_file()).unwrap();
+    let old_n3 = creds_of(&n3);
+    let old_token = n1.ok(&["token", "create", "--join"]).trim().to_string();
+    let old_token = old_token
+        .split_whitespace()
+        .find(|w| w.starts_with("vj1."))
+        .unwrap()
+        .to_string();
+
+    let out = n1.ok(&["cert", "rotate-ca"]);
+    let hash = out
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("the new CA's hash")
+        .trim_end_matches(':')
+        .to_string();
+    assert_ne!(Some(hash.clone()), vigil_tls::ca_hash(&old_ca).ok());
+    let again = n1.cli(&["cert", "rotate-ca"]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is under way"),
+        "one rotation at a time"
+    );
+    let nodes = [&n1, &n2, &n3];
+    wait_until("the rotation ended", || {
+        nodes.iter().any(|a| {
+            logs(
+                a,
+                &format!("CA rotation done: every node has a certificate from the CA {hash}"),
+            )
+        })
+    });
+    wait_until(
+        "every node trusts the new CA alone and holds its key",
+        || {
+            nodes.iter().all(|a| {
+                let creds = creds_of(a);
+                let dir = a.data_dir();
+                vigil_tls::ca_hash(&creds.ca_pem).ok().as_ref() == Some(&hash)
+                    && creds.ca_pem.matches("BEGIN CERTIFICATE").count() == 1
+                    && vigil_tls::issuer_hash(&creds.cert_pem, &[&creds.ca_pem]).as_ref()
+                        == Some(&hash)
+                    && std::fs::read_to_string(dir.join(vigil_tls::CA_KEY_FILE)).is_ok_and(|k| {
+                        vigil_tls::Ca {
+                            cert_pem: creds.ca_pem.clone(),
+                            key_pem: k,
+                        }
+                        .check()
+                        .is_ok()
+                    })
+                    && !dir.join("ca-next.key").exists()
+            })
+        },
+    );
+    let certs = n1.ok(&["cert", "status"]);
+    assert!(!certs.contains("under way"), "{certs}");
+
+    // The same processes, the resource never restarted, and the cluster still writes.
+    assert_eq!(n1.pid_of("p"), Some(pid));
+    n3.ok(&["group", "create", "after"]);
+    assert!(
+        n1.status()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "Up")
+    );
+
+    // The old CA is trusted no more: not by a client that pins it, not for a node
+    // certificate it issued, not in a join token that names it.
+    let r = https(
+        &n1.listen,
+        pinned(vigil_tls::Pin::Ca(old_ca)),
+        "GET",
+        "/v1/status",
+        None,
+        &[],
+    );
+    assert!(
+        r.is_err(),
+        "a client pinned to the old CA reached n1: {r:?}"
+    );
+    let hb = json!({ "name": "n3", "term": 1, "former_age_ms": null });
+    let r = https(
+        &n1.listen,
+        presenting(&old_n3),
+        "POST",
+        "/v1/nm/heartbeat",
+        Some(hb),
+        &[],
+    );
+    assert!(
+        !matches!(r, Ok((200, _))),
+        "n3's old certificate was taken: {r:?}"
+    );
+    let err = refused_join(&Agent::new("n4"), &n1, &old_token);
+    assert!(err.contains("not from the cluster CA"), "{err}");
+    // A token made now joins.
+    let n5 = Agent::join("n5", &n1);
+    wait_until("n5 is Up", || n1.node_state("n5").as_deref() == Some("Up"));
+    assert_eq!(
+        vigil_tls::issuer_hash(&creds_of(&n5).cert_pem, &[&creds_of(&n1).ca_pem]),
+        Some(hash)
+    );
+}

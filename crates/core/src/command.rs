@@ -44,6 +44,17 @@ pub enum Command {
     SetCa {
         ca: CaCert,
     },
+    /// Starts a CA rotation to `ca` (hash `hash`); refused while one is under way.
+    BeginCaRotation {
+        ca: CaCert,
+        hash: String,
+        at_s: u64,
+    },
+    /// Ends the rotation to the CA `hash`: it becomes the cluster's CA and the old one is no
+    /// longer trusted. Refused unless every node's certificate is from it.
+    FinishCaRotation {
+        hash: String,
+    },
     /// Drops the CA key from a database made when it was kept there (once the leader holds
     /// it in its data dir); nothing when there is none.
     ForgetCaKey,
@@ -323,6 +334,51 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                 ));
             }
             state.security.ca = Some(ca.clone());
+        }
+        Command::BeginCaRotation { ca, hash, at_s } => {
+            if state.security.ca.is_none() {
+                return Err(ApplyError::Conflict("the cluster has no CA".to_string()));
+            }
+            if let Some(r) = &state.security.rotation {
+                return Err(ApplyError::Conflict(format!(
+                    "a CA rotation to {} is under way (since Unix time {}); it ends when every node has a certificate from it",
+                    r.hash, r.since_s
+                )));
+            }
+            state.security.rotation = Some(crate::security::Rotation {
+                ca: ca.clone(),
+                hash: hash.clone(),
+                since_s: *at_s,
+            });
+        }
+        Command::FinishCaRotation { hash } => {
+            let Some(r) = &state.security.rotation else {
+                return Err(ApplyError::Conflict(
+                    "no CA rotation is under way".to_string(),
+                ));
+            };
+            if &r.hash != hash {
+                return Err(ApplyError::Conflict(format!(
+                    "the CA rotation under way is to {}, not {hash}",
+                    r.hash
+                )));
+            }
+            let behind: Vec<&str> = state
+                .nodes
+                .keys()
+                .filter(|n| {
+                    state.security.certs.get(*n).and_then(|c| c.issuer.as_ref()) != Some(hash)
+                })
+                .map(String::as_str)
+                .collect();
+            if !behind.is_empty() {
+                return Err(ApplyError::Conflict(format!(
+                    "not every node has a certificate from the new CA yet: {}",
+                    behind.join(", ")
+                )));
+            }
+            let r = state.security.rotation.take().expect("checked above");
+            state.security.ca = Some(r.ca);
         }
         Command::ForgetCaKey => {
             if let Some(ca) = &mut state.security.ca {

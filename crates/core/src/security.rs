@@ -47,6 +47,21 @@ pub struct CertRecord {
     /// Issued for a join token, to a node not admitted yet: good for its join only.
     #[serde(default)]
     pub pending: bool,
+    /// The hash of the CA that signed it (`sha256:HEX`; none in records made before CA
+    /// rotation).
+    #[serde(default)]
+    pub issuer: Option<String>,
+}
+
+/// A CA rotation under way: every node trusts both CAs, is given a certificate from the new
+/// one, and then the old one is dropped (`FinishCaRotation`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The new CA (its key, like the current one's, is in the holders' data dirs).
+    pub ca: CaCert,
+    /// Its hash (`sha256:HEX`).
+    pub hash: String,
+    pub since_s: u64,
 }
 
 /// Whether a certificate (one the CA signed, of this cluster) may speak for its node as this
@@ -139,6 +154,9 @@ pub struct Token {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Security {
     pub ca: Option<CaCert>,
+    /// A CA rotation under way.
+    #[serde(default)]
+    pub rotation: Option<Rotation>,
     /// The certificate last issued to each node.
     #[serde(default)]
     pub certs: BTreeMap<String, CertRecord>,

@@ -116,6 +116,43 @@ fn first_cert(pem: &str, what: &str) -> Result<CertificateDer<'static>, TlsError
         .map_err(|e| TlsError::Invalid(format!("{what}: {e}")))
 }
 
+/// Every certificate of a PEM bundle, in order.
+fn all_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid(format!("{what}: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid(format!(
+            "{what}: no PEM certificate in it"
+        )));
+    }
+    Ok(certs)
+}
+
+/// The CA of `cas` (DER) that issued `cert` (DER), by name: a cluster's CAs have names of
+/// their own.
+fn issuer_of<'a>(
+    cert: &CertificateDer<'_>,
+    cas: &'a [CertificateDer<'static>],
+) -> Option<&'a CertificateDer<'static>> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(cert).ok()?;
+    cas.iter().find(|ca| {
+        X509Certificate::from_der(ca)
+            .is_ok_and(|(_, ca)| ca.subject().as_raw() == cert.issuer().as_raw())
+    })
+}
+
+/// The hash (`sha256:HEX`) of the CA among `cas` (PEM certificates) that issued `cert_pem`.
+pub fn issuer_hash(cert_pem: &str, cas: &[&str]) -> Option<String> {
+    let cert = first_cert(cert_pem, "certificate").ok()?;
+    let cas: Vec<CertificateDer<'static>> = cas
+        .iter()
+        .filter_map(|c| first_cert(c, "CA certificate").ok())
+        .collect();
+    issuer_of(&cert, &cas).map(|ca| format!("sha256:{}", sha256_hex(ca)))
+}
+
 /// `sha256:HEX` of a PEM certificate's DER (what a join token carries of the CA).
 pub fn ca_hash(ca_pem: &str) -> Result<String, TlsError> {
     Ok(format!(
@@ -167,7 +204,9 @@ impl Ca {
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name.push(
             rcgen::DnType::CommonName,
-            format!("vigil cluster {cluster} CA"),
+            // A name of its own: during a rotation nodes hold certificates of two CAs of
+            // the cluster, told apart by their issuer's name.
+            format!("vigil cluster {cluster} CA {}", random_hex::<4>()),
         );
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -450,7 +489,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
         path: path.display().to_string(),
         why: e.to_string(),
     };
-    let tmp = path.with_extension("tmp");
+    // A temporary file of this write's own: `node.pem` and `node.key` must not share one,
+    // nor two writers of one file (the last rename wins, and each file is whole).
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".tmp.{}.{}",
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let tmp = std::path::PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -490,21 +538,27 @@ impl fmt::Debug for Tls {
     }
 }
 
-fn roots(ca_pem: &str) -> Result<(RootCertStore, CertificateDer<'static>), TlsError> {
-    let ca = first_cert(ca_pem, "CA certificate")?;
+/// The trusted CAs of `ca_pem`: one, or two while the CA is rotated (the new one first).
+fn roots(ca_pem: &str) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), TlsError> {
+    let cas = all_certs(ca_pem, "CA certificate")?;
     let mut roots = RootCertStore::empty();
-    roots
-        .add(ca.clone())
-        .map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
-    Ok((roots, ca))
+    for ca in &cas {
+        roots
+            .add(ca.clone())
+            .map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
+    }
+    Ok((roots, cas))
 }
 
 impl Tls {
     /// Takes `creds` as the node's from now on (every later handshake uses them).
     pub fn load(&self, creds: &Creds) -> Result<NodeCert, TlsError> {
-        let (roots, ca) = roots(&creds.ca_pem)?;
+        let (roots, cas) = roots(&creds.ca_pem)?;
         let cert = first_cert(&creds.cert_pem, "node certificate")?;
         let me = read_node_cert(&cert)?;
+        let ca = issuer_of(&cert, &cas).cloned().ok_or_else(|| {
+            TlsError::Invalid("node certificate: not issued by a CA this node trusts".to_string())
+        })?;
         let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes())
             .map_err(|e| TlsError::Invalid(format!("node key: {e}")))?;
         let key = CertifiedKey::from_der(vec![cert, ca.clone()], key, &provider())
@@ -520,7 +574,7 @@ impl Tls {
         let loaded = Loaded {
             key: Arc::new(key),
             me: me.clone(),
-            ca_hash: format!("sha256:{}", sha256_hex(&ca)),
+            ca_hash: format!("sha256:{}", sha256_hex(&cas[0])),
             server,
             client,
         };

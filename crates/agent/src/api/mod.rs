@@ -49,7 +49,7 @@ use resources::{
 };
 use security::{
     ca_key_held, certify, certs, create_token, hand_ca_key, list_tokens, renew, revoke_token,
-    sign_for_leader,
+    rotate_ca, sign_for_leader,
 };
 use types::{list_types, register_type, show_type, unregister_type};
 
@@ -171,6 +171,7 @@ pub fn router(
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/v1/certs", get(certs))
+        .route("/v1/ca/rotate", post(rotate_ca))
         .route("/v1/status", get(status))
         .route("/v1/types", get(list_types).post(register_type))
         .route("/v1/types/{name}", get(show_type).delete(unregister_type))

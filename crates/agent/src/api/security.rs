@@ -3,6 +3,7 @@
 //! certificate.
 
 use vigil_core::security::{CertRecord, Role, Token, TokenKind, parse_join_token, token_string};
+use vigil_tls::Ca;
 
 use super::auth::now_s;
 use super::*;
@@ -80,7 +81,8 @@ pub(super) async fn create_token(
             TokenKind::Api(_) => None,
         },
     };
-    let ca_hash = api.tls.ca_hash().unwrap_or_default();
+    // A join token names the CA new certificates come from (a rotation's new one).
+    let ca_hash = crate::ca::newest_hash(&api.db.state()).unwrap_or_default();
     let text = token_string(kind, &id, &secret, &ca_hash);
     let what = match kind {
         TokenKind::Join => "join token".to_string(),
@@ -176,11 +178,19 @@ pub(super) async fn certs(State(api): State<Api>) -> Json<Value> {
                 "not_before_s": c.not_before_s,
                 "not_after_s": c.not_after_s,
                 "expires_in_s": c.not_after_s.saturating_sub(now),
+                "issuer": c.issuer,
             }),
             None => json!({ "node": n, "missing": true }),
         })
         .collect();
-    Json(json!({ "now_s": now, "ca": ca, "nodes": nodes }))
+    let rotation = state.security.rotation.as_ref().map(|r| {
+        json!({
+            "hash": r.hash,
+            "since_s": r.since_s,
+            "behind": state.nodes.keys().filter(|n| crate::ca::must_renew(&state, n)).collect::<Vec<_>>(),
+        })
+    });
+    Json(json!({ "now_s": now, "ca": ca, "rotation": rotation, "nodes": nodes }))
 }
 
 #[derive(Deserialize)]
@@ -198,10 +208,12 @@ pub(super) async fn renew(
     body: Result<Json<RenewRequest>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    // Only in the last third of the current certificate's life: a member cannot stock up
-    // certificates to use after its removal.
+    // Only in the last third of the current certificate's life (or during a CA rotation,
+    // while it is from the old CA): a member cannot stock up certificates to use after its
+    // removal.
     if let vigil_tls::Peer::Node(cert) = &peer
         && !vigil_tls::renewal_due(cert.not_before_s, cert.not_after_s, now_s())
+        && !crate::ca::must_renew(&api.db.state(), &from.name)
     {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -233,6 +245,7 @@ pub(super) async fn renew(
             not_after_s: issued.not_after_s,
             previous: None,
             pending: false,
+            issuer: crate::ca::issuer(&api.db.state(), &issued.cert_pem),
         },
     };
     let results = api.db.write(vec![record]).await?;
@@ -281,7 +294,8 @@ pub(super) async fn certify(
     })?;
     let cluster = state.cluster_id.clone().unwrap_or_default();
     let ours = vigil_tls::ca_hash(&ca.cert_pem).unwrap_or_default();
-    if parts.ca_hash.as_deref() != Some(ours.as_str()) {
+    let rotating = state.security.rotation.as_ref().map(|r| r.hash.as_str());
+    if parts.ca_hash.as_deref() != Some(ours.as_str()) && parts.ca_hash.as_deref() != rotating {
         return Err(refuse(format!(
             "the token names the cluster CA {}, this cluster's is {ours}: a token of another cluster",
             parts.ca_hash.unwrap_or_default()
@@ -330,6 +344,7 @@ pub(super) async fn certify(
             not_after_s: issued.not_after_s,
             previous: None,
             pending: true,
+            issuer: crate::ca::issuer(&state, &issued.cert_pem),
         },
     };
     let results = api.db.write(vec![spend]).await?;
@@ -349,7 +364,7 @@ pub(super) async fn certify(
     )]);
     Ok(Json(json!({
         "cluster_id": cluster,
-        "ca_pem": ca.cert_pem,
+        "ca_pem": crate::ca::bundle(&state),
         "cert_pem": issued.cert_pem,
     })))
 }
@@ -395,7 +410,7 @@ pub(super) async fn sign_for_leader(
             ),
         });
     }
-    let Some(ca) = api.ca_key.ca(&api.db) else {
+    let Some(ca) = api.ca_key.signer(&api.db) else {
         return Err(ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!("{} does not hold the CA key", api.node),
@@ -436,19 +451,77 @@ pub(super) async fn hand_ca_key(
             ),
         });
     }
-    let Some(ca) = api.ca_key.ca(&api.db) else {
+    let (ca, next) = (api.ca_key.ca(&api.db), api.ca_key.next(&api.db));
+    if ca.is_none() && next.is_none() {
         return Err(ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!("{} does not hold the CA key", api.node),
         });
-    };
-    if !crate::ca::may_hold(&api.db, &api.node) {
+    }
+    if !crate::ca::may_hold(&api.db, &api.node) && api.db.state().security.rotation.is_none() {
         crate::ca::forget(&api.ca_key, &api.log, &api.node, &from.name);
     }
-    Ok(Json(json!({ "key_pem": ca.key_pem })))
+    Ok(Json(json!({
+        "key_pem": ca.map(|c| c.key_pem),
+        "next_key_pem": next.map(|c| c.key_pem),
+    })))
 }
 
 /// Whether this node holds the CA key (a witness asks before it forgets its own).
 pub(super) async fn ca_key_held(State(api): State<Api>) -> Json<Value> {
     Json(json!({ "held": api.ca_key.ca(&api.db).is_some() }))
+}
+
+/// Starts a CA rotation (`vigil ca rotate`): a new CA, made at the leader, which must be a
+/// node that may hold CA keys (a voter that is no witness).
+pub(super) async fn rotate_ca(State(api): State<Api>) -> ApiResult {
+    if let Some(answer) = api
+        .on_leader(reqwest::Method::POST, "/v1/ca/rotate", Some(json!({})))
+        .await?
+    {
+        return Ok(answer);
+    }
+    let state = api.db.state();
+    if let Some(r) = &state.security.rotation {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "a CA rotation to {} is under way (since Unix time {}); it ends when every node has a certificate from it",
+                r.hash, r.since_s
+            ),
+        });
+    }
+    if !crate::ca::may_hold(&api.db, &api.node) || api.ca_key.ca(&api.db).is_none() {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "the leader {} holds no CA key (a witness holds none); rotate the CA while a voter that runs resources leads",
+                api.node
+            ),
+        });
+    }
+    let cluster = state.cluster_id.clone().unwrap_or_default();
+    let now = std::time::SystemTime::now();
+    let ca = Ca::generate(&cluster, now).map_err(|e| ApiError::bad(e.to_string()))?;
+    let hash = ca.hash();
+    api.ca_key.put_next(&ca).map_err(|message| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message,
+    })?;
+    let begin = Command::BeginCaRotation {
+        ca: vigil_core::security::CaCert {
+            cert_pem: ca.cert_pem.clone(),
+            legacy_key_pem: None,
+        },
+        hash: hash.clone(),
+        at_s: now_s(),
+    };
+    let log = LogEntry::new(
+        Component::NM,
+        format!(
+            "CA rotation to {hash} begun: every node trusts both CAs and renews its certificate from the new one"
+        ),
+    );
+    api.commit(pending(vec![begin], vec![log])?).await?;
+    Ok(Json(json!({ "rotating_to": hash })))
 }
