@@ -837,6 +837,25 @@ fn the_ca_rotates_without_a_restart_and_the_old_ca_is_trusted_no_more() {
         .unwrap()
         .to_string();
 
+    // Only an admin rotates.
+    let operator = n1
+        .ok(&["token", "create", "--role", "operator"])
+        .trim()
+        .to_string();
+    let (code, v) = https(
+        &n1.listen,
+        pinned(vigil_tls::Pin::Ca(old_ca.clone())),
+        "POST",
+        "/v1/ca/rotate",
+        Some(json!({})),
+        &[("Authorization", &format!("Bearer {operator}"))],
+    )
+    .unwrap();
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("needs role admin"),
+        "{v}"
+    );
     let out = n1.ok(&["cert", "rotate-ca"]);
     let hash = out
         .split_whitespace()
