@@ -51,6 +51,8 @@ pub struct Hosts {
     silence_limit: Duration,
     data_dir: PathBuf,
     node: String,
+    /// The node's cgroup (v2) for its resources, where there is one (`cgroups.rs`).
+    cgroups: Option<PathBuf>,
     hosts: HashMap<String, Host>,
     /// Which RHS each open resource lives in, and the number of its current opening.
     placement: HashMap<String, Placed>,
@@ -87,12 +89,14 @@ impl Hosts {
         node: String,
         events: mpsc::Sender<HostEvent>,
         lease: watch::Receiver<Option<u64>>,
+        cgroups: Option<PathBuf>,
     ) -> Self {
         Self {
             exe,
             silence_limit,
             data_dir,
             node,
+            cgroups,
             hosts: HashMap::new(),
             placement: HashMap::new(),
             events,
@@ -102,6 +106,18 @@ impl Hosts {
             controls: HashMap::new(),
             next_control: 1,
         }
+    }
+
+    /// The cgroup of `resource` on this node, where the node has cgroup v2.
+    pub fn cgroup_of(&self, resource: &str) -> Option<String> {
+        self.cgroups
+            .as_ref()
+            .map(|b| b.join(resource).display().to_string())
+    }
+
+    /// The node's cgroup for its resources, if it has one.
+    pub fn cgroups(&self) -> Option<&std::path::Path> {
+        self.cgroups.as_deref()
     }
 
     /// The pid of each running RHS, by host name.
@@ -175,6 +191,16 @@ impl Hosts {
                 Box::new(MigrationTls {
                     creds_dir: self.data_dir.display().to_string(),
                     hostname: vigil_tls::cluster_dns(id),
+                })
+            }),
+            cgroup: self.cgroup_of(resource).map(|dir| {
+                Box::new(vigil_rhs::protocol::CgroupSpec {
+                    dir,
+                    limits: vigil_rhs::protocol::Limits {
+                        memory_max_mb: r.props.memory_max_mb,
+                        cpu_weight: r.props.cpu_weight,
+                        pids_max: r.props.pids_max,
+                    },
                 })
             }),
         };

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod ca;
+pub mod cgroups;
 pub mod clusterlog;
 pub mod fm;
 pub mod hosts;

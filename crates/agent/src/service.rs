@@ -76,6 +76,18 @@ impl Service {
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_loop(db.clone(), queue));
         let lease = nm.lease_watch();
+        let cgroups = match crate::cgroups::prepare(&opts.name) {
+            Ok(base) => Some(base),
+            Err(why) => {
+                let say = format!(
+                    "no cgroup v2 for resources on {} ({why}): they are ended by process group, and a process that leaves its group (setsid) escapes",
+                    opts.name
+                );
+                tracing::warn!("{say}");
+                log.append([LogEntry::new(Component::RHS, say)]);
+                None
+            }
+        };
         Ok(Self {
             nm,
             node: opts.name.clone(),
@@ -90,6 +102,7 @@ impl Service {
                 opts.name.clone(),
                 events,
                 lease,
+                cgroups,
             ),
             log,
             started: Instant::now(),
@@ -434,6 +447,9 @@ async fn stop_hosts(svc: &mut Service, rx: &mut mpsc::Receiver<Msg>) {
         }
     })
     .await;
+    if let Some(base) = svc.hosts.cgroups() {
+        crate::cgroups::remove(base);
+    }
 }
 
 /// Writes the RCM's commands in the order it made them, as few log entries as possible.

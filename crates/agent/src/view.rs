@@ -95,6 +95,18 @@ pub struct ResourceView {
     /// The RHS that hosts it on the answering node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rhs: Option<String>,
+    /// What it uses on the answering node, from its cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
+}
+
+/// A resource's CPU time and memory, read from its cgroup on the answering node (memory
+/// only where the node's cgroup v2 has the memory controller).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UsageView {
+    pub cpu_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -162,6 +174,15 @@ pub fn status(s: &Service) -> StatusView {
                         depends_on: r.depends_on.clone(),
                         params: vigil_core::params::shown(&r.params, &r.secret),
                         rhs: s.hosts.host_of(&r.name).map(str::to_string),
+                        usage: s
+                            .hosts
+                            .host_of(&r.name)
+                            .and(s.hosts.cgroup_of(&r.name))
+                            .and_then(|d| vigil_rhs::cgroup::usage(std::path::Path::new(&d)))
+                            .map(|(usec, memory_bytes)| UsageView {
+                                cpu_ms: usec / 1000,
+                                memory_bytes,
+                            }),
                     };
                     // A fenced node cannot record what it stopped, but it knows: for what
                     // its copy says it hosts, say what runs here, not the old record.

@@ -33,6 +33,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 struct AgentProcess {
+    name: String,
     child: Child,
     keep: bool,
 }
@@ -46,14 +47,13 @@ impl Drop for AgentProcess {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A killed agent leaves its resources' cgroup (and what a daemon left in it).
+        vigil_agent::cgroups::end_agent(&self.name, self.child.id());
     }
 }
 
@@ -86,6 +86,7 @@ fn start_agent(
         cmd.process_group(0);
     }
     Ok(AgentProcess {
+        name: name.to_string(),
         child: cmd.spawn().context("cannot start vigil agent")?,
         keep,
     })

@@ -71,7 +71,7 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
     }
     println!("{nodes}");
     let mut groups = table(&[
-        "GROUP", "RESOURCE", "TYPE", "STATE", "DESIRED", "OWNER", "PID", "REASON",
+        "GROUP", "RESOURCE", "TYPE", "STATE", "DESIRED", "OWNER", "PID", "CPU", "MEM", "REASON",
     ]);
     for g in &s.groups {
         let failure = g.failure.clone().unwrap_or_default();
@@ -87,6 +87,8 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
             String::new(),
             owner,
             String::new(),
+            String::new(),
+            String::new(),
             failure,
         ]);
         for r in &g.resources {
@@ -98,6 +100,16 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
                 r.persistent_state.to_string(),
                 r.owner.clone().unwrap_or_default(),
                 r.pid.map(|p| p.to_string()).unwrap_or_default(),
+                // From the resource's cgroup, for what runs on the answering node.
+                r.usage
+                    .as_ref()
+                    .map(|u| format!("{:.2}s", u.cpu_ms as f64 / 1000.0))
+                    .unwrap_or_default(),
+                r.usage
+                    .as_ref()
+                    .and_then(|u| u.memory_bytes)
+                    .map(|b| format!("{:.1}M", b as f64 / 1048576.0))
+                    .unwrap_or_default(),
                 r.reason.clone(),
             ]);
         }

@@ -802,3 +802,141 @@ fn a_wedged_rhs_is_killed_and_replaced() {
             .contains("sent nothing for 2000 ms (hung); killed")
     }));
 }
+
+/// A service that daemonizes the classic way (fork, setsid, fork again) and writes its
+/// daemon's pid to `pidfile`; the first process stays as the resource's main process.
+const DAEMON: &str = r#"
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        with open(sys.argv[1] + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+        time.sleep(1000)
+    os._exit(0)
+os.wait()
+time.sleep(1000)
+"#;
+
+/// The pid of the daemon that wrote `pidfile` after `after` was removed, once it is there.
+fn daemon_pid(pidfile: &std::path::Path) -> u32 {
+    let mut pid = 0;
+    wait_until("the daemon wrote its pid", || {
+        pid = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        pid != 0 && alive(pid)
+    });
+    pid
+}
+
+#[test]
+fn a_daemon_that_leaves_its_process_group_is_gone_after_offline_a_failure_and_a_fence() {
+    let a = Agent::start();
+    let dir = a.data_dir().parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("daemon.py"), DAEMON).unwrap();
+    let pidfile = dir.join("daemon.pid");
+    let command = format!(
+        "python3 {} {}",
+        dir.join("daemon.py").display(),
+        pidfile.display()
+    );
+    a.process("g", "d", &command, &["--restart-delay-ms", "0"]);
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("d", "Online");
+    let daemon = daemon_pid(&pidfile);
+    a.seen_pid(daemon);
+    assert_ne!(
+        rustix::process::getpgid(rustix::process::Pid::from_raw(daemon as i32)).ok(),
+        a.pid_of("d")
+            .and_then(|p| rustix::process::getpgid(rustix::process::Pid::from_raw(p as i32)).ok()),
+        "the daemon left the resource's process group"
+    );
+    // What the resource uses shows in status (from its cgroup).
+    assert!(
+        a.resource("d")["usage"]["cpu_ms"].is_u64(),
+        "{}",
+        a.resource("d")
+    );
+
+    // 1. Offline.
+    a.ok(&["resource", "offline", "d"]);
+    a.wait_state("d", "Offline");
+    wait_until("the daemon is gone after Offline", || !alive(daemon));
+    assert!(
+        a.logged("d", "left in its cgroup were killed"),
+        "{:#?}",
+        a.reasons("d")
+    );
+
+    // 2. A failure: the main process is killed; the restart in place leaves no daemon of
+    // the first run behind.
+    std::fs::remove_file(&pidfile).unwrap();
+    a.ok(&["resource", "online", "d"]);
+    a.wait_state("d", "Online");
+    let daemon = daemon_pid(&pidfile);
+    a.seen_pid(daemon);
+    let main = a.pid_of("d").unwrap();
+    std::fs::remove_file(&pidfile).unwrap();
+    kill9(main);
+    wait_until("the daemon of the failed run is gone", || !alive(daemon));
+    wait_until("d runs again", || {
+        a.state("d") == "Online" && a.pid_of("d").is_some_and(|p| p != main)
+    });
+
+    // 3. A fence: the agent stops; its RHS ends every resource when the lease runs out.
+    let daemon = daemon_pid(&pidfile);
+    a.seen_pid(daemon);
+    let agent = rustix::process::Pid::from_raw(a.pid() as i32).unwrap();
+    rustix::process::kill_process(agent, rustix::process::Signal::STOP).unwrap();
+    let fenced = std::time::Instant::now();
+    while alive(daemon) && fenced.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rustix::process::kill_process(agent, rustix::process::Signal::CONT).unwrap();
+    assert!(!alive(daemon), "the daemon outlived the fence");
+}
+
+#[test]
+fn a_cgroup_limit_this_node_cannot_hold_is_refused_naming_it() {
+    let a = Agent::start();
+    let base = std::fs::read_dir("/sys/fs/cgroup/unified")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(&format!("vigil-n1-{}", a.pid()))
+            })
+        })
+        .expect("the node's cgroup");
+    let offered = std::fs::read_to_string(base.join("cgroup.subtree_control")).unwrap();
+    a.process("g", "m", "sleep 1000", &["--prop", "memory_max_mb=64"]);
+    a.ok(&["group", "online", "g"]);
+    if offered.split_whitespace().any(|c| c == "memory") {
+        // A machine with the memory controller on cgroup v2: the limit holds.
+        a.wait_state("m", "Online");
+        let max = std::fs::read_to_string(base.join("m/memory.max")).unwrap();
+        assert_eq!(max.trim(), (64u64 << 20).to_string());
+    } else {
+        wait_until("m is refused on n1", || a.state("m") == "Failed");
+        assert!(
+            a.logged(
+                "m",
+                "memory_max_mb = 64 needs cgroup v2's memory controller"
+            ),
+            "{:#?}",
+            a.reasons("m")
+        );
+    }
+    let err = a.cli(&["resource", "set", "m", "--prop", "pids_max=lots"]);
+    assert!(
+        String::from_utf8_lossy(&err.stderr)
+            .contains("pids_max must be a whole number, got \"lots\""),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+}

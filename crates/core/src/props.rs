@@ -71,6 +71,11 @@ pub struct ResourceProps {
     pub deadlock_timeout_ms: u64,
     /// Host the resource in an RHS process of its own.
     pub separate_monitor: bool,
+    /// Limits of the resource's cgroup (0: none); a node whose cgroup v2 lacks the
+    /// controller refuses to run the resource.
+    pub memory_max_mb: u64,
+    pub cpu_weight: u64,
+    pub pids_max: u64,
 }
 
 impl Default for ResourceProps {
@@ -86,6 +91,9 @@ impl Default for ResourceProps {
             retry_period_on_failure_s: RETRY_PERIOD_ON_FAILURE_S.default,
             deadlock_timeout_ms: DEADLOCK_TIMEOUT_MS.default,
             separate_monitor: false,
+            memory_max_mb: MEMORY_MAX_MB.default,
+            cpu_weight: CPU_WEIGHT.default,
+            pids_max: PIDS_MAX.default,
         }
     }
 }
@@ -161,6 +169,10 @@ const PENDING_TIMEOUT_MS: Numeric = Numeric::new("pending_timeout_ms", 180_000, 
 const RETRY_PERIOD_ON_FAILURE_S: Numeric =
     Numeric::new("retry_period_on_failure_s", 3_600, 1, MAX_S);
 const DEADLOCK_TIMEOUT_MS: Numeric = Numeric::new("deadlock_timeout_ms", 60_000, 100, MAX_MS);
+/// cgroup limits: 0 is none (cgroup v2's cpu.weight runs 1 to 10000).
+const MEMORY_MAX_MB: Numeric = Numeric::new("memory_max_mb", 0, 0, 1 << 30);
+const CPU_WEIGHT: Numeric = Numeric::new("cpu_weight", 0, 0, 10_000);
+const PIDS_MAX: Numeric = Numeric::new("pids_max", 0, 0, 1 << 22);
 /// Group properties (`failover_threshold` has no default: `None`, see [`GroupProps`]).
 const FAILOVER_THRESHOLD: Numeric = Numeric::new("failover_threshold", 0, 0, 1_000);
 const FAILOVER_PERIOD_S: Numeric = Numeric::new("failover_period_s", 21_600, 1, MAX_S);
@@ -216,6 +228,9 @@ const RESOURCE_PROPS: &[Settable<ResourceProps>] = &[
     numeric!(PENDING_TIMEOUT_MS, pending_timeout_ms),
     numeric!(RETRY_PERIOD_ON_FAILURE_S, retry_period_on_failure_s),
     numeric!(DEADLOCK_TIMEOUT_MS, deadlock_timeout_ms),
+    numeric!(MEMORY_MAX_MB, memory_max_mb),
+    numeric!(CPU_WEIGHT, cpu_weight),
+    numeric!(PIDS_MAX, pids_max),
     Settable {
         name: "separate_monitor",
         set: |p, v| {
@@ -244,7 +259,10 @@ impl ResourceProps {
         RESTART_DELAY_MS.check(self.restart_delay_ms)?;
         PENDING_TIMEOUT_MS.check(self.pending_timeout_ms)?;
         RETRY_PERIOD_ON_FAILURE_S.check(self.retry_period_on_failure_s)?;
-        DEADLOCK_TIMEOUT_MS.check(self.deadlock_timeout_ms)
+        DEADLOCK_TIMEOUT_MS.check(self.deadlock_timeout_ms)?;
+        MEMORY_MAX_MB.check(self.memory_max_mb)?;
+        CPU_WEIGHT.check(self.cpu_weight)?;
+        PIDS_MAX.check(self.pids_max)
     }
 
     /// Sets one property from its text form (CLI `--prop k=v`, API); on error nothing changes.

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -172,6 +173,7 @@ impl Dispatcher {
         // The kill first, before anything awaits: each worker's own Terminate and report
         // follow, and may wait behind a call in progress.
         types::process::kill_all_groups();
+        crate::cgroup::kill_all();
         for slot in self.workers.values() {
             let _ = slot.tx.send(Cmd::Fence).await;
         }
@@ -209,6 +211,7 @@ impl Dispatcher {
                 epoch,
                 log_path,
                 migration_tls,
+                cgroup,
             } => {
                 // The new instance opens only after the old one has closed.
                 let previous = match self.workers.remove(&resource) {
@@ -235,6 +238,7 @@ impl Dispatcher {
                 let (done_tx, done) = oneshot::channel();
                 self.workers.insert(resource, Slot { tx, done });
                 let opening = Opening {
+                    cgroup: cgroup.map(|c| (PathBuf::from(c.dir), c.limits)),
                     ctx,
                     instance,
                     type_name,
@@ -320,6 +324,7 @@ impl Dispatcher {
         })
         .await;
         types::process::kill_all_groups();
+        crate::cgroup::kill_all();
         Ok(())
     }
 }
@@ -342,6 +347,8 @@ enum Cmd {
 
 /// What a new worker needs to open its resource.
 struct Opening {
+    /// The resource's cgroup and its limits, where the node offers cgroup v2.
+    cgroup: Option<(PathBuf, protocol::Limits)>,
     ctx: OpenContext,
     instance: u64,
     type_name: String,
@@ -397,6 +404,8 @@ struct Worker {
     secrets: Secrets,
     instance: Option<Instance>,
     open_error: Option<String>,
+    /// The cgroup every process of the resource starts in.
+    cgroup: Option<Arc<crate::cgroup::Cgroup>>,
     /// The type promises LooksAlive never blocks: run it here, not on a thread.
     inline_looks_alive: bool,
     phase: Phase,
@@ -407,6 +416,7 @@ struct Worker {
 impl Worker {
     async fn run(opening: Opening, mut rx: mpsc::Receiver<Cmd>, out: mpsc::Sender<Outgoing>) {
         let Opening {
+            cgroup,
             ctx,
             instance,
             type_name,
@@ -427,6 +437,7 @@ impl Worker {
             secrets,
             instance: None,
             open_error: None,
+            cgroup: None,
             inline_looks_alive: false,
             phase: Phase::Offline,
             event: None,
@@ -434,11 +445,19 @@ impl Worker {
         };
         // Finding the type runs agent scripts (OCF meta-data) or loads a library (a plugin's
         // initializers): under the watchdog like every call into a type.
-        let found = w
-            .guarded("Open", move || {
-                types::find(&type_name, library.as_deref()).and_then(|ty| ty.open(ctx))
-            })
-            .await;
+        let found = match cgroup.map(|(dir, limits)| crate::cgroup::Cgroup::open(&dir, &limits)) {
+            Some(Err(e)) => Ok(Err(e)),
+            cg => {
+                w.cgroup = cg.and_then(Result::ok);
+                let cg = w.cgroup.clone();
+                w.guarded("Open", move || {
+                    crate::cgroup::with(cg, || {
+                        types::find(&type_name, library.as_deref()).and_then(|ty| ty.open(ctx))
+                    })
+                })
+                .await
+            }
+        };
         match found {
             Ok(Ok(instance)) => {
                 w.inline_looks_alive = instance.looks_alive_never_blocks();
@@ -492,12 +511,15 @@ impl Worker {
                 }
                 Wake::Cmd(Some(ToHost::Terminate { .. })) => {
                     w.stop_watching();
-                    w.call("Terminate", |r| r.terminate()).await.ok();
+                    w.terminate().await;
                 }
                 Wake::Fence => w.fence().await,
                 Wake::Cmd(None | Some(ToHost::Close { .. })) => {
                     w.stop_watching();
                     w.call("Close", |r| r.close()).await.ok();
+                    if let Some(cg) = w.cgroup.take() {
+                        let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+                    }
                     return;
                 }
                 Wake::Cmd(Some(ToHost::Control { id, request, .. })) => {
@@ -546,11 +568,33 @@ impl Worker {
                 .clone()
                 .unwrap_or_else(|| "not open".to_string()));
         };
+        let cg = self.cgroup.clone();
         self.guarded(entry, move || {
             let mut guard = instance.lock().unwrap_or_else(|p| p.into_inner());
-            f(guard.as_mut())
+            crate::cgroup::with(cg, || f(guard.as_mut()))
         })
         .await
+    }
+
+    /// After the type's own Offline or Terminate: whatever is left in the resource's cgroup
+    /// (a daemon that left its process group) is killed. What was found, for the reason.
+    async fn sweep(&self) -> Option<String> {
+        let cg = self.cgroup.clone()?;
+        let killed = tokio::task::spawn_blocking(move || cg.kill()).await.ok()?;
+        match killed {
+            Ok(0) => None,
+            Ok(n) => Some(format!("{n} process(es) left in its cgroup were killed")),
+            Err(e) => {
+                tracing::error!("RHS: resource {}: {e}", self.name);
+                Some(e)
+            }
+        }
+    }
+
+    /// Terminate, then the cgroup's leftovers.
+    async fn terminate(&self) -> Option<String> {
+        self.call("Terminate", |r| r.terminate()).await.ok();
+        self.sweep().await
     }
 
     async fn deadlock(&self, entry: &'static str) -> ! {
@@ -570,6 +614,7 @@ impl Worker {
         }
         // Exiting kills each process's leader (parent-death signal); not what it forked.
         types::process::kill_all_groups();
+        crate::cgroup::kill_all();
         std::process::exit(70)
     }
 
@@ -690,15 +735,19 @@ impl Worker {
     async fn offline(&mut self) {
         self.stop_watching();
         match self.call("Offline", |r| r.offline()).await {
-            Ok(Ok(None)) => self.report(Report::Offline, "stopped", None).await,
-            Ok(Ok(Some(note))) => {
-                self.report(Report::Offline, format!("stopped: {note}"), None)
-                    .await
+            Ok(Ok(note)) => {
+                let notes: Vec<String> = note.into_iter().chain(self.sweep().await).collect();
+                let reason = if notes.is_empty() {
+                    "stopped".to_string()
+                } else {
+                    format!("stopped: {}", notes.join("; "))
+                };
+                self.report(Report::Offline, reason, None).await
             }
             Ok(Err(e)) | Err(e) => {
                 // Ended by force before the report: a worker's Failed always means its
                 // instance is ended, and the RCM does not terminate it again.
-                self.call("Terminate", |r| r.terminate()).await.ok();
+                self.terminate().await;
                 self.report(Report::Failed, format!("Offline failed: {e}"), None)
                     .await
             }
@@ -710,7 +759,7 @@ impl Worker {
     async fn fence(&mut self) {
         let running = matches!(self.phase, Phase::Online | Phase::Pending);
         self.stop_watching();
-        self.call("Terminate", |r| r.terminate()).await.ok();
+        self.terminate().await;
         if running {
             let reason =
                 "terminated by its RHS: the node's lease ran out with no renewal from the agent";
@@ -720,7 +769,7 @@ impl Worker {
 
     async fn failed(&mut self, reason: String) {
         self.stop_watching();
-        self.call("Terminate", |r| r.terminate()).await.ok();
+        self.terminate().await;
         self.report(Report::Failed, reason, None).await;
     }
 
@@ -734,7 +783,7 @@ impl Worker {
     /// A configuration error on this node: terminated, and not to be restarted here.
     async fn misconfigured(&mut self, reason: String) {
         self.stop_watching();
-        self.call("Terminate", |r| r.terminate()).await.ok();
+        self.terminate().await;
         self.report(Report::FailedHere, reason, None).await;
     }
 
@@ -765,7 +814,7 @@ impl Worker {
             Ok(Health::Misconfigured(why)) => self.misconfigured(format!("IsAlive: {why}")).await,
             Ok(Health::StoppedOutOfBand(why)) => {
                 self.stop_watching();
-                self.call("Terminate", |r| r.terminate()).await.ok();
+                self.terminate().await;
                 self.report(Report::StoppedOutOfBand, why, None).await;
             }
         }

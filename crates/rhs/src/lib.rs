@@ -10,6 +10,7 @@
 //!
 //! The RHS never touches the cluster database: the agent's RCM hands it what it needs.
 
+pub mod cgroup;
 pub mod host;
 pub mod protocol;
 pub mod types;

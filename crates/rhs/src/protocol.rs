@@ -26,6 +26,22 @@ pub struct Checks {
     pub deadlock_timeout_ms: u64,
 }
 
+/// Where a resource's cgroup is, and its limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupSpec {
+    pub dir: String,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// A resource's cgroup limits (0: none), from its properties.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_max_mb: u64,
+    pub cpu_weight: u64,
+    pub pids_max: u64,
+}
+
 /// Where a VM's live migration finds this node's certificate, and the name every member's
 /// certificate carries (the source checks the target's against it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +82,10 @@ pub enum ToHost {
         log_path: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         migration_tls: Option<Box<MigrationTls>>,
+        /// The resource's cgroup (v2), where the node offers one: the host makes it and
+        /// starts every process of the resource in it (`cgroup.rs`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup: Option<Box<CgroupSpec>>,
     },
     Online {
         resource: String,

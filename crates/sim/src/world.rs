@@ -188,6 +188,9 @@ struct SimNode {
 
 /// A step the scenario (or a random run) takes at a given time.
 #[derive(Clone, Debug)]
+// A scenario's few steps: their size does not matter, and matching on `Operator(Command)`
+// reads better unboxed.
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     PowerOff(String),
     PowerOn(String),

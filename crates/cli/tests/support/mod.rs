@@ -211,11 +211,14 @@ impl Agent {
         self.child.as_ref().unwrap().id()
     }
 
-    /// kill -9 the agent and reap it.
+    /// kill -9 the agent and reap it, and end what is left in its cgroups (a daemon of a
+    /// resource outlives a killed agent there).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let pid = c.id();
             let _ = c.kill();
             let _ = c.wait();
+            vigil_agent::cgroups::end_agent(&self.name, pid);
         }
     }
 

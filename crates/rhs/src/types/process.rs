@@ -563,11 +563,19 @@ const SPAWNERS: usize = 4;
 /// Spawns with a parent-death signal (SIGKILL), so the child dies with this RHS, from
 /// threads that live as long as the process: the signal fires when the *thread* that forked
 /// exits, so children must not be forked from short-lived threads.
+/// The child joins the cgroup of the resource being called (`cgroup::current`) before it
+/// runs, so nothing it forks can start outside.
 fn spawn(mut cmd: Command) -> std::io::Result<Child> {
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    let cgroup = crate::cgroup::current();
+    // SAFETY: prctl and write are async-signal-safe; nothing else runs between fork and
+    // exec. The cgroup (and so its fd) lives as long as `cmd`, which owns the closure.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if let Some(cg) = &cgroup {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(cg.procs_fd());
+                rustix::io::write(fd, b"0")?;
+            }
             Ok(())
         });
     }
