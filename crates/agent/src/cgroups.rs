@@ -7,7 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
-/// The node's cgroup, or why there is none.
+/// The agent's own cgroup inside the node's (resource names cannot start with '.'): the
+/// node's cgroup then holds the whole node, which a watchdog's test device kills at once.
+pub const AGENT: &str = ".agent";
+
+/// The node's cgroup, or why there is none. The agent moves itself (and so the RHS
+/// processes it starts) into its `AGENT` child.
 pub fn prepare(node: &str) -> Result<PathBuf, String> {
     let own = vigil_rhs::cgroup::own()?;
     sweep(&own, node);
@@ -22,6 +27,11 @@ pub fn prepare(node: &str) -> Result<PathBuf, String> {
             base.display()
         ));
     }
+    let agent = base.join(AGENT);
+    std::fs::create_dir_all(&agent)
+        .map_err(|e| format!("cannot make cgroup {}: {e}", agent.display()))?;
+    std::fs::write(agent.join("cgroup.procs"), "0")
+        .map_err(|e| format!("cannot move the agent into {}: {e}", agent.display()))?;
     // Controllers the parent offers: enabled for the resources' cgroups (limits).
     let offered = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
     for c in offered.split_whitespace() {
@@ -87,8 +97,12 @@ fn end(dir: &Path) -> bool {
     false
 }
 
-/// Removes the node's cgroup (a clean stop, once every resource has ended).
+/// Removes the node's cgroup (a clean stop, once every resource has ended); the agent moves
+/// back to the cgroup it started in.
 pub fn remove(base: &Path) {
+    if let Some(parent) = base.parent() {
+        let _ = std::fs::write(parent.join("cgroup.procs"), "0");
+    }
     for sub in std::fs::read_dir(base).into_iter().flatten().flatten() {
         let _ = std::fs::remove_dir(sub.path());
     }

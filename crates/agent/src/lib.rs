@@ -21,6 +21,7 @@ pub mod membership;
 pub mod nm;
 pub mod service;
 pub mod view;
+pub mod watchdog;
 
 use std::path::PathBuf;
 
@@ -56,6 +57,8 @@ pub struct AgentOptions {
     pub heartbeat_threshold: u32,
     /// How long the certificates this node signs (as leader) are valid.
     pub cert_lifetime_s: u64,
+    /// A watchdog device and its timeout (`watchdog.rs`).
+    pub watchdog: Option<(PathBuf, std::time::Duration)>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -89,6 +92,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         vigil_core::lease::LeaseConfig {
             interval_ms: opts.heartbeat_interval_ms,
             threshold: opts.heartbeat_threshold,
+            // The cluster's, from the database (NodeManager::lead).
+            watchdog_ms: 0,
         },
     );
     let db = Db::open(
@@ -154,7 +159,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let listen = listener.local_addr()?.to_string();
     let (host_tx, mut host_rx) = mpsc::channel(INPUT_QUEUE);
     let (tx, rx) = mpsc::channel::<Msg>(INPUT_QUEUE);
-    let svc = Service::new(&opts, &listen, db.clone(), log.clone(), host_tx, nm)?;
+    let mut svc = Service::new(&opts, &listen, db.clone(), log.clone(), host_tx, nm)?;
     let router = api::router(
         tx.clone(),
         log.clone(),
@@ -233,9 +238,60 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         log.clone(),
         opts.name.clone(),
     ));
-    service::run(svc, rx)
-        .await
-        .map_err(|e| anyhow::anyhow!("agent stopped: {e}"))
+    let watchdog = match &opts.watchdog {
+        Some((device, timeout)) => {
+            let (w, signals) = arm_watchdog(&db, &log, &svc, tx.clone(), device, *timeout).await?;
+            svc.watchdog = Some(signals);
+            Some(w)
+        }
+        None => None,
+    };
+    let result = service::run(svc, rx).await;
+    // A clean stop ended every resource: the magic close. After a failure the device is
+    // left to fire.
+    if result.is_ok()
+        && let Some(w) = watchdog
+    {
+        w.disarm();
+    }
+    result.map_err(|e| anyhow::anyhow!("agent stopped: {e}"))
+}
+
+/// Opens and arms the watchdog, and makes the cluster's watchdog timeout at least this
+/// node's (the others then wait for it before they record this node Down).
+async fn arm_watchdog(
+    db: &Db,
+    log: &ClusterLog,
+    svc: &Service,
+    probe: mpsc::Sender<service::Msg>,
+    device: &std::path::Path,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(watchdog::Watchdog, std::sync::Arc<watchdog::Signals>)> {
+    let timeout_ms = timeout.as_millis() as u64;
+    if db.state().watchdog_ms < timeout_ms {
+        let results = db
+            .write(vec![Command::SetWatchdog { timeout_ms }])
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot record the watchdog timeout in the cluster: {e}")
+            })?;
+        for r in results {
+            r.map_err(|e| anyhow::anyhow!("cannot record the watchdog timeout: {e}"))?;
+        }
+    }
+    let dev = watchdog::open(device).map_err(anyhow::Error::msg)?;
+    let armed = watchdog::Watchdog::start(dev, timeout, svc.nm.lease_watch(), probe)
+        .map_err(anyhow::Error::msg)?;
+    log.append([LogEntry::new(
+        Component::NM,
+        format!(
+            "watchdog {} armed ({timeout_ms} ms): kicked while {}'s lease holds or nothing runs here; the cluster waits lease + {} ms + margin before it records a silent node Down",
+            device.display(),
+            svc.node,
+            db.state().watchdog_ms
+        ),
+    )]);
+    Ok(armed)
 }
 
 /// A new cluster (`--bootstrap`) or a new member of one (`--join`).

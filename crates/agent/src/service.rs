@@ -40,6 +40,8 @@ pub enum Msg {
     Rcm(Input),
     Call(Call),
     Shutdown,
+    /// The watchdog's kicker asks whether the main loop runs (`watchdog.rs`).
+    WatchdogProbe,
     /// This node was removed from its cluster (the leader said so, or the voters refuse it):
     /// it stops, saying why.
     Removed {
@@ -56,6 +58,8 @@ pub struct Service {
     writes: mpsc::Sender<Vec<Command>>,
     rcm: Rcm,
     pub hosts: Hosts,
+    /// What the watchdog's kicker reads, when the node has one.
+    pub watchdog: Option<Arc<crate::watchdog::Signals>>,
     pub log: ClusterLog,
     started: Instant,
     /// Bumped after every batch, so API calls can wait for a state to be reached.
@@ -105,6 +109,7 @@ impl Service {
                 cgroups,
             ),
             log,
+            watchdog: None,
             started: Instant::now(),
             version: watch::channel(0).0,
         })
@@ -400,6 +405,11 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
                 }
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
+                Msg::WatchdogProbe => {
+                    if let Some(w) = &svc.watchdog {
+                        w.answer(svc.rcm.runs_anything());
+                    }
+                }
                 Msg::Removed { reason } => removed = Some(reason),
             }
         }

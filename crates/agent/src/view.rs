@@ -15,6 +15,10 @@ pub struct StatusView {
     pub cluster_id: Option<String>,
     /// The node that answered.
     pub node: String,
+    /// The cluster's watchdog timeout (0: none): a silent node is Down after lease + this +
+    /// margin.
+    #[serde(default)]
+    pub watchdog_ms: u64,
     /// Index of the last log entry applied to this node's copy of the database.
     pub applied_index: u64,
     /// Index of the last entry in this node's Raft log, and of its last snapshot.
@@ -199,6 +203,7 @@ pub fn status(s: &Service) -> StatusView {
         cluster: db.cluster_name.clone(),
         cluster_id: s.db.cluster_id(),
         node: s.node.clone(),
+        watchdog_ms: db.watchdog_ms,
         applied_index,
         last_log_index: metrics.last_log_index.unwrap_or(0),
         snapshot_index: metrics.snapshot.map_or(0, |l| l.index),

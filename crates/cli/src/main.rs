@@ -61,6 +61,13 @@ enum Cmd {
     /// for `vigil type register`, so that a plugin is never loaded into the agent.
     #[command(hide = true)]
     PluginProbe { library: String },
+    /// A watchdog device on a Unix socket for machines without /dev/watchdog (the test bed):
+    /// kills the cgroup of the node whose agent connects when it stops kicking.
+    #[command(hide = true)]
+    WatchdogDevice {
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Nodes, groups and resources.
     Status {
         #[arg(long, short, value_enum, default_value = "table")]
@@ -183,6 +190,14 @@ struct AgentArgs {
     /// How long the certificates this node signs are valid (renewed in their last third).
     #[arg(long, default_value_t = 90 * 86_400, value_parser = clap::value_parser!(u64).range(10..=3 * 365 * 86_400))]
     cert_lifetime_s: u64,
+    /// A watchdog device (/dev/watchdog, or a socket of `vigil watchdog-device`): it resets
+    /// this node when its agent stops kicking it while resources may run past the lease.
+    #[arg(long, value_name = "DEVICE")]
+    watchdog: Option<PathBuf>,
+    /// The watchdog's timeout; the cluster then records a silent node Down only after
+    /// lease + the longest such timeout + margin.
+    #[arg(long, default_value_t = 10_000, requires = "watchdog", value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
+    watchdog_timeout_ms: u64,
 }
 
 #[derive(Args, Default)]
@@ -412,6 +427,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Agent(a) => run_agent(a),
         Cmd::PluginProbe { library } => probe_plugin(&library),
+        Cmd::WatchdogDevice { socket } => {
+            vigil_agent::watchdog::serve_test_device(&socket).map_err(anyhow::Error::msg)
+        }
         Cmd::Rhs { fd, host } => {
             init_tracing();
             raise_fd_limit();
@@ -493,6 +511,9 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         heartbeat_interval_ms: a.heartbeat_interval_ms,
         heartbeat_threshold: a.heartbeat_threshold,
         cert_lifetime_s: a.cert_lifetime_s,
+        watchdog: a
+            .watchdog
+            .map(|d| (d, std::time::Duration::from_millis(a.watchdog_timeout_ms))),
     }))
 }
 
@@ -740,7 +761,11 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
                 println!("failed back: {}", names.join(", "));
             }
         }
-        Cmd::Agent(_) | Cmd::Rhs { .. } | Cmd::PluginProbe { .. } | Cmd::Demo { .. } => {
+        Cmd::Agent(_)
+        | Cmd::Rhs { .. }
+        | Cmd::PluginProbe { .. }
+        | Cmd::WatchdogDevice { .. }
+        | Cmd::Demo { .. } => {
             unreachable!("handled in main")
         }
     }

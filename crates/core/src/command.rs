@@ -55,6 +55,10 @@ pub enum Command {
     FinishCaRotation {
         hash: String,
     },
+    /// A node's watchdog timeout: the cluster's becomes the longest of them (it only grows).
+    SetWatchdog {
+        timeout_ms: u64,
+    },
     /// Drops the CA key from a database made when it was kept there (once the leader holds
     /// it in its data dir); nothing when there is none.
     ForgetCaKey,
@@ -379,6 +383,9 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
             }
             let r = state.security.rotation.take().expect("checked above");
             state.security.ca = Some(r.ca);
+        }
+        Command::SetWatchdog { timeout_ms } => {
+            state.watchdog_ms = state.watchdog_ms.max(*timeout_ms);
         }
         Command::ForgetCaKey => {
             if let Some(ca) = &mut state.security.ca {

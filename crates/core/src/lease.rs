@@ -89,6 +89,10 @@ use crate::model::NodeState;
 pub struct LeaseConfig {
     pub interval_ms: u64,
     pub threshold: u32,
+    /// The cluster's watchdog timeout (0: none): a node that may run resources past its
+    /// lease (its agent and RHS both stuck) is reset by its watchdog at most this long after
+    /// its lease ran out, so a silent node is Down only after lease + watchdog + margin.
+    pub watchdog_ms: u64,
 }
 
 impl LeaseConfig {
@@ -103,6 +107,12 @@ impl LeaseConfig {
     /// of hundreds of milliseconds, and the few milliseconds SIGKILL takes.
     pub fn margin_ms(&self) -> u64 {
         (self.lease_ms() / 5).max(200)
+    }
+
+    /// How long after a silent node's last lease began it is surely gone: lease, then its
+    /// watchdog's timeout (if the cluster has one), then the margin.
+    pub fn down_after_ms(&self) -> u64 {
+        self.lease_ms() + self.watchdog_ms + self.margin_ms()
     }
 }
 
@@ -329,10 +339,7 @@ impl LeaderClock {
         let found_time =
             self.contact_ms.contains_key(node) || now >= self.since_ms + 2 * cfg.interval_ms;
         found_time
-            && now
-                >= self.last_known(node, configs, cfg.lease_ms(), now)
-                    + cfg.lease_ms()
-                    + cfg.margin_ms()
+            && now >= self.last_known(node, configs, cfg.lease_ms(), now) + cfg.down_after_ms()
     }
 
     /// Missed `threshold` heartbeats in a row.
@@ -389,11 +396,15 @@ impl LeaderClock {
                     } else {
                         "not heard from in this term; every lease it may hold started at least"
                     };
+                    let watchdog = match cfg.watchdog_ms {
+                        0 => String::new(),
+                        w => format!(" + watchdog {w} ms"),
+                    };
                     Some(record(
                         node,
                         NodeState::Down,
                         format!(
-                            "node {node} {what} {} ms ago (lease {} ms + margin {} ms): its lease has expired; Down",
+                            "node {node} {what} {} ms ago (lease {} ms{watchdog} + margin {} ms): its lease has expired; Down",
                             now.saturating_sub(since),
                             cfg.lease_ms(),
                             cfg.margin_ms()
@@ -431,6 +442,7 @@ mod tests {
     const CFG: LeaseConfig = LeaseConfig {
         interval_ms: 500,
         threshold: 4,
+        watchdog_ms: 0,
     };
 
     fn voters(v: &[&str]) -> Vec<Vec<String>> {

@@ -383,6 +383,10 @@ pub struct ClusterState {
     /// The CA, issued certificates and tokens (never shown by the API).
     #[serde(default)]
     pub security: crate::security::Security,
+    /// The longest watchdog timeout of the nodes that have one (0: none): every node's Down
+    /// arithmetic adds it (`LeaseConfig::watchdog_ms`).
+    #[serde(default)]
+    pub watchdog_ms: u64,
 }
 
 impl ClusterState {

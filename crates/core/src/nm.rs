@@ -333,7 +333,10 @@ impl NodeManager {
     }
 
     fn lead(&mut self, r: &Replica, db: &ClusterState, now: u64, out: &mut Vec<NmAction>) {
-        let cfg = self.cfg;
+        let cfg = LeaseConfig {
+            watchdog_ms: db.watchdog_ms,
+            ..self.cfg
+        };
         self.clock_for(r, now);
         if r.storage_failure.is_some() {
             return;

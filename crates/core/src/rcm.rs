@@ -228,6 +228,11 @@ impl Rcm {
             .map(|l| (l.state, l.pid, l.reason.as_str()))
     }
 
+    /// Whether anything may run on this node (a resource neither Offline nor Failed).
+    pub fn runs_anything(&self) -> bool {
+        self.resources.values().any(|l| l.state.may_run())
+    }
+
     /// This node's view of a resource's state (Offline if it has none).
     pub fn state(&self, resource: &str) -> ResourceState {
         self.resources

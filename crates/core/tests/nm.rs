@@ -11,6 +11,7 @@ use vigil_core::nm::{
 const CFG: LeaseConfig = LeaseConfig {
     interval_ms: 500,
     threshold: 4,
+    watchdog_ms: 0,
 };
 
 fn db(nodes: &[&str]) -> ClusterState {

@@ -134,6 +134,7 @@ pub fn run(seed: u64) -> Result<(), String> {
     let cfg = LeaseConfig {
         interval_ms: 500,
         threshold: 4,
+        watchdog_ms: 0,
     };
     let mut w = World::with_seed(db, cfg, EPOCH_BASE_MS, Some(seed));
     w.sims = sims;

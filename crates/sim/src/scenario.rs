@@ -129,6 +129,7 @@ impl Scenario {
             cfg: LeaseConfig {
                 interval_ms: 500,
                 threshold: 4,
+                watchdog_ms: 0,
             },
             start_hour: 0,
             sims: BTreeMap::new(),
@@ -178,6 +179,7 @@ impl Scenario {
                     s.cfg = LeaseConfig {
                         interval_ms: i.parse().map_err(|_| err("bad interval".into()))?,
                         threshold: t.parse().map_err(|_| err("bad threshold".into()))?,
+                        watchdog_ms: 0,
                     };
                 }
                 "start-hour" => {
