@@ -940,3 +940,41 @@ fn a_cgroup_limit_this_node_cannot_hold_is_refused_naming_it() {
         String::from_utf8_lossy(&err.stderr)
     );
 }
+
+#[test]
+fn a_daemon_left_by_a_killed_rhs_is_killed_before_its_resource_starts_again() {
+    let a = Agent::start();
+    let dir = a.data_dir().parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("daemon.py"), DAEMON).unwrap();
+    let pidfile = dir.join("daemon.pid");
+    let command = format!(
+        "python3 {} {}",
+        dir.join("daemon.py").display(),
+        pidfile.display()
+    );
+    a.process("g", "d", &command, &["--restart-delay-ms", "0"]);
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("d", "Online");
+    let daemon = daemon_pid(&pidfile);
+    a.seen_pid(daemon);
+    let main = a.pid_of("d").unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{main}/stat")).unwrap();
+    let rhs: u32 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    std::fs::remove_file(&pidfile).unwrap();
+    kill9(rhs);
+    wait_until("d runs again under a new RHS", || {
+        a.state("d") == "Online" && a.pid_of("d").is_some_and(|p| p != main)
+    });
+    assert!(
+        !alive(daemon),
+        "the old daemon was killed before the restart"
+    );
+    let again = daemon_pid(&pidfile);
+    a.seen_pid(again);
+    assert_ne!(again, daemon);
+}

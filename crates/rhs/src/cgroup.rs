@@ -83,6 +83,16 @@ impl Cgroup {
             procs: fd,
         });
         cg.limit(limits)?;
+        // Left by an earlier instance whose RHS died (its daemons outlive it): a new
+        // instance must not start beside them.
+        match cg.kill() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                "RHS: killed {n} process(es) an earlier instance left in {}",
+                cg.dir.display()
+            ),
+            Err(e) => return Err(e),
+        }
         let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|w| w.strong_count() > 0);
         all.push(Arc::downgrade(&cg));
