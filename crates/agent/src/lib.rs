@@ -15,6 +15,7 @@ pub mod api;
 pub mod ca;
 pub mod cgroups;
 pub mod clusterlog;
+pub mod fence;
 pub mod fm;
 pub mod hosts;
 pub mod membership;
@@ -219,6 +220,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         },
     ));
     tokio::spawn(fm::run(db.clone(), log.clone(), svc.nm.clone()));
+    tokio::spawn(fence::run_fencer(svc.nm.clone(), db.clone(), log.clone()));
     let stop = tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -125,6 +125,31 @@ impl Nm {
             .unwrap_or_else(|| Err(format!("{} gave no answer", self.name)))
     }
 
+    /// `node`'s fence device reported it off (this node leads and ran it): Down at once.
+    pub fn fenced(&self, db: &Db, log: &ClusterLog, node: &str) {
+        let mut io = Io {
+            nm: self.clone(),
+            db: db.clone(),
+            http: db.peer_client(),
+            log: log.clone(),
+        };
+        io.inform(NmInput::Fenced {
+            node: node.to_string(),
+        });
+    }
+
+    /// The heartbeat interval.
+    pub fn interval_ms(&self) -> u64 {
+        self.cfg.interval_ms
+    }
+
+    /// The nodes this leader should fence now (see `NodeManager::fence_candidates`).
+    pub fn fence_candidates(&self, db: &Db) -> Vec<String> {
+        let r = self.replica(db);
+        let now = self.now_ms();
+        self.lock().fence_candidates(&r, &db.state(), now)
+    }
+
     /// Milliseconds since each node was last heard from, as this node knows it.
     pub fn heartbeat_age_ms(&self, node: &str) -> Option<u64> {
         self.lock().heartbeat_age_ms(node, self.now_ms())

@@ -59,6 +59,12 @@ pub struct NodeView {
     /// another cluster, or says the answering node is not a voter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Its fence agent (its arguments are not shown: they hold passwords).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_agent: Option<String>,
+    /// Why its fence device's last check failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -224,6 +230,8 @@ pub fn status(s: &Service) -> StatusView {
                 address: n.address.clone(),
                 role: role(&n.name),
                 refused: refused.get(&n.name).cloned(),
+                fence_agent: n.fence.as_ref().map(|f| f.agent.clone()),
+                fence_error: n.fence_error.clone(),
             })
             .collect(),
         groups,

@@ -147,6 +147,21 @@ enum NodeCmd {
         #[arg(long)]
         failback: bool,
     },
+    /// Give a node a fence device (a fence-agents program, checked with `monitor` first),
+    /// or take it away.
+    FenceDevice {
+        name: String,
+        /// The fence agent, an absolute path (e.g. /usr/sbin/fence_ipmilan).
+        #[arg(long, required_unless_present = "remove")]
+        agent: Option<String>,
+        /// Its arguments, as the agent takes them on stdin (e.g. ip=10.0.0.9).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[arg(long, conflicts_with_all = ["agent", "params"])]
+        remove: bool,
+    },
+    /// Power a node off with its fence device now; its groups are then recovered elsewhere.
+    Fence { name: String },
 }
 
 #[derive(Args)]
@@ -721,6 +736,35 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
             println!(
                 "CA rotation to {} begun: every node renews its certificate from the new CA; `vigil cert status` shows the nodes still to renew",
                 v["rotating_to"].as_str().unwrap_or("?")
+            );
+        }
+        Cmd::Node(NodeCmd::FenceDevice {
+            name,
+            agent,
+            params,
+            remove,
+        }) => {
+            let path = format!("/v1/nodes/{}/fence-device", client::seg(&name));
+            if remove {
+                c.delete(&path).await?;
+                println!("node {name} has no fence device now");
+            } else {
+                let params = pairs("--param", &params)?;
+                c.post(&path, json!({ "agent": agent, "params": params }))
+                    .await?;
+                println!("node {name} has a fence device (checked with monitor)");
+            }
+        }
+        Cmd::Node(NodeCmd::Fence { name }) => {
+            let v = c
+                .post(
+                    &format!("/v1/nodes/{}/fence", client::seg(&name)),
+                    json!({}),
+                )
+                .await?;
+            println!(
+                "node {name} fenced in {} ms: it is Down and its groups are recovered elsewhere",
+                v["fenced_in_ms"]
             );
         }
         Cmd::Node(NodeCmd::Remove { name }) => {

@@ -60,6 +60,13 @@ pub fn status(v: &Value, format: Format) -> anyhow::Result<()> {
             s.node
         );
     }
+    for n in s.nodes.iter().filter(|n| n.fence_error.is_some()) {
+        println!(
+            "WARNING: the fence device of {} is broken: {}",
+            n.name,
+            n.fence_error.as_deref().unwrap_or_default()
+        );
+    }
     let mut nodes = table(&["NODE", "STATE", "ROLE", "ADDRESS"]);
     for n in &s.nodes {
         nodes.add_row(vec![

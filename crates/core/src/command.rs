@@ -55,6 +55,16 @@ pub enum Command {
     FinishCaRotation {
         hash: String,
     },
+    /// A node's fence device (`None`: it has none).
+    SetFenceDevice {
+        node: String,
+        device: Option<crate::model::FenceDevice>,
+    },
+    /// Whether a node's fence device works (`error`: why its check failed).
+    SetFenceHealth {
+        node: String,
+        error: Option<String>,
+    },
     /// A node's watchdog timeout: the cluster's becomes the longest of them (it only grows).
     SetWatchdog {
         timeout_ms: u64,
@@ -384,6 +394,27 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
             let r = state.security.rotation.take().expect("checked above");
             state.security.ca = Some(r.ca);
         }
+        Command::SetFenceDevice { node, device } => {
+            let n = state
+                .nodes
+                .get_mut(node)
+                .ok_or_else(|| ApplyError::not_found("node", node))?;
+            if let Some(d) = device
+                && !d.agent.starts_with('/')
+            {
+                return Err(ApplyError::Invalid(format!(
+                    "fence agent {:?} is not an absolute path",
+                    d.agent
+                )));
+            }
+            n.fence = device.clone();
+            n.fence_error = None;
+        }
+        Command::SetFenceHealth { node, error } => {
+            if let Some(n) = state.nodes.get_mut(node) {
+                n.fence_error = error.clone();
+            }
+        }
         Command::SetWatchdog { timeout_ms } => {
             state.watchdog_ms = state.watchdog_ms.max(*timeout_ms);
         }
@@ -450,6 +481,8 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                     state: NodeState::Up,
                     witness: false,
                     draining: false,
+                    fence: None,
+                    fence_error: None,
                 },
             );
             if let Some(cert) = state.security.certs.get_mut(name) {

@@ -233,6 +233,8 @@ pub struct LeaderClock {
     pub unanswered_since_ms: BTreeMap<String, u64>,
     /// When this leader last granted each node a lease.
     pub granted_ms: BTreeMap<String, u64>,
+    /// When each node's fence device last reported it off (this leader ran it).
+    pub fenced_ms: BTreeMap<String, u64>,
 }
 
 impl LeaderClock {
@@ -246,6 +248,18 @@ impl LeaderClock {
 
     pub fn heard_from(&mut self, node: &str, now_ms: u64) {
         self.contact_ms.insert(node.to_string(), now_ms);
+    }
+
+    /// `node`'s fence device reported it off now.
+    pub fn fenced(&mut self, node: &str, now_ms: u64) {
+        self.fenced_ms.insert(node.to_string(), now_ms);
+    }
+
+    /// Whether `node` was fenced (powered off) and not heard from since: it runs nothing.
+    pub fn is_fenced(&self, node: &str) -> bool {
+        self.fenced_ms
+            .get(node)
+            .is_some_and(|f| self.contact_ms.get(node).is_none_or(|c| c <= f))
     }
 
     /// `node` said, in a heartbeat processed now, that it last got an answer `age_ms` before
@@ -336,6 +350,9 @@ impl LeaderClock {
         cfg: &LeaseConfig,
         now: u64,
     ) -> bool {
+        if self.is_fenced(node) {
+            return true;
+        }
         let found_time =
             self.contact_ms.contains_key(node) || now >= self.since_ms + 2 * cfg.interval_ms;
         found_time
@@ -387,6 +404,11 @@ impl LeaderClock {
                     format!("node {node} leads a quorum again; Up"),
                 )),
                 _ if node == me => None,
+                NodeState::Up | NodeState::Paused if self.is_fenced(node) => Some(record(
+                    node,
+                    NodeState::Down,
+                    format!("node {node} was fenced: its fence device reported it off; Down"),
+                )),
                 NodeState::Up | NodeState::Paused if self.is_down(node, configs, cfg, now) => {
                     let since = self.last_known(node, configs, cfg.lease_ms(), now);
                     let what = if self.is_deaf(node, cfg.lease_ms(), now) {

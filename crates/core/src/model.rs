@@ -80,6 +80,21 @@ pub struct Node {
     /// Paused by `vigil node drain`: the failover manager is moving its groups off.
     #[serde(default)]
     pub draining: bool,
+    /// Its fence device (a fence agent that powers it off), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<FenceDevice>,
+    /// Why its fence device's last check (`monitor`) failed; none while it works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_error: Option<String>,
+}
+
+/// A fence device: a program of the fence-agents protocol (`fence_ipmilan`, `fence_virsh`,
+/// …) and its `key=value` arguments, given on its stdin with `action=`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceDevice {
+    pub agent: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
 }
 
 impl Node {

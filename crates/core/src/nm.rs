@@ -83,6 +83,8 @@ pub enum NmInput {
     },
     /// A node record asked for by [`NmAction::Record`] was written, or failed to be.
     Written { node: String },
+    /// `node`'s fence device, run by this leader, reported it off: it is Down at once.
+    Fenced { node: String },
 }
 
 /// What the environment must do.
@@ -299,6 +301,8 @@ impl NodeManager {
         input: NmInput,
         now: u64,
     ) -> Vec<NmAction> {
+        // The cluster's watchdog timeout counts in every Down decision (`LeaseConfig`).
+        self.cfg.watchdog_ms = db.watchdog_ms;
         match input {
             NmInput::Tick => self.tick(r, db, now),
             NmInput::Heartbeat(hb) => vec![NmAction::Reply(self.heartbeat(r, db, &hb, now))],
@@ -310,7 +314,37 @@ impl NodeManager {
                 self.writing.remove(&node);
                 Vec::new()
             }
+            NmInput::Fenced { node } => {
+                if r.leading {
+                    self.clock_for(r, now).fenced(&node, now);
+                }
+                Vec::new()
+            }
         }
+    }
+
+    /// The nodes this leader should fence now: Up or Paused, with a fence device, silent
+    /// for two heartbeat intervals (well inside their lease) and not fenced since.
+    pub fn fence_candidates(&self, r: &Replica, db: &ClusterState, now: u64) -> Vec<String> {
+        let Some(c) = self
+            .clock
+            .as_ref()
+            .filter(|c| r.leading && c.term == r.term)
+        else {
+            return Vec::new();
+        };
+        let silent_after = 2 * self.cfg.interval_ms;
+        db.nodes
+            .values()
+            .filter(|n| n.name != self.me && n.fence.is_some())
+            .filter(|n| matches!(n.state, NodeState::Up | NodeState::Paused))
+            .filter(|n| !c.is_fenced(&n.name))
+            .filter(|n| {
+                let last = c.contact_ms.get(&n.name).copied().unwrap_or(c.since_ms);
+                now >= last + silent_after
+            })
+            .map(|n| n.name.clone())
+            .collect()
     }
 
     fn tick(&mut self, r: &Replica, db: &ClusterState, now: u64) -> Vec<NmAction> {
@@ -333,10 +367,7 @@ impl NodeManager {
     }
 
     fn lead(&mut self, r: &Replica, db: &ClusterState, now: u64, out: &mut Vec<NmAction>) {
-        let cfg = LeaseConfig {
-            watchdog_ms: db.watchdog_ms,
-            ..self.cfg
-        };
+        let cfg = self.cfg;
         self.clock_for(r, now);
         if r.storage_failure.is_some() {
             return;

@@ -43,7 +43,10 @@ use groups::{
     update_group,
 };
 use log::read_log;
-use nodes::{drain_node, heartbeat, identity, join, remove_node, removed, resume_node};
+use nodes::{
+    drain_node, fence_node, heartbeat, identity, join, remove_fence_device, remove_node, removed,
+    resume_node, set_fence_device,
+};
 use resources::{
     control_resource, create_resource, delete_resource, prop_text, resource_action, update_resource,
 };
@@ -179,6 +182,11 @@ pub fn router(
         .route("/v1/cluster/identity", get(identity))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/v1/nodes/{name}/drain", post(drain_node))
+        .route(
+            "/v1/nodes/{name}/fence-device",
+            post(set_fence_device).delete(remove_fence_device),
+        )
+        .route("/v1/nodes/{name}/fence", post(fence_node))
         .route("/v1/nodes/{name}/resume", post(resume_node))
         .route("/v1/groups", post(create_group))
         .route(

@@ -263,3 +263,109 @@ pub(super) async fn resume_node(
         json!({ "node": name, "state": "Up", "failed_back": back }),
     ))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FenceDeviceRequest {
+    agent: String,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+}
+
+/// Gives node `name` a fence device, once the leader (which runs it) has checked it with
+/// `monitor`.
+pub(super) async fn set_fence_device(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<FenceDeviceRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    path_name("node", &name)?;
+    let forwarded = json!({ "agent": req.agent, "params": req.params });
+    if let Some(answer) = api
+        .on_leader(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{name}/fence-device"),
+            Some(forwarded),
+        )
+        .await?
+    {
+        return Ok(answer);
+    }
+    if !api.db.state().nodes.contains_key(&name) {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("node {name:?} not found"),
+        });
+    }
+    if !req.agent.starts_with('/') {
+        return Err(ApiError::bad(format!(
+            "fence agent {:?} is not an absolute path",
+            req.agent
+        )));
+    }
+    let device = vigil_core::model::FenceDevice {
+        agent: req.agent,
+        params: req.params,
+    };
+    crate::fence::monitor(&device, &name)
+        .await
+        .map_err(|e| ApiError::bad(format!("the fence device of {name} does not work: {e}")))?;
+    let log = LogEntry::new(
+        Component::NM,
+        format!(
+            "node {name} has a fence device now: {} (checked with monitor)",
+            device.agent
+        ),
+    );
+    let cmd = Command::SetFenceDevice {
+        node: name.clone(),
+        device: Some(device),
+    };
+    api.commit(pending(vec![cmd], vec![log])?).await?;
+    Ok(Json(json!({ "node": name, "fence_device": "set" })))
+}
+
+pub(super) async fn remove_fence_device(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let cmd = Command::SetFenceDevice {
+        node: name.clone(),
+        device: None,
+    };
+    let log = LogEntry::new(
+        Component::NM,
+        format!("node {name} has no fence device now"),
+    );
+    api.commit(pending(vec![cmd], vec![log])?).await?;
+    Ok(Json(json!({ "node": name, "fence_device": "removed" })))
+}
+
+/// `vigil node fence NAME`: the leader powers the node off with its device; it is then
+/// recorded Down and its groups recovered.
+pub(super) async fn fence_node(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    path_name("node", &name)?;
+    if let Some(answer) = api
+        .on_leader(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{name}/fence"),
+            Some(json!({})),
+        )
+        .await?
+    {
+        return Ok(answer);
+    }
+    if name == api.node {
+        return Err(ApiError::bad(format!(
+            "{name} leads: it cannot fence itself; fence it from another node once another leads"
+        )));
+    }
+    let ms = crate::fence::fence(&api.nm, &api.db, &api.log, &name, "operator")
+        .await
+        .map_err(|message| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message,
+        })?;
+    Ok(Json(json!({ "node": name, "fenced_in_ms": ms as u64 })))
+}
