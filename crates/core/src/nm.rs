@@ -333,6 +333,11 @@ impl NodeManager {
         else {
             return Vec::new();
         };
+        // Only a leader in contact with a quorum: one cut off in a minority must not power
+        // off the nodes it no longer hears.
+        if r.quorum_ms.is_none_or(|q| now >= q + self.cfg.lease_ms()) {
+            return Vec::new();
+        }
         let silent_after = 2 * self.cfg.interval_ms;
         db.nodes
             .values()

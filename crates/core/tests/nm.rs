@@ -423,3 +423,42 @@ fn a_node_heard_but_getting_no_answers_is_leased_no_more_and_recorded_down_from_
         "{out:?}"
     );
 }
+
+#[test]
+fn a_watchdog_delays_down_by_its_timeout_and_a_fence_ends_the_wait() {
+    let mut s = db(&["a", "b", "c"]);
+    s.watchdog_ms = 3_000;
+    let mut la = NodeManager::new("a", CFG);
+    let r = leader(Some(10_000), 5);
+    la.tick(&r, &s, 10_000);
+    let hb = |name: &str| Heartbeat {
+        name: name.into(),
+        term: 2,
+        former_age_ms: None,
+        answered_age_ms: Some(0),
+    };
+    la.heartbeat(&r, &s, &hb("c"), 10_000).unwrap();
+    // lease 2 000 + watchdog 3 000 + margin 400 after the last contact.
+    assert!(!la.surely_down(&r, "c", 15_399));
+    assert!(la.surely_down(&r, "c", 15_400));
+    // No fence device: nothing to fence.
+    let r = leader(Some(11_000), 5);
+    assert!(la.fence_candidates(&r, &s, 11_000).is_empty());
+    s.nodes.get_mut("c").unwrap().fence = Some(vigil_core::model::FenceDevice {
+        agent: "/usr/sbin/fence_dummy".into(),
+        params: Default::default(),
+    });
+    // Silent for two intervals (1 000 ms): fence it; a leader without a recent quorum does not.
+    assert!(la.fence_candidates(&r, &s, 10_999).is_empty());
+    assert_eq!(la.fence_candidates(&r, &s, 11_000), ["c"]);
+    assert!(
+        la.fence_candidates(&leader(Some(8_000), 5), &s, 11_000)
+            .is_empty()
+    );
+    // Fenced: Down at once, and not fenced again; heard from again: not Down.
+    la.step(&r, &s, NmInput::Fenced { node: "c".into() }, 11_100);
+    assert!(la.surely_down(&r, "c", 11_100));
+    assert!(la.fence_candidates(&r, &s, 11_200).is_empty());
+    la.heartbeat(&r, &s, &hb("c"), 11_300).unwrap();
+    assert!(!la.surely_down(&r, "c", 11_300));
+}
