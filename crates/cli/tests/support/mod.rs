@@ -1017,3 +1017,30 @@ impl Drop for Tmpfs {
             .output();
     }
 }
+
+/// The RHS processes of the agent `agent` (its children running `vigil rhs`).
+pub fn rhs_pids(agent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(agent) && String::from_utf8_lossy(&cmd).contains("rhs")
+        })
+        .collect()
+}
+
+pub fn signal(pids: &[u32], sig: rustix::process::Signal) {
+    for p in pids {
+        if let Some(pid) = rustix::process::Pid::from_raw(*p as i32) {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+    }
+}
