@@ -4,7 +4,7 @@
 //! exit code: 0 done (for `status`: on), 2 for `status`: off, anything else a failure.
 //!
 //! The leader fences a node with a device once it has been silent for two heartbeat
-//! intervals, and records it Down as soon as the device reports it off, without waiting for
+//! intervals, and records it Down as soon as the device reports it off and `status` confirms it, without waiting for
 //! its lease (`NmInput::Fenced`). A fence that fails or times out is logged and tried again;
 //! the node is then Down only once its lease (and the cluster's watchdog timeout) ran out,
 //! as without a device: never on the assumption that it is dead. The leader also checks
@@ -58,11 +58,24 @@ pub async fn run(device: &FenceDevice, node: &str, action: &str) -> Result<i32, 
     }
 }
 
-/// Powers `node` off with its device: `Ok` when the agent says so (`off` exited 0).
+/// Powers `node` off with its device: `Ok` once `off` exited 0 *and* `status` then says off
+/// (exit 2). An agent that reports success while the node still runs (a wrong plug, a
+/// device that lies) is a failed fence, not a dead node.
 pub async fn off(device: &FenceDevice, node: &str) -> Result<(), String> {
     match run(device, node, "off").await? {
-        0 => Ok(()),
-        code => Err(format!("fence agent {} (off) exited {code}", device.agent)),
+        0 => {}
+        code => return Err(format!("fence agent {} (off) exited {code}", device.agent)),
+    }
+    match run(device, node, "status").await? {
+        2 => Ok(()),
+        0 => Err(format!(
+            "fence agent {} reported off, but status says {node} is still on",
+            device.agent
+        )),
+        code => Err(format!(
+            "fence agent {} reported off, but status (exit {code}) cannot confirm it",
+            device.agent
+        )),
     }
 }
 

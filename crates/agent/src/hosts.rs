@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -40,6 +41,8 @@ pub enum HostEvent {
 struct Host {
     generation: u64,
     pid: u32,
+    /// When a frame (a heartbeat at least, every second) last came from it.
+    heard: Arc<std::sync::Mutex<std::time::Instant>>,
     tx: mpsc::Sender<ToHost>,
     /// Resources opened in this RHS.
     resources: BTreeSet<String>,
@@ -118,6 +121,13 @@ impl Hosts {
     /// The node's cgroup for its resources, if it has one.
     pub fn cgroups(&self) -> Option<&std::path::Path> {
         self.cgroups.as_deref()
+    }
+
+    /// Whether every RHS sent something (its 1 s heartbeat at least) within `within`.
+    pub fn all_answered(&self, within: Duration) -> bool {
+        self.hosts
+            .values()
+            .all(|h| h.heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < within)
     }
 
     /// The pid of each running RHS, by host name.
@@ -418,8 +428,18 @@ impl Hosts {
         let events = self.events.clone();
         let name = host.to_string();
         let silence_limit = self.silence_limit;
+        let heard = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let heard_by_reader = heard.clone();
         tokio::spawn(async move {
-            let (reason, hung) = read_loop(rd, &events, &name, generation, silence_limit).await;
+            let (reason, hung) = read_loop(
+                rd,
+                &events,
+                &name,
+                generation,
+                silence_limit,
+                &heard_by_reader,
+            )
+            .await;
             if hung {
                 let _ = child.start_kill();
             }
@@ -443,6 +463,7 @@ impl Hosts {
             Host {
                 generation,
                 pid,
+                heard,
                 tx,
                 resources: BTreeSet::new(),
             },
@@ -492,6 +513,7 @@ async fn read_loop(
     host: &str,
     generation: u64,
     silence_limit: Duration,
+    heard: &std::sync::Mutex<std::time::Instant>,
 ) -> (String, bool) {
     let mut greeted = false;
     loop {
@@ -508,6 +530,7 @@ async fn read_loop(
                     return (why, true);
                 }
             };
+        *heard.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         let msg = match frame {
             Ok(Some(msg)) => msg,
             Ok(None) if greeted => return ("closed its socket".to_string(), false),

@@ -358,6 +358,10 @@ impl Service {
     }
 }
 
+/// How recently every RHS must have sent something (it heartbeats every second) for the
+/// main loop to answer the watchdog's probe.
+const RHS_ANSWER: Duration = Duration::from_millis(2_500);
+
 /// Runs the main loop until shutdown; returns an error if the database failed.
 pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), String> {
     // Nothing runs before the Node Manager grants a lease.
@@ -406,7 +410,11 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
                 Msg::Call(f) => f(&mut svc),
                 Msg::Shutdown => stop = true,
                 Msg::WatchdogProbe => {
-                    if let Some(w) = &svc.watchdog {
+                    // Answered only while every RHS answers too (its 1 s heartbeat): a
+                    // stuck RHS could not end its resources when the lease runs out.
+                    if let Some(w) = &svc.watchdog
+                        && svc.hosts.all_answered(RHS_ANSWER)
+                    {
                         w.answer(svc.rcm.runs_anything());
                     }
                 }

@@ -8,7 +8,8 @@
 //! the owner's agent and RHS processes (which only a watchdog or a fence ends). Default
 //! heartbeats (500 ms × 4: lease 2 s, margin 0.4 s). The owner is never the leader.
 //!
-//! Run: `cargo bench -p vigil --bench fencing` (`-- --quick` for 5 runs each).
+//! Run: `cargo bench -p vigil --bench fencing` (`-- --quick` for 5 runs each;
+//! `VIGIL_BENCH_ONLY=kill|partition|stop` for one fault).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -61,13 +62,17 @@ const FENCE_AGENT: &str = r#"#!/usr/bin/env python3
 import os, sys
 args = dict(l.rstrip("\n").split("=", 1) for l in sys.stdin if "=" in l)
 action = args.get("action")
+cg = args["cgroup"]
 if action in ("monitor", "on"):
     sys.exit(0)
 if action == "off":
-    if os.path.exists(args["cgroup"]):
-        with open(args["cgroup"] + "/cgroup.kill", "w") as f:
+    if os.path.exists(cg):
+        with open(cg + "/cgroup.kill", "w") as f:
             f.write("1")
     sys.exit(0)
+if action == "status":
+    populated = os.path.exists(cg) and "populated 1" in open(cg + "/cgroup.events").read()
+    sys.exit(0 if populated else 2)
 sys.exit(1)
 "#;
 
@@ -127,10 +132,25 @@ impl Bed {
             std::fs::write(&agent, FENCE_AGENT).unwrap();
             std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let cgroup =
-            vigil_rhs::cgroup::own()
+        // The node's cgroup by its name (one cluster at a time here): in a network
+        // namespace the agent is a child of `ip netns exec`, so its pid is not `a.pid()`.
+        let root = vigil_rhs::cgroup::own().unwrap();
+        let prefix = format!("vigil-{}-", a.name);
+        let mut cgroup = None;
+        wait_until("the node's cgroup", || {
+            cgroup = std::fs::read_dir(&root)
                 .unwrap()
-                .join(format!("vigil-{}-{}", a.name, a.pid()));
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                        && std::fs::read_to_string(p.join(".agent/cgroup.procs"))
+                            .is_ok_and(|t| !t.trim().is_empty())
+                });
+            cgroup.is_some()
+        });
+        let cgroup = cgroup.unwrap();
         n1.ok(&[
             "node",
             "fence-device",
@@ -287,11 +307,19 @@ fn main() {
         if quick { "quick" } else { "full" }
     );
     let root = rustix::process::geteuid().is_root();
-    for (fault, label) in [
-        (Fault::Kill, "owner kill -9 -> elsewhere"),
-        (Fault::Partition, "owner partitioned -> elsewhere"),
-        (Fault::Stop, "owner agent+RHS SIGSTOP -> elsewhere"),
+    let only = std::env::var("VIGIL_BENCH_ONLY").unwrap_or_default();
+    for (fault, key, label) in [
+        (Fault::Kill, "kill", "owner kill -9 -> elsewhere"),
+        (
+            Fault::Partition,
+            "partition",
+            "owner partitioned -> elsewhere",
+        ),
+        (Fault::Stop, "stop", "owner agent+RHS SIGSTOP -> elsewhere"),
     ] {
+        if !only.is_empty() && only != key {
+            continue;
+        }
         if fault == Fault::Partition && !root {
             println!("(partition runs skipped: they need root for network namespaces)");
             continue;

@@ -131,7 +131,9 @@ fn without_a_watchdog_a_stopped_node_keeps_its_resources_running_past_the_failov
 
 /// A fence agent of the fence-agents protocol: `key=value` lines on stdin. `off` kills the
 /// node's cgroup (`cgroup=`), `status` says whether anything runs in it, `monitor` checks;
-/// every action fails while the file `broken=` exists. Each call is appended to `log=`.
+/// every action fails while the file `broken=` exists, and while the file `lie=` exists
+/// `off` reports success without doing anything and `status` says on. Each call is
+/// appended to `log=`.
 const FENCE_AGENT: &str = r#"#!/usr/bin/env python3
 import os, sys
 args = dict(l.rstrip("\n").split("=", 1) for l in sys.stdin if "=" in l)
@@ -140,6 +142,8 @@ with open(args["log"], "a") as f:
     f.write(action + " " + args.get("nodename", "") + "\n")
 if os.path.exists(args.get("broken", "/nonexistent")):
     sys.exit(1)
+if os.path.exists(args.get("lie", "/nonexistent")) and action in ("off", "status"):
+    sys.exit(0)
 cg = args["cgroup"]
 if action == "monitor" or action == "on":
     sys.exit(0)
@@ -181,6 +185,8 @@ fn give_n3_a_fence_device(n1: &Agent, n3: &Agent, dir: &std::path::Path) {
         &format!("log={}", dir.join("fence.log").display()),
         "--param",
         &format!("broken={}", dir.join("broken").display()),
+        "--param",
+        &format!("lie={}", dir.join("lie").display()),
     ]);
 }
 
@@ -326,4 +332,91 @@ fn an_operator_fences_a_node_and_a_device_that_does_not_work_is_refused() {
     beats.assert_never_two();
     n3.kill();
     drop((n1, n2));
+}
+
+#[test]
+fn a_fence_agent_that_reports_off_while_the_node_runs_is_a_failed_fence() {
+    // n3 is cut off (it runs on, and fences itself when its lease ends); its device says
+    // "off" but does nothing, and its status says on. Trusting "off" would start the group
+    // elsewhere at once, beside n3's copy.
+    let net = support::Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut n1 = Agent::in_net(&net, 1, "n1");
+    n1.spawn(true);
+    let n2 = Agent::in_net(&net, 2, "n2").start_joining(&n1);
+    let n3 = Agent::in_net(&net, 3, "n3").start_joining(&n1);
+    wait_until("n3 is Up", || n1.node_state("n3").as_deref() == Some("Up"));
+    give_n3_a_fence_device(&n1, &n3, dir.path());
+    std::fs::write(dir.path().join("lie"), "").unwrap();
+    let beats = Beats::new(dir.path());
+    n1.ok(&["group", "create", "g", "--preferred-owners", "n3,n1,n2"]);
+    n1.ok(&[
+        "resource",
+        "create",
+        "beat",
+        "--group",
+        "g",
+        "--type",
+        "process",
+        "--param",
+        &beats.command(),
+        "--online",
+    ]);
+    wait_until("beats from n3", || beats.count("n3") > 5);
+    net.cut(3);
+    wait_until("g runs elsewhere", || {
+        let g = n1.group("g");
+        g["state"] == "Online" && g["owner"] != "n3"
+    });
+    let owner = n1.group("g")["owner"].as_str().unwrap().to_string();
+    wait_until("beats from the new owner", || beats.count(&owner) > 10);
+    beats.assert_never_two();
+    assert!(
+        n1.log().iter().any(|r| r["reason"]
+            .as_str()
+            .is_some_and(|t| t.contains("reported off, but status says n3 is still on"))),
+        "the lie was caught"
+    );
+    let down = down_reason(&n1, "n3");
+    assert!(down.contains("lease") && !down.contains("fenced"), "{down}");
+    net.heal(3);
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn a_stopped_rhs_stops_the_watchdog_kicks_though_the_agent_runs() {
+    // The RHS could not end its resources when the lease runs out: the node must not vouch
+    // for itself. (The agent would kill a silent RHS only after --rhs-silence-ms, 10 s.)
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("watchdog.sock");
+    let device = Device(
+        Command::new(&*support::VIGIL)
+            .args(["watchdog-device", "--socket"])
+            .arg(&sock)
+            .stderr(std::fs::File::create(dir.path().join("device.log")).unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the device listens", || sock.exists());
+    let mut a = Agent::new("n1");
+    let mut cmd = a.agent_command(true);
+    cmd.arg("--watchdog")
+        .arg(&sock)
+        .args(["--watchdog-timeout-ms", "2000"]);
+    a.spawn_with(cmd);
+    a.process("g", "svc", "sleep 1000", &[]);
+    a.ok(&["group", "online", "g"]);
+    a.wait_state("svc", "Online");
+    let agent = a.pid();
+    let rhs = rhs_pids(agent);
+    signal(&rhs, rustix::process::Signal::STOP);
+    wait_until("the watchdog fired", || {
+        std::fs::read_to_string(dir.path().join("device.log"))
+            .is_ok_and(|l| l.contains("not kicked for"))
+    });
+    wait_until("the node is gone", || !alive(agent));
+    signal(&rhs, rustix::process::Signal::CONT);
+    a.kill();
+    drop(device);
 }

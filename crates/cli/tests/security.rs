@@ -43,6 +43,14 @@ fn routes() -> Vec<(&'static str, &'static str, Value)> {
         ("DELETE", "/v1/nodes/n1", json!(null)),
         ("POST", "/v1/nodes/n1/drain", json!({})),
         ("POST", "/v1/nodes/n1/resume", json!({})),
+        (
+            "POST",
+            "/v1/nodes/n1/fence-device",
+            json!({ "agent": "/bin/true" }),
+        ),
+        ("DELETE", "/v1/nodes/n1/fence-device", json!(null)),
+        ("POST", "/v1/nodes/n1/fence", json!({})),
+        ("POST", "/v1/ca/rotate", json!({})),
         ("POST", "/v1/groups", json!({ "name": "evil" })),
         ("DELETE", "/v1/groups/g", json!(null)),
         ("PATCH", "/v1/groups/g", json!({ "props": {} })),
@@ -415,6 +423,13 @@ fn roles_table() -> Vec<(&'static str, &'static str, Value, &'static str)> {
             "admin",
         ),
         ("DELETE", "/v1/groups/nope", json!(null), "admin"),
+        (
+            "POST",
+            "/v1/nodes/nope/fence-device",
+            json!({ "agent": "/bin/true" }),
+            "admin",
+        ),
+        ("POST", "/v1/nodes/nope/fence", json!({}), "admin"),
         ("DELETE", "/v1/nodes/nope", json!(null), "admin"),
     ]
 }
