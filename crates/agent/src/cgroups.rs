@@ -119,3 +119,13 @@ fn running(pid: u32) -> bool {
         !matches!(state, Some("Z") | Some("X"))
     })
 }
+
+/// Removes the node's cgroup when dropped: an agent that stops on an error (a refused join,
+/// a database failure) leaves none behind. A killed agent's is swept at the next start.
+pub struct Guard(pub PathBuf);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        remove(&self.0);
+    }
+}

@@ -60,6 +60,8 @@ pub struct Service {
     pub hosts: Hosts,
     /// What the watchdog's kicker reads, when the node has one.
     pub watchdog: Option<Arc<crate::watchdog::Signals>>,
+    /// Removes the node's cgroup however the service ends.
+    _cgroup: Option<crate::cgroups::Guard>,
     pub log: ClusterLog,
     started: Instant,
     /// Bumped after every batch, so API calls can wait for a state to be reached.
@@ -92,6 +94,7 @@ impl Service {
                 None
             }
         };
+        let guard = cgroups.clone().map(crate::cgroups::Guard);
         Ok(Self {
             nm,
             node: opts.name.clone(),
@@ -108,6 +111,7 @@ impl Service {
                 lease,
                 cgroups,
             ),
+            _cgroup: guard,
             log,
             watchdog: None,
             started: Instant::now(),

@@ -57,11 +57,29 @@ fn report(name: &str, mut v: Vec<f64>, extra: &str) {
     );
 }
 
-/// The fence agent of the tests (see tests/fencing.rs): `off` kills `cgroup=`.
+/// The fence agent of the tests (see tests/fencing.rs): `off` kills `cgroup=`, or every
+/// process of the network namespace `netns=` (an agent there has no cgroup v2: `ip netns
+/// exec` mounts a /sys of its own).
 const FENCE_AGENT: &str = r#"#!/usr/bin/env python3
-import os, sys
+import os, signal, subprocess, sys
 args = dict(l.rstrip("\n").split("=", 1) for l in sys.stdin if "=" in l)
 action = args.get("action")
+if "netns" in args:
+    def pids():
+        out = subprocess.run(["ip", "netns", "pids", args["netns"]], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+    if action in ("monitor", "on"):
+        sys.exit(0)
+    if action == "off":
+        for p in pids():
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        sys.exit(0)
+    if action == "status":
+        sys.exit(0 if pids() else 2)
+    sys.exit(1)
 cg = args["cgroup"]
 if action in ("monitor", "on"):
     sys.exit(0)
@@ -121,8 +139,9 @@ impl Bed {
         a.spawn_with(cmd);
     }
 
-    /// In fence mode, gives `a` (started) its fence device, through `n1`.
-    fn fence_device(&self, n1: &Agent, a: &Agent) {
+    /// In fence mode, gives `a` (started) its fence device, through `n1`; `netns`: the
+    /// network namespace `a` runs in.
+    fn fence_device(&self, n1: &Agent, a: &Agent, netns: Option<String>) {
         if self.mode != Mode::Fence || a.name == "n1" {
             return;
         }
@@ -132,8 +151,19 @@ impl Bed {
             std::fs::write(&agent, FENCE_AGENT).unwrap();
             std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        // The node's cgroup by its name (one cluster at a time here): in a network
-        // namespace the agent is a child of `ip netns exec`, so its pid is not `a.pid()`.
+        if let Some(ns) = netns {
+            n1.ok(&[
+                "node",
+                "fence-device",
+                &a.name,
+                "--agent",
+                agent.to_str().unwrap(),
+                "--param",
+                &format!("netns={ns}"),
+            ]);
+            return;
+        }
+        // The node's cgroup, by its name (one cluster at a time here).
         let root = vigil_rhs::cgroup::own().unwrap();
         let prefix = format!("vigil-{}-", a.name);
         let mut cgroup = None;
@@ -213,8 +243,9 @@ fn runs(mode: Mode, fault: Fault, runs: usize) -> (Vec<f64>, usize) {
             .iter()
             .all(|n| agents[0].node_state(n).as_deref() == Some("Up"))
     });
-    for a in &agents[1..] {
-        bed.fence_device(&agents[0], a);
+    let netns = |i: usize| (fault == Fault::Partition).then(|| net.ns(i as u8 + 1));
+    for (i, a) in agents.iter().enumerate().skip(1) {
+        bed.fence_device(&agents[0], a, netns(i));
     }
     let beats = Beats::new(bed.dir.path());
     agents[0].ok(&[
@@ -287,9 +318,11 @@ fn runs(mode: Mode, fault: Fault, runs: usize) -> (Vec<f64>, usize) {
         if beats.overlaps(40).len() > before {
             twice += 1;
         }
-        if fault != Fault::Partition {
+        // A fenced node is off: it starts again (a partitioned one without a fence runs on).
+        if fault != Fault::Partition || mode == Mode::Fence {
+            agents[i].kill();
             bed.start(&mut agents[i], None);
-            bed.fence_device(&agents[0], &agents[i]);
+            bed.fence_device(&agents[0], &agents[i], netns(i));
         }
         wait_until("the node is back Up", || {
             agents[0].node_state(&was).as_deref() == Some("Up")
