@@ -164,11 +164,14 @@ impl Watchdog {
                 while !s.stop.load(Ordering::SeqCst) {
                     let _ = probe.try_send(crate::service::Msg::WatchdogProbe);
                     let now = mono_ns();
-                    let main_ok = now.saturating_sub(s.answered_ns.load(Ordering::SeqCst)) < fresh;
-                    let leased = lease.borrow().is_some_and(|until| now < until);
-                    let idle = !s.running.load(Ordering::SeqCst);
-                    if main_ok
-                        && (leased || idle)
+                    let kick = vigil_core::lease::may_kick_watchdog(
+                        now,
+                        s.answered_ns.load(Ordering::SeqCst),
+                        fresh,
+                        *lease.borrow(),
+                        s.running.load(Ordering::SeqCst),
+                    );
+                    if kick
                         && let Some(d) = device.as_mut()
                         && let Err(e) = d.kick()
                     {

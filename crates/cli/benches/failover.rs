@@ -18,7 +18,7 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use support::{Agent, Net, wait_until};
+use support::{Agent, Net, online_after, wait_until};
 
 fn report(name: &str, mut v: Vec<f64>) {
     v.sort_by(f64::total_cmp);
@@ -30,19 +30,6 @@ fn report(name: &str, mut v: Vec<f64>) {
         pct(0.99),
         v[v.len() - 1]
     );
-}
-
-/// Milliseconds from `t0` to the first record after it of `resource` reaching Online in
-/// `a`'s log.
-fn online_after(a: &Agent, resource: &str, t0: SystemTime) -> f64 {
-    let at = a
-        .log()
-        .into_iter()
-        .filter(|r| r["resource"] == resource && r["to"] == "Online")
-        .map(|r| humantime::parse_rfc3339(r["time"].as_str().unwrap()).unwrap())
-        .find(|at| *at > t0)
-        .expect("an Online record after the fault");
-    at.duration_since(t0).unwrap_or_default().as_secs_f64() * 1e3
 }
 
 fn heartbeat_args(tuned: bool) -> Vec<&'static str> {

@@ -17,7 +17,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use support::{Agent, Beats, Net, wait_until};
+use support::{Agent, Beats, Net, online_after, wait_until};
 
 const WATCHDOG_MS: u64 = 3_000;
 
@@ -56,43 +56,6 @@ fn report(name: &str, mut v: Vec<f64>, extra: &str) {
         v[v.len() - 1]
     );
 }
-
-/// The fence agent of the tests (see tests/fencing.rs): `off` kills `cgroup=`, or every
-/// process of the network namespace `netns=` (an agent there has no cgroup v2: `ip netns
-/// exec` mounts a /sys of its own).
-const FENCE_AGENT: &str = r#"#!/usr/bin/env python3
-import os, signal, subprocess, sys
-args = dict(l.rstrip("\n").split("=", 1) for l in sys.stdin if "=" in l)
-action = args.get("action")
-if "netns" in args:
-    def pids():
-        out = subprocess.run(["ip", "netns", "pids", args["netns"]], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
-    if action in ("monitor", "on"):
-        sys.exit(0)
-    if action == "off":
-        for p in pids():
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        sys.exit(0)
-    if action == "status":
-        sys.exit(0 if pids() else 2)
-    sys.exit(1)
-cg = args["cgroup"]
-if action in ("monitor", "on"):
-    sys.exit(0)
-if action == "off":
-    if os.path.exists(cg):
-        with open(cg + "/cgroup.kill", "w") as f:
-            f.write("1")
-    sys.exit(0)
-if action == "status":
-    populated = os.path.exists(cg) and "populated 1" in open(cg + "/cgroup.events").read()
-    sys.exit(0 if populated else 2)
-sys.exit(1)
-"#;
 
 struct Bed {
     mode: Mode,
@@ -145,12 +108,7 @@ impl Bed {
         if self.mode != Mode::Fence || a.name == "n1" {
             return;
         }
-        let agent = self.dir.path().join("fence_test");
-        if !agent.exists() {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::write(&agent, FENCE_AGENT).unwrap();
-            std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        let agent = support::fence_agent(self.dir.path());
         if let Some(ns) = netns {
             n1.ok(&[
                 "node",
@@ -203,18 +161,6 @@ fn owner(a: &Agent) -> Option<(String, String)> {
         g["owner"].as_str()?.to_string(),
         g["state"].as_str()?.to_string(),
     ))
-}
-
-/// Milliseconds from `t0` to `a`'s first record of `beat` reaching Online after it.
-fn online_after(a: &Agent, t0: SystemTime) -> f64 {
-    let at = a
-        .log()
-        .into_iter()
-        .filter(|r| r["resource"] == "beat" && r["to"] == "Online")
-        .map(|r| humantime::parse_rfc3339(r["time"].as_str().unwrap()).unwrap())
-        .find(|at| *at > t0)
-        .expect("an Online record after the fault");
-    at.duration_since(t0).unwrap_or_default().as_secs_f64() * 1e3
 }
 
 /// `runs` faults of kind `fault` on the owner (n2 or n3) in `mode`: the times until the
@@ -303,7 +249,7 @@ fn runs(mode: Mode, fault: Fault, runs: usize) -> (Vec<f64>, usize) {
             std::thread::sleep(Duration::from_millis(20));
         };
         let j = agents.iter().position(|a| a.name == new).unwrap();
-        times.push(online_after(&agents[j], t0));
+        times.push(online_after(&agents[j], "beat", t0));
         wait_until("beats from the new owner", || beats.count(&new) > 3);
         // A stopped node without a watchdog or fence keeps beating: let it be seen.
         std::thread::sleep(Duration::from_millis(300));

@@ -9,10 +9,29 @@ mod support;
 
 use std::process::{Child, Command, Stdio};
 
-use support::{Agent, Beats, alive, rhs_pids, signal, wait_until};
+use support::{Agent, Beats, alive, fence_agent, rhs_pids, signal, wait_until};
 
 /// The test device, listening on `sock`; killed on drop.
 struct Device(Child);
+
+impl Device {
+    /// Starts the test device on `dir/watchdog.sock`, its stderr in `dir/device.log`; it and
+    /// its socket, once it listens.
+    fn start(dir: &std::path::Path) -> (Device, std::path::PathBuf) {
+        let sock = dir.join("watchdog.sock");
+        let device = Device(
+            Command::new(&*support::VIGIL)
+                .args(["watchdog-device", "--socket"])
+                .arg(&sock)
+                .stderr(std::fs::File::create(dir.join("device.log")).unwrap())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_until("the device listens", || sock.exists());
+        (device, sock)
+    }
+}
 
 impl Drop for Device {
     fn drop(&mut self) {
@@ -31,6 +50,12 @@ fn three(dir: &std::path::Path, extra: &[String]) -> (Agent, Agent, Agent, Beats
     cmd.args(support::join_args(&n1.listen)).args(extra);
     n3.spawn_with(cmd);
     wait_until("n3 is Up", || n1.node_state("n3").as_deref() == Some("Up"));
+    let beats = beats_on_n3(&n1, dir);
+    (n1, n2, n3, beats)
+}
+
+/// Group g, preferring n3, running the beats service; once n3 beats.
+fn beats_on_n3(n1: &Agent, dir: &std::path::Path) -> Beats {
     let beats = Beats::new(dir);
     n1.ok(&["group", "create", "g", "--preferred-owners", "n3,n1,n2"]);
     n1.ok(&[
@@ -46,7 +71,7 @@ fn three(dir: &std::path::Path, extra: &[String]) -> (Agent, Agent, Agent, Beats
         "--online",
     ]);
     wait_until("beats from n3", || beats.count("n3") > 5);
-    (n1, n2, n3, beats)
+    beats
 }
 
 /// SIGSTOPs n3's agent and its RHS processes; waits until g runs elsewhere and beats there.
@@ -67,17 +92,7 @@ fn stop_n3_and_wait_for_failover(n1: &Agent, n3: &Agent, beats: &Beats) -> Vec<u
 #[test]
 fn a_stopped_node_is_killed_by_its_watchdog_before_its_group_runs_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("watchdog.sock");
-    let device = Device(
-        Command::new(&*support::VIGIL)
-            .args(["watchdog-device", "--socket"])
-            .arg(&sock)
-            .stderr(std::fs::File::create(dir.path().join("device.log")).unwrap())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until("the device listens", || sock.exists());
+    let (device, sock) = Device::start(dir.path());
     let extra = [
         "--watchdog".to_string(),
         sock.display().to_string(),
@@ -127,44 +142,6 @@ fn without_a_watchdog_a_stopped_node_keeps_its_resources_running_past_the_failov
         beats.count("n3") == before
     });
     drop((n1, n2, n3));
-}
-
-/// A fence agent of the fence-agents protocol: `key=value` lines on stdin. `off` kills the
-/// node's cgroup (`cgroup=`), `status` says whether anything runs in it, `monitor` checks;
-/// every action fails while the file `broken=` exists, and while the file `lie=` exists
-/// `off` reports success without doing anything and `status` says on. Each call is
-/// appended to `log=`.
-const FENCE_AGENT: &str = r#"#!/usr/bin/env python3
-import os, sys
-args = dict(l.rstrip("\n").split("=", 1) for l in sys.stdin if "=" in l)
-action = args.get("action")
-with open(args["log"], "a") as f:
-    f.write(action + " " + args.get("nodename", "") + "\n")
-if os.path.exists(args.get("broken", "/nonexistent")):
-    sys.exit(1)
-if os.path.exists(args.get("lie", "/nonexistent")) and action in ("off", "status"):
-    sys.exit(0)
-cg = args["cgroup"]
-if action == "monitor" or action == "on":
-    sys.exit(0)
-if action == "off":
-    if os.path.exists(cg):
-        with open(cg + "/cgroup.kill", "w") as f:
-            f.write("1")
-    sys.exit(0)
-if action == "status":
-    populated = os.path.exists(cg) and "populated 1" in open(cg + "/cgroup.events").read()
-    sys.exit(0 if populated else 2)
-sys.exit(1)
-"#;
-
-/// Writes the test fence agent into `dir`; its path.
-fn fence_agent(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("fence_test");
-    std::fs::write(&path, FENCE_AGENT).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 /// Gives n3 the test fence device (its cgroup is `vigil-n3-PID`).
@@ -348,21 +325,7 @@ fn a_fence_agent_that_reports_off_while_the_node_runs_is_a_failed_fence() {
     wait_until("n3 is Up", || n1.node_state("n3").as_deref() == Some("Up"));
     give_n3_a_fence_device(&n1, &n3, dir.path());
     std::fs::write(dir.path().join("lie"), "").unwrap();
-    let beats = Beats::new(dir.path());
-    n1.ok(&["group", "create", "g", "--preferred-owners", "n3,n1,n2"]);
-    n1.ok(&[
-        "resource",
-        "create",
-        "beat",
-        "--group",
-        "g",
-        "--type",
-        "process",
-        "--param",
-        &beats.command(),
-        "--online",
-    ]);
-    wait_until("beats from n3", || beats.count("n3") > 5);
+    let beats = beats_on_n3(&n1, dir.path());
     net.cut(3);
     wait_until("g runs elsewhere", || {
         let g = n1.group("g");
@@ -388,17 +351,7 @@ fn a_stopped_rhs_stops_the_watchdog_kicks_though_the_agent_runs() {
     // The RHS could not end its resources when the lease runs out: the node must not vouch
     // for itself. (The agent would kill a silent RHS only after --rhs-silence-ms, 10 s.)
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("watchdog.sock");
-    let device = Device(
-        Command::new(&*support::VIGIL)
-            .args(["watchdog-device", "--socket"])
-            .arg(&sock)
-            .stderr(std::fs::File::create(dir.path().join("device.log")).unwrap())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until("the device listens", || sock.exists());
+    let (device, sock) = Device::start(dir.path());
     let mut a = Agent::new("n1");
     let mut cmd = a.agent_command(true);
     cmd.arg("--watchdog")

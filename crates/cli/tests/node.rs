@@ -819,21 +819,9 @@ os.wait()
 time.sleep(1000)
 "#;
 
-/// The pid of the daemon that wrote `pidfile` after `after` was removed, once it is there.
-fn daemon_pid(pidfile: &std::path::Path) -> u32 {
-    let mut pid = 0;
-    wait_until("the daemon wrote its pid", || {
-        pid = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
-        pid != 0 && alive(pid)
-    });
-    pid
-}
-
-#[test]
-fn a_daemon_that_leaves_its_process_group_is_gone_after_offline_a_failure_and_a_fence() {
+/// One node running resource `d`, the daemonizing service, Online: the agent, the daemon's
+/// pid file, and the daemon's pid.
+fn daemon_online() -> (Agent, std::path::PathBuf, u32) {
     let a = Agent::start();
     let dir = a.data_dir().parent().unwrap().to_path_buf();
     std::fs::write(dir.join("daemon.py"), DAEMON).unwrap();
@@ -848,6 +836,25 @@ fn a_daemon_that_leaves_its_process_group_is_gone_after_offline_a_failure_and_a_
     a.wait_state("d", "Online");
     let daemon = daemon_pid(&pidfile);
     a.seen_pid(daemon);
+    (a, pidfile, daemon)
+}
+
+/// The pid of the daemon that wrote `pidfile`, once it is there and alive.
+fn daemon_pid(pidfile: &std::path::Path) -> u32 {
+    let mut pid = 0;
+    wait_until("the daemon wrote its pid", || {
+        pid = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        pid != 0 && alive(pid)
+    });
+    pid
+}
+
+#[test]
+fn a_daemon_that_leaves_its_process_group_is_gone_after_offline_a_failure_and_a_fence() {
+    let (a, pidfile, daemon) = daemon_online();
     assert_ne!(
         rustix::process::getpgid(rustix::process::Pid::from_raw(daemon as i32)).ok(),
         a.pid_of("d")
@@ -943,20 +950,7 @@ fn a_cgroup_limit_this_node_cannot_hold_is_refused_naming_it() {
 
 #[test]
 fn a_daemon_left_by_a_killed_rhs_is_killed_before_its_resource_starts_again() {
-    let a = Agent::start();
-    let dir = a.data_dir().parent().unwrap().to_path_buf();
-    std::fs::write(dir.join("daemon.py"), DAEMON).unwrap();
-    let pidfile = dir.join("daemon.pid");
-    let command = format!(
-        "python3 {} {}",
-        dir.join("daemon.py").display(),
-        pidfile.display()
-    );
-    a.process("g", "d", &command, &["--restart-delay-ms", "0"]);
-    a.ok(&["group", "online", "g"]);
-    a.wait_state("d", "Online");
-    let daemon = daemon_pid(&pidfile);
-    a.seen_pid(daemon);
+    let (a, pidfile, daemon) = daemon_online();
     let main = a.pid_of("d").unwrap();
     let stat = std::fs::read_to_string(format!("/proc/{main}/stat")).unwrap();
     let rhs: u32 = stat

@@ -621,18 +621,24 @@ fn the_data_dir_and_its_secrets_are_private() {
     }
 }
 
-#[test]
-fn certificates_are_renewed_before_they_expire_without_a_restart() {
-    // 15 s certificates: renewed after about 10 s, the first ones expire at 15 s.
-    let short = ["--cert-lifetime-s", "15"];
+/// n1 and n2 (joined), both signing certificates that last `lifetime_s`.
+fn two_with_certificates_of(lifetime_s: u32) -> (Agent, Agent) {
+    let short = ["--cert-lifetime-s".to_string(), lifetime_s.to_string()];
     let mut n1 = Agent::new("n1");
     let mut cmd = n1.agent_command(true);
-    cmd.args(short);
+    cmd.args(&short);
     n1.spawn_with(cmd);
     let mut n2 = Agent::new("n2");
     let mut cmd = n2.agent_command(false);
-    cmd.args(support::join_args(&n1.listen)).args(short);
+    cmd.args(support::join_args(&n1.listen)).args(&short);
     n2.spawn_with(cmd);
+    (n1, n2)
+}
+
+#[test]
+fn certificates_are_renewed_before_they_expire_without_a_restart() {
+    // 15 s certificates: renewed after about 10 s, the first ones expire at 15 s.
+    let (n1, n2) = two_with_certificates_of(15);
     let first = |a: &Agent| creds_of(a).cert_pem;
     let (pem1, pem2) = (first(&n1), first(&n2));
     let expiry = |a: &Agent| a.status()["certificate"]["not_after_s"].as_u64().unwrap();
@@ -786,15 +792,7 @@ fn the_ca_key_stays_with_voters_that_run_resources_not_witnesses_nor_the_databas
 #[test]
 fn a_renewal_that_fails_is_logged_and_shown_in_status_before_the_certificate_expires() {
     // 30 s certificates, renewed from 20 s on: with the leader gone, n2 cannot renew.
-    let short = ["--cert-lifetime-s", "30"];
-    let mut n1 = Agent::new("n1");
-    let mut cmd = n1.agent_command(true);
-    cmd.args(short);
-    n1.spawn_with(cmd);
-    let mut n2 = Agent::new("n2");
-    let mut cmd = n2.agent_command(false);
-    cmd.args(support::join_args(&n1.listen)).args(short);
-    n2.spawn_with(cmd);
+    let (mut n1, mut n2) = two_with_certificates_of(30);
     let until = n2.status()["certificate"]["not_after_s"].as_u64().unwrap();
     n1.kill();
     wait_until("n2 says its renewal failed", || {

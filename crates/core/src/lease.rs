@@ -116,6 +116,22 @@ impl LeaseConfig {
     }
 }
 
+/// Whether a node may kick its watchdog now (decision 0011), all times in one monotonic
+/// clock: its main loop answered (`answered`, with every RHS answering) less than `fresh`
+/// ago, and either its lease runs past `now` or nothing runs on the node. The last kick is
+/// then inside the lease, so the reset comes at most the watchdog's timeout after it.
+pub fn may_kick_watchdog(
+    now: u64,
+    answered: u64,
+    fresh: u64,
+    lease_until: Option<u64>,
+    running: bool,
+) -> bool {
+    let main_ok = now.saturating_sub(answered) < fresh;
+    let leased = lease_until.is_some_and(|until| now < until);
+    main_ok && (leased || !running)
+}
+
 /// `T_q` of a leader: the latest instant such that, in every configuration of `configs`, a
 /// majority of its voters had acknowledged an append sent then or later. `acked(voter)` is the
 /// send time of the latest append the voter acknowledged in this term (the leader counts as
@@ -466,6 +482,25 @@ mod tests {
         threshold: 4,
         watchdog_ms: 0,
     };
+
+    #[test]
+    fn the_watchdog_is_kicked_only_while_the_main_loop_answers_and_the_lease_holds_or_nothing_runs()
+    {
+        // Answered 100 ago, fresh for 500: kicked while leased, or idle.
+        assert!(may_kick_watchdog(1_000, 900, 500, Some(1_001), true));
+        assert!(
+            !may_kick_watchdog(1_000, 900, 500, Some(1_000), true),
+            "lease over"
+        );
+        assert!(!may_kick_watchdog(1_000, 900, 500, None, true), "no lease");
+        assert!(
+            may_kick_watchdog(1_000, 900, 500, None, false),
+            "nothing runs"
+        );
+        // The main loop (or an RHS) stopped answering: never, whatever the lease.
+        assert!(!may_kick_watchdog(1_000, 500, 500, Some(5_000), true));
+        assert!(!may_kick_watchdog(1_000, 500, 500, None, false));
+    }
 
     fn voters(v: &[&str]) -> Vec<Vec<String>> {
         vec![v.iter().map(|s| s.to_string()).collect()]

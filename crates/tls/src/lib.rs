@@ -248,15 +248,7 @@ impl Ca {
 
     /// The CA key in `dir` (`CA_KEY_FILE`), if this node holds it.
     pub fn load_key(dir: &Path) -> Result<Option<String>, TlsError> {
-        let p = dir.join(CA_KEY_FILE);
-        match std::fs::read_to_string(&p) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(TlsError::Io {
-                path: p.display().to_string(),
-                why: e.to_string(),
-            }),
-        }
+        read_if_there(&dir.join(CA_KEY_FILE))
     }
 
     /// Keeps the CA key in `dir`, readable by its owner only.
@@ -442,17 +434,7 @@ pub const CA_KEY_FILE: &str = "ca.key";
 impl Creds {
     /// The credentials in `dir`, if it holds them.
     pub fn load(dir: &Path) -> Result<Option<Creds>, TlsError> {
-        let read = |f: &str| {
-            let p = dir.join(f);
-            match std::fs::read_to_string(&p) {
-                Ok(s) => Ok(Some(s)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(TlsError::Io {
-                    path: p.display().to_string(),
-                    why: e.to_string(),
-                }),
-            }
-        };
+        let read = |f: &str| read_if_there(&dir.join(f));
         match (read(CA_FILE)?, read(CERT_FILE)?, read(KEY_FILE)?) {
             (Some(ca_pem), Some(cert_pem), Some(key_pem)) => Ok(Some(Creds {
                 ca_pem,
@@ -477,6 +459,18 @@ impl Creds {
             write_private(&dir.join(f), text.as_bytes())?;
         }
         Ok(())
+    }
+}
+
+/// The text of `path`, or `None` when there is no such file.
+fn read_if_there(path: &Path) -> Result<Option<String>, TlsError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TlsError::Io {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        }),
     }
 }
 

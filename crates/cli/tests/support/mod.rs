@@ -1044,3 +1044,75 @@ pub fn signal(pids: &[u32], sig: rustix::process::Signal) {
         }
     }
 }
+
+/// A fence agent of the fence-agents protocol for the tests and benches: `key=value` lines
+/// on stdin. It powers off the node whose cgroup is `cgroup=` (`cgroup.kill`), or whose
+/// network namespace is `netns=` (every process in it: an agent under `ip netns exec` has
+/// no cgroup v2); `status` says whether anything still runs there; `monitor` and `on`
+/// succeed. Every action fails while the file `broken=` exists, and while the file `lie=`
+/// exists `off` reports success without doing anything and `status` says on. Each call is
+/// appended to `log=`, if given.
+const FENCE_AGENT: &str = r#"#!/usr/bin/env python3
+import os, signal, subprocess, sys
+args = dict(l.rstrip("\n").split("=", 1) for l in sys.stdin if "=" in l)
+action = args.get("action")
+if "log" in args:
+    with open(args["log"], "a") as f:
+        f.write(action + " " + args.get("nodename", "") + "\n")
+if os.path.exists(args.get("broken", "/nonexistent")):
+    sys.exit(1)
+if os.path.exists(args.get("lie", "/nonexistent")) and action in ("off", "status"):
+    sys.exit(0)
+
+def netns_pids():
+    out = subprocess.run(["ip", "netns", "pids", args["netns"]], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+def running():
+    if "netns" in args:
+        return bool(netns_pids())
+    cg = args["cgroup"]
+    return os.path.exists(cg) and "populated 1" in open(cg + "/cgroup.events").read()
+
+def off():
+    if "netns" in args:
+        for p in netns_pids():
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    elif os.path.exists(args["cgroup"]):
+        with open(args["cgroup"] + "/cgroup.kill", "w") as f:
+            f.write("1")
+
+if action in ("monitor", "on"):
+    sys.exit(0)
+if action == "off":
+    off()
+    sys.exit(0)
+if action == "status":
+    sys.exit(0 if running() else 2)
+sys.exit(1)
+"#;
+
+/// Writes the test fence agent into `dir` (executable); its path.
+pub fn fence_agent(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fence_test");
+    std::fs::write(&path, FENCE_AGENT).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Milliseconds from `t0` to the first record after it of `resource` reaching Online in
+/// `a`'s log.
+pub fn online_after(a: &Agent, resource: &str, t0: std::time::SystemTime) -> f64 {
+    let at = a
+        .log()
+        .into_iter()
+        .filter(|r| r["resource"] == resource && r["to"] == "Online")
+        .map(|r| humantime::parse_rfc3339(r["time"].as_str().unwrap()).unwrap())
+        .find(|at| *at > t0)
+        .expect("an Online record after the fault");
+    at.duration_since(t0).unwrap_or_default().as_secs_f64() * 1e3
+}
