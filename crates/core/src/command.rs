@@ -11,8 +11,8 @@ use thiserror::Error;
 
 use crate::deps;
 use crate::model::{
-    ClusterState, FailedMove, FailoverRecord, Group, Migration, Move, MoveKind, Node, NodeState,
-    PersistentState, Plugin, Resource, ResourceSpec, ResourceState,
+    CleanStop, ClusterState, FailedMove, FailoverRecord, Group, Migration, Move, MoveKind, Node,
+    NodeState, PersistentState, Plugin, Resource, ResourceSpec, ResourceState, ShutdownPolicy,
 };
 use crate::names::validate_name;
 use crate::props::{GroupProps, ResourceProps};
@@ -68,6 +68,22 @@ pub enum Command {
     /// A node's watchdog timeout: the cluster's becomes the longest of them (it only grows).
     SetWatchdog {
         timeout_ms: u64,
+    },
+    /// The cluster's default shutdown policy (a node's own configuration overrides it).
+    SetShutdownPolicy {
+        policy: ShutdownPolicy,
+    },
+    /// Written by a node's own agent as it stops cleanly, once every resource on the node has
+    /// ended: Stopped (its groups go elsewhere at once, counting no failover) or, under
+    /// `freeze`, Frozen (they wait for it). What ran there is recorded Offline. Recorded Up
+    /// again when the leader hears from another incarnation of its agent (Paused again if
+    /// `paused`: an operator had paused it before the stop).
+    NodeStopped {
+        name: String,
+        incarnation: u64,
+        policy: ShutdownPolicy,
+        #[serde(default)]
+        paused: bool,
     },
     /// Drops the CA key from a database made when it was kept there (once the leader holds
     /// it in its data dir); nothing when there is none.
@@ -145,12 +161,13 @@ pub enum Command {
         from: String,
         to: String,
     },
-    /// The failover manager gives a group whose owner is Down (or gone, or a witness) to
-    /// `to`: the resources are recorded stopped (`reason`), the failover is counted (at
-    /// `at_ms`, leader's Unix ms), and owner and epoch change; `left_offline` also sets the
-    /// desired state Offline (priority no_auto_start). Refused unless `from` still owns the
-    /// group and is still Down, gone or a witness: a plan made before the node was recorded Up
-    /// again must not take its group away.
+    /// The failover manager gives a group whose owner is Down (or gone, or a witness, or
+    /// stopped cleanly) to `to`: the resources are recorded stopped (`reason`), the failover
+    /// is counted (at `at_ms`, leader's Unix ms; not after a clean stop), and owner and epoch
+    /// change; `left_offline` also sets the desired state Offline (priority no_auto_start).
+    /// Refused unless `from` still owns the group and is still Down, gone, a witness, Stopped
+    /// or Frozen: a plan made before the node was recorded Up again must not take its group
+    /// away.
     FailOver {
         group: String,
         from: Option<String>,
@@ -418,6 +435,13 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
         Command::SetWatchdog { timeout_ms } => {
             state.watchdog_ms = state.watchdog_ms.max(*timeout_ms);
         }
+        Command::SetShutdownPolicy { policy } => state.shutdown_policy = *policy,
+        Command::NodeStopped {
+            name,
+            incarnation,
+            policy,
+            paused,
+        } => node_stopped(state, name, *incarnation, *policy, *paused)?,
         Command::ForgetCaKey => {
             if let Some(ca) = &mut state.security.ca {
                 ca.legacy_key_pem = None;
@@ -483,6 +507,7 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                     draining: false,
                     fence: None,
                     fence_error: None,
+                    stop: None,
                 },
             );
             if let Some(cert) = state.security.certs.get_mut(name) {
@@ -540,11 +565,21 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
             }
         }
         Command::SetNodeState { name, state: s } => {
-            state
+            let n = state
                 .nodes
                 .get_mut(name)
-                .ok_or_else(|| ApplyError::not_found("node", name))?
-                .state = *s;
+                .ok_or_else(|| ApplyError::not_found("node", name))?;
+            let stop = n.stop.take();
+            n.state = *s;
+            // Back from a clean stop: Paused if an operator had drained it, and the groups a
+            // `migrate` stop drained off it move back.
+            if let Some(stop) = stop.filter(|_| *s == NodeState::Up) {
+                if stop.paused {
+                    n.state = NodeState::Paused;
+                } else if stop.policy == ShutdownPolicy::Migrate {
+                    fail_back(state, name);
+                }
+            }
         }
         Command::CreateGroup { name, props, owner } => {
             validate_name("group", name).map_err(ApplyError::Invalid)?;
@@ -844,26 +879,12 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
             }
             n.state = NodeState::Up;
             n.draining = false;
-            let witness = n.witness;
-            let live = live_groups(state);
+            if *failback {
+                fail_back(state, name);
+            }
             for g in state.groups.values_mut() {
-                if g.drained_from.as_ref() != Some(name) {
-                    continue;
-                }
-                g.drained_from = None;
-                if *failback
-                    && !witness
-                    && g.moving.is_none()
-                    && g.migration.is_none()
-                    && g.owner.as_ref() != Some(name)
-                    && g.may_run_on(name)
-                {
-                    g.moving = Some(Move {
-                        to: name.clone(),
-                        kind: MoveKind::Failback,
-                        live: live.contains(&g.name),
-                        quick: false,
-                    });
+                if g.drained_from.as_ref() == Some(name) {
+                    g.drained_from = None;
                 }
             }
         }
@@ -892,6 +913,70 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
             r.state = *s;
             r.state_reason = reason.clone();
             r.pid = *pid;
+        }
+    }
+    Ok(())
+}
+
+/// The groups drained off `node` move back to it (`vigil node resume --failback`, and a
+/// node back from a `migrate` stop); they are no longer drained from it.
+fn fail_back(state: &mut ClusterState, node: &str) {
+    let witness = state.nodes.get(node).is_some_and(|n| n.witness);
+    let live = live_groups(state);
+    for g in state.groups.values_mut() {
+        if g.drained_from.as_deref() != Some(node) {
+            continue;
+        }
+        g.drained_from = None;
+        if !witness
+            && g.moving.is_none()
+            && g.migration.is_none()
+            && g.owner.as_deref() != Some(node)
+            && g.may_run_on(node)
+        {
+            g.moving = Some(Move {
+                to: node.to_string(),
+                kind: MoveKind::Failback,
+                live: live.contains(&g.name),
+                quick: false,
+            });
+        }
+    }
+}
+
+/// `Command::NodeStopped`.
+fn node_stopped(
+    state: &mut ClusterState,
+    name: &str,
+    incarnation: u64,
+    policy: ShutdownPolicy,
+    paused: bool,
+) -> Result {
+    let n = state
+        .nodes
+        .get_mut(name)
+        .ok_or_else(|| ApplyError::not_found("node", name))?;
+    n.stop = Some(CleanStop {
+        incarnation,
+        policy,
+        paused,
+    });
+    n.state = match policy {
+        ShutdownPolicy::Freeze => NodeState::Frozen,
+        ShutdownPolicy::Migrate | ShutdownPolicy::Failover => NodeState::Stopped,
+    };
+    n.draining = false;
+    let owned: std::collections::BTreeSet<String> = state
+        .groups
+        .values()
+        .filter(|g| g.owner.as_deref() == Some(name))
+        .map(|g| g.name.clone())
+        .collect();
+    for r in state.resources.values_mut() {
+        if owned.contains(&r.group) && r.state.may_run() {
+            r.state = ResourceState::Offline;
+            r.state_reason = format!("node {name} stopped cleanly (shutdown policy {policy})");
+            r.pid = None;
         }
     }
     Ok(())
@@ -1013,8 +1098,10 @@ fn fail_over(
             from.unwrap_or("no node")
         )));
     }
+    let from_state = from.and_then(|f| state.nodes.get(f)).map(|n| n.state);
     if let Some(n) = from.and_then(|f| state.nodes.get(f))
         && n.state != NodeState::Down
+        && !n.state.stopped_cleanly()
         && !n.witness
     {
         return Err(ApplyError::Conflict(format!(
@@ -1033,7 +1120,9 @@ fn fail_over(
         }
     }
     let g = group_mut(state, group)?;
-    if let Some(node) = from {
+    // A clean stop is no failure: it counts toward no failover threshold.
+    let clean = from_state.is_some_and(NodeState::stopped_cleanly);
+    if let Some(node) = from.filter(|_| !clean) {
         let record = FailoverRecord {
             node: node.to_string(),
             at_ms,

@@ -70,7 +70,7 @@ fn needs_attention(db: &ClusterState, g: &Group) -> bool {
         .owner
         .as_ref()
         .and_then(|o| db.nodes.get(o))
-        .is_some_and(|n| n.state != NodeState::Down && !n.witness);
+        .is_some_and(|n| !matches!(n.state, NodeState::Down | NodeState::Stopped) && !n.witness);
     let under_way = match g.phase() {
         Phase::Failed { .. } | Phase::FailoverRequested { .. } | Phase::Moving(_) => true,
         Phase::Completing(_) | Phase::Placed => false,
@@ -247,6 +247,22 @@ impl Planner<'_> {
                 let reason = format!("owner {} is Down", n.name);
                 return self.fail_over(&g, true, &reason);
             }
+            // It ended every resource before it said so: no lease to wait for.
+            Some(n) if n.state == NodeState::Stopped => {
+                let reason = format!("owner {} stopped cleanly", n.name);
+                return self.fail_over(&g, true, &reason);
+            }
+            // Its groups wait for it; only an operator's move takes one away (it runs
+            // nothing there, so there is nothing to hand over).
+            Some(n) if n.state == NodeState::Frozen => {
+                if let Phase::Moving(m) = g.phase()
+                    && m.kind == MoveKind::Operator
+                {
+                    let reason = format!("owner {} is Frozen (stopped cleanly)", n.name);
+                    self.hand_over_frozen(&g, &m.to, &reason);
+                }
+                return;
+            }
             Some(n) if n.witness => {
                 let reason = format!("owner {} is a witness", n.name);
                 return self.fail_over(&g, true, &reason);
@@ -264,7 +280,12 @@ impl Planner<'_> {
         // source would recover what still runs on the target.
         let target = self.s.nodes.get(&m.to);
         let reachable = if m.live {
-            target.is_some_and(|n| n.state != NodeState::Down && !n.witness)
+            target.is_some_and(|n| {
+                !matches!(
+                    n.state,
+                    NodeState::Down | NodeState::Stopped | NodeState::Frozen
+                ) && !n.witness
+            })
         } else {
             target.is_some_and(|n| n.can_take_groups())
         };
@@ -378,8 +399,27 @@ impl Planner<'_> {
         self.log(&g.name, LogEntry::new(Component::FM, failure));
     }
 
-    /// The group cannot stay with its owner: the owner died (`node_down`) or used up a
-    /// resource's restarts.
+    /// An operator's move of a group whose owner is Frozen: nothing of it runs there, so the
+    /// target takes it at once (as a failover that counts none), if it still can.
+    fn hand_over_frozen(&mut self, g: &Group, to: &str, reason: &str) {
+        if !self.s.nodes.get(to).is_some_and(|n| n.can_take_groups()) || !g.may_run_on(to) {
+            return self.retarget(g, to, MoveKind::Operator);
+        }
+        self.emit(Command::FailOver {
+            group: g.name.clone(),
+            from: g.owner.clone(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+            at_ms: self.now,
+            left_offline: false,
+        });
+        let from = g.owner.clone().unwrap_or_default();
+        let what = format!("{reason}: the operator's move to {to} takes it there at once");
+        self.log(&g.name, LogEntry::new(Component::FM, what).change(from, to));
+    }
+
+    /// The group cannot stay with its owner: the owner died (`node_down`), stopped cleanly,
+    /// or used up a resource's restarts.
     fn fail_over(&mut self, g: &Group, node_down: bool, reason: &str) {
         let period_ms = g.props.failover_period_s.saturating_mul(1_000);
         let recent = g
@@ -392,6 +432,12 @@ impl Planner<'_> {
             .props
             .failover_threshold
             .map_or(hosts.saturating_sub(1), |t| t as usize);
+        // A clean stop is no failure, and counts toward no threshold.
+        let clean = g
+            .owner
+            .as_ref()
+            .and_then(|o| self.s.nodes.get(o))
+            .is_some_and(|n| n.state.stopped_cleanly());
         let retry = g.props.retry_period_on_failure_s;
         let from = g.owner.clone();
         let target = choose_target(&self.s, &g.name, from.as_deref(), false, self.now);
@@ -399,7 +445,7 @@ impl Planner<'_> {
             None => Some(format!(
                 "{reason}; no other node can host the group: Failed, retry in {retry} s"
             )),
-            Some(_) if recent >= threshold => Some(format!(
+            Some(_) if recent >= threshold && !clean => Some(format!(
                 "{reason}; failover_threshold={threshold} reached ({recent} failovers within failover_period_s={}): Failed, retry in {retry} s",
                 g.props.failover_period_s
             )),

@@ -251,6 +251,9 @@ pub struct LeaderClock {
     pub granted_ms: BTreeMap<String, u64>,
     /// When each node's fence device last reported it off (this leader ran it).
     pub fenced_ms: BTreeMap<String, u64>,
+    /// The incarnation of each node's agent, from its last heartbeat (this node's own too):
+    /// another one than a clean stop recorded means the node is back.
+    pub incarnation: BTreeMap<String, u64>,
 }
 
 impl LeaderClock {
@@ -264,6 +267,11 @@ impl LeaderClock {
 
     pub fn heard_from(&mut self, node: &str, now_ms: u64) {
         self.contact_ms.insert(node.to_string(), now_ms);
+    }
+
+    /// `node`'s heartbeat came from its agent's incarnation `incarnation`.
+    pub fn heard_incarnation(&mut self, node: &str, incarnation: u64) {
+        self.incarnation.insert(node.to_string(), incarnation);
     }
 
     /// `node`'s fence device reported it off now.
@@ -397,7 +405,7 @@ impl LeaderClock {
         me: &str,
         configs: &[Vec<String>],
         quorum_ms: Option<u64>,
-        nodes: impl IntoIterator<Item = (&'a str, NodeState)>,
+        nodes: impl IntoIterator<Item = (&'a str, NodeState, Option<u64>)>,
         skip: &BTreeSet<String>,
         cfg: &LeaseConfig,
         now: u64,
@@ -412,13 +420,30 @@ impl LeaderClock {
         };
         nodes
             .into_iter()
-            .filter(|(node, _)| !skip.contains(*node))
-            .filter_map(|(node, state)| match state {
+            .filter(|(node, ..)| !skip.contains(*node))
+            .filter_map(|(node, state, stopped)| match state {
                 NodeState::Down if node == me => Some(record(
                     node,
                     NodeState::Up,
                     format!("node {node} leads a quorum again; Up"),
                 )),
+                // Stopped cleanly, and heard from since, by another incarnation of its agent
+                // (a heartbeat sent before the stop carries the stopped one).
+                NodeState::Stopped | NodeState::Frozen
+                    if self
+                        .incarnation
+                        .get(node)
+                        .is_some_and(|i| Some(*i) != stopped)
+                        && (node == me
+                            || (self.contact_ms.contains_key(node)
+                                && !self.is_down(node, configs, cfg, now))) =>
+                {
+                    Some(record(
+                        node,
+                        NodeState::Up,
+                        format!("node {node} is back (its agent started again after a clean stop); Up"),
+                    ))
+                }
                 _ if node == me => None,
                 NodeState::Up | NodeState::Paused if self.is_fenced(node) => Some(record(
                     node,
@@ -630,9 +655,9 @@ mod tests {
         clock.heard_from("b", 10_000);
         clock.heard_from("c", 10_000);
         let nodes = [
-            ("a", NodeState::Down),
-            ("b", NodeState::Paused),
-            ("c", NodeState::Up),
+            ("a", NodeState::Down, None),
+            ("b", NodeState::Paused, None),
+            ("c", NodeState::Up, None),
         ];
         let none = BTreeSet::new();
         let states = |clock: &LeaderClock, quorum, skip: &BTreeSet<String>, now| {

@@ -47,6 +47,68 @@ pub enum NodeState {
     /// Seen from the node itself: it has no lease (cannot reach a quorum) and has stopped
     /// its resources.
     Isolated,
+    /// Its agent stopped cleanly (shutdown policy `migrate` or `failover`) after ending
+    /// every resource: its groups go elsewhere at once, with no wait for its lease, and the
+    /// move counts as no failover.
+    Stopped,
+    /// Its agent stopped cleanly under shutdown policy `freeze`, after ending every
+    /// resource: its groups stay with it and start again when it is back.
+    Frozen,
+}
+
+impl NodeState {
+    /// Stopped cleanly by its agent (see [`CleanStop`]).
+    pub fn stopped_cleanly(self) -> bool {
+        matches!(self, NodeState::Stopped | NodeState::Frozen)
+    }
+}
+
+/// What a node's agent does with the node's groups when it is stopped cleanly (SIGTERM,
+/// `systemctl stop`). The cluster has a default; a node's own setting overrides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownPolicy {
+    /// Drain first (live where the group can migrate), then stop.
+    #[default]
+    Migrate,
+    /// Stop at once; the groups fail over without waiting for the lease.
+    Failover,
+    /// Stop the resources; the groups wait for the node to come back (a quick reboot).
+    Freeze,
+}
+
+impl ShutdownPolicy {
+    pub const NAMES: [&str; 3] = ["migrate", "failover", "freeze"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownPolicy::Migrate => "migrate",
+            ShutdownPolicy::Failover => "failover",
+            ShutdownPolicy::Freeze => "freeze",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "migrate" => Ok(ShutdownPolicy::Migrate),
+            "failover" => Ok(ShutdownPolicy::Failover),
+            "freeze" => Ok(ShutdownPolicy::Freeze),
+            _ => Err(format!(
+                "shutdown policy {s:?} is not one of {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// A clean stop, as the stopping node recorded it (`Command::NodeStopped`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CleanStop {
+    /// The stopped agent's incarnation: a heartbeat from another one means the node is back.
+    pub incarnation: u64,
+    pub policy: ShutdownPolicy,
+    /// It was Paused (an operator's drain) when it stopped: it comes back Paused.
+    pub paused: bool,
 }
 
 /// What the operator (or the operator's out-of-band action) wants: the seed's PersistentState.
@@ -68,6 +130,12 @@ macro_rules! display_as_debug {
 }
 display_as_debug!(ResourceState, GroupState, NodeState, PersistentState);
 
+impl fmt::Display for ShutdownPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
@@ -86,6 +154,9 @@ pub struct Node {
     /// Why its fence device's last check (`monitor`) failed; none while it works.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_error: Option<String>,
+    /// While Stopped or Frozen: how it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<CleanStop>,
 }
 
 /// A fence device: a program of the fence-agents protocol (`fence_ipmilan`, `fence_virsh`,
@@ -402,6 +473,10 @@ pub struct ClusterState {
     /// arithmetic adds it (`LeaseConfig::watchdog_ms`).
     #[serde(default)]
     pub watchdog_ms: u64,
+    /// What a node's agent does with its groups on a clean stop, unless the node's own
+    /// configuration says otherwise.
+    #[serde(default)]
+    pub shutdown_policy: ShutdownPolicy,
 }
 
 impl ClusterState {

@@ -49,6 +49,10 @@ pub struct Heartbeat {
     /// the answers' timeout) cannot be leased; the leader must not wait on it forever.
     #[serde(default)]
     pub answered_age_ms: Option<u64>,
+    /// Which run of the sender's agent sent it (fixed at its start): after a clean stop, a
+    /// heartbeat of another incarnation says the node is back.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// The leader's answer.
@@ -130,6 +134,8 @@ pub enum Standing {
 #[derive(Clone, Debug)]
 pub struct NodeManager {
     me: String,
+    /// This run of the agent (see [`Heartbeat::incarnation`]).
+    incarnation: u64,
     cfg: LeaseConfig,
     lease: Lease,
     fenced: bool,
@@ -162,6 +168,7 @@ impl NodeManager {
     pub fn new(me: &str, cfg: LeaseConfig) -> Self {
         Self {
             me: me.to_string(),
+            incarnation: 0,
             cfg,
             lease: Lease::default(),
             fenced: true,
@@ -179,8 +186,18 @@ impl NodeManager {
         }
     }
 
+    /// This Node Manager's agent run is `incarnation` (distinct for every start of a node).
+    pub fn with_incarnation(mut self, incarnation: u64) -> Self {
+        self.incarnation = incarnation;
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.me
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// How often [`NmInput::Tick`] is to be given: a tenth of the heartbeat interval.
@@ -280,6 +297,7 @@ impl NodeManager {
             // This node's own former instant counts like anyone's.
             let former = self.former_ms(r);
             clock.heard_former(&self.me, former.map(|f| now.saturating_sub(f)), now);
+            clock.heard_incarnation(&self.me, self.incarnation);
             self.clock = Some(clock);
         }
         self.clock.as_mut().expect("set above")
@@ -383,7 +401,10 @@ impl NodeManager {
         }
         let skip = self.writing.keys().cloned().collect();
         let clock = self.clock.as_ref().expect("set above");
-        let nodes = db.nodes.values().map(|n| (n.name.as_str(), n.state));
+        let nodes = db.nodes.values().map(|n| {
+            let stopped = n.stop.as_ref().map(|s| s.incarnation);
+            (n.name.as_str(), n.state, stopped)
+        });
         let records = clock.node_records(&self.me, &r.voters, r.quorum_ms, nodes, &skip, &cfg, now);
         for record in records {
             self.writing.insert(record.node.clone(), record.state);
@@ -422,6 +443,7 @@ impl NodeManager {
                 term: r.term,
                 former_age_ms,
                 answered_age_ms,
+                incarnation: self.incarnation,
             },
             sent_ms: now,
             // Half a lease: an answer that takes longer than the interval still renews (a
@@ -447,6 +469,7 @@ impl NodeManager {
         let lease_ms = self.cfg.lease_ms();
         let clock = self.clock_for(r, now);
         clock.heard_from(&hb.name, now);
+        clock.heard_incarnation(&hb.name, hb.incarnation);
         if hb.term == r.term {
             clock.heard_former(&hb.name, hb.former_age_ms, now);
         }
@@ -462,14 +485,17 @@ impl NodeManager {
             ))
         } else if r.quorum_ms.is_none() {
             Some(format!("the leader {} has no quorum contact", self.me))
-        } else if db
+        } else if let Some(state) = db
             .nodes
             .get(&hb.name)
-            .is_some_and(|n| n.state == NodeState::Down)
-            || self.writing.get(&hb.name) == Some(&NodeState::Down)
+            .map(|n| n.state)
+            .filter(|s| *s == NodeState::Down || s.stopped_cleanly())
+            .or_else(|| {
+                (self.writing.get(&hb.name) == Some(&NodeState::Down)).then_some(NodeState::Down)
+            })
         {
             Some(format!(
-                "node {} is recorded Down; it gets a lease once it is recorded Up again",
+                "node {} is recorded {state}; it gets a lease once it is recorded Up again",
                 hb.name
             ))
         } else if deaf {

@@ -278,12 +278,13 @@ impl Rcm {
         timers.chain(resends).chain(rerecords).min()
     }
 
-    /// Recorded Down, the failover manager may give this node's groups away at any moment
-    /// without a handover: it starts nothing until the leader has recorded it Up again.
+    /// Recorded Down (or stopped cleanly), the failover manager may give this node's groups
+    /// away at any moment without a handover: it starts nothing until the leader has
+    /// recorded it Up again.
     fn recorded_down(&self, db: &ClusterState) -> bool {
         db.nodes
             .get(&self.node)
-            .is_some_and(|n| n.state == crate::model::NodeState::Down)
+            .is_some_and(|n| n.state == crate::model::NodeState::Down || n.state.stopped_cleanly())
     }
 
     /// Nothing of the group may start here: it failed, awaits the failover manager, or is

@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use vigil_core::command::{Command, Target, apply};
 use vigil_core::failover::plan;
 use vigil_core::intent;
-use vigil_core::model::{ClusterState, MoveKind, NodeState, PersistentState, Phase, ResourceSpec};
+use vigil_core::model::{
+    ClusterState, MoveKind, NodeState, PersistentState, Phase, ResourceSpec, ResourceState,
+    ShutdownPolicy,
+};
 use vigil_core::props::{Failback, GroupProps, ResourceProps};
 
 fn ok(s: &mut ClusterState, cmd: Command) {
@@ -214,4 +217,168 @@ fn a_failover_request_outranks_a_move_for_the_planner_the_wait_and_status() {
         "failed until 60000 (Unix ms): no node left"
     );
     assert!(intent::move_settled(&s, "g", "n1"));
+}
+
+fn stopped(s: &mut ClusterState, node: &str, policy: ShutdownPolicy) {
+    // Paused before the stop began: by an operator, not by the stop's own drain.
+    let paused = s.nodes[node].state == NodeState::Paused && !s.nodes[node].draining;
+    ok(
+        s,
+        Command::NodeStopped {
+            name: node.into(),
+            incarnation: 7,
+            policy,
+            paused,
+        },
+    );
+}
+
+/// Shutdown policy `failover`: the stopping node says so once its resources ended, and its
+/// groups leave at once (no lease to wait for), recorded Offline, counting no failover; the
+/// node comes back Up and, with `auto_failback`, takes its group back.
+#[test]
+fn a_clean_stop_moves_the_groups_at_once_and_counts_no_failover() {
+    let mut s = cluster();
+    online_on(&mut s, "n1");
+    stopped(&mut s, "n1", ShutdownPolicy::Failover);
+    assert_eq!(s.nodes["n1"].state, NodeState::Stopped);
+    assert_eq!(s.resources["a"].state, ResourceState::Offline);
+    assert!(
+        s.resources["a"].state_reason.contains("stopped cleanly"),
+        "{}",
+        s.resources["a"].state_reason
+    );
+    // No lease vouched gone, and yet it moves: the node ended everything itself.
+    let p = plan(&s, 0, &BTreeSet::new());
+    assert!(
+        matches!(&p.commands[..], [Command::FailOver { from: Some(f), to, .. }] if f == "n1" && to == "n2"),
+        "{:?}",
+        p.commands
+    );
+    for cmd in p.commands {
+        ok(&mut s, cmd);
+    }
+    assert_eq!(s.groups["g"].owner.as_deref(), Some("n2"));
+    assert!(
+        s.groups["g"].failovers.is_empty(),
+        "{:?}",
+        s.groups["g"].failovers
+    );
+    // A threshold of 0 would leave a failed-over group Failed; a clean stop is no failure.
+    let mut t = cluster();
+    let props = GroupProps {
+        failover_threshold: Some(0),
+        ..t.groups["g"].props.clone()
+    };
+    ok(
+        &mut t,
+        Command::SetGroupProps {
+            group: "g".into(),
+            props,
+        },
+    );
+    stopped(&mut t, "n1", ShutdownPolicy::Migrate);
+    for cmd in plan(&t, 0, &BTreeSet::new()).commands {
+        ok(&mut t, cmd);
+    }
+    assert_eq!(t.groups["g"].owner.as_deref(), Some("n2"));
+    assert!(
+        t.groups["g"].failure.is_none(),
+        "{:?}",
+        t.groups["g"].failure
+    );
+}
+
+/// Shutdown policy `freeze`: the groups stay with the stopped node (no failover, no
+/// failback away from it) until it is back; only an operator's move takes one away, at once.
+#[test]
+fn a_frozen_node_keeps_its_groups_until_an_operator_moves_one() {
+    let mut s = cluster();
+    online_on(&mut s, "n1");
+    stopped(&mut s, "n1", ShutdownPolicy::Freeze);
+    assert_eq!(s.nodes["n1"].state, NodeState::Frozen);
+    assert_eq!(s.resources["a"].state, ResourceState::Offline);
+    assert_eq!(s.resources["a"].persistent_state, PersistentState::Online);
+    let p = plan(&s, 0, &BTreeSet::new());
+    assert!(p.commands.is_empty(), "{:?}", p.commands);
+    assert_eq!(s.groups["g"].owner.as_deref(), Some("n1"));
+    ok(
+        &mut s,
+        Command::MoveGroup {
+            group: "g".into(),
+            to: "n2".into(),
+            kind: MoveKind::Operator,
+            quick: false,
+        },
+    );
+    for cmd in plan(&s, 0, &BTreeSet::new()).commands {
+        ok(&mut s, cmd);
+    }
+    assert_eq!(s.groups["g"].owner.as_deref(), Some("n2"));
+    assert!(s.groups["g"].moving.is_none());
+    assert!(s.groups["g"].failovers.is_empty());
+}
+
+/// Back from a clean stop: Up (the leader records it once another incarnation heartbeats);
+/// under `migrate`, the groups the stop drained off move back; a node an operator had
+/// drained comes back Paused, and nothing moves back to it.
+#[test]
+fn a_node_back_from_a_migrate_stop_takes_its_drained_groups_back_and_a_paused_one_stays_paused() {
+    let mut s = cluster();
+    online_on(&mut s, "n1");
+    ok(
+        &mut s,
+        Command::SetDraining {
+            name: "n1".into(),
+            draining: true,
+        },
+    );
+    let mut paused = s.clone();
+    for cmd in plan(&s, 0, &BTreeSet::new()).commands {
+        ok(&mut s, cmd);
+    }
+    assert_eq!(
+        s.groups["g"].moving.as_ref().map(|m| m.to.as_str()),
+        Some("n2")
+    );
+    ok(
+        &mut s,
+        Command::SetOwner {
+            group: "g".into(),
+            node: "n2".into(),
+        },
+    );
+    stopped(&mut s, "n1", ShutdownPolicy::Migrate);
+    // The shutdown drain is no operator's: back Up, and the group fails back.
+    assert!(!s.nodes["n1"].stop.as_ref().unwrap().paused);
+    ok(
+        &mut s,
+        Command::SetNodeState {
+            name: "n1".into(),
+            state: NodeState::Up,
+        },
+    );
+    assert_eq!(s.nodes["n1"].state, NodeState::Up);
+    assert!(s.nodes["n1"].stop.is_none());
+    let m = s.groups["g"].moving.clone().expect("a failback");
+    assert_eq!((m.to.as_str(), m.kind), ("n1", MoveKind::Failback));
+
+    // An operator's drain ended (Paused), then a stop: it comes back Paused.
+    ok(
+        &mut paused,
+        Command::SetDraining {
+            name: "n1".into(),
+            draining: false,
+        },
+    );
+    stopped(&mut paused, "n1", ShutdownPolicy::Failover);
+    ok(
+        &mut paused,
+        Command::SetNodeState {
+            name: "n1".into(),
+            state: NodeState::Up,
+        },
+    );
+    assert_eq!(paused.nodes["n1"].state, NodeState::Paused);
+    assert!(paused.groups["g"].moving.is_none());
 }

@@ -171,6 +171,7 @@ fn the_leader_grants_no_lease_to_a_node_recorded_down_or_being_recorded_down() {
         term: 2,
         former_age_ms: None,
         answered_age_ms: Some(0),
+        incarnation: 0,
     };
     la.heartbeat(&leader(Some(0), 3), &s, &hb("b"), 0).unwrap();
     la.heartbeat(&leader(Some(0), 3), &s, &hb("c"), 0).unwrap();
@@ -239,6 +240,7 @@ fn a_new_leader_vouches_for_a_silent_predecessor_only_after_lease_and_margin() {
         term: 3,
         former_age_ms: Some(1_200),
         answered_age_ms: Some(0),
+        incarnation: 0,
     };
     lb.heartbeat(&r, &s, &hb, 10_100).unwrap();
     // floor = max(9 000, 8 900) = 9 000: Down at 11 400, but not before two intervals after
@@ -363,6 +365,7 @@ fn a_node_heard_but_getting_no_answers_is_leased_no_more_and_recorded_down_from_
         term: 2,
         former_age_ms: None,
         answered_age_ms: answered,
+        incarnation: 0,
     };
     let voters_b = Heartbeat {
         name: "b".into(),
@@ -436,6 +439,7 @@ fn a_watchdog_delays_down_by_its_timeout_and_a_fence_ends_the_wait() {
         term: 2,
         former_age_ms: None,
         answered_age_ms: Some(0),
+        incarnation: 0,
     };
     la.heartbeat(&r, &s, &hb("c"), 10_000).unwrap();
     // lease 2 000 + watchdog 3 000 + margin 400 after the last contact.
@@ -461,4 +465,61 @@ fn a_watchdog_delays_down_by_its_timeout_and_a_fence_ends_the_wait() {
     assert!(la.fence_candidates(&r, &s, 11_200).is_empty());
     la.heartbeat(&r, &s, &hb("c"), 11_300).unwrap();
     assert!(!la.surely_down(&r, "c", 11_300));
+}
+
+/// A node that stopped cleanly is never recorded Down, however long it is silent, and gets
+/// no lease while recorded Stopped. A heartbeat sent by the stopped agent (in flight as it
+/// stopped) does not bring it back; one from the agent's next start records it Up.
+#[test]
+fn a_cleanly_stopped_node_is_never_down_and_is_back_only_with_another_incarnation() {
+    use vigil_core::model::ShutdownPolicy;
+    let mut s = db(&["a", "b", "c"]);
+    let mut la = NodeManager::new("a", CFG).with_incarnation(1);
+    let hb = |name: &str, incarnation| Heartbeat {
+        name: name.into(),
+        term: 2,
+        former_age_ms: None,
+        answered_age_ms: Some(0),
+        incarnation,
+    };
+    la.heartbeat(&leader(Some(0), 3), &s, &hb("b", 20), 0)
+        .unwrap();
+    la.heartbeat(&leader(Some(0), 3), &s, &hb("c", 30), 0)
+        .unwrap();
+    let cmd = Command::NodeStopped {
+        name: "c".into(),
+        incarnation: 30,
+        policy: ShutdownPolicy::Freeze,
+        paused: false,
+    };
+    apply(&mut s, &cmd).unwrap();
+    let records = |out: Vec<NmAction>| -> Vec<(String, NodeState)> {
+        out.into_iter()
+            .filter_map(|a| match a {
+                NmAction::Record(r) => Some((r.node, r.state)),
+                _ => None,
+            })
+            .collect()
+    };
+    // Long past lease + margin: b (heard) stays Up, c (silent, Frozen) is not recorded Down.
+    for now in [1_000, 3_000, 10_000] {
+        la.heartbeat(&leader(Some(now), 3), &s, &hb("b", 20), now)
+            .unwrap();
+        let out = la.tick(&leader(Some(now), 3), &s, now + 10);
+        assert_eq!(records(out), [], "at {now}");
+    }
+    // The stopped agent's last heartbeat: no lease, and still Frozen.
+    let reply = la
+        .heartbeat(&leader(Some(10_000), 3), &s, &hb("c", 30), 10_020)
+        .unwrap();
+    assert_eq!(reply.quorum_age_ms, None);
+    assert!(reply.refused.unwrap().contains("recorded Frozen"));
+    assert_eq!(records(la.tick(&leader(Some(10_000), 3), &s, 10_030)), []);
+    // The next start: Up.
+    la.heartbeat(&leader(Some(10_000), 3), &s, &hb("c", 31), 10_040)
+        .unwrap();
+    assert_eq!(
+        records(la.tick(&leader(Some(10_000), 3), &s, 10_050)),
+        [("c".to_string(), NodeState::Up)]
+    );
 }

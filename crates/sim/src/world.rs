@@ -433,7 +433,8 @@ impl World {
             .collect();
         n.agent = Some(Agent {
             raft,
-            nm: NodeManager::new(name, self.cfg),
+            // Every start is another incarnation (a heartbeat says which).
+            nm: NodeManager::new(name, self.cfg).with_incarnation(now + 1),
             rcm: Rcm::new(name),
             wake: None,
             heartbeats: BTreeSet::new(),
