@@ -97,6 +97,20 @@ fn end(dir: &Path) -> bool {
     false
 }
 
+/// Kills whatever is left in the resources' cgroups under `base` (an RHS that exited has
+/// killed its own already) and removes them. Whether none is left.
+pub fn end_resources(base: &Path) -> bool {
+    let left: Vec<PathBuf> = std::fs::read_dir(base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != AGENT && e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    // Every one ended, even after one that would not go.
+    left.iter().filter(|dir| !end(dir)).count() == 0
+}
+
 /// Removes the node's cgroup (a clean stop, once every resource has ended); the agent moves
 /// back to the cgroup it started in.
 pub fn remove(base: &Path) {

@@ -25,7 +25,10 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub async fn run(db: Db, log: ClusterLog, nm: Nm) {
+/// Runs the failover manager's rounds; after each one (plan, write, log) it publishes the
+/// applied index its plan was made at on `done` (a stopping leader waits for the round that
+/// saw its own stop, so that round's records are not lost).
+pub async fn run(db: Db, log: ClusterLog, nm: Nm, done: tokio::sync::watch::Sender<u64>) {
     let mut applied = db.subscribe();
     let mut wake: Option<u64> = None;
     let mut awaiting = false;
@@ -43,33 +46,40 @@ pub async fn run(db: Db, log: ClusterLog, nm: Nm) {
             wake = None;
             continue;
         }
-        let lease_gone = nm.lease_gone(&db);
-        let plan = failover::plan(&db.state(), unix_ms(), &lease_gone);
-        wake = plan.wake_at_ms;
-        awaiting = plan.awaiting_leases;
-        if plan.commands.is_empty() {
+        let at = db.applied_index();
+        round(&db, &log, &nm, &mut wake, &mut awaiting).await;
+        done.send_replace(at);
+    }
+}
+
+/// One plan, written and logged.
+async fn round(db: &Db, log: &ClusterLog, nm: &Nm, wake: &mut Option<u64>, awaiting: &mut bool) {
+    let lease_gone = nm.lease_gone(db);
+    let plan = failover::plan(&db.state(), unix_ms(), &lease_gone);
+    *wake = plan.wake_at_ms;
+    *awaiting = plan.awaiting_leases;
+    if plan.commands.is_empty() {
+        log.append(plan.log);
+        return;
+    }
+    match db.write(plan.commands).await {
+        Ok(results) => {
+            let refused: Vec<String> = results
+                .into_iter()
+                .filter_map(Result::err)
+                .map(|e| e.to_string())
+                .collect();
             log.append(plan.log);
-            continue;
-        }
-        match db.write(plan.commands).await {
-            Ok(results) => {
-                let refused: Vec<String> = results
-                    .into_iter()
-                    .filter_map(Result::err)
-                    .map(|e| e.to_string())
-                    .collect();
-                log.append(plan.log);
-                if !refused.is_empty() {
-                    // The database changed between the plan and its write; the next plan
-                    // starts from what is there now.
-                    let reason = format!(
-                        "some failover decisions were refused and will be made again: {}",
-                        refused.join("; ")
-                    );
-                    log.append([LogEntry::new(Component::FM, reason)]);
-                }
+            if !refused.is_empty() {
+                // The database changed between the plan and its write; the next plan starts
+                // from what is there now.
+                let reason = format!(
+                    "some failover decisions were refused and will be made again: {}",
+                    refused.join("; ")
+                );
+                log.append([LogEntry::new(Component::FM, reason)]);
             }
-            Err(e) => tracing::warn!("failover decisions not written: {e}"),
         }
+        Err(e) => tracing::warn!("failover decisions not written: {e}"),
     }
 }

@@ -15,12 +15,15 @@ pub mod api;
 pub mod ca;
 pub mod cgroups;
 pub mod clusterlog;
+pub mod drain;
 pub mod fence;
 pub mod fm;
 pub mod hosts;
 pub mod membership;
 pub mod nm;
+pub mod notify;
 pub mod service;
+pub mod shutdown;
 pub mod view;
 pub mod watchdog;
 
@@ -60,10 +63,16 @@ pub struct AgentOptions {
     pub cert_lifetime_s: u64,
     /// A watchdog device and its timeout (`watchdog.rs`).
     pub watchdog: Option<(PathBuf, std::time::Duration)>,
+    /// What a clean stop does with this node's groups (`None`: the cluster's policy), and
+    /// how long a `migrate` drain may take (`shutdown.rs`).
+    pub shutdown_policy: Option<vigil_core::model::ShutdownPolicy>,
+    pub shutdown_timeout_s: u64,
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+/// Runs the agent until SIGTERM or SIGINT (a clean stop under its shutdown policy), telling
+/// systemd through `notify` how far it is.
+pub async fn run(opts: AgentOptions, notify: notify::Notifier) -> anyhow::Result<()> {
+    notify.status("starting: opening the data dir");
     vigil_tls::install_provider();
     vigil_tls::set_node_cert_lifetime(std::time::Duration::from_secs(opts.cert_lifetime_s));
     private_data_dir(&opts)?;
@@ -97,6 +106,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             watchdog_ms: 0,
         },
     );
+    notify.status("starting: opening the cluster database");
     let db = Db::open(
         &opts.data_dir.join("raft.redb"),
         &opts.name,
@@ -179,6 +189,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     ));
     tokio::spawn(vigil_tls::server::serve_local(socket, router));
     if !member {
+        notify.status(if opts.bootstrap {
+            "starting: forming a new cluster"
+        } else {
+            "starting: joining the cluster"
+        });
         form_or_join(&opts, &listen, &db, &log, &tls).await?;
     }
     private_data_dir(&opts)?;
@@ -219,13 +234,35 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             async move { main.send(Msg::Rcm(input)).await.is_ok() }
         },
     ));
-    tokio::spawn(fm::run(db.clone(), log.clone(), svc.nm.clone()));
+    let (fm_done, fm_rounds) = tokio::sync::watch::channel(0);
+    svc.fm_rounds = fm_rounds;
+    tokio::spawn(fm::run(db.clone(), log.clone(), svc.nm.clone(), fm_done));
     tokio::spawn(fence::run_fencer(svc.nm.clone(), db.clone(), log.clone()));
-    let stop = tx.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        let _ = stop.send(Msg::Shutdown).await;
-    });
+    tokio::spawn(shutdown::on_signal(
+        db.clone(),
+        log.clone(),
+        opts.name.clone(),
+        shutdown::Policy {
+            own: opts.shutdown_policy,
+            timeout: std::time::Duration::from_secs(opts.shutdown_timeout_s),
+        },
+        notify.clone(),
+        tx.clone(),
+    ));
+    if let Some(every) = notify.watchdog_interval() {
+        // Pinged by the main loop itself, when it answers (service.rs): a hung loop is
+        // restarted by systemd.
+        let probe = tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 3);
+            loop {
+                tick.tick().await;
+                if probe.send(Msg::SystemdProbe).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     tokio::spawn(watch_removal(db.clone(), tx.clone()));
     tokio::spawn(renew_certificate(
         db.clone(),
@@ -248,7 +285,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    svc.notify = notify.clone();
+    notify.ready();
+    notify.status("running: waiting for a lease from a quorum");
     let result = service::run(svc, rx).await;
+    notify.stopping();
     // A clean stop ended every resource: the magic close. After a failure the device is
     // left to fire.
     if result.is_ok()
@@ -568,20 +609,6 @@ fn write_cluster_id(opts: &AgentOptions, id: &str) -> anyhow::Result<()> {
     let path = cluster_id_path(opts);
     std::fs::write(&path, format!("{id}\n"))
         .with_context(|| format!("cannot write {}", path.display()))
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
 }
 
 /// The agent's Unix socket in its data dir: local root's way in, without a token.

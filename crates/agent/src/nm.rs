@@ -38,11 +38,16 @@ pub struct Nm {
 
 impl Nm {
     pub fn new(name: &str, cfg: LeaseConfig) -> Self {
+        // This run of the agent: its start time, in ns (another run starts later).
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let core = NodeManager::new(name, cfg).with_incarnation(incarnation);
         Self {
             name: name.to_string(),
             cfg,
             started: Instant::now(),
-            core: Arc::new(Mutex::new(NodeManager::new(name, cfg))),
+            core: Arc::new(Mutex::new(core)),
             lease: Arc::new(watch::channel(None).0),
         }
     }
@@ -71,6 +76,11 @@ impl Nm {
 
     pub fn is_fenced(&self) -> bool {
         self.lock().is_fenced()
+    }
+
+    /// This run of the agent (its heartbeats carry it).
+    pub fn incarnation(&self) -> u64 {
+        self.lock().incarnation()
     }
 
     /// What this node observes of its Raft replica now.

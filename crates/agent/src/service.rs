@@ -39,9 +39,12 @@ pub enum Msg {
     /// An input for the RCM from elsewhere in the agent: the Node Manager's fencing changes.
     Rcm(Input),
     Call(Call),
-    Shutdown,
+    /// A clean stop (`shutdown.rs`, which has drained the node first if its policy says so).
+    Shutdown(crate::shutdown::Stop),
     /// The watchdog's kicker asks whether the main loop runs (`watchdog.rs`).
     WatchdogProbe,
+    /// Time to tell systemd the main loop runs (`WATCHDOG=1`) and what it waits for.
+    SystemdProbe,
     /// This node was removed from its cluster (the leader said so, or the voters refuse it):
     /// it stops, saying why.
     Removed {
@@ -60,6 +63,10 @@ pub struct Service {
     pub hosts: Hosts,
     /// What the watchdog's kicker reads, when the node has one.
     pub watchdog: Option<Arc<crate::watchdog::Signals>>,
+    /// systemd, when it runs the agent.
+    pub notify: crate::notify::Notifier,
+    /// The applied index of the failover manager's last completed round (`fm::run`).
+    pub fm_rounds: watch::Receiver<u64>,
     /// Removes the node's cgroup however the service ends.
     _cgroup: Option<crate::cgroups::Guard>,
     pub log: ClusterLog,
@@ -114,6 +121,8 @@ impl Service {
             _cgroup: guard,
             log,
             watchdog: None,
+            notify: crate::notify::Notifier::default(),
+            fm_rounds: watch::channel(0).1,
             started: Instant::now(),
             version: watch::channel(0).0,
         })
@@ -350,6 +359,26 @@ impl exec::RcmEnv for Service {
 }
 
 impl Service {
+    /// What `systemctl status` shows while the agent runs.
+    fn systemd_status(&self) -> String {
+        let state = self.db.state();
+        let here = state
+            .groups
+            .values()
+            .filter(|g| g.owner.as_deref() == Some(self.node.as_str()))
+            .count();
+        if self.nm.is_fenced() {
+            format!("waiting for a quorum: no lease, so nothing runs here ({here} groups owned)")
+        } else {
+            let role = if self.db.is_leader() {
+                "leader"
+            } else {
+                "member"
+            };
+            format!("running: {role}, lease held, {here} groups owned")
+        }
+    }
+
     /// Sends a migration step to the RHS that `resource` was opened in.
     fn migrate(&mut self, resource: &str, msg: ToHost) -> Result<(), String> {
         if self.hosts.migrate(resource, msg) {
@@ -396,7 +425,7 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
                 Err(_) => break,
             }
         }
-        let mut stop = false;
+        let mut stop = None;
         let mut applied = false;
         let mut removed = None;
         for msg in batch {
@@ -412,7 +441,11 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
                     exec::settle(&mut svc, input);
                 }
                 Msg::Call(f) => f(&mut svc),
-                Msg::Shutdown => stop = true,
+                Msg::Shutdown(how) => stop = Some(how),
+                Msg::SystemdProbe => {
+                    svc.notify.watchdog();
+                    svc.notify.status(&svc.systemd_status());
+                }
                 Msg::WatchdogProbe => {
                     // Answered only while every RHS answers too (its 1 s heartbeat): a
                     // stuck RHS could not end its resources when the lease runs out.
@@ -439,20 +472,91 @@ pub async fn run(mut svc: Service, mut rx: mpsc::Receiver<Msg>) -> Result<(), St
             stop_hosts(&mut svc, &mut rx).await;
             return Err(why);
         }
-        if stop {
-            break;
+        if let Some(how) = stop {
+            return stop_cleanly(svc, rx, how).await;
         }
     }
-    svc.log.append([LogEntry::new(
-        Component::NM,
-        format!("agent on {} stopping: terminating its resources", svc.node),
-    )]);
+    // The channel closed: every sender is gone (only in tests).
     stop_hosts(&mut svc, &mut rx).await;
     Ok(())
 }
 
+/// How long a stopping node waits for its own Stopped record to be committed.
+const STOPPED_RECORD_WAIT: Duration = Duration::from_secs(10);
+
+/// Ends every resource here, then (only if all ended) records the node Stopped or Frozen,
+/// so that its groups move at once (or wait for it) without a wait for its lease.
+async fn stop_cleanly(
+    mut svc: Service,
+    mut rx: mpsc::Receiver<Msg>,
+    how: crate::shutdown::Stop,
+) -> Result<(), String> {
+    let node = svc.node.clone();
+    let policy = how.policy;
+    svc.log.append([LogEntry::new(
+        Component::NM,
+        format!("agent on {node} stopping (shutdown policy {policy}): terminating its resources"),
+    )]);
+    if !stop_hosts(&mut svc, &mut rx).await {
+        svc.log.append([LogEntry::new(
+            Component::NM,
+            format!(
+                "not every resource on {node} ended within {} s: no clean stop is recorded; the cluster records {node} Down once its lease has surely expired",
+                SHUTDOWN_LIMIT.as_secs()
+            ),
+        )]);
+        return Ok(());
+    }
+    let incarnation = svc.nm.incarnation();
+    let cmd = Command::NodeStopped {
+        name: node.clone(),
+        incarnation,
+        policy,
+        paused: how.paused,
+    };
+    // Behind the RCM's own records, in order: none of them lands after this one.
+    if svc.writes.send(vec![cmd]).await.is_err() {
+        return Ok(());
+    }
+    let recorded = crate::drain::wait_until(&svc.db, STOPPED_RECORD_WAIT, |s| {
+        s.nodes.get(&node).is_some_and(|n| {
+            n.state.stopped_cleanly()
+                && n.stop
+                    .as_ref()
+                    .is_some_and(|c| c.incarnation == incarnation)
+        })
+    })
+    .await;
+    let what = match (recorded, policy) {
+        (false, _) => format!(
+            "node {node} could not record its clean stop within {} s (no quorum?): the cluster records it Down once its lease has surely expired",
+            STOPPED_RECORD_WAIT.as_secs()
+        ),
+        (true, vigil_core::model::ShutdownPolicy::Freeze) => {
+            format!("node {node} stopped cleanly: Frozen; its groups wait for it")
+        }
+        (true, _) => {
+            format!("node {node} stopped cleanly: Stopped; its groups go elsewhere at once")
+        }
+    };
+    svc.log.append([LogEntry::new(Component::NM, what)]);
+    if recorded && svc.db.is_leader() {
+        // This leader's failover manager plans the stop's moves: wait for its round that saw
+        // the stop (written and logged), so that exiting loses none of its records.
+        let at = svc.db.applied_index();
+        let _ = tokio::time::timeout(
+            STOPPED_RECORD_WAIT,
+            svc.fm_rounds.wait_for(|done| *done >= at),
+        )
+        .await;
+    }
+    Ok(())
+}
+
 /// Asks every RHS to terminate its resources and exit, and waits for them (bounded).
-async fn stop_hosts(svc: &mut Service, rx: &mut mpsc::Receiver<Msg>) {
+/// Whether every resource has ended (every RHS exited, and nothing is left in the
+/// resources' cgroups).
+async fn stop_hosts(svc: &mut Service, rx: &mut mpsc::Receiver<Msg>) -> bool {
     svc.hosts.shutdown_all();
     // Wait (bounded) for every RHS to finish terminating its resources.
     let _ = tokio::time::timeout(SHUTDOWN_LIMIT, async {
@@ -469,9 +573,12 @@ async fn stop_hosts(svc: &mut Service, rx: &mut mpsc::Receiver<Msg>) {
         }
     })
     .await;
+    let mut ended = svc.hosts.pids().is_empty();
     if let Some(base) = svc.hosts.cgroups() {
+        ended &= crate::cgroups::end_resources(base);
         crate::cgroups::remove(base);
     }
+    ended
 }
 
 /// Writes the RCM's commands in the order it made them, as few log entries as possible.

@@ -19,6 +19,9 @@ pub struct StatusView {
     /// margin.
     #[serde(default)]
     pub watchdog_ms: u64,
+    /// The cluster's shutdown policy (a node's own configuration may override it).
+    #[serde(default)]
+    pub shutdown_policy: vigil_core::model::ShutdownPolicy,
     /// Index of the last log entry applied to this node's copy of the database.
     pub applied_index: u64,
     /// Index of the last entry in this node's Raft log, and of its last snapshot.
@@ -65,6 +68,9 @@ pub struct NodeView {
     /// Why its fence device's last check failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_error: Option<String>,
+    /// Stopped or Frozen: the shutdown policy it stopped under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_under: Option<vigil_core::model::ShutdownPolicy>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -210,6 +216,7 @@ pub fn status(s: &Service) -> StatusView {
         cluster_id: s.db.cluster_id(),
         node: s.node.clone(),
         watchdog_ms: db.watchdog_ms,
+        shutdown_policy: db.shutdown_policy,
         applied_index,
         last_log_index: metrics.last_log_index.unwrap_or(0),
         snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
@@ -232,6 +239,7 @@ pub fn status(s: &Service) -> StatusView {
                 refused: refused.get(&n.name).cloned(),
                 fence_agent: n.fence.as_ref().map(|f| f.agent.clone()),
                 fence_error: n.fence_error.clone(),
+                stopped_under: n.stop.as_ref().map(|s| s.policy),
             })
             .collect(),
         groups,

@@ -2,6 +2,7 @@
 //! host (started by the agent, not by people), every other subcommand the command line.
 
 mod client;
+mod config;
 mod demo;
 mod output;
 
@@ -96,6 +97,22 @@ enum Cmd {
     /// The nodes' certificates.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Cluster-wide settings.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Show the cluster-wide settings.
+    Show,
+    /// Change cluster-wide settings.
+    Set {
+        /// What a node's clean stop (SIGTERM, `systemctl stop`) does with its groups, unless
+        /// the node's own configuration says otherwise: migrate, failover or freeze.
+        #[arg(long, value_parser = parse_policy)]
+        shutdown_policy: vigil_core::model::ShutdownPolicy,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,21 +181,30 @@ enum NodeCmd {
     Fence { name: String },
 }
 
+/// Every setting but `--config`, `--print-config` and `--bootstrap` may also be a key of the
+/// config file (the flag's name with `_` for `-`); a flag overrides the file.
 #[derive(Args)]
 struct AgentArgs {
+    /// The config file (default: /etc/vigil/vigil.toml, when it exists).
+    #[arg(long, env = "VIGIL_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Print the effective settings, and where each came from, and exit.
+    #[arg(long)]
+    print_config: bool,
     /// This node's name.
     #[arg(long)]
-    name: String,
-    /// API address, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:7440")]
-    listen: String,
+    name: Option<String>,
+    /// API address, HOST:PORT [default: 127.0.0.1:7440].
     #[arg(long)]
-    data_dir: PathBuf,
+    listen: Option<String>,
+    /// [default: /var/lib/vigil]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Create a new cluster in an empty data dir.
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
     /// Join the cluster of the agent at HOST:PORT (with an empty data dir).
-    #[arg(long, value_name = "HOST:PORT", requires = "token")]
+    #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
     /// The join token (`vigil token create --join` on a member prints the whole command).
     #[arg(
@@ -191,28 +217,48 @@ struct AgentArgs {
     /// A voter that hosts no resources: two nodes and a witness survive the loss of a node.
     #[arg(long)]
     witness: bool,
-    #[arg(long, default_value = "vigil")]
-    cluster_name: String,
-    /// Kill and replace an RHS that sends nothing, not even its 1 s heartbeat, for this long.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2_000..=600_000))]
-    rhs_silence_ms: u64,
-    /// Node heartbeat interval; a lease lasts interval × threshold (2 s at the defaults).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
-    heartbeat_interval_ms: u64,
-    /// Missed heartbeats before a node is suspected and its lease runs out.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
-    heartbeat_threshold: u32,
-    /// How long the certificates this node signs are valid (renewed in their last third).
-    #[arg(long, default_value_t = 90 * 86_400, value_parser = clap::value_parser!(u64).range(10..=3 * 365 * 86_400))]
-    cert_lifetime_s: u64,
+    /// [default: vigil]
+    #[arg(long)]
+    cluster_name: Option<String>,
+    /// Kill and replace an RHS that sends nothing, not even its 1 s heartbeat, for this long
+    /// [default: 10000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(config::RHS_SILENCE_MS))]
+    rhs_silence_ms: Option<u64>,
+    /// Node heartbeat interval; a lease lasts interval × threshold (2 s at the defaults)
+    /// [default: 500].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(config::HEARTBEAT_INTERVAL_MS))]
+    heartbeat_interval_ms: Option<u64>,
+    /// Missed heartbeats before a node is suspected and its lease runs out [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=100))]
+    heartbeat_threshold: Option<u32>,
+    /// How long the certificates this node signs are valid (renewed in their last third)
+    /// [default: 7776000, 90 days].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(config::CERT_LIFETIME_S))]
+    cert_lifetime_s: Option<u64>,
     /// A watchdog device (/dev/watchdog, or a socket of `vigil watchdog-device`): it resets
     /// this node when its agent stops kicking it while resources may run past the lease.
     #[arg(long, value_name = "DEVICE")]
     watchdog: Option<PathBuf>,
     /// The watchdog's timeout; the cluster then records a silent node Down only after
-    /// lease + the longest such timeout + margin.
-    #[arg(long, default_value_t = 10_000, requires = "watchdog", value_parser = clap::value_parser!(u64).range(1_000..=600_000))]
-    watchdog_timeout_ms: u64,
+    /// lease + the longest such timeout + margin [default: 10000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(config::WATCHDOG_TIMEOUT_MS))]
+    watchdog_timeout_ms: Option<u64>,
+    /// What a clean stop (SIGTERM, `systemctl stop`) does with this node's groups: migrate
+    /// (drain first), failover (they leave at once) or freeze (they wait for the node)
+    /// [default: the cluster's, `vigil cluster set --shutdown-policy`].
+    #[arg(long, value_parser = parse_policy)]
+    shutdown_policy: Option<vigil_core::model::ShutdownPolicy>,
+    /// How long a `migrate` stop may drain before it stops as under `failover`
+    /// [default: 120].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(config::SHUTDOWN_TIMEOUT_S))]
+    shutdown_timeout_s: Option<u64>,
+    /// error, warn, info, debug or trace ($VIGIL_LOG, a tracing filter, wins) [default: info].
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn parse_policy(s: &str) -> Result<vigil_core::model::ShutdownPolicy, String> {
+    vigil_core::model::ShutdownPolicy::parse(s)
 }
 
 #[derive(Args, Default)]
@@ -498,8 +544,13 @@ fn raise_fd_limit() {
 }
 
 fn init_tracing() {
+    init_tracing_at("info");
+}
+
+/// `$VIGIL_LOG` (a tracing filter) if set, else `level`.
+fn init_tracing_at(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -507,29 +558,87 @@ fn init_tracing() {
 }
 
 fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
-    init_tracing();
-    raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(vigil_agent::run(vigil_agent::AgentOptions {
+    let token = a.token.map(|t| {
+        let from = if std::env::var_os("VIGIL_JOIN_TOKEN").is_some() {
+            "env VIGIL_JOIN_TOKEN"
+        } else {
+            "flag"
+        };
+        (t, from)
+    });
+    let flags = config::Flags {
         name: a.name,
         listen: a.listen,
         data_dir: a.data_dir,
         bootstrap: a.bootstrap,
         join: a.join,
-        token: a.token,
+        token,
         witness: a.witness,
         cluster_name: a.cluster_name,
         rhs_silence_ms: a.rhs_silence_ms,
         heartbeat_interval_ms: a.heartbeat_interval_ms,
         heartbeat_threshold: a.heartbeat_threshold,
         cert_lifetime_s: a.cert_lifetime_s,
-        watchdog: a
-            .watchdog
-            .map(|d| (d, std::time::Duration::from_millis(a.watchdog_timeout_ms))),
-    }))
+        watchdog: a.watchdog,
+        watchdog_timeout_ms: a.watchdog_timeout_ms,
+        shutdown_policy: a.shutdown_policy,
+        shutdown_timeout_s: a.shutdown_timeout_s,
+        log_level: a.log_level,
+    };
+    if let Some(p) = a.config.as_ref().filter(|p| !p.exists()) {
+        anyhow::bail!("config file {} does not exist", p.display());
+    }
+    let file = config::path(a.config);
+    let s = config::resolve(flags, file.as_deref()).map_err(anyhow::Error::msg)?;
+    if a.print_config {
+        print!("{}", s.print());
+        return Ok(());
+    }
+    let Some(name) = s.name else {
+        anyhow::bail!(
+            "no node name: pass --name NAME, or set name = \"NAME\" in the config file ({})",
+            s.file
+                .as_ref()
+                .map_or(config::DEFAULT_PATH.to_string(), |f| f
+                    .display()
+                    .to_string())
+        );
+    };
+    if s.token.is_some() && s.join.is_none() {
+        anyhow::bail!("a join token goes with --join HOST:PORT (or join = \"HOST:PORT\")");
+    }
+    // Before any thread runs: the environment is changed.
+    // SAFETY: single-threaded here; the runtime starts below.
+    let notify =
+        unsafe { vigil_agent::notify::Notifier::take_from_env() }.map_err(anyhow::Error::msg)?;
+    init_tracing_at(&s.log_level);
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(vigil_agent::run(
+        vigil_agent::AgentOptions {
+            name,
+            listen: s.listen,
+            data_dir: s.data_dir,
+            bootstrap: s.bootstrap,
+            join: s.join,
+            token: s.token,
+            witness: s.witness,
+            cluster_name: s.cluster_name,
+            rhs_silence_ms: s.rhs_silence_ms,
+            heartbeat_interval_ms: s.heartbeat_interval_ms,
+            heartbeat_threshold: s.heartbeat_threshold,
+            cert_lifetime_s: s.cert_lifetime_s,
+            watchdog: s
+                .watchdog
+                .map(|d| (d, std::time::Duration::from_millis(s.watchdog_timeout_ms))),
+            shutdown_policy: s.shutdown_policy,
+            shutdown_timeout_s: s.shutdown_timeout_s,
+        },
+        notify,
+    ))
 }
 
 fn run_client(target: &client::Target, command: Cmd) -> anyhow::Result<()> {
@@ -804,6 +913,21 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
                 let names: Vec<&str> = back.iter().filter_map(Value::as_str).collect();
                 println!("failed back: {}", names.join(", "));
             }
+        }
+        Cmd::Cluster(ClusterCmd::Show) => {
+            let r = c.get("/v1/cluster/settings").await?;
+            println!(
+                "shutdown_policy = {}",
+                r["shutdown_policy"].as_str().unwrap_or("?")
+            );
+        }
+        Cmd::Cluster(ClusterCmd::Set { shutdown_policy }) => {
+            let body = json!({ "shutdown_policy": shutdown_policy.name() });
+            let r = c.put("/v1/cluster/settings", body).await?;
+            println!(
+                "the cluster's shutdown policy is {}",
+                r["shutdown_policy"].as_str().unwrap_or("?")
+            );
         }
         Cmd::Agent(_)
         | Cmd::Rhs { .. }

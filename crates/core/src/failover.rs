@@ -441,6 +441,11 @@ impl Planner<'_> {
         let retry = g.props.retry_period_on_failure_s;
         let from = g.owner.clone();
         let target = choose_target(&self.s, &g.name, from.as_deref(), false, self.now);
+        if target.is_none() && clean {
+            // Nowhere else to go: it waits for its stopped owner (recorded Offline there by
+            // the stop), rather than being Failed for a stop that was no failure.
+            return;
+        }
         let stuck = match &target {
             None => Some(format!(
                 "{reason}; no other node can host the group: Failed, retry in {retry} s"

@@ -382,3 +382,27 @@ fn a_node_back_from_a_migrate_stop_takes_its_drained_groups_back_and_a_paused_on
     assert_eq!(paused.nodes["n1"].state, NodeState::Paused);
     assert!(paused.groups["g"].moving.is_none());
 }
+
+/// A clean stop with nowhere else to go (n2 is Paused) leaves the group with its stopped
+/// owner, not Failed: it starts again when the node is back.
+#[test]
+fn a_cleanly_stopped_owner_keeps_a_group_no_other_node_can_take() {
+    let mut s = cluster();
+    online_on(&mut s, "n1");
+    ok(
+        &mut s,
+        Command::SetDraining {
+            name: "n2".into(),
+            draining: true,
+        },
+    );
+    stopped(&mut s, "n1", ShutdownPolicy::Failover);
+    // (n2's drain ends: it has nothing to move.)
+    for cmd in plan(&s, 0, &BTreeSet::new()).commands {
+        ok(&mut s, cmd);
+    }
+    let p = plan(&s, 0, &BTreeSet::new());
+    assert!(p.commands.is_empty(), "{:?}", p.commands);
+    assert_eq!(s.groups["g"].owner.as_deref(), Some("n1"));
+    assert!(s.groups["g"].failure.is_none());
+}

@@ -44,8 +44,8 @@ use groups::{
 };
 use log::read_log;
 use nodes::{
-    drain_node, fence_node, heartbeat, identity, join, remove_fence_device, remove_node, removed,
-    resume_node, set_fence_device,
+    cluster_settings, drain_node, fence_node, heartbeat, identity, join, remove_fence_device,
+    remove_node, removed, resume_node, set_cluster_settings, set_fence_device,
 };
 use resources::{
     control_resource, create_resource, delete_resource, prop_text, resource_action, update_resource,
@@ -123,6 +123,15 @@ impl From<WriteError> for ApiError {
     }
 }
 
+impl From<crate::drain::DrainError> for ApiError {
+    fn from(e: crate::drain::DrainError) -> Self {
+        match e {
+            crate::drain::DrainError::Write(e) => e.into(),
+            crate::drain::DrainError::Refused(e) => e.into(),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
         Self::bad(format!("request body: {}", e.body_text()))
@@ -180,6 +189,10 @@ pub fn router(
         .route("/v1/types/{name}", get(show_type).delete(unregister_type))
         .route("/v1/log", get(read_log))
         .route("/v1/cluster/identity", get(identity))
+        .route(
+            "/v1/cluster/settings",
+            get(cluster_settings).put(set_cluster_settings),
+        )
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/v1/nodes/{name}/drain", post(drain_node))
         .route(

@@ -180,32 +180,19 @@ pub(super) async fn remove_node(State(api): State<Api>, Path(name): Path<String>
 /// `vigil node drain`: Paused, and every group moved off in priority order. Answers once
 /// the drain has ended, with the groups that could not move.
 pub(super) async fn drain_node(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
-    let cmd = Command::SetDraining {
-        name: name.clone(),
-        draining: true,
-    };
-    let log = LogEntry::new(
-        Component::NM,
-        format!("operator drains node {name}: Paused"),
-    );
-    api.commit(pending(vec![cmd], vec![log])?).await?;
-    let n = name.clone();
-    let done = api
-        .wait_for(MOVE_WAIT, move |s| intent::drain_settled(&s.state(), &n))
-        .await?;
-    let remaining = intent::groups_on(&api.db.state(), &name);
-    if !done {
+    let drained = crate::drain::drain(&api.db, &api.log, &name, "operator", MOVE_WAIT).await?;
+    if !drained.done {
         return Err(ApiError {
             status: StatusCode::GATEWAY_TIMEOUT,
             message: format!(
                 "drain of {name} not finished within {} s; still on it: {}",
                 MOVE_WAIT.as_secs(),
-                remaining.join(", ")
+                drained.remaining.join(", ")
             ),
         });
     }
     Ok(Json(
-        json!({ "node": name, "state": "Paused", "remaining": remaining }),
+        json!({ "node": name, "state": "Paused", "remaining": drained.remaining }),
     ))
 }
 
@@ -368,4 +355,40 @@ pub(super) async fn fence_node(State(api): State<Api>, Path(name): Path<String>)
             message,
         })?;
     Ok(Json(json!({ "node": name, "fenced_in_ms": ms as u64 })))
+}
+
+/// The cluster-wide settings an operator may change.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Settings {
+    /// What a node's clean stop does with its groups, unless the node's own configuration
+    /// says otherwise: migrate, failover or freeze.
+    shutdown_policy: Option<String>,
+}
+
+pub(super) async fn cluster_settings(State(api): State<Api>) -> ApiResult {
+    let s = api.db.state();
+    Ok(Json(json!({ "shutdown_policy": s.shutdown_policy })))
+}
+
+/// `vigil cluster set`.
+pub(super) async fn set_cluster_settings(
+    State(api): State<Api>,
+    body: Result<Json<Settings>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let Some(policy) = req.shutdown_policy else {
+        return Err(ApiError::bad("nothing to set: give shutdown_policy"));
+    };
+    let policy = vigil_core::model::ShutdownPolicy::parse(&policy).map_err(ApiError::bad)?;
+    let log = LogEntry::new(
+        Component::NM,
+        format!("operator sets the cluster's shutdown policy: {policy}"),
+    );
+    api.commit(pending(
+        vec![Command::SetShutdownPolicy { policy }],
+        vec![log],
+    )?)
+    .await?;
+    cluster_settings(State(api)).await
 }

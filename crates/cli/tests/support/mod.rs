@@ -204,6 +204,9 @@ impl Agent {
             cmd.arg("--bootstrap");
         }
         cmd.env("VIGIL_LOG", "warn");
+        // No config file: an installed /etc/vigil/vigil.toml (the package test's) must not
+        // change the tests' agents.
+        cmd.env("VIGIL_CONFIG", "/dev/null");
         cmd
     }
 
@@ -220,6 +223,25 @@ impl Agent {
             let _ = c.wait();
             vigil_agent::cgroups::end_agent(&self.name, pid);
         }
+    }
+
+    /// SIGTERM (a clean stop under the node's shutdown policy) and waits, at most `limit`,
+    /// for the agent to exit; its exit status, or `None` (then it is killed).
+    pub fn stop(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(c);
+        self.kill();
+        None
     }
 
     /// Runs the CLI against this agent.
