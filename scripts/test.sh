@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 # iproute2's `ip` for the partition tests (network namespaces; these need root, as CI is),
 # nftables' `nft` for the chaos suite's partial cuts, and resource-agents for the OCF tests
 # (its agents under /usr/lib/ocf).
-declare -A pkg=([python3]=python3 [sh]=dash [sleep]=coreutils [mkfifo]=coreutils [ip]=iproute2 [cc]=gcc [nft]=nftables)
+# systemd's `systemd-analyze` checks the packaged unit, util-linux's `choom` sets the OOM
+# score the unit gives the agent, dpkg installs the package (the package test).
+declare -A pkg=([python3]=python3 [sh]=dash [sleep]=coreutils [mkfifo]=coreutils [ip]=iproute2 [cc]=gcc [nft]=nftables [systemd-analyze]=systemd [choom]=util-linux [dpkg]=dpkg)
 need=()
 for cmd in "${!pkg[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("${pkg[$cmd]}")
@@ -38,6 +40,9 @@ if ! python3 scripts/make-test-guest.py --current target/test-guest; then
   apt-cache show busybox-static >/dev/null 2>&1 || apt-get update -q
   python3 scripts/make-test-guest.py target/test-guest
 fi
+
+# cargo-deb builds the package for the package test (scripts/package.sh).
+command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --version 3.8.0
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -67,26 +67,23 @@ pub struct AgentOptions {
     /// how long a `migrate` drain may take (`shutdown.rs`).
     pub shutdown_policy: Option<vigil_core::model::ShutdownPolicy>,
     pub shutdown_timeout_s: u64,
+    /// `bootstrap` or `join` came from the config file: they apply to a data dir that never
+    /// held a cluster, and later starts are those of the member it became (the flags
+    /// refuse a data dir that holds a cluster instead).
+    pub first_start_from_file: bool,
+    /// A file holding the join token (`join_token_file`), read only for a join.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT (a clean stop under its shutdown policy), telling
 /// systemd through `notify` how far it is.
-pub async fn run(opts: AgentOptions, notify: notify::Notifier) -> anyhow::Result<()> {
+pub async fn run(mut opts: AgentOptions, notify: notify::Notifier) -> anyhow::Result<()> {
     notify.status("starting: opening the data dir");
     vigil_tls::install_provider();
     vigil_tls::set_node_cert_lifetime(std::time::Duration::from_secs(opts.cert_lifetime_s));
     private_data_dir(&opts)?;
     let _lock = lock_data_dir(&opts)?;
     check_identity(&opts)?;
-    if opts.join.is_some() != opts.token.is_some() && !opts.bootstrap {
-        let fix = match opts.join {
-            Some(_) => {
-                "--join needs --token TOKEN (`vigil token create --join` on a member prints the whole command)"
-            }
-            None => "--token goes with --join HOST:PORT",
-        };
-        bail!("{fix}");
-    }
     let tls = vigil_tls::Tls::default();
     if let Some(creds) = vigil_tls::Creds::load(&opts.data_dir)? {
         tls.load(&creds).with_context(|| {
@@ -117,6 +114,28 @@ pub async fn run(opts: AgentOptions, notify: notify::Notifier) -> anyhow::Result
     let member = db.is_initialized().await?;
     let dir = opts.data_dir.display();
     let known = read_cluster_id(&opts)?;
+    if opts.first_start_from_file && (member || known.is_some()) {
+        opts.bootstrap = false;
+        opts.join = None;
+        opts.token = None;
+    } else if opts.join.is_some()
+        && opts.token.is_none()
+        && let Some(f) = &opts.token_file
+    {
+        let t = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read join_token_file {}", f.display()))?;
+        opts.token = Some(t.trim().to_string());
+    }
+    if opts.join.is_some() != opts.token.is_some() && !opts.bootstrap {
+        let fix = match opts.join {
+            Some(_) => {
+                "--join needs --token TOKEN (`vigil token create --join` on a member prints the whole command)"
+            }
+            None => "--token goes with --join HOST:PORT",
+        };
+        bail!("{fix}");
+    }
+
     match (member, opts.bootstrap, &opts.join, &known) {
         (true, true, _, _) => bail!(
             "data dir {dir} already holds a cluster; refusing --bootstrap over existing data (start without --bootstrap)"

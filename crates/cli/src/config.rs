@@ -29,6 +29,8 @@ pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 #[serde(deny_unknown_fields)]
 struct File {
     name: Option<Spanned<String>>,
+    /// Form a new cluster when the data dir has never held one (first node, first start).
+    bootstrap: Option<Spanned<bool>>,
     listen: Option<Spanned<String>>,
     data_dir: Option<Spanned<PathBuf>>,
     cluster_name: Option<Spanned<String>>,
@@ -77,8 +79,13 @@ pub struct Settings {
     pub listen: String,
     pub data_dir: PathBuf,
     pub bootstrap: bool,
+    /// `bootstrap` or `join` came from the file: they apply only to a data dir that never
+    /// held a cluster (`AgentOptions::first_start_from_file`).
+    pub first_start_from_file: bool,
     pub join: Option<String>,
     pub token: Option<String>,
+    /// Read by the agent when it joins (a member needs no token).
+    pub token_file: Option<PathBuf>,
     pub witness: bool,
     pub cluster_name: String,
     pub rhs_silence_ms: u64,
@@ -138,39 +145,40 @@ pub fn resolve(flags: Flags, file: Option<&Path>) -> Result<Settings, String> {
         Some(Shown(PathBuf::from("/var/lib/vigil"))),
         any,
     )?;
-    let bootstrap = flags.bootstrap;
-    m.note(
-        "bootstrap",
-        bootstrap,
-        if bootstrap { "flag" } else { "default" },
-    );
+    let first_start_flags = flags.bootstrap || flags.join.is_some();
+    let file_first_start =
+        parsed.bootstrap.as_ref().is_some_and(|b| *b.get_ref()) || parsed.join.is_some();
+    let bootstrap_flag = flags.bootstrap.then_some(true);
+    let bootstrap = m
+        .pick(
+            "bootstrap",
+            bootstrap_flag,
+            parsed.bootstrap,
+            Some(false),
+            any,
+        )?
+        .unwrap_or(false);
     let join = m.pick("join", flags.join, parsed.join, None, |v: &String| {
         address(v)
     })?;
-    let token = match (flags.token, parsed.join_token_file) {
-        (Some((t, from)), _) => {
-            m.note("token", "<secret>", from);
-            Some(t)
-        }
-        (None, Some(f)) => {
-            let line = m.line(&f);
-            let p = f.into_inner();
-            let t = std::fs::read_to_string(&p).map_err(|e| {
-                m.at(
-                    line,
-                    format!("join_token_file = {:?} cannot be read: {e}", p.display()),
-                )
-            })?;
-            let t = t.trim().to_string();
-            m.note(
-                "token",
-                "<secret>",
-                &format!("{} (join_token_file)", m.source(line)),
-            );
-            Some(t)
-        }
-        (None, None) => None,
-    };
+    if bootstrap && join.is_some() {
+        return Err(
+            "bootstrap and join exclude each other: a node forms a new cluster or joins one"
+                .to_string(),
+        );
+    }
+    let first_start_from_file = file_first_start && !first_start_flags;
+    let token = flags.token.map(|(t, from)| {
+        m.note("token", "<secret>", from);
+        t
+    });
+    let token_file = m.pick(
+        "join_token_file",
+        None,
+        parsed.join_token_file.map(shown_path),
+        None,
+        any,
+    )?;
     let witness_flag = flags.witness.then_some(true);
     let witness = m
         .pick("witness", witness_flag, parsed.witness, Some(false), any)?
@@ -269,8 +277,10 @@ pub fn resolve(flags: Flags, file: Option<&Path>) -> Result<Settings, String> {
         listen: listen.expect("has a default"),
         data_dir: data_dir.expect("has a default").0,
         bootstrap,
+        first_start_from_file,
         join,
         token,
+        token_file: token_file.map(|t| t.0),
         witness,
         cluster_name: cluster_name.expect("has a default"),
         rhs_silence_ms: set(rhs_silence_ms),

@@ -72,6 +72,10 @@ fn start_agent(
     let mut cmd = Command::new(exe);
     cmd.args(["agent", "--name", name, "--listen", listen, "--data-dir"])
         .arg(dir.join(name))
+        // A throw-away cluster: its end moves nothing (a config file of the machine is not
+        // read).
+        .args(["--shutdown-policy", "freeze"])
+        .env("VIGIL_CONFIG", "/dev/null")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);

@@ -69,6 +69,10 @@ enum Cmd {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Writes the man pages (one per command) and the shell completions (bash, zsh, fish)
+    /// into DIR: for packaging.
+    #[command(hide = true)]
+    GenDocs { dir: PathBuf },
     /// Nodes, groups and resources.
     Status {
         #[arg(long, short, value_enum, default_value = "table")]
@@ -496,6 +500,7 @@ fn main() -> ExitCode {
             raise_fd_limit();
             vigil_rhs::host::main(fd).map_err(|e| anyhow::anyhow!("RHS {host}: {e}"))
         }
+        Cmd::GenDocs { dir } => gen_docs(&dir),
         Cmd::Demo { keep } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -547,10 +552,64 @@ fn init_tracing() {
     init_tracing_at("info");
 }
 
-/// `$VIGIL_LOG` (a tracing filter) if set, else `level`.
+/// `vigil gen-docs DIR`: `DIR/man/vigil.1`, `vigil-agent.1`, `vigil-group-move.1`, … and
+/// `DIR/completions/vigil.bash`, `_vigil`, `vigil.fish`.
+fn gen_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| anyhow::anyhow!("cannot make {}: {e}", d.display()))?;
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    fn pages(cmd: &clap::Command, name: String, out: &mut Vec<(String, clap::Command)>) {
+        if cmd.is_hide_set() {
+            return;
+        }
+        let page = cmd
+            .clone()
+            .name(name.clone())
+            .bin_name(name.replace('-', " "));
+        out.push((name.clone(), page));
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            pages(sub, format!("{name}-{}", sub.get_name()), out);
+        }
+    }
+    let mut all = Vec::new();
+    pages(&cmd, "vigil".to_string(), &mut all);
+    for (name, page) in all {
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).render(&mut text)?;
+        let path = man.join(format!("{name}.1"));
+        std::fs::write(&path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    for (shell, file) in [
+        (Shell::Bash, "vigil.bash"),
+        (Shell::Zsh, "_vigil"),
+        (Shell::Fish, "vigil.fish"),
+    ] {
+        let mut text = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut text);
+        let path = completions.join(file);
+        std::fs::write(&path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `$VIGIL_LOG` (a tracing filter) if set, else `level` (openraft's own chatter from warn
+/// up only, unless the level asks for debugging).
 fn init_tracing_at(level: &str) {
+    let quiet_raft = match level {
+        "debug" | "trace" => level.to_string(),
+        _ => format!("{level},openraft=warn"),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_raft));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -604,7 +663,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
                     .to_string())
         );
     };
-    if s.token.is_some() && s.join.is_none() {
+    if (s.token.is_some() || s.token_file.is_some()) && s.join.is_none() {
         anyhow::bail!("a join token goes with --join HOST:PORT (or join = \"HOST:PORT\")");
     }
     // Before any thread runs: the environment is changed.
@@ -636,6 +695,8 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
                 .map(|d| (d, std::time::Duration::from_millis(s.watchdog_timeout_ms))),
             shutdown_policy: s.shutdown_policy,
             shutdown_timeout_s: s.shutdown_timeout_s,
+            first_start_from_file: s.first_start_from_file,
+            token_file: s.token_file,
         },
         notify,
     ))
@@ -933,6 +994,7 @@ async fn client_command(c: &Client, command: Cmd) -> anyhow::Result<()> {
         | Cmd::Rhs { .. }
         | Cmd::PluginProbe { .. }
         | Cmd::WatchdogDevice { .. }
+        | Cmd::GenDocs { .. }
         | Cmd::Demo { .. } => {
             unreachable!("handled in main")
         }

@@ -44,6 +44,22 @@ const CMD_QUEUE: usize = 64;
 type Outgoing = (FromHost, Option<oneshot::Sender<()>>);
 
 /// Runs the RHS on an inherited socket descriptor until the agent goes away.
+/// The agent may run with a low `oom_score_adj` (the systemd unit's `OOMScoreAdjust`, so
+/// that the OOM killer spares it); its resources must not inherit that. An RHS and what it
+/// starts are ordinary processes to the OOM killer: a resource that runs away with memory is
+/// killed (and restarted or failed over), not the services around it. Raising one's own
+/// score needs no privilege.
+fn ordinary_to_the_oom_killer() {
+    let path = "/proc/self/oom_score_adj";
+    let low = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .is_some_and(|v| v < 0);
+    if low && let Err(e) = std::fs::write(path, "0") {
+        tracing::warn!("cannot reset {path} to 0 (resources keep the agent's): {e}");
+    }
+}
+
 pub fn main(fd: RawFd) -> Result<(), String> {
     // SAFETY: the agent passes this descriptor to us and nothing else in this process owns it.
     let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
@@ -51,6 +67,7 @@ pub fn main(fd: RawFd) -> Result<(), String> {
     // RHS starts do not hold the agent's socket open after the RHS is gone.
     rustix::io::fcntl_setfd(&stream, rustix::io::FdFlags::CLOEXEC)
         .map_err(|e| format!("RHS socket fd {fd}: {e}"))?;
+    ordinary_to_the_oom_killer();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(Duration::from_secs(60))
