@@ -148,6 +148,7 @@ pub fn resolve(flags: Flags, file: Option<&Path>) -> Result<Settings, String> {
     let first_start_flags = flags.bootstrap || flags.join.is_some();
     let file_first_start =
         parsed.bootstrap.as_ref().is_some_and(|b| *b.get_ref()) || parsed.join.is_some();
+    let join_line = parsed.join.as_ref().map(|j| m.line(j));
     let bootstrap_flag = flags.bootstrap.then_some(true);
     let bootstrap = m
         .pick(
@@ -162,10 +163,11 @@ pub fn resolve(flags: Flags, file: Option<&Path>) -> Result<Settings, String> {
         address(v)
     })?;
     if bootstrap && join.is_some() {
-        return Err(
-            "bootstrap and join exclude each other: a node forms a new cluster or joins one"
-                .to_string(),
-        );
+        let what = "bootstrap and join exclude each other: a node forms a new cluster or joins one";
+        return Err(match join_line {
+            Some(line) => m.at(line, format!("join: {what}")),
+            None => what.to_string(),
+        });
     }
     let first_start_from_file = file_first_start && !first_start_flags;
     let token = flags.token.map(|(t, from)| {
@@ -396,7 +398,7 @@ impl Merge<'_> {
     }
 
     /// The flag's value if given, else the file's (checked), else `default`.
-    fn pick<T: Clone + Display + std::fmt::Debug>(
+    fn pick<T: Clone + Toml>(
         &mut self,
         key: &'static str,
         flag: Option<T>,
@@ -410,7 +412,7 @@ impl Merge<'_> {
             Some(s) => {
                 let line = self.line(&s);
                 let v = s.into_inner();
-                check(&v).map_err(|why| self.at(line, format!("{key} = {} {why}", quoted(&v))))?;
+                check(&v).map_err(|why| self.at(line, format!("{key} = {} {why}", v.toml())))?;
                 Some((v, line))
             }
             None => None,
@@ -420,21 +422,39 @@ impl Merge<'_> {
             (None, Some((v, line)), _) => (Some(v), self.source(line)),
             (None, None, d) => (d, "default".to_string()),
         };
-        let show = value.as_ref().map_or("(unset)".to_string(), quoted);
+        let show = value.as_ref().map_or("(unset)".to_string(), Toml::toml);
         self.shown.push((key, show, source));
         Ok(value)
     }
 }
 
-/// A value as TOML would write it: strings quoted.
-fn quoted<T: Display + std::fmt::Debug>(v: &T) -> String {
-    let text = v.to_string();
-    if text.parse::<f64>().is_ok() || text == "true" || text == "false" {
-        text
-    } else {
-        format!("{text:?}")
+/// A value as TOML writes it: strings and paths quoted, numbers and booleans bare.
+trait Toml {
+    fn toml(&self) -> String;
+}
+
+impl Toml for String {
+    fn toml(&self) -> String {
+        format!("{self:?}")
     }
 }
+
+impl Toml for Shown {
+    fn toml(&self) -> String {
+        format!("{:?}", self.0.display().to_string())
+    }
+}
+
+macro_rules! bare {
+    ($($t:ty),*) => {$(
+        impl Toml for $t {
+            fn toml(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+bare!(u32, u64, bool);
 
 #[cfg(test)]
 mod tests {
