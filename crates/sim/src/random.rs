@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use vigil_core::command::{Command, Target, apply};
 use vigil_core::lease::LeaseConfig;
-use vigil_core::model::{ClusterState, GroupState, PersistentState, ResourceSpec, group_state};
+use vigil_core::model::{
+    ClusterState, GroupState, PersistentState, ResourceSpec, ShutdownPolicy, group_state,
+};
 use vigil_core::props::{Failback, GroupProps, Priority, ResourceProps};
 
 use crate::rng::Rng;
@@ -140,7 +142,7 @@ pub fn run(seed: u64) -> Result<(), String> {
     w.sims = sims;
     let mut t = 5_000;
     while t < CHAOS_MS {
-        let step = match rng.below(17) {
+        let step = match rng.below(19) {
             0 | 1 => Step::PowerOff(rng.pick(&nodes).clone()),
             2 | 3 => Step::PowerOn(rng.pick(&nodes).clone()),
             4 => {
@@ -187,6 +189,20 @@ pub fn run(seed: u64) -> Result<(), String> {
                     at += full;
                 }
                 Step::DiskFull(n, first)
+            }
+            // SIGTERM: a clean stop under a shutdown policy, started again soon after (or
+            // only at the repair).
+            16 | 17 => {
+                let n = rng.pick(&nodes).clone();
+                let policy = *rng.pick(&[
+                    ShutdownPolicy::Migrate,
+                    ShutdownPolicy::Failover,
+                    ShutdownPolicy::Freeze,
+                ]);
+                if rng.below(3) != 0 {
+                    w.at(t + 200 + rng.below(15_000), Step::PowerOn(n.clone()));
+                }
+                Step::CleanStop(n, policy)
             }
             // A short blip: off and back on its old disk soon after.
             _ => {

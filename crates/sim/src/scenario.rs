@@ -17,6 +17,8 @@
 //!                                #   lag N 300ms (only Raft's: N's copy lags),
 //!                                #   stop N for 3s (SIGSTOP of its agent, not its RHS),
 //!                                #   disk N full for 3s (its database cannot write),
+//!                                #   shutdown N migrate|failover|freeze (SIGTERM: a
+//!                                #   clean stop; `power on N` starts it again),
 //!                                #   fail R, break R on N [COUNT], fix R on N,
 //!                                #   move G [to N], drain N, resume N [failback],
 //!                                #   set G KEY=VALUE..., online G, offline G
@@ -363,6 +365,10 @@ impl Scenario {
 fn parse_step(words: &[&str]) -> Result<Step, String> {
     Ok(match words {
         ["power", "off", n] => Step::PowerOff(n.to_string()),
+        ["shutdown", n, policy] => Step::CleanStop(
+            n.to_string(),
+            vigil_core::model::ShutdownPolicy::parse(policy)?,
+        ),
         ["power", "on", n] => Step::PowerOn(n.to_string()),
         ["heal"] => Step::Heal,
         ["stop", n, "for", t] => Step::Stop(n.to_string(), parse_time(t)?),
@@ -428,7 +434,7 @@ fn parse_step(words: &[&str]) -> Result<Step, String> {
         _ => {
             return Err(format!(
                 "unknown step {:?}; steps are: power off|on N, partition A B | C, cut A -> B, \
-                 slow N TIME, lag N TIME, stop N for TIME, disk N full for TIME, heal, fail R, break R on N [COUNT], fix R on N, \
+                 slow N TIME, lag N TIME, stop N for TIME, disk N full for TIME, shutdown N migrate|failover|freeze, heal, fail R, break R on N [COUNT], fix R on N, \
                  move G [to N], drain N, resume N [failback], set G KEY=VALUE..., online G, \
                  offline G",
                 words.join(" ")

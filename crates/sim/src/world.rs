@@ -18,7 +18,7 @@ use vigil_core::exec;
 use vigil_core::failover;
 use vigil_core::intent;
 use vigil_core::lease::LeaseConfig;
-use vigil_core::model::{ClusterState, NodeState, ResourceState};
+use vigil_core::model::{ClusterState, NodeState, ResourceState, ShutdownPolicy};
 use vigil_core::nm::{Heartbeat, HeartbeatReply, NmInput, NodeManager, Replica as NmView};
 use vigil_core::rcm::{Action, Input, Rcm, Report};
 
@@ -184,7 +184,34 @@ struct SimNode {
     lag_ms: u64,
     election_ms: u64,
     election_seed: u64,
+    /// Its agent is stopping cleanly (`Step::CleanStop`).
+    shutdown: Option<Shutdown>,
 }
+
+/// A clean stop under way, as `agent/src/shutdown.rs` and `service::stop_cleanly` make it.
+#[derive(Clone, Debug)]
+struct Shutdown {
+    policy: ShutdownPolicy,
+    /// A start was asked for while it stopped: it starts once stopped (as systemd queues a
+    /// start job behind a stop job).
+    start_after: bool,
+    /// An operator had paused the node before the stop.
+    paused: bool,
+    phase: ShutdownPhase,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ShutdownPhase {
+    /// `migrate`: draining, at most until then.
+    Draining { until: u64 },
+    /// Every resource ended; `NodeStopped` is being written (given up at `until`).
+    Recording { until: u64, incarnation: u64 },
+}
+
+/// A `migrate` stop's drain limit (the agent's `shutdown_timeout_s`, shortened).
+const SHUTDOWN_DRAIN_MS: u64 = 30_000;
+/// How long a stopping node waits for its `NodeStopped` record.
+const STOPPED_RECORD_MS: u64 = 10_000;
 
 /// A step the scenario (or a random run) takes at a given time.
 #[derive(Clone, Debug)]
@@ -207,6 +234,9 @@ pub enum Step {
     Lag(String, u64),
     /// The node's agent is stopped (SIGSTOP) for this long; its RHS is not.
     Stop(String, u64),
+    /// SIGTERM of the node's agent: a clean stop under `policy` (`shutdown.rs`). Its agent
+    /// is gone afterwards (powered off, its disk kept); `PowerOn` starts it again.
+    CleanStop(String, ShutdownPolicy),
     /// The node's disk is full for this long: its database cannot write, its Raft core
     /// stops, and it is reopened once there is room.
     DiskFull(String, u64),
@@ -319,6 +349,7 @@ impl World {
                 lag_ms: 0,
                 election_ms: ELECTION_MIN_MS + rank as u64 * ELECTION_STEP_MS + jitter,
                 election_seed: seed.unwrap_or(0) ^ fnv(n),
+                shutdown: None,
             };
             w.nodes.insert(n.clone(), node);
             w.boot(n);
@@ -754,6 +785,7 @@ impl World {
             self.say_elected(n);
             self.nm_tick(n);
             self.flush_rcm(n);
+            self.shutdown_step(n);
         }
         self.push(self.now + period, Ev::Tick);
     }
@@ -919,6 +951,14 @@ impl World {
 
     /// One input to the node's RCM: the agent's [`exec::settle`] on this node.
     fn rcm_step(&mut self, n: &str, input: Input) {
+        // A stopping agent's main loop runs no RCM once it ends its resources.
+        if self.nodes[n]
+            .shutdown
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, ShutdownPhase::Recording { .. }))
+        {
+            return;
+        }
         exec::settle(&mut On { w: self, n }, input);
         let now = self.now;
         let a = self.agent(n);
@@ -1107,6 +1147,93 @@ impl World {
         );
     }
 
+    /// The node's agent and everything it ran are gone; its disk stays.
+    fn power_off(&mut self, n: &str) {
+        for m in self.running.values_mut() {
+            m.remove(n);
+        }
+        self.prepared.retain(|(_, on)| on != n);
+        let node = self.nodes.get_mut(n).expect("known");
+        if let Some(a) = node.agent.take() {
+            node.disk = a.raft.disk;
+        }
+        node.powered = false;
+        node.stopped_until = None;
+        node.inbox.clear();
+        node.rhs_deadline = None;
+        node.shutdown = None;
+    }
+
+    /// A stopping node ends every resource (its main loop no longer runs the RCM), then
+    /// records its clean stop behind the RCM's own records.
+    fn end_for_stop(&mut self, n: &str) {
+        for m in self.running.values_mut() {
+            m.remove(n);
+        }
+        self.prepared.retain(|(_, on)| on != n);
+        let incarnation = self.agent(n).nm.incarnation();
+        let until = self.now + STOPPED_RECORD_MS;
+        let node = self.nodes.get_mut(n).expect("known");
+        let Some(stop) = node.shutdown.as_mut() else {
+            return;
+        };
+        stop.phase = ShutdownPhase::Recording { until, incarnation };
+        let cmd = Command::NodeStopped {
+            name: n.to_string(),
+            incarnation,
+            policy: stop.policy,
+            paused: stop.paused,
+        };
+        self.say(n, "agent stopping: its resources ended".to_string());
+        self.write_rcm(n, vec![cmd]);
+    }
+
+    /// A clean stop's next step, at every tick.
+    fn shutdown_step(&mut self, n: &str) {
+        let Some(stop) = self.nodes[n].shutdown.clone() else {
+            return;
+        };
+        let now = self.now;
+        match stop.phase {
+            ShutdownPhase::Draining { until } => {
+                let s = &self.agent(n).raft.state;
+                let paused = s.nodes.get(n).is_some_and(|x| x.state == NodeState::Paused);
+                if paused && intent::drain_settled(s, n) {
+                    self.say(n, "shutdown drain done".to_string());
+                    self.end_for_stop(n);
+                } else if now >= until {
+                    self.say(
+                        n,
+                        "shutdown drain not finished: stopping as under failover".to_string(),
+                    );
+                    self.end_for_stop(n);
+                }
+            }
+            ShutdownPhase::Recording { until, incarnation } => {
+                let recorded = self.agent(n).raft.state.nodes.get(n).is_some_and(|x| {
+                    x.state.stopped_cleanly()
+                        && x.stop
+                            .as_ref()
+                            .is_some_and(|c| c.incarnation == incarnation)
+                });
+                if recorded || now >= until {
+                    let what = if recorded {
+                        "stopped cleanly: agent gone"
+                    } else {
+                        "its clean stop was not recorded: agent gone"
+                    };
+                    self.say(n, what.to_string());
+                    self.power_off(n);
+                    if stop.start_after {
+                        self.say(n, "power on (asked for while it stopped)".to_string());
+                        self.nodes.get_mut(n).expect("known").powered = true;
+                        self.boot(n);
+                    }
+                }
+            }
+        }
+    }
+
     fn script_step(&mut self, step: Step) {
         match step {
             Step::PowerOff(n) => {
@@ -1114,20 +1241,44 @@ impl World {
                     return;
                 }
                 self.say(&n, "power off".to_string());
-                for m in self.running.values_mut() {
-                    m.remove(&n);
+                self.power_off(&n);
+            }
+            Step::CleanStop(n, policy) => {
+                if !self.powered(&n) || self.stopped(&n) || self.nodes[&n].shutdown.is_some() {
+                    return;
                 }
-                self.prepared.retain(|(_, on)| on != &n);
-                let node = self.nodes.get_mut(&n).expect("known");
-                if let Some(a) = node.agent.take() {
-                    node.disk = a.raft.disk;
+                self.say(&n, format!("agent asked to stop: shutdown policy {policy}"));
+                let paused = self
+                    .agent(&n)
+                    .raft
+                    .state
+                    .nodes
+                    .get(&n)
+                    .is_some_and(|x| x.state == NodeState::Paused);
+                let phase = ShutdownPhase::Draining {
+                    until: self.now + SHUTDOWN_DRAIN_MS,
+                };
+                self.nodes.get_mut(&n).expect("known").shutdown = Some(Shutdown {
+                    policy,
+                    start_after: false,
+                    paused,
+                    phase,
+                });
+                if policy == ShutdownPolicy::Migrate {
+                    let drain = Command::SetDraining {
+                        name: n.clone(),
+                        draining: true,
+                    };
+                    self.write_rcm(&n, vec![drain]);
+                } else {
+                    self.end_for_stop(&n);
                 }
-                node.powered = false;
-                node.stopped_until = None;
-                node.inbox.clear();
-                node.rhs_deadline = None;
             }
             Step::PowerOn(n) => {
+                if let Some(stop) = self.nodes.get_mut(&n).and_then(|x| x.shutdown.as_mut()) {
+                    stop.start_after = true;
+                    return;
+                }
                 if self.powered(&n) {
                     return;
                 }
