@@ -488,6 +488,24 @@ pub fn run(seed: u64, faults: usize) -> Outcome {
                 } else {
                     "no convergence"
                 };
+                if out.violations.is_empty() {
+                    // The first one, with what each node said about nodes meanwhile (the
+                    // node records and leases), to diagnose it from the test's output.
+                    eprintln!("first violation after {}: {why}", kind.name());
+                    for a in c.agents.iter().chain(c.extra.iter()) {
+                        let recent: Vec<String> = a
+                            .log_file()
+                            .into_iter()
+                            .filter(|r| r["component"] == "NM" || r["component"] == "DB")
+                            .rev()
+                            .take(25)
+                            .map(|r| format!("  {} {} {}", r["time"], r["node"], r["reason"]))
+                            .collect();
+                        for line in recent.iter().rev() {
+                            eprintln!("{line}");
+                        }
+                    }
+                }
                 out.violations.push((kind_name.into(), Some(kind), why));
             }
         }
