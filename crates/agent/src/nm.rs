@@ -170,7 +170,9 @@ impl Nm {
         self.lock().standing(r, self.now_ms())
     }
 
-    /// The Down nodes whose leases this leader vouches are gone (for the failover manager).
+    /// The nodes whose groups this leader may give away without a handover (for the
+    /// failover manager): Down ones whose leases it vouches are gone, and cleanly stopped
+    /// ones whose stop it vouches for.
     pub fn lease_gone(&self, db: &Db) -> BTreeSet<String> {
         let r = self.replica(db);
         let now = self.now_ms();
@@ -179,7 +181,10 @@ impl Nm {
         state
             .nodes
             .values()
-            .filter(|n| n.state == NodeState::Down && nm.surely_down(&r, &n.name, now))
+            .filter(|n| {
+                (n.state == NodeState::Down && nm.surely_down(&r, &n.name, now))
+                    || (n.state.stopped_cleanly() && nm.stop_vouched(&r, &state, &n.name, now))
+            })
             .map(|n| n.name.clone())
             .collect()
     }

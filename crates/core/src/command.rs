@@ -85,6 +85,14 @@ pub enum Command {
         #[serde(default)]
         paused: bool,
     },
+    /// The leader heard from another run of a node's agent than the one whose clean stop
+    /// is recorded: Up again (Paused if an operator had paused it), and after a `migrate`
+    /// stop the groups that stop drained off move back. Refused unless the node's recorded
+    /// stop is still that of `stopped_incarnation` (a later stop must not be undone).
+    NodeBack {
+        name: String,
+        stopped_incarnation: u64,
+    },
     /// Drops the CA key from a database made when it was kept there (once the leader holds
     /// it in its data dir); nothing when there is none.
     ForgetCaKey,
@@ -569,16 +577,34 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                 .nodes
                 .get_mut(name)
                 .ok_or_else(|| ApplyError::not_found("node", name))?;
-            let stop = n.stop.take();
             n.state = *s;
-            // Back from a clean stop: Paused if an operator had drained it, and the groups a
-            // `migrate` stop drained off it move back.
-            if let Some(stop) = stop.filter(|_| *s == NodeState::Up) {
-                if stop.paused {
-                    n.state = NodeState::Paused;
-                } else if stop.policy == ShutdownPolicy::Migrate {
-                    fail_back(state, name);
+            n.stop = None;
+        }
+        Command::NodeBack {
+            name,
+            stopped_incarnation,
+        } => {
+            let n = state
+                .nodes
+                .get_mut(name)
+                .ok_or_else(|| ApplyError::not_found("node", name))?;
+            let stop = match &n.stop {
+                Some(stop) if stop.incarnation == *stopped_incarnation => stop.clone(),
+                _ => {
+                    return Err(ApplyError::Conflict(format!(
+                        "node {name:?} is {}, not stopped by run {stopped_incarnation} of its agent",
+                        n.state
+                    )));
                 }
+            };
+            n.stop = None;
+            n.state = if stop.paused {
+                NodeState::Paused
+            } else {
+                NodeState::Up
+            };
+            if !stop.paused && stop.policy == ShutdownPolicy::Migrate {
+                fail_back(state, name);
             }
         }
         Command::CreateGroup { name, props, owner } => {
@@ -860,6 +886,12 @@ fn apply_unchecked(state: &mut ClusterState, cmd: &Command) -> Result {
                 if n.state == NodeState::Down {
                     return Err(ApplyError::Conflict(format!(
                         "node {name:?} is Down; its groups fail over by themselves"
+                    )));
+                }
+                if n.state.stopped_cleanly() {
+                    return Err(ApplyError::Conflict(format!(
+                        "node {name:?} is {} (its agent stopped cleanly); it is drained when it is back, or its groups moved by `vigil group move`",
+                        n.state
                     )));
                 }
                 n.state = NodeState::Paused;

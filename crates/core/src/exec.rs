@@ -167,9 +167,15 @@ pub fn nm_step(env: &mut impl NmEnv, input: NmInput) -> NmOutcome {
                 timeout_ms,
             } => env.send_heartbeat(to, heartbeat, sent_ms, timeout_ms),
             NmAction::Record(record) => {
-                let cmd = Command::SetNodeState {
-                    name: record.node.clone(),
-                    state: record.state,
+                let cmd = match record.back_from {
+                    Some(stopped_incarnation) => Command::NodeBack {
+                        name: record.node.clone(),
+                        stopped_incarnation,
+                    },
+                    None => Command::SetNodeState {
+                        name: record.node.clone(),
+                        state: record.state,
+                    },
                 };
                 let node = record.node.clone();
                 if !env.record(cmd, record) {

@@ -38,8 +38,10 @@ pub struct Plan {
 }
 
 /// The failover manager's decisions for the database `db` at `now_ms` (Unix ms).
-/// `lease_gone` names the nodes that, by the current leader's own clock, surely hold no lease
-/// (see [`crate::nm::NodeManager::surely_down`]): only their groups are given away as Down.
+/// `lease_gone` names the nodes whose groups the current leader may give away without a
+/// handover: Down ones that, by its own clock, surely hold no lease
+/// ([`crate::nm::NodeManager::surely_down`]), and Stopped or Frozen ones whose clean stop it
+/// vouches for ([`crate::nm::NodeManager::stop_vouched`]).
 pub fn plan(db: &ClusterState, now_ms: u64, lease_gone: &BTreeSet<String>) -> Plan {
     let mut p = Planner {
         s: Cow::Borrowed(db),
@@ -247,8 +249,13 @@ impl Planner<'_> {
                 let reason = format!("owner {} is Down", n.name);
                 return self.fail_over(&g, true, &reason);
             }
-            // It ended every resource before it said so: no lease to wait for.
+            // It ended every resource before it said so: no lease to wait for, once this
+            // leader vouches for the stop (no later run of its agent heard from).
             Some(n) if n.state == NodeState::Stopped => {
+                if !self.lease_gone.contains(&n.name) {
+                    self.plan.awaiting_leases = true;
+                    return;
+                }
                 let reason = format!("owner {} stopped cleanly", n.name);
                 return self.fail_over(&g, true, &reason);
             }
@@ -258,6 +265,10 @@ impl Planner<'_> {
                 if let Phase::Moving(m) = g.phase()
                     && m.kind == MoveKind::Operator
                 {
+                    if !self.lease_gone.contains(&n.name) {
+                        self.plan.awaiting_leases = true;
+                        return;
+                    }
                     let reason = format!("owner {} is Frozen (stopped cleanly)", n.name);
                     self.hand_over_frozen(&g, &m.to, &reason);
                 }
@@ -440,7 +451,27 @@ impl Planner<'_> {
             .is_some_and(|n| n.state.stopped_cleanly());
         let retry = g.props.retry_period_on_failure_s;
         let from = g.owner.clone();
-        let target = choose_target(&self.s, &g.name, from.as_deref(), false, self.now);
+        // An owner gone in the middle of a live move may have sent resources to its target
+        // already: they run there, so the group goes there too (anywhere else would start a
+        // second copy of them), unless the target ended them (Down or stopped).
+        let live_target = g
+            .moving
+            .as_ref()
+            .filter(|m| node_down && m.live)
+            .filter(|m| {
+                self.s.nodes.get(&m.to).is_some_and(|n| {
+                    !n.witness
+                        && !matches!(
+                            n.state,
+                            NodeState::Down | NodeState::Stopped | NodeState::Frozen
+                        )
+                }) && g.may_run_on(&m.to)
+            })
+            .map(|m| m.to.clone());
+        // (Its instances there would be left behind by a Failed group: no threshold then.)
+        let arrived = live_target.is_some();
+        let target = live_target
+            .or_else(|| choose_target(&self.s, &g.name, from.as_deref(), false, self.now));
         if target.is_none() && clean {
             // Nowhere else to go: it waits for its stopped owner (recorded Offline there by
             // the stop), rather than being Failed for a stop that was no failure.
@@ -450,7 +481,7 @@ impl Planner<'_> {
             None => Some(format!(
                 "{reason}; no other node can host the group: Failed, retry in {retry} s"
             )),
-            Some(_) if recent >= threshold && !clean => Some(format!(
+            Some(_) if recent >= threshold && !clean && !arrived => Some(format!(
                 "{reason}; failover_threshold={threshold} reached ({recent} failovers within failover_period_s={}): Failed, retry in {retry} s",
                 g.props.failover_period_s
             )),

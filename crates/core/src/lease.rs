@@ -269,9 +269,12 @@ impl LeaderClock {
         self.contact_ms.insert(node.to_string(), now_ms);
     }
 
-    /// `node`'s heartbeat came from its agent's incarnation `incarnation`.
+    /// `node`'s heartbeat came from its agent's incarnation `incarnation`. The latest run
+    /// is kept (runs count up: their start times): a heartbeat of an earlier run that arrives
+    /// late does not hide the later one.
     pub fn heard_incarnation(&mut self, node: &str, incarnation: u64) {
-        self.incarnation.insert(node.to_string(), incarnation);
+        let i = self.incarnation.entry(node.to_string()).or_insert(0);
+        *i = (*i).max(incarnation);
     }
 
     /// `node`'s fence device reported it off now.
@@ -417,6 +420,7 @@ impl LeaderClock {
             node: node.to_string(),
             state,
             reason,
+            back_from: None,
         };
         nodes
             .into_iter()
@@ -438,11 +442,14 @@ impl LeaderClock {
                             || (self.contact_ms.contains_key(node)
                                 && !self.is_down(node, configs, cfg, now))) =>
                 {
-                    Some(record(
-                        node,
-                        NodeState::Up,
-                        format!("node {node} is back (its agent started again after a clean stop); Up"),
-                    ))
+                    Some(NodeRecord {
+                        back_from: stopped,
+                        ..record(
+                            node,
+                            NodeState::Up,
+                            format!("node {node} is back (its agent started again after a clean stop); Up"),
+                        )
+                    })
                 }
                 _ if node == me => None,
                 NodeState::Up | NodeState::Paused if self.is_fenced(node) => Some(record(
@@ -496,6 +503,9 @@ pub struct NodeRecord {
     pub node: String,
     pub state: NodeState,
     pub reason: String,
+    /// Up after the clean stop of this incarnation (`Command::NodeBack`, refused when the
+    /// node's stop is another one by the time it applies).
+    pub back_from: Option<u64>,
 }
 
 #[cfg(test)]

@@ -341,6 +341,32 @@ impl NodeManager {
         }
     }
 
+    /// Whether this leader may give the groups of `node`, recorded Stopped or Frozen, away
+    /// at once: the run of its agent whose clean stop is recorded is the latest run this
+    /// leader has heard from it (its own run, if it is the node), or its lease has surely
+    /// run out anyway. A stop record that commits late, after another run of the agent has
+    /// started (and may run the groups), is vouched for by neither.
+    pub fn stop_vouched(&self, r: &Replica, db: &ClusterState, node: &str, now: u64) -> bool {
+        let Some(c) = self
+            .clock
+            .as_ref()
+            .filter(|c| r.leading && c.term == r.term)
+        else {
+            return false;
+        };
+        let Some(stopped) = db
+            .nodes
+            .get(node)
+            .filter(|n| n.state.stopped_cleanly())
+            .and_then(|n| n.stop.as_ref())
+            .map(|s| s.incarnation)
+        else {
+            return false;
+        };
+        c.incarnation.get(node) == Some(&stopped)
+            || (node != self.me && c.is_down(node, &r.voters, &self.cfg, now))
+    }
+
     /// The nodes this leader should fence now: Up or Paused, with a fence device, silent
     /// for two heartbeat intervals (well inside their lease) and not fenced since.
     pub fn fence_candidates(&self, r: &Replica, db: &ClusterState, now: u64) -> Vec<String> {

@@ -219,6 +219,19 @@ fn a_failover_request_outranks_a_move_for_the_planner_the_wait_and_status() {
     assert!(intent::move_settled(&s, "g", "n1"));
 }
 
+/// The leader vouches for `node`'s stop (`NodeManager::stop_vouched`).
+fn vouched(node: &str) -> BTreeSet<String> {
+    [node.to_string()].into()
+}
+
+/// The leader heard another run of `node`'s agent than the stopped one (incarnation 7).
+fn back(node: &str) -> Command {
+    Command::NodeBack {
+        name: node.into(),
+        stopped_incarnation: 7,
+    }
+}
+
 fn stopped(s: &mut ClusterState, node: &str, policy: ShutdownPolicy) {
     // Paused before the stop began: by an operator, not by the stop's own drain.
     let paused = s.nodes[node].state == NodeState::Paused && !s.nodes[node].draining;
@@ -248,8 +261,14 @@ fn a_clean_stop_moves_the_groups_at_once_and_counts_no_failover() {
         "{}",
         s.resources["a"].state_reason
     );
-    // No lease vouched gone, and yet it moves: the node ended everything itself.
-    let p = plan(&s, 0, &BTreeSet::new());
+    // Not before this leader vouches for the stop (it heard no later run of n1's agent)...
+    let waiting = plan(&s, 0, &BTreeSet::new());
+    assert!(
+        waiting.commands.is_empty() && waiting.awaiting_leases,
+        "{waiting:?}"
+    );
+    // ...then at once: no lease to wait for, the node ended everything itself.
+    let p = plan(&s, 0, &vouched("n1"));
     assert!(
         matches!(&p.commands[..], [Command::FailOver { from: Some(f), to, .. }] if f == "n1" && to == "n2"),
         "{:?}",
@@ -278,7 +297,7 @@ fn a_clean_stop_moves_the_groups_at_once_and_counts_no_failover() {
         },
     );
     stopped(&mut t, "n1", ShutdownPolicy::Migrate);
-    for cmd in plan(&t, 0, &BTreeSet::new()).commands {
+    for cmd in plan(&t, 0, &vouched("n1")).commands {
         ok(&mut t, cmd);
     }
     assert_eq!(t.groups["g"].owner.as_deref(), Some("n2"));
@@ -299,7 +318,7 @@ fn a_frozen_node_keeps_its_groups_until_an_operator_moves_one() {
     assert_eq!(s.nodes["n1"].state, NodeState::Frozen);
     assert_eq!(s.resources["a"].state, ResourceState::Offline);
     assert_eq!(s.resources["a"].persistent_state, PersistentState::Online);
-    let p = plan(&s, 0, &BTreeSet::new());
+    let p = plan(&s, 0, &vouched("n1"));
     assert!(p.commands.is_empty(), "{:?}", p.commands);
     assert_eq!(s.groups["g"].owner.as_deref(), Some("n1"));
     ok(
@@ -311,7 +330,12 @@ fn a_frozen_node_keeps_its_groups_until_an_operator_moves_one() {
             quick: false,
         },
     );
-    for cmd in plan(&s, 0, &BTreeSet::new()).commands {
+    let waiting = plan(&s, 0, &BTreeSet::new());
+    assert!(
+        waiting.commands.is_empty() && waiting.awaiting_leases,
+        "{waiting:?}"
+    );
+    for cmd in plan(&s, 0, &vouched("n1")).commands {
         ok(&mut s, cmd);
     }
     assert_eq!(s.groups["g"].owner.as_deref(), Some("n2"));
@@ -351,13 +375,7 @@ fn a_node_back_from_a_migrate_stop_takes_its_drained_groups_back_and_a_paused_on
     stopped(&mut s, "n1", ShutdownPolicy::Migrate);
     // The shutdown drain is no operator's: back Up, and the group fails back.
     assert!(!s.nodes["n1"].stop.as_ref().unwrap().paused);
-    ok(
-        &mut s,
-        Command::SetNodeState {
-            name: "n1".into(),
-            state: NodeState::Up,
-        },
-    );
+    ok(&mut s, back("n1"));
     assert_eq!(s.nodes["n1"].state, NodeState::Up);
     assert!(s.nodes["n1"].stop.is_none());
     let m = s.groups["g"].moving.clone().expect("a failback");
@@ -372,13 +390,7 @@ fn a_node_back_from_a_migrate_stop_takes_its_drained_groups_back_and_a_paused_on
         },
     );
     stopped(&mut paused, "n1", ShutdownPolicy::Failover);
-    ok(
-        &mut paused,
-        Command::SetNodeState {
-            name: "n1".into(),
-            state: NodeState::Up,
-        },
-    );
+    ok(&mut paused, back("n1"));
     assert_eq!(paused.nodes["n1"].state, NodeState::Paused);
     assert!(paused.groups["g"].moving.is_none());
 }
@@ -398,11 +410,37 @@ fn a_cleanly_stopped_owner_keeps_a_group_no_other_node_can_take() {
     );
     stopped(&mut s, "n1", ShutdownPolicy::Failover);
     // (n2's drain ends: it has nothing to move.)
-    for cmd in plan(&s, 0, &BTreeSet::new()).commands {
+    for cmd in plan(&s, 0, &vouched("n1")).commands {
         ok(&mut s, cmd);
     }
-    let p = plan(&s, 0, &BTreeSet::new());
+    let p = plan(&s, 0, &vouched("n1"));
     assert!(p.commands.is_empty(), "{:?}", p.commands);
     assert_eq!(s.groups["g"].owner.as_deref(), Some("n1"));
     assert!(s.groups["g"].failure.is_none());
+}
+
+/// A node that stops again before its "back" record lands: the record of the first stop's
+/// end is refused, so the later stop stands (the node is not Up with no agent). And a stopped
+/// node is not drained (that would make it Paused, and then Down).
+#[test]
+fn back_ends_only_the_stop_it_names_and_a_stopped_node_is_not_drained() {
+    let mut s = cluster();
+    stopped(&mut s, "n1", ShutdownPolicy::Freeze);
+    let again = Command::NodeStopped {
+        name: "n1".into(),
+        incarnation: 9,
+        policy: ShutdownPolicy::Freeze,
+        paused: false,
+    };
+    ok(&mut s, again);
+    let e = apply(&mut s, &back("n1")).unwrap_err().to_string();
+    assert!(e.contains("not stopped by run 7"), "{e}");
+    assert_eq!(s.nodes["n1"].state, NodeState::Frozen);
+    let drain = Command::SetDraining {
+        name: "n1".into(),
+        draining: true,
+    };
+    let e = apply(&mut s, &drain).unwrap_err().to_string();
+    assert!(e.contains("stopped cleanly"), "{e}");
+    assert_eq!(s.nodes["n1"].state, NodeState::Frozen);
 }

@@ -523,3 +523,61 @@ fn a_cleanly_stopped_node_is_never_down_and_is_back_only_with_another_incarnatio
         [("c".to_string(), NodeState::Up)]
     );
 }
+
+/// The failover manager gives a Stopped node's groups away at once only on this leader's
+/// word: the stopped run is the latest it heard. A stop record that lands after another run
+/// started (its heartbeats heard) is not vouched for, nor made so by a late heartbeat of the
+/// stopped run; the node is recorded back instead.
+#[test]
+fn a_stop_is_vouched_only_for_the_latest_run_this_leader_heard() {
+    use vigil_core::model::ShutdownPolicy;
+    let hb = |incarnation| Heartbeat {
+        name: "c".into(),
+        term: 2,
+        former_age_ms: None,
+        answered_age_ms: Some(0),
+        incarnation,
+    };
+    let stop = |s: &mut ClusterState, incarnation| {
+        let cmd = Command::NodeStopped {
+            name: "c".into(),
+            incarnation,
+            policy: ShutdownPolicy::Failover,
+            paused: false,
+        };
+        apply(s, &cmd).unwrap();
+    };
+    let r = leader(Some(1_000), 3);
+    // The common case: the stopped run is the one heard.
+    let mut s = db(&["a", "b", "c"]);
+    let mut la = NodeManager::new("a", CFG).with_incarnation(1);
+    la.heartbeat(&r, &s, &hb(30), 1_000).unwrap();
+    stop(&mut s, 30);
+    assert!(la.stop_vouched(&r, &s, "c", 1_010));
+    // A late record: run 31 was heard (and may run the groups) before run 30's stop landed.
+    let mut s = db(&["a", "b", "c"]);
+    let mut la = NodeManager::new("a", CFG).with_incarnation(1);
+    la.heartbeat(&r, &s, &hb(30), 1_000).unwrap();
+    la.heartbeat(&r, &s, &hb(31), 1_100).unwrap();
+    stop(&mut s, 30);
+    assert!(!la.stop_vouched(&r, &s, "c", 1_110));
+    // A heartbeat of run 30 that arrives late changes nothing.
+    la.heartbeat(&r, &s, &hb(30), 1_120).unwrap();
+    assert!(!la.stop_vouched(&r, &s, "c", 1_130));
+    // The leader records it back, ending that stop and no other.
+    let out = la.tick(&leader(Some(1_130), 3), &s, 1_140);
+    let back: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            NmAction::Record(r) => Some((r.node.clone(), r.state, r.back_from)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(back, [("c".to_string(), NodeState::Up, Some(30))]);
+    // A follower vouches for nothing.
+    let follower = Replica {
+        leading: false,
+        ..r.clone()
+    };
+    assert!(!la.stop_vouched(&follower, &s, "c", 1_150));
+}

@@ -874,7 +874,11 @@ impl World {
                 .state
                 .nodes
                 .values()
-                .filter(|n| n.state == NodeState::Down && a.nm.surely_down(&view, &n.name, now))
+                .filter(|n| {
+                    (n.state == NodeState::Down && a.nm.surely_down(&view, &n.name, now))
+                        || (n.state.stopped_cleanly()
+                            && a.nm.stop_vouched(&view, &a.raft.state, &n.name, now))
+                })
                 .map(|n| n.name.clone())
                 .collect();
             let plan = failover::plan(&a.raft.state, unix, &lease_gone);
