@@ -308,7 +308,6 @@ pub async fn run(mut opts: AgentOptions, notify: notify::Notifier) -> anyhow::Re
     notify.ready();
     notify.status("running: waiting for a lease from a quorum");
     let result = service::run(svc, rx).await;
-    notify.stopping();
     // A clean stop ended every resource: the magic close. After a failure the device is
     // left to fire.
     if result.is_ok()

@@ -38,10 +38,11 @@ pub struct Nm {
 
 impl Nm {
     pub fn new(name: &str, cfg: LeaseConfig) -> Self {
-        // This run of the agent: its start time, in ns (another run starts later).
+        // This run of the agent: its start time, in ns (another run starts later; runs are
+        // compared by it). A clock before 1970 falls back to the pid, never 0.
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
+            .map_or(u64::from(std::process::id()) | 1, |d| d.as_nanos() as u64);
         let core = NodeManager::new(name, cfg).with_incarnation(incarnation);
         Self {
             name: name.to_string(),

@@ -79,6 +79,19 @@ pub async fn on_signal(
         }
     };
     signals.next().await;
+    // systemd now waits for the stop (bounded by the unit's TimeoutStopSec), not for the
+    // main loop: the drain and the ending of resources take longer than WatchdogSec.
+    notify.stopping();
+    if let Some(every) = notify.watchdog_interval() {
+        let n = notify.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 3);
+            loop {
+                tick.tick().await;
+                n.watchdog();
+            }
+        });
+    }
     let state = db.state();
     let chosen = policy.own.unwrap_or(state.shutdown_policy);
     let whose = match policy.own {

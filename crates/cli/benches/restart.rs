@@ -12,7 +12,8 @@
 //!
 //! "stop" ends when the service answers again elsewhere (under `freeze` it waits for the
 //! node: the row says so). "restart" stops the agent and starts it again at once, and ends
-//! when everything is back on n1 (or, under `failover`, settled on n2).
+//! when everything is back on n1 (from the drain under `migrate`, by `auto_failback` under
+//! `failover`).
 //!
 //! Run: `cargo bench -p vigil --bench restart` (`-- --quick`: one run per row;
 //! `VIGIL_BENCH_ONLY=migrate` or `=stop` for some rows; `VIGIL_BENCH_VERBOSE=1` prints the

@@ -19,6 +19,8 @@ pub const DEFAULT_PATH: &str = "/etc/vigil/vigil.toml";
 pub const RHS_SILENCE_MS: RangeInclusive<u64> = 2_000..=600_000;
 pub const HEARTBEAT_INTERVAL_MS: RangeInclusive<u64> = 50..=60_000;
 pub const HEARTBEAT_THRESHOLD: RangeInclusive<u32> = 2..=100;
+/// The same, as clap takes it.
+pub const HEARTBEAT_THRESHOLD_FLAG: RangeInclusive<i64> = 2..=100;
 pub const CERT_LIFETIME_S: RangeInclusive<u64> = 10..=3 * 365 * 86_400;
 pub const WATCHDOG_TIMEOUT_MS: RangeInclusive<u64> = 1_000..=600_000;
 pub const SHUTDOWN_TIMEOUT_S: RangeInclusive<u64> = 1..=3_600;
@@ -130,7 +132,9 @@ pub fn resolve(flags: Flags, file: Option<&Path>) -> Result<Settings, String> {
         text: &text,
         shown: Vec::new(),
     };
-    let name = m.pick("name", flags.name, parsed.name, None, any)?;
+    let name = m.pick("name", flags.name, parsed.name, None, |v: &String| {
+        vigil_core::names::validate_name("node", v).map_err(|e| format!("is not a node name: {e}"))
+    })?;
     let listen = m.pick(
         "listen",
         flags.listen,

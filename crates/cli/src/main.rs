@@ -233,7 +233,7 @@ struct AgentArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(config::HEARTBEAT_INTERVAL_MS))]
     heartbeat_interval_ms: Option<u64>,
     /// Missed heartbeats before a node is suspected and its lease runs out [default: 4].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=100))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(config::HEARTBEAT_THRESHOLD_FLAG))]
     heartbeat_threshold: Option<u32>,
     /// How long the certificates this node signs are valid (renewed in their last third)
     /// [default: 7776000, 90 days].

@@ -647,6 +647,7 @@ fn data_dir_misuse_is_refused() {
             "--data-dir",
         ])
         .arg(dir.path())
+        .env("VIGIL_CONFIG", "/dev/null")
         .output()
         .unwrap();
     assert!(

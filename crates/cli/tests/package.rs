@@ -76,9 +76,16 @@ fn the_package_installs_its_files_and_its_binary_runs_with_its_own_config_under_
         .rfind(|l| l.ends_with(".deb"))
         .unwrap_or_else(|| panic!("no .deb named in {out}"))
         .to_string();
+    // It installs, edits and purges the package: never on a machine that has one.
+    let installed = Command::new("dpkg")
+        .args(["-s", "vigil"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     assert!(
-        !Path::new("/var/lib/vigil/raft.redb").exists(),
-        "this machine already runs a Vigil node: the test will not install over it"
+        !installed
+            && !Path::new("/etc/vigil").exists()
+            && !Path::new("/var/lib/vigil/raft.redb").exists(),
+        "this machine has Vigil installed (package, /etc/vigil or /var/lib/vigil): the package test will not touch it"
     );
     let _purge = Installed {
         had_data_dir: Path::new("/var/lib/vigil").exists(),

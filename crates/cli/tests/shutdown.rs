@@ -150,11 +150,20 @@ fn under_migrate_a_stopping_node_drains_first_a_vm_leaves_live_and_the_groups_co
         &log,
         "live migration to n2 (Drain move): migrate_to started",
     );
+    // It went live all the way (a failed migration would have moved it cold).
+    let done = position(
+        &log,
+        "migrate_to done: now running on n2: live migration to n2 done",
+    );
     let drained = position(&log, "shutdown drain of n1 done");
     let stopped = position(&log, "node n1 stopped cleanly: Stopped");
     assert!(
-        asked < live && live < drained && drained < stopped,
+        asked < live && live < done && done < drained && drained < stopped,
         "{log:#?}"
+    );
+    assert!(
+        !log.iter().any(|r| r.contains("moving cold")),
+        "no cold fallback: {log:#?}"
     );
     no_failure_recorded(&log);
 
