@@ -57,11 +57,11 @@ pub struct Flags {
     pub name: Option<String>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
-    pub bootstrap: bool,
+    pub bootstrap: Option<bool>,
     pub join: Option<String>,
     /// With where it came from: the flag, or `$VIGIL_JOIN_TOKEN`.
     pub token: Option<(String, &'static str)>,
-    pub witness: bool,
+    pub witness: Option<bool>,
     pub cluster_name: Option<String>,
     pub rhs_silence_ms: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
@@ -149,15 +149,14 @@ pub fn resolve(flags: Flags, file: Option<&Path>) -> Result<Settings, String> {
         Some(Shown(PathBuf::from("/var/lib/vigil"))),
         any,
     )?;
-    let first_start_flags = flags.bootstrap || flags.join.is_some();
+    let first_start_flags = flags.bootstrap.is_some() || flags.join.is_some();
     let file_first_start =
         parsed.bootstrap.as_ref().is_some_and(|b| *b.get_ref()) || parsed.join.is_some();
     let join_line = parsed.join.as_ref().map(|j| m.line(j));
-    let bootstrap_flag = flags.bootstrap.then_some(true);
     let bootstrap = m
         .pick(
             "bootstrap",
-            bootstrap_flag,
+            flags.bootstrap,
             parsed.bootstrap,
             Some(false),
             any,
@@ -185,9 +184,8 @@ pub fn resolve(flags: Flags, file: Option<&Path>) -> Result<Settings, String> {
         None,
         any,
     )?;
-    let witness_flag = flags.witness.then_some(true);
     let witness = m
-        .pick("witness", witness_flag, parsed.witness, Some(false), any)?
+        .pick("witness", flags.witness, parsed.witness, Some(false), any)?
         .unwrap_or(false);
     let cluster_name = m.pick(
         "cluster_name",

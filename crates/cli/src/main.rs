@@ -204,9 +204,9 @@ struct AgentArgs {
     /// [default: /var/lib/vigil]
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Create a new cluster in an empty data dir.
-    #[arg(long, conflicts_with = "join")]
-    bootstrap: bool,
+    /// Create a new cluster in an empty data dir (`--bootstrap=false` overrides the file).
+    #[arg(long, conflicts_with = "join", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    bootstrap: Option<bool>,
     /// Join the cluster of the agent at HOST:PORT (with an empty data dir).
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
@@ -218,9 +218,10 @@ struct AgentArgs {
         hide_env_values = true
     )]
     token: Option<String>,
-    /// A voter that hosts no resources: two nodes and a witness survive the loss of a node.
-    #[arg(long)]
-    witness: bool,
+    /// A voter that hosts no resources: two nodes and a witness survive the loss of a node
+    /// (`--witness=false` overrides the file).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    witness: Option<bool>,
     /// [default: vigil]
     #[arg(long)]
     cluster_name: Option<String>,
