@@ -122,4 +122,15 @@ fn print_config_shows_each_effective_setting_and_its_source() {
         !dir.path().join("data").exists(),
         "--print-config starts nothing"
     );
+    // A boolean flag overrides the file both ways.
+    let (ok, out, err, _dir) = agent_with(
+        "name = \"n1\"\nwitness = true\n",
+        &["--print-config", "--witness=false"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("witness = false") && l.ends_with("# flag")),
+        "{out}"
+    );
 }
