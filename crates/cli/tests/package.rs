@@ -25,8 +25,8 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Purges the package when the test ends, passed or not (and the data dir it made, which
-/// a purge keeps, if it was not there before and is still empty).
+/// Purges the package when the test ends, passed or not, and the data dir the package made
+/// and the test's agent filled (a purge keeps it; the test refuses a machine that had one).
 struct Installed {
     had_data_dir: bool,
 }
@@ -36,7 +36,7 @@ impl Drop for Installed {
         let _ = Command::new("dpkg").args(["--purge", "vigil"]).output();
         let _ = std::fs::remove_dir_all("/etc/vigil");
         if !self.had_data_dir {
-            let _ = std::fs::remove_dir("/var/lib/vigil");
+            let _ = std::fs::remove_dir_all("/var/lib/vigil");
         }
     }
 }
@@ -142,10 +142,10 @@ fn the_package_installs_its_files_and_its_binary_runs_with_its_own_config_under_
         "{err}"
     );
 
-    // A newcomer uncomments name, listen and bootstrap (and, here, a data dir of the test's
-    // own), then starts the agent as the unit does, under a stand-in for systemd.
+    // A newcomer uncomments name, listen and bootstrap, then starts the agent as the unit
+    // does (its data dir the package's /var/lib/vigil), under a stand-in for systemd.
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = Path::new("/var/lib/vigil");
     let listen = format!("127.0.0.90:{}", support::free_port());
     let edited = shipped
         .replace("#name = \"n1\"", "name = \"n1\"")
@@ -153,11 +153,7 @@ fn the_package_installs_its_files_and_its_binary_runs_with_its_own_config_under_
             "#listen = \"127.0.0.1:7440\"",
             &format!("listen = \"{listen}\""),
         )
-        .replace("#bootstrap = true", "bootstrap = true")
-        .replace(
-            "#data_dir = \"/var/lib/vigil\"",
-            &format!("data_dir = \"{}\"", data.display()),
-        );
+        .replace("#bootstrap = true", "bootstrap = true");
     assert_ne!(edited, shipped);
     std::fs::write("/etc/vigil/vigil.toml", &edited).unwrap();
     let notify_path = dir.path().join("notify");
@@ -219,10 +215,11 @@ fn the_package_installs_its_files_and_its_binary_runs_with_its_own_config_under_
         "STATUS lines before READY: {seen:#?}"
     );
     // The agent keeps the unit's low OOM score; the resources it starts do not.
+    // The CLI as root on the node: the default socket, /var/lib/vigil/vigil.sock.
     let cli = |args: &[&str]| {
         run(Command::new("/usr/bin/vigil")
-            .args(["--socket"])
-            .arg(data.join("vigil.sock"))
+            .env_remove("VIGIL_SOCKET")
+            .env_remove("VIGIL_ENDPOINT")
             .args(args))
     };
     cli(&["group", "create", "web"]);
@@ -252,6 +249,8 @@ fn the_package_installs_its_files_and_its_binary_runs_with_its_own_config_under_
             .trim()
             .to_string()
     };
+    assert!(data.join("raft.redb").exists() && data.join("vigil.sock").exists());
+    assert_eq!(mode("/var/lib/vigil").0, 0o700);
     if can_lower {
         assert_eq!(score(u64::from(pid)), "-900");
         assert_eq!(score(site.unwrap()), "0");
